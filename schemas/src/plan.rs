@@ -1,0 +1,239 @@
+//! Plans: a project's tiers and the policies (limits) of each tier, as written
+//! by users in YAML and stored as JSON in the control plane.
+//!
+//! Parsing validates everything and names the offending line, so a bad plan
+//! is refused before it can reach enforcement.
+
+use crate::units::{Quantity, Unit};
+use crate::window::Window;
+use rust_decimal::Decimal;
+use serde::{de, Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+
+/// A project's plan: its tiers and which one applies when a caller names none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub default_tier: String,
+    pub tiers: BTreeMap<String, Tier>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// Most holds open at once per identity.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "positive_u32")]
+    pub concurrency: Option<u32>,
+    /// Models this tier may call (globs); absent means any model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<ModelGlob>>,
+    /// Template shown when a limit is hit: `{{usage}}`, `{{limit}}`, `{{unit}}`, `{{window}}`, `{{resets_at}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Where the app should send a user who hit a limit (an upgrade page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deep_link: Option<String>,
+    #[serde(default)]
+    pub limits: Vec<Limit>,
+}
+
+/// One policy: at most `cap` of `unit` per `window`, for models matching `model`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub unit: Unit,
+    pub window: Window,
+    #[serde(deserialize_with = "non_negative")]
+    pub cap: Quantity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelGlob>,
+}
+
+/// A model name or glob (`*` any run of characters, `?` one character).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ModelGlob(pub String);
+
+impl<'de> Deserialize<'de> for ModelGlob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() || s.len() > 200 || s.chars().any(char::is_control) {
+            return Err(de::Error::custom("model must be a model name or glob of 1-200 printable characters"));
+        }
+        Ok(ModelGlob(s))
+    }
+}
+
+impl ModelGlob {
+    pub fn matches(&self, model: &str) -> bool {
+        glob_match(self.0.as_bytes(), model.as_bytes())
+    }
+}
+
+/// Whether a policy scoped to `scope` applies to usage of `model`.
+pub fn scope_matches(scope: Option<&ModelGlob>, model: Option<&str>) -> bool {
+    match (scope, model) {
+        (None, _) => true,
+        (Some(glob), Some(model)) => glob.matches(model),
+        (Some(_), None) => false,
+    }
+}
+
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                backtrack = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((bp, bt)) => {
+                    p = bp + 1;
+                    t = bt + 1;
+                    backtrack = Some((bp, bt + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = u32::deserialize(d)?;
+    if v == 0 {
+        return Err(de::Error::custom("concurrency must be at least 1"));
+    }
+    Ok(Some(v))
+}
+
+fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<Quantity, D::Error> {
+    let q = Quantity::deserialize(d)?;
+    if q.0 < Decimal::ZERO {
+        return Err(de::Error::custom("cap must not be negative"));
+    }
+    Ok(q)
+}
+
+/// A plan that cannot be used, with the line it comes from when known.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct PlanError {
+    pub message: String,
+}
+
+fn line_of(text: &str, needle: &str) -> String {
+    match text.lines().position(|l| l.contains(needle)) {
+        Some(i) => format!("line {}: ", i + 1),
+        None => String::new(),
+    }
+}
+
+impl Plan {
+    /// Parses and validates a YAML plan.
+    pub fn from_yaml(text: &str) -> Result<Plan, PlanError> {
+        let plan: Plan = serde_yaml::from_str(text).map_err(|e| PlanError { message: e.to_string() })?;
+        plan.validate(text)?;
+        Ok(plan)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), PlanError> {
+        if !self.tiers.contains_key(&self.default_tier) {
+            return Err(PlanError {
+                message: format!(
+                    "{}default_tier `{}` is not one of the tiers ({})",
+                    line_of(text, "default_tier"),
+                    self.default_tier,
+                    self.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        for (name, tier) in &self.tiers {
+            let valid_name = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid_name {
+                return Err(PlanError { message: format!("{}tier name `{name}` must be 1-64 letters, digits, `_` or `-`", line_of(text, name)) });
+            }
+            let mut seen = std::collections::HashSet::new();
+            for limit in &tier.limits {
+                if !seen.insert((&limit.unit, limit.window, limit.model.as_ref())) {
+                    return Err(PlanError {
+                        message: format!(
+                            "tier `{name}`: two limits on {} per {}{}; keep one",
+                            limit.unit,
+                            limit.window,
+                            limit.model.as_ref().map(|m| format!(" for model {}", m.0)).unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tier named `requested`, or the default tier.
+    pub fn tier(&self, requested: Option<&str>) -> Option<(&str, &Tier)> {
+        let name = requested.unwrap_or(&self.default_tier);
+        self.tiers.get_key_value(name).map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+default_tier: free
+tiers:
+  free:
+    concurrency: 2
+    limits:
+      - { unit: requests, window: minute, cap: 5 }
+      - { unit: requests, window: day, cap: 50 }
+      - { unit: tokens, window: day, cap: 20000, model: "gpt-4o*" }
+      - { unit: usd, window: month, cap: "2.50" }
+  pro:
+    limits:
+      - { unit: images, window: lifetime, cap: 3 }
+"#;
+
+    #[test]
+    fn the_documented_plan_parses() {
+        let plan = Plan::from_yaml(GOOD).unwrap();
+        let (name, free) = plan.tier(None).unwrap();
+        assert_eq!(name, "free");
+        assert_eq!(free.concurrency, Some(2));
+        assert_eq!(free.limits[3].cap.0.to_string(), "2.50");
+        assert_eq!(plan.tier(Some("pro")).unwrap().1.limits[0].unit, Unit::Custom("images".into()));
+    }
+
+    #[test]
+    fn bad_plans_name_the_line() {
+        let bad = GOOD.replace("cap: 50 }", "cap: -50 }");
+        let err = Plan::from_yaml(&bad).unwrap_err().message;
+        assert!(err.contains("cap must not be negative") && err.contains("line 8"), "{err}");
+        let bad = GOOD.replace("window: day, cap: 50", "window: fortnight, cap: 50");
+        let err = Plan::from_yaml(&bad).unwrap_err().message;
+        assert!(err.contains("fortnight") && err.contains("line 8"), "{err}");
+        let bad = GOOD.replace("default_tier: free", "default_tier: gold");
+        let err = Plan::from_yaml(&bad).unwrap_err().message;
+        assert!(err.starts_with("line 2:") && err.contains("gold"), "{err}");
+        let bad = GOOD.replace("concurrency: 2", "concurency: 2");
+        assert!(Plan::from_yaml(&bad).unwrap_err().message.contains("line 5"));
+    }
+
+    #[test]
+    fn globs_match_models() {
+        let g = ModelGlob("gpt-4o*".into());
+        assert!(g.matches("gpt-4o") && g.matches("gpt-4o-mini"));
+        assert!(!g.matches("gpt-4") && !g.matches("xgpt-4o"));
+        assert!(ModelGlob("claude-?-*".into()).matches("claude-3-opus"));
+        assert!(scope_matches(None, None));
+        assert!(!scope_matches(Some(&g), None));
+    }
+}
