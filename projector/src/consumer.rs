@@ -1,0 +1,173 @@
+//! Applying the ledger stream to PostgreSQL projections, exactly once.
+//!
+//! A [`Projection`] turns a batch of decoded events into SQL inside one
+//! transaction. [`apply_batch`] runs it together with the projection's
+//! checkpoint (last applied stream sequence) in that same transaction and
+//! skips anything at or below the checkpoint, so redeliveries and replays
+//! change nothing (invariant 2). [`run`] is the durable consumer loop: it acks
+//! only after the transaction committed, and backs off on transient failures.
+//! A message that can never decode is recorded in `dead_letters` and skipped.
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use schemas::events::Envelope;
+use schemas::subjects;
+use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// One event as read from the stream.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub seq: u64,
+    pub envelope: Envelope,
+}
+
+/// A PostgreSQL projection of the ledger stream.
+pub trait Projection: Send + Sync {
+    /// Name of its checkpoint row (and of its durable consumer).
+    fn name(&self) -> &'static str;
+    /// Applies events (all above the checkpoint, in stream order).
+    fn apply<'a>(&'a self, conn: &'a mut PgConnection, batch: &'a [Decoded]) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Empties the projection's tables (before a replay).
+    fn reset<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, sqlx::Result<()>>;
+}
+
+/// A raw message of the stream: its sequence and bytes.
+pub struct Raw {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Locks and reads the checkpoint of `name` inside the caller's transaction.
+pub async fn lock_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<u64> {
+    sqlx::query("INSERT INTO checkpoints (projection, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    let last: i64 = sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE projection = $1 FOR UPDATE")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(u64::try_from(last).unwrap_or(0))
+}
+
+pub async fn store_checkpoint(conn: &mut PgConnection, name: &str, seq: u64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1")
+        .bind(name)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Decodes raw messages above `after`; undecodable ones are recorded as dead letters.
+pub async fn decode_batch(conn: &mut PgConnection, projection: &str, raws: &[Raw], after: u64) -> sqlx::Result<Vec<Decoded>> {
+    let mut out = Vec::with_capacity(raws.len());
+    for raw in raws.iter().filter(|r| r.seq > after) {
+        match Envelope::from_slice(&raw.payload) {
+            Ok(envelope) => out.push(Decoded { seq: raw.seq, envelope }),
+            Err(err) => {
+                tracing::error!(seq = raw.seq, subject = %raw.subject, projection, error = %err, "undecodable event recorded as dead letter and skipped");
+                sqlx::query("INSERT INTO dead_letters (projection, seq, subject, error) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                    .bind(projection)
+                    .bind(i64::try_from(raw.seq).unwrap_or(i64::MAX))
+                    .bind(&raw.subject)
+                    .bind(err.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The step function: applies one batch of raw messages exactly once.
+/// Returns how many events took effect (0 when all were already applied).
+pub async fn apply_batch(pool: &PgPool, projection: &dyn Projection, raws: &[Raw]) -> sqlx::Result<usize> {
+    let Some(max_seq) = raws.iter().map(|r| r.seq).max() else { return Ok(0) };
+    let mut tx = pool.begin().await?;
+    let after = lock_checkpoint(&mut tx, projection.name()).await?;
+    if max_seq <= after {
+        return Ok(0);
+    }
+    let batch = decode_batch(&mut tx, projection.name(), raws, after).await?;
+    projection.apply(&mut tx, &batch).await?;
+    store_checkpoint(&mut tx, projection.name(), max_seq).await?;
+    tx.commit().await?;
+    Ok(batch.len())
+}
+
+/// The durable pull consumer of a projection on the ledger stream.
+pub async fn durable_consumer(js: &jetstream::Context, name: &str) -> anyhow::Result<pull::Stream> {
+    let stream = js.get_stream(subjects::LEDGER_STREAM).await.context("ledger stream missing")?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            name,
+            pull::Config {
+                durable_name: Some(name.to_owned()),
+                ack_policy: AckPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("creating durable consumer")?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(2_000)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .context("starting pull stream")?;
+    Ok(messages)
+}
+
+/// Consumes the ledger stream into `projection` until `shutdown`.
+pub async fn run(js: jetstream::Context, pool: PgPool, projection: &dyn Projection, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match run_once(&js, &pool, projection, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(err) => {
+                tracing::warn!(projection = projection.name(), error = %format!("{err:#}"), backoff_ms = backoff.as_millis() as u64, "projection consumer failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_once(js: &jetstream::Context, pool: &PgPool, projection: &dyn Projection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let messages = durable_consumer(js, projection.name()).await?;
+    let mut chunks = messages.ready_chunks(2_000);
+    loop {
+        let chunk = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            chunk = chunks.next() => chunk,
+        };
+        let Some(chunk) = chunk else { anyhow::bail!("consumer stream ended") };
+        let mut raws = Vec::with_capacity(chunk.len());
+        let mut last = None;
+        for msg in chunk {
+            let msg = msg.context("receiving from consumer")?;
+            let seq = msg.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?.stream_sequence;
+            raws.push(Raw { seq, subject: msg.subject.to_string(), payload: msg.payload.clone() });
+            last = Some(msg);
+        }
+        apply_batch(pool, projection, &raws).await.context("applying batch")?;
+        if let Some(msg) = last {
+            // AckPolicy::All: acking the newest acks the whole batch, after the commit.
+            msg.ack_with(AckKind::Ack).await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        }
+    }
+}

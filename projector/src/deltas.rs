@@ -1,0 +1,76 @@
+//! What one event changes, computed from the event alone (no state): the
+//! per-period usage counters and the account's running balances.
+//!
+//! Because settling events carry their hold, every effect here is a plain sum,
+//! so folding events in any order that keeps each hold's `reserved` before
+//! its settlement gives the same counters (invariant 3).
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use schemas::events::{Envelope, Event};
+use schemas::{period, Amounts, Unit, Window};
+
+/// One per-period usage counter of an account.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub window: Window,
+    /// Unix seconds of the period start (see [`schemas::window::period`]).
+    pub period_start: i64,
+    pub unit: Unit,
+    pub model: Option<String>,
+}
+
+/// Counter increments caused by an event: committed or recorded usage, in the
+/// periods of the instant the usage is attributed to (the hold's `reserved_at`).
+pub fn usage_deltas(env: &Envelope) -> Vec<(CounterKey, Decimal)> {
+    let (at, model, amounts): (DateTime<Utc>, &Option<String>, &Amounts) = match &env.event {
+        Event::Committed(c) => (c.hold.reserved_at, &c.hold.model, &c.actual),
+        Event::UsageRecorded(u) => (env.occurred_at, &u.model, &u.amounts),
+        Event::Reserved(_) | Event::Released(_) | Event::Expired(_) => return Vec::new(),
+    };
+    let mut out = Vec::with_capacity(amounts.0.len() * Window::ALL.len());
+    for window in Window::ALL {
+        let period_start = period(window, at).key();
+        for (unit, amount) in amounts.iter() {
+            if amount.is_zero() {
+                continue;
+            }
+            out.push((CounterKey { window, period_start, unit: unit.clone(), model: model.clone() }, amount));
+        }
+    }
+    out
+}
+
+/// Change of an account's lifetime balance in one unit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BalanceDelta {
+    pub committed: Decimal,
+    pub held: Decimal,
+    pub overage: Decimal,
+}
+
+/// Balance changes per unit caused by an event.
+pub fn balance_deltas(env: &Envelope) -> Vec<(Unit, BalanceDelta)> {
+    let mut out: Vec<(Unit, BalanceDelta)> = Vec::new();
+    let mut add = |unit: &Unit, f: &dyn Fn(&mut BalanceDelta)| {
+        if let Some((_, d)) = out.iter_mut().find(|(u, _)| u == unit) {
+            f(d);
+        } else {
+            let mut d = BalanceDelta::default();
+            f(&mut d);
+            out.push((unit.clone(), d));
+        }
+    };
+    match &env.event {
+        Event::Reserved(r) => r.amounts.iter().for_each(|(u, a)| add(u, &|d| d.held += a)),
+        Event::Committed(c) => {
+            c.hold.held.iter().for_each(|(u, a)| add(u, &|d| d.held -= a));
+            c.actual.iter().for_each(|(u, a)| add(u, &|d| d.committed += a));
+            c.overage.iter().for_each(|(u, a)| add(u, &|d| d.overage += a));
+        }
+        Event::Released(r) => r.hold.held.iter().for_each(|(u, a)| add(u, &|d| d.held -= a)),
+        Event::Expired(e) => e.hold.held.iter().for_each(|(u, a)| add(u, &|d| d.held -= a)),
+        Event::UsageRecorded(u) => u.amounts.iter().for_each(|(unit, a)| add(unit, &|d| d.committed += a)),
+    }
+    out
+}

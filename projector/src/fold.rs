@@ -1,0 +1,190 @@
+//! One account's state, folded from its events: open holds, recent
+//! settlements (for idempotent retries) and per-period usage counters.
+//!
+//! This is the enforcement view every gate process keeps in memory. It is a
+//! pure function of the account's events: `apply` never looks at a clock.
+//! Settlements and usage ids are remembered for [`IDEMPOTENCY_HORIZON_HOURS`]
+//! of event time; counters of periods that have ended are dropped.
+
+use crate::deltas::{usage_deltas, CounterKey};
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use schemas::events::{Envelope, Event, HoldRef};
+use schemas::{Amounts, ReservationId};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// How long settled reservations and usage ids are remembered for retries.
+pub const IDEMPOTENCY_HORIZON_HOURS: i64 = 24;
+
+/// A hold that is neither committed, released nor expired.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenHold {
+    pub reserved_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub model: Option<String>,
+    pub amounts: Amounts,
+    pub tier: Option<String>,
+}
+
+impl OpenHold {
+    pub fn hold_ref(&self, reservation_id: ReservationId) -> HoldRef {
+        HoldRef {
+            reservation_id,
+            reserved_at: self.reserved_at,
+            model: self.model.clone(),
+            held: self.amounts.clone(),
+        }
+    }
+}
+
+/// How a reservation ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settlement {
+    Committed { actual: Amounts, overage: Amounts },
+    Released { reason: Option<String> },
+    Expired,
+}
+
+impl Settlement {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Settlement::Committed { .. } => "committed",
+            Settlement::Released { .. } => "released",
+            Settlement::Expired => "expired",
+        }
+    }
+}
+
+/// A reservation that was settled, kept for idempotent answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settled {
+    pub hold: HoldRef,
+    pub expires_at: DateTime<Utc>,
+    pub settled_at: DateTime<Utc>,
+    pub settlement: Settlement,
+}
+
+/// What applying one event did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    /// The event repeats something already applied (same reservation opened
+    /// twice, a hold settled twice, a usage id seen before): no effect.
+    Duplicate,
+    /// The event is older than this state (`seq` not above `last_seq`).
+    AlreadyApplied,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AccountState {
+    /// Stream sequence of the last event applied (0: none).
+    pub last_seq: u64,
+    open: HashMap<ReservationId, OpenHold>,
+    settled: HashMap<ReservationId, Settled>,
+    usage_ids: HashMap<Uuid, DateTime<Utc>>,
+    used: HashMap<CounterKey, Decimal>,
+    latest_at: Option<DateTime<Utc>>,
+    applied_since_prune: u32,
+}
+
+impl AccountState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn open_hold(&self, id: &ReservationId) -> Option<&OpenHold> {
+        self.open.get(id)
+    }
+
+    pub fn settled(&self, id: &ReservationId) -> Option<&Settled> {
+        self.settled.get(id)
+    }
+
+    pub fn has_usage_id(&self, id: &Uuid) -> bool {
+        self.usage_ids.contains_key(id)
+    }
+
+    pub fn open_holds(&self) -> impl Iterator<Item = (&ReservationId, &OpenHold)> {
+        self.open.iter()
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn used(&self) -> impl Iterator<Item = (&CounterKey, &Decimal)> {
+        self.used.iter()
+    }
+
+    /// Applies the event stored at stream sequence `seq`.
+    pub fn apply(&mut self, seq: u64, env: &Envelope) -> Applied {
+        if seq != 0 && seq <= self.last_seq {
+            return Applied::AlreadyApplied;
+        }
+        self.last_seq = self.last_seq.max(seq);
+        self.latest_at = Some(self.latest_at.map_or(env.occurred_at, |t| t.max(env.occurred_at)));
+        let outcome = self.apply_event(env);
+        if outcome == Applied::Changed {
+            for (key, amount) in usage_deltas(env) {
+                *self.used.entry(key).or_default() += amount;
+            }
+        }
+        self.applied_since_prune += 1;
+        if self.applied_since_prune >= 256 {
+            self.prune();
+        }
+        outcome
+    }
+
+    fn apply_event(&mut self, env: &Envelope) -> Applied {
+        match &env.event {
+            Event::Reserved(r) => {
+                if self.open.contains_key(&r.reservation_id) || self.settled.contains_key(&r.reservation_id) {
+                    return Applied::Duplicate;
+                }
+                let hold = OpenHold {
+                    reserved_at: env.occurred_at,
+                    expires_at: r.expires_at,
+                    model: r.model.clone(),
+                    amounts: r.amounts.clone(),
+                    tier: r.tier.clone(),
+                };
+                self.open.insert(r.reservation_id, hold);
+                Applied::Changed
+            }
+            Event::Committed(c) => self.settle(env, &c.hold, Settlement::Committed { actual: c.actual.clone(), overage: c.overage.clone() }),
+            Event::Released(r) => self.settle(env, &r.hold, Settlement::Released { reason: r.reason.clone() }),
+            Event::Expired(e) => self.settle(env, &e.hold, Settlement::Expired),
+            Event::UsageRecorded(u) => {
+                if self.usage_ids.insert(u.usage_id, env.occurred_at).is_some() {
+                    return Applied::Duplicate;
+                }
+                Applied::Changed
+            }
+        }
+    }
+
+    fn settle(&mut self, env: &Envelope, hold: &HoldRef, settlement: Settlement) -> Applied {
+        let Some(open) = self.open.remove(&hold.reservation_id) else {
+            return Applied::Duplicate;
+        };
+        let settled = Settled { hold: hold.clone(), expires_at: open.expires_at, settled_at: env.occurred_at, settlement };
+        self.settled.insert(hold.reservation_id, settled);
+        Applied::Changed
+    }
+
+    /// Forgets what no admission decision can need any more, judged by event
+    /// time only (so the fold stays a pure function of the events).
+    fn prune(&mut self) {
+        self.applied_since_prune = 0;
+        let Some(latest) = self.latest_at else { return };
+        let horizon = latest - Duration::hours(IDEMPOTENCY_HORIZON_HOURS);
+        self.settled.retain(|_, s| s.settled_at >= horizon);
+        self.usage_ids.retain(|_, at| *at >= horizon);
+        self.used.retain(|key, _| {
+            let end = schemas::period(key.window, DateTime::from_timestamp(key.period_start, 0).unwrap_or_default()).end;
+            end.is_none_or(|end| end > latest - Duration::hours(1))
+        });
+    }
+}
