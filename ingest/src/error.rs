@@ -1,0 +1,136 @@
+//! The one error type of the ingest API: every failure becomes a JSON body
+//! `{"error":{"type","code","message"[,"field"]}}` with the right status.
+//! 4xx messages say what to fix; 5xx messages are generic and the detail is
+//! logged once, here.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ledger::GateError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+    #[error("missing or invalid secret key: send `Authorization: Bearer sk_…`")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is too large (at most {0} bytes)")]
+    TooLarge(usize),
+    #[error("the ledger is unavailable; nothing was recorded, retry later")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad(
+        code: &'static str,
+        field: impl Into<Option<String>>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+            field: field.into(),
+        }
+    }
+}
+
+impl From<GateError> for ApiError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::Unavailable(why) => ApiError::Unavailable(why),
+            GateError::Contention => {
+                ApiError::Unavailable("too many concurrent writers on one account".into())
+            }
+            GateError::NotFound => ApiError::NotFound("no such reservation in this project".into()),
+            GateError::Conflict { status } => ApiError::Conflict(format!(
+                "the reservation is already {status}; a different settlement is refused"
+            )),
+            GateError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Unavailable(format!("control plane: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code, field) = match &self {
+            ApiError::BadRequest { code, field, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                *code,
+                field.clone(),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_secret_key",
+                None,
+            ),
+            ApiError::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "model_not_allowed",
+                None,
+            ),
+            ApiError::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "reservation_not_found",
+                None,
+            ),
+            ApiError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "conflict_error",
+                "reservation_already_settled",
+                None,
+            ),
+            ApiError::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "body_too_large",
+                None,
+            ),
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(detail = %detail, "request failed closed: ledger unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable_error",
+                    "ledger_unavailable",
+                    None,
+                )
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal_error",
+                    None,
+                )
+            }
+        };
+        let mut error = json!({"type": kind, "code": code, "message": self.to_string()});
+        if let Some(field) = field {
+            error["field"] = json!(field);
+        }
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}

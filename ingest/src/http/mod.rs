@@ -1,0 +1,49 @@
+//! Routes of the ingest API.
+
+mod extract;
+mod reservations;
+mod tier;
+mod usage;
+
+use crate::AppState;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+pub use extract::{parse_json, MAX_BODY_BYTES};
+
+/// Request ids are UUID v7 unless the caller sent one.
+#[derive(Clone, Copy, Default)]
+struct MakeV7;
+
+impl MakeRequestId for MakeV7 {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/v1/reservations", post(reservations::reserve))
+        .route("/v1/reservations/{id}/commit", post(reservations::commit))
+        .route("/v1/reservations/{id}/release", post(reservations::release))
+        .route("/v1/usage", post(usage::record).get(usage::view))
+        .fallback(|| async { crate::error::ApiError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeV7))
+        .with_state(state)
+}

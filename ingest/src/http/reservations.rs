@@ -1,0 +1,259 @@
+//! `POST /v1/reservations`, `…/{id}/commit`, `…/{id}/release`.
+
+use super::extract::{Authed, JsonBody, RequestId};
+use super::tier;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use ledger::gate::decide::{ReserveRequest, Violation};
+use ledger::gate::{Denied, ReserveOutcome, SettleOutcome};
+use projector::{LimitView, Settlement};
+use rust_decimal::Decimal;
+use schemas::units::AmountError;
+use schemas::{Amounts, ReservationId, Unit};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Default time a hold lives before the ledger expires it.
+pub const DEFAULT_TTL_MS: u64 = 60_000;
+/// Longest hold accepted.
+pub const MAX_TTL_MS: u64 = 24 * 3_600_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    identity: String,
+    tier: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    amounts: Amounts,
+    ttl_ms: Option<u64>,
+    reservation_id: Option<ReservationId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitBody {
+    #[serde(default)]
+    amounts: Amounts,
+    /// Optional: the identity that holds the reservation (saves a lookup).
+    identity: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {
+    reason: Option<String>,
+    identity: Option<String>,
+}
+
+pub(super) fn amounts(amounts: Amounts, field: &str) -> Result<Amounts, ApiError> {
+    amounts
+        .with_derived_tokens()
+        .validated_charge()
+        .map_err(|e| {
+            let unit = match &e {
+                AmountError::Negative(u) | AmountError::TooLarge(u) | AmountError::NotWhole(u) => {
+                    u.clone()
+                }
+            };
+            ApiError::bad(
+                "invalid_amount",
+                Some(format!("{field}.{unit}")),
+                e.to_string(),
+            )
+        })
+}
+
+fn parse_id(id: &str) -> Result<ReservationId, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::bad(
+            "invalid_reservation_id",
+            Some("reservation_id".into()),
+            format!("`{id}` is not a reservation id (a UUID)"),
+        )
+    })
+}
+
+pub async fn reserve(
+    State(state): State<AppState>,
+    Authed(project): Authed,
+    RequestId(rid): RequestId,
+    JsonBody(body): JsonBody<ReserveBody>,
+) -> Result<Response, ApiError> {
+    let account = tier::account(&body.identity)?;
+    let model = tier::model(body.model)?;
+    let mut amounts = amounts(body.amounts, "amounts")?;
+    if !amounts.contains(&Unit::Requests) {
+        amounts.set(Unit::Requests, Decimal::ONE);
+    }
+    let ttl_ms = body.ttl_ms.unwrap_or(DEFAULT_TTL_MS);
+    if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+        return Err(ApiError::bad(
+            "invalid_ttl",
+            Some("ttl_ms".into()),
+            format!("`ttl_ms` must be between 1 and {MAX_TTL_MS}"),
+        ));
+    }
+    let (tier_name, tier) = tier::resolve(&project, body.tier.as_deref())?;
+    tier::check_model(&tier_name, &tier, model.as_deref())?;
+    let now = state.gate.now();
+    let ttl = Duration::milliseconds(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+    let req = ReserveRequest {
+        reservation_id: body.reservation_id.unwrap_or_default(),
+        model,
+        amounts,
+        expires_at: now + ttl,
+        tier: tier_name,
+    };
+    match state
+        .gate
+        .reserve(project.project_id, &account, &tier, req, rid)
+        .await?
+    {
+        ReserveOutcome::Admitted(a) => Ok(Json(json!({
+            "reservation_id": a.reservation_id,
+            "allowed": true,
+            "status": a.status,
+            "replayed": a.replayed,
+            "expires_at": a.expires_at,
+            "limits": a.limits,
+        }))
+        .into_response()),
+        ReserveOutcome::Denied(d) => Ok(denied(&tier, d, now)),
+    }
+}
+
+/// Seconds until a retry can succeed, at least one.
+pub fn retry_after_secs(at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    let ms = (at - now).num_milliseconds().max(0);
+    ((ms + 999) / 1000).max(1)
+}
+
+pub fn denial_message(tier: &schemas::plan::Tier, d: &Denied) -> String {
+    match &d.violation {
+        Violation::Concurrency { max } => {
+            format!("too many requests in flight: at most {max} at once")
+        }
+        Violation::Limit { index, requested } => {
+            let Some(view) = d.limits.get(*index) else {
+                return "limit exceeded".into();
+            };
+            let base = render(tier.message.as_deref(), view);
+            if tier.message.is_some() {
+                return base;
+            }
+            format!("{base} (this request needs {requested})")
+        }
+    }
+}
+
+/// Fills a tier's message template, or the default message.
+pub fn render(template: Option<&str>, v: &LimitView) -> String {
+    let resets = v
+        .resets_at
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "never".into());
+    let scope = v
+        .model
+        .as_ref()
+        .map(|m| format!(" for {m}"))
+        .unwrap_or_default();
+    let template = template.unwrap_or("limit exceeded: {{usage}} of {{limit}} {{unit}} per {{window}} used or held{{scope}}; resets at {{resets_at}}");
+    template
+        .replace("{{usage}}", &(v.used + v.held).normalize().to_string())
+        .replace("{{limit}}", &v.cap.normalize().to_string())
+        .replace("{{unit}}", v.unit.as_str())
+        .replace("{{window}}", v.window.as_str())
+        .replace("{{resets_at}}", &resets)
+        .replace("{{scope}}", &scope)
+}
+
+fn denied(tier: &schemas::plan::Tier, d: Denied, now: DateTime<Utc>) -> Response {
+    let message = denial_message(tier, &d);
+    let mut error =
+        json!({"type": "rate_limit_exceeded", "code": "limit_exceeded", "message": message});
+    if let Some(link) = &tier.deep_link {
+        error["deep_link"] = json!(link);
+    }
+    let body = json!({"allowed": false, "error": error, "limits": d.limits});
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    let retry = match d.violation {
+        Violation::Concurrency { .. } => Some(1),
+        Violation::Limit { .. } => d.retry_after.map(|at| retry_after_secs(at, now)),
+    };
+    if let Some(secs) = retry {
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert("retry-after", v);
+        }
+    }
+    response
+}
+
+fn settled(o: SettleOutcome) -> Json<serde_json::Value> {
+    let mut body = json!({"reservation_id": o.reservation_id, "status": o.settlement.status(), "replayed": o.replayed});
+    match &o.settlement {
+        Settlement::Committed { actual, overage } => {
+            body["actual"] = json!(actual);
+            if !overage.is_empty() {
+                body["overage"] = json!(overage);
+            }
+        }
+        Settlement::Released { reason } => body["reason"] = json!(reason),
+        Settlement::Expired => {}
+    }
+    if o.late {
+        body["status"] = json!("committed_late");
+        body["late"] = json!(true);
+    }
+    Json(body)
+}
+
+pub async fn commit(
+    State(state): State<AppState>,
+    Authed(project): Authed,
+    RequestId(rid): RequestId,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CommitBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let actual = amounts(body.amounts, "amounts")?;
+    let account = body.identity.as_deref().map(tier::account).transpose()?;
+    let outcome = state
+        .gate
+        .commit(project.project_id, id, account.as_ref(), actual, rid)
+        .await?;
+    Ok(settled(outcome))
+}
+
+pub async fn release(
+    State(state): State<AppState>,
+    Authed(project): Authed,
+    RequestId(rid): RequestId,
+    Path(id): Path<String>,
+    body: bytes::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let body: ReleaseBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReleaseBody::default()
+    } else {
+        super::parse_json(&body)?
+    };
+    if body.reason.as_ref().is_some_and(|r| r.len() > 200) {
+        return Err(ApiError::bad(
+            "invalid_reason",
+            Some("reason".into()),
+            "`reason` must be at most 200 characters",
+        ));
+    }
+    let account = body.identity.as_deref().map(tier::account).transpose()?;
+    let outcome = state
+        .gate
+        .release(project.project_id, id, account.as_ref(), body.reason, rid)
+        .await?;
+    Ok(settled(outcome))
+}

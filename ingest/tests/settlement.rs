@@ -1,0 +1,230 @@
+//! Reserve / commit / release semantics over HTTP: idempotent repeats,
+//! conflicting settles, partial commits giving back the rest, overage.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::json;
+use support::Harness;
+
+const PLAN: &str = r#"
+default_tier: free
+tiers:
+  free:
+    limits:
+      - { unit: requests, window: day, cap: 100 }
+      - { unit: tokens, window: day, cap: 10000 }
+      - { unit: usd, window: month, cap: "1.00" }
+"#;
+
+#[tokio::test]
+async fn repeated_reserve_returns_the_first_outcome_and_appends_nothing() {
+    let h = Harness::start(PLAN).await;
+    let id = uuid::Uuid::now_v7();
+    let body = json!({"identity": "alice", "reservation_id": id, "amounts": {"tokens": 500, "usd": "0.10"}});
+    let (s1, first) = h.reserve(body.clone()).await;
+    let (s2, second) = h.reserve(body).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(first["reservation_id"], id.to_string());
+    assert_eq!(first["expires_at"], second["expires_at"]);
+    assert_eq!(
+        (first["replayed"].as_bool(), second["replayed"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(Harness::limit(&second, "tokens", "day")["held"], "500");
+    let types: Vec<_> = h.events("alice").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(types, vec!["reserved"]);
+}
+
+#[tokio::test]
+async fn partial_commit_returns_the_rest_and_repeats_are_idempotent() {
+    let h = Harness::start(PLAN).await;
+    let (_, r) = h
+        .reserve(json!({"identity": "bob", "amounts": {"tokens": 1000, "usd": "0.50"}}))
+        .await;
+    let id = r["reservation_id"].as_str().unwrap().to_owned();
+    let commit = json!({"amounts": {"tokens": 300, "usd": "0.12"}});
+    let (s, c) = h
+        .post(&format!("/v1/reservations/{id}/commit"), commit.clone())
+        .await;
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(
+        (c["status"].as_str(), c["replayed"].as_bool()),
+        (Some("committed"), Some(false))
+    );
+    assert_eq!(
+        c["actual"],
+        json!({"requests": "1", "tokens": "300", "usd": "0.12"})
+    );
+    assert!(c.get("overage").is_none());
+    let (s, again) = h
+        .post(&format!("/v1/reservations/{id}/commit"), commit)
+        .await;
+    assert_eq!((s, again["replayed"].as_bool()), (200, Some(true)));
+
+    let (_, view) = h.get("/v1/usage?identity=bob").await;
+    let usd = Harness::limit(&view, "usd", "month");
+    assert_eq!(
+        (
+            usd["used"].as_str(),
+            usd["held"].as_str(),
+            usd["remaining"].as_str()
+        ),
+        (Some("0.12"), Some("0"), Some("0.88"))
+    );
+    assert_eq!(Harness::limit(&view, "tokens", "day")["used"], "300");
+    let types: Vec<_> = h.events("bob").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(types, vec!["reserved", "committed"]);
+}
+
+#[tokio::test]
+async fn conflicting_settles_are_refused_with_409() {
+    let h = Harness::start(PLAN).await;
+    let (_, r) = h
+        .reserve(json!({"identity": "carol", "amounts": {"tokens": 100}}))
+        .await;
+    let id = r["reservation_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"tokens": 50}})
+        )
+        .await
+        .0,
+        200
+    );
+    let (s, body) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"tokens": 60}}),
+        )
+        .await;
+    assert_eq!(s, 409);
+    assert_eq!(body["error"]["code"], "reservation_already_settled");
+    let (s, _) = h
+        .post(&format!("/v1/reservations/{id}/release"), json!({}))
+        .await;
+    assert_eq!(s, 409);
+
+    let (_, r) = h
+        .reserve(json!({"identity": "carol", "amounts": {"tokens": 100}}))
+        .await;
+    let id = r["reservation_id"].as_str().unwrap().to_owned();
+    let (s, rel) = h
+        .post(
+            &format!("/v1/reservations/{id}/release"),
+            json!({"reason": "upstream_error"}),
+        )
+        .await;
+    assert_eq!((s, rel["status"].as_str()), (200, Some("released")));
+    assert_eq!(
+        h.post_raw(&format!("/v1/reservations/{id}/release"), String::new())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        h.post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"tokens": 1}})
+        )
+        .await
+        .0,
+        409
+    );
+    let unknown = uuid::Uuid::now_v7();
+    let (s, body) = h
+        .post(
+            &format!("/v1/reservations/{unknown}/commit"),
+            json!({"amounts": {}}),
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (404, Some("reservation_not_found"))
+    );
+    let types: Vec<_> = h.events("carol").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(types, vec!["reserved", "committed", "reserved", "released"]);
+}
+
+#[tokio::test]
+async fn usage_above_the_hold_is_recorded_in_full_as_overage() {
+    let h = Harness::start(PLAN).await;
+    let (_, r) = h
+        .reserve(json!({"identity": "dave", "amounts": {"tokens": 100, "usd": "0.10"}}))
+        .await;
+    let id = r["reservation_id"].as_str().unwrap().to_owned();
+    let (s, c) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"tokens": 250, "usd": "0.30"}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(c["overage"], json!({"tokens": "150", "usd": "0.2"}));
+    let (_, view) = h.get("/v1/usage?identity=dave").await;
+    assert_eq!(Harness::limit(&view, "usd", "month")["used"], "0.3");
+    let events = h.events("dave").await;
+    assert_eq!(
+        events[1].1["overage"],
+        json!({"tokens": "150", "usd": "0.2"})
+    );
+}
+
+#[tokio::test]
+async fn commit_after_expiry_records_the_usage_instead_of_losing_it() {
+    let h = Harness::start(PLAN).await;
+    let (_, r) = h
+        .reserve(json!({"identity": "erin", "ttl_ms": 1, "amounts": {"usd": "0.05"}}))
+        .await;
+    let id: schemas::ReservationId = r["reservation_id"].as_str().unwrap().parse().unwrap();
+    let account = schemas::Account::Identity {
+        identity: "erin".into(),
+    };
+    testkit::wait::until(
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_millis(10),
+        || async { h.gate.expire(h.project_id, &account, id).await.unwrap() },
+    )
+    .await
+    .unwrap();
+    let (s, c) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"usd": "0.04"}}),
+        )
+        .await;
+    assert_eq!((s, c["late"].as_bool()), (200, Some(true)), "{c}");
+    let (s, again) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"usd": "0.04"}}),
+        )
+        .await;
+    assert_eq!((s, again["replayed"].as_bool()), (200, Some(true)));
+    let types: Vec<_> = h.events("erin").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(types, vec!["reserved", "expired", "usage_recorded"]);
+    let (_, view) = h.get("/v1/usage?identity=erin").await;
+    assert_eq!(Harness::limit(&view, "usd", "month")["used"], "0.04");
+}
+
+#[tokio::test]
+async fn usage_without_a_hold_is_recorded_once_per_usage_id() {
+    let h = Harness::start(PLAN).await;
+    let usage_id = uuid::Uuid::now_v7();
+    let body = json!({"identity": "fay", "model": "gpt-4o", "usage_id": usage_id, "amounts": {"input_tokens": 40, "output_tokens": 60}});
+    let (s, first) = h.post("/v1/usage", body.clone()).await;
+    assert_eq!(
+        (s, first["recorded"].as_bool()),
+        (200, Some(true)),
+        "{first}"
+    );
+    assert_eq!(
+        Harness::limit(&first, "tokens", "day")["used"],
+        "100",
+        "tokens derive from input + output"
+    );
+    let (_, second) = h.post("/v1/usage", body).await;
+    assert_eq!(second["recorded"].as_bool(), Some(false));
+    assert_eq!(h.events("fay").await.len(), 1);
+}

@@ -1,0 +1,203 @@
+//! The control plane in PostgreSQL: projects, their keys and plans.
+//!
+//! Secret keys (`sk_…`) are stored only as SHA-256 hashes (they are long
+//! random tokens, so a fast hash is enough); the key is shown once, at
+//! creation. [`ControlCache`] keeps recently used projects in memory for a
+//! few seconds and forgets a project as soon as a change is announced on
+//! [`schemas::subjects::CONTROL_CHANGED`].
+
+use dashmap::DashMap;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use schemas::plan::Plan;
+use schemas::ProjectId;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a cached project is trusted without a change notice.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// A project as the data plane needs it.
+#[derive(Clone, Debug)]
+pub struct Project {
+    pub project_id: ProjectId,
+    pub name: String,
+    pub public_key: String,
+    pub plan: Option<Plan>,
+}
+
+/// The keys of a new project; the secret is never shown again.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NewProject {
+    pub project_id: ProjectId,
+    pub project_key: String,
+    pub secret_key: String,
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn token(prefix: &str, len: usize) -> String {
+    let body: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect();
+    format!("{prefix}{body}")
+}
+
+pub async fn create_project(pool: &PgPool, name: &str) -> sqlx::Result<NewProject> {
+    let new = NewProject {
+        project_id: ProjectId::new(),
+        project_key: token("pk_", 24),
+        secret_key: token("sk_", 40),
+    };
+    sqlx::query("INSERT INTO projects (project_id, name, public_key, secret_key_hash) VALUES ($1, $2, $3, $4)")
+        .bind(new.project_id.0)
+        .bind(name)
+        .bind(&new.project_key)
+        .bind(hash_secret(&new.secret_key))
+        .execute(pool)
+        .await?;
+    Ok(new)
+}
+
+type Row = (uuid::Uuid, String, String, Option<serde_json::Value>);
+
+fn to_project(row: Row) -> Project {
+    let (id, name, public_key, plan) = row;
+    let plan = plan.and_then(|v| match serde_json::from_value::<Plan>(v) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(project_id = %id, error = %e, "stored plan cannot be read; the project has no plan until it is applied again");
+            None
+        }
+    });
+    Project {
+        project_id: ProjectId(id),
+        name,
+        public_key,
+        plan,
+    }
+}
+
+pub async fn project_by_public_key(
+    pool: &PgPool,
+    public_key: &str,
+) -> sqlx::Result<Option<Project>> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT project_id, name, public_key, plan FROM projects WHERE public_key = $1",
+    )
+    .bind(public_key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(to_project))
+}
+
+pub async fn project_by_secret(pool: &PgPool, secret: &str) -> sqlx::Result<Option<Project>> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT project_id, name, public_key, plan FROM projects WHERE secret_key_hash = $1",
+    )
+    .bind(hash_secret(secret))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(to_project))
+}
+
+/// Sets a project's plan. Returns false if no project has that public key.
+pub async fn apply_plan(pool: &PgPool, public_key: &str, plan: &Plan) -> anyhow::Result<bool> {
+    let json = serde_json::to_value(plan)?;
+    let done =
+        sqlx::query("UPDATE projects SET plan = $2, updated_at = now() WHERE public_key = $1")
+            .bind(public_key)
+            .bind(json)
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Tells every running process that the control plane changed.
+pub async fn announce_change(client: &async_nats::Client) {
+    if let Err(e) = client
+        .publish(schemas::subjects::CONTROL_CHANGED, bytes::Bytes::new())
+        .await
+    {
+        tracing::warn!(error = %e, "could not announce a control-plane change; caches refresh within {CACHE_TTL:?}");
+    }
+    let _ = client.flush().await;
+}
+
+/// Which key a lookup is by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Secret(String),
+    Public(String),
+}
+
+/// Projects by key, cached briefly. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlCache {
+    pool: PgPool,
+    entries: Arc<DashMap<Key, (Instant, Option<Project>)>>,
+}
+
+impl ControlCache {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            entries: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// Forgets everything when a change is announced, until the client closes.
+    pub fn follow_changes(&self, client: async_nats::Client) {
+        let entries = self.entries.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let Ok(mut sub) = client.subscribe(schemas::subjects::CONTROL_CHANGED).await else {
+                return;
+            };
+            while sub.next().await.is_some() {
+                entries.clear();
+            }
+        });
+    }
+
+    pub fn invalidate(&self) {
+        self.entries.clear();
+    }
+
+    pub async fn by_secret(&self, secret: &str) -> sqlx::Result<Option<Project>> {
+        self.get(Key::Secret(hash_secret(secret))).await
+    }
+
+    pub async fn by_public_key(&self, public_key: &str) -> sqlx::Result<Option<Project>> {
+        self.get(Key::Public(public_key.to_owned())).await
+    }
+
+    async fn get(&self, key: Key) -> sqlx::Result<Option<Project>> {
+        if let Some(hit) = self.entries.get(&key) {
+            if hit.0.elapsed() < CACHE_TTL {
+                return Ok(hit.1.clone());
+            }
+        }
+        let project = match &key {
+            Key::Secret(hash) => {
+                let row: Option<Row> = sqlx::query_as("SELECT project_id, name, public_key, plan FROM projects WHERE secret_key_hash = $1")
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(to_project)
+            }
+            Key::Public(pk) => project_by_public_key(&self.pool, pk).await?,
+        };
+        if self.entries.len() > 100_000 {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (Instant::now(), project.clone()));
+        Ok(project)
+    }
+}

@@ -1,0 +1,227 @@
+//! Pure admission and settlement decisions over one account's state.
+//!
+//! **Admission rule** (invariant 1): a hold is admitted only if, for every
+//! limit of the tier that applies to it (the limit's model scope matches and
+//! the request names the limit's unit), `used + held + requested ≤ cap` in the
+//! current period; a request for zero of a unit is refused once nothing of
+//! that unit remains. Units a request does not name are not checked. The
+//! tier's `concurrency` caps the number of open holds.
+//!
+//! **Settlement rule**: a commit's units that the caller leaves out are
+//! committed as held; actual above held is recorded in full as overage.
+
+use chrono::{DateTime, Utc};
+use projector::{AccountState, LimitView, Settlement};
+use rust_decimal::Decimal;
+use schemas::events::{Committed, Event, Released, Reserved, UsageRecorded};
+use schemas::plan::{scope_matches, Tier};
+use schemas::{Amounts, ReservationId};
+use uuid::Uuid;
+
+/// A reservation request, already validated.
+#[derive(Clone, Debug)]
+pub struct ReserveRequest {
+    pub reservation_id: ReservationId,
+    pub model: Option<String>,
+    pub amounts: Amounts,
+    pub expires_at: DateTime<Utc>,
+    pub tier: String,
+}
+
+/// Why a hold was refused.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Violation {
+    /// `limits[index]` would be exceeded.
+    Limit { index: usize, requested: Decimal },
+    /// Too many holds open at once.
+    Concurrency { max: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReserveDecision {
+    /// The reservation id is known: answer with its first outcome.
+    Existing {
+        expires_at: DateTime<Utc>,
+        status: &'static str,
+    },
+    Deny {
+        violation: Violation,
+        retry_after: Option<DateTime<Utc>>,
+    },
+    Admit(Event),
+}
+
+pub fn views(state: &AccountState, tier: &Tier, now: DateTime<Utc>) -> Vec<LimitView> {
+    tier.limits
+        .iter()
+        .map(|l| state.limit_view(l, now))
+        .collect()
+}
+
+pub fn decide_reserve(
+    state: &AccountState,
+    tier: &Tier,
+    req: &ReserveRequest,
+    now: DateTime<Utc>,
+) -> ReserveDecision {
+    if let Some(open) = state.open_hold(&req.reservation_id) {
+        return ReserveDecision::Existing {
+            expires_at: open.expires_at,
+            status: "open",
+        };
+    }
+    if let Some(settled) = state.settled(&req.reservation_id) {
+        return ReserveDecision::Existing {
+            expires_at: settled.expires_at,
+            status: settled.settlement.status(),
+        };
+    }
+    if let Some(max) = tier.concurrency {
+        let open_now = state.open_holds().count();
+        if open_now >= usize::try_from(max).unwrap_or(usize::MAX) {
+            let soonest = state.open_holds().map(|(_, h)| h.expires_at).min();
+            return ReserveDecision::Deny {
+                violation: Violation::Concurrency { max },
+                retry_after: soonest,
+            };
+        }
+    }
+    let mut worst: Option<(usize, Decimal, Option<DateTime<Utc>>)> = None;
+    for (index, limit) in tier.limits.iter().enumerate() {
+        if !req.amounts.contains(&limit.unit)
+            || !scope_matches(limit.model.as_ref(), req.model.as_deref())
+        {
+            continue;
+        }
+        let view = state.limit_view(limit, now);
+        let requested = req.amounts.get(&limit.unit);
+        let fits = view.used + view.held + requested <= view.cap
+            && (requested > Decimal::ZERO || view.used + view.held < view.cap);
+        if !fits {
+            // Report the violated limit that frees up last: retrying earlier is pointless.
+            let later = match &worst {
+                None => true,
+                Some((_, _, at)) => match (view.resets_at, at) {
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                    (Some(a), Some(b)) => a > *b,
+                },
+            };
+            if later {
+                worst = Some((index, requested, view.resets_at));
+            }
+        }
+    }
+    if let Some((index, requested, resets_at)) = worst {
+        return ReserveDecision::Deny {
+            violation: Violation::Limit { index, requested },
+            retry_after: resets_at,
+        };
+    }
+    ReserveDecision::Admit(Event::Reserved(Reserved {
+        reservation_id: req.reservation_id,
+        model: req.model.clone(),
+        amounts: req.amounts.clone(),
+        expires_at: req.expires_at,
+        tier: Some(req.tier.clone()),
+    }))
+}
+
+/// What settling a reservation should do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SettleDecision {
+    Append(Event),
+    /// Same settlement as before: answer as the first time, change nothing.
+    Repeat(Settlement),
+    /// A different settlement already happened.
+    Conflict {
+        status: &'static str,
+    },
+    NotFound,
+}
+
+/// Fills units the caller left out with the held amount.
+pub fn complete_actual(held: &Amounts, actual: &Amounts) -> Amounts {
+    let mut out = actual.clone();
+    for (unit, amount) in held.iter() {
+        if !out.contains(unit) {
+            out.set(unit.clone(), amount);
+        }
+    }
+    out
+}
+
+pub fn decide_commit(state: &AccountState, id: ReservationId, actual: &Amounts) -> SettleDecision {
+    if let Some(open) = state.open_hold(&id) {
+        let actual = complete_actual(&open.amounts, actual);
+        let overage = actual.saturating_sub(&open.amounts);
+        return SettleDecision::Append(Event::Committed(Committed {
+            hold: open.hold_ref(id),
+            actual,
+            overage,
+        }));
+    }
+    match state.settled(&id) {
+        Some(s) => match &s.settlement {
+            Settlement::Committed { actual: first, .. }
+                if *first == complete_actual(&s.hold.held, actual) =>
+            {
+                SettleDecision::Repeat(s.settlement.clone())
+            }
+            Settlement::Expired if state.has_usage_id(&id.0) => {
+                SettleDecision::Repeat(s.settlement.clone())
+            }
+            Settlement::Expired => {
+                // The hold timed out but the usage happened: record it, never bill $0.
+                SettleDecision::Append(Event::UsageRecorded(UsageRecorded {
+                    usage_id: id.0,
+                    model: s.hold.model.clone(),
+                    amounts: complete_actual(&s.hold.held, actual),
+                }))
+            }
+            other => SettleDecision::Conflict {
+                status: other.status(),
+            },
+        },
+        None if state.has_usage_id(&id.0) => SettleDecision::Repeat(Settlement::Expired),
+        None => SettleDecision::NotFound,
+    }
+}
+
+pub fn decide_release(
+    state: &AccountState,
+    id: ReservationId,
+    reason: Option<String>,
+) -> SettleDecision {
+    if let Some(open) = state.open_hold(&id) {
+        return SettleDecision::Append(Event::Released(Released {
+            hold: open.hold_ref(id),
+            reason,
+        }));
+    }
+    match state.settled(&id) {
+        Some(s) => match &s.settlement {
+            Settlement::Released { .. } => SettleDecision::Repeat(s.settlement.clone()),
+            other => SettleDecision::Conflict {
+                status: other.status(),
+            },
+        },
+        None => SettleDecision::NotFound,
+    }
+}
+
+pub fn decide_usage(
+    state: &AccountState,
+    usage_id: Uuid,
+    model: Option<String>,
+    amounts: Amounts,
+) -> Option<Event> {
+    if state.has_usage_id(&usage_id) {
+        return None;
+    }
+    Some(Event::UsageRecorded(UsageRecorded {
+        usage_id,
+        model,
+        amounts,
+    }))
+}

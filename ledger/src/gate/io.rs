@@ -1,0 +1,170 @@
+//! The gate's stream I/O: loading an account from its subject, catching up
+//! on events appended by other processes, and the conditional append.
+
+use super::GateError;
+use async_nats::jetstream::{
+    self, consumer::pull, context::Publish, context::PublishErrorKind, stream::DirectGetErrorKind,
+};
+use futures::StreamExt;
+use projector::AccountState;
+use schemas::events::Envelope;
+use schemas::{subjects, Account, ProjectId, ReservationId};
+use sqlx::PgPool;
+use std::time::Duration;
+
+pub(super) enum AppendError {
+    /// Another process appended to the subject first.
+    Conflict,
+    Unavailable(String),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> GateError {
+    GateError::Unavailable(e.to_string())
+}
+
+fn decode(seq: u64, bytes: &[u8]) -> Result<Envelope, GateError> {
+    Envelope::from_slice(bytes).map_err(|e| {
+        GateError::Internal(anyhow::anyhow!(
+            "event at stream sequence {seq} cannot be read: {e}"
+        ))
+    })
+}
+
+/// Appends `envelope` if `expected` is still the subject's last sequence.
+pub(super) async fn append(
+    js: &jetstream::Context,
+    subject: &str,
+    envelope: &Envelope,
+    expected: u64,
+) -> Result<u64, AppendError> {
+    let payload = envelope
+        .to_vec()
+        .map_err(|e| AppendError::Unavailable(format!("encoding event: {e}")))?;
+    let mut publish = Publish::build()
+        .payload(payload.into())
+        .message_id(envelope.event_id.to_string())
+        .expected_last_subject_sequence(expected);
+    if let Some(request_id) = &envelope.request_id {
+        publish = publish.header("x-request-id", request_id.as_str());
+    }
+    let classify = |kind: PublishErrorKind, e: String| match kind {
+        PublishErrorKind::WrongLastSequence => AppendError::Conflict,
+        _ => AppendError::Unavailable(e),
+    };
+    let ack = js
+        .send_publish(subject.to_owned(), publish)
+        .await
+        .map_err(|e| classify(e.kind(), e.to_string()))?;
+    let ack = ack.await.map_err(|e| classify(e.kind(), e.to_string()))?;
+    Ok(ack.sequence)
+}
+
+/// Applies every event on `subject` after `state.last_seq`; returns how many.
+pub(super) async fn catch_up(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    state: &mut AccountState,
+) -> Result<usize, GateError> {
+    let mut applied = 0;
+    loop {
+        let msg = match stream
+            .direct_get_next_for_subject(subject, Some(state.last_seq + 1))
+            .await
+        {
+            Ok(msg) => msg,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(applied),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let seq = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Sequence"))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .ok_or_else(|| {
+                GateError::Internal(anyhow::anyhow!("direct get answered without Nats-Sequence"))
+            })?;
+        let envelope = decode(seq, &msg.payload)?;
+        state.apply(seq, &envelope);
+        applied += 1;
+    }
+}
+
+/// Folds every event of `subject` into a fresh state.
+pub(super) async fn load(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> Result<AccountState, GateError> {
+    let mut state = AccountState::new();
+    let last = match stream.direct_get_last_for_subject(subject).await {
+        Ok(msg) => msg.sequence,
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(state),
+        Err(e) => return Err(unavailable(e)),
+    };
+    if last <= 16 {
+        // A short history: direct gets are cheaper than a consumer.
+        catch_up(stream, subject, &mut state).await?;
+        return Ok(state);
+    }
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map_err(unavailable)?;
+    let mut messages = consumer.messages().await.map_err(unavailable)?;
+    while state.last_seq < last {
+        let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| unavailable("timed out loading account history"))?;
+        let Some(msg) = next else { break };
+        let msg = msg.map_err(unavailable)?;
+        let seq = msg.info().map_err(unavailable)?.stream_sequence;
+        let envelope = decode(seq, &msg.payload)?;
+        state.apply(seq, &envelope);
+    }
+    // Events appended while loading are picked up too.
+    catch_up(stream, subject, &mut state).await?;
+    Ok(state)
+}
+
+/// Finds the account of a reservation taken by another process, via the
+/// ledger's `reservations` table; waits (bounded) while the ledger lags.
+pub(super) async fn locate_in_ledger(
+    pool: &PgPool,
+    stream: &jetstream::stream::Stream,
+    project: ProjectId,
+    id: ReservationId,
+) -> Result<Account, GateError> {
+    let mut stream = stream.clone();
+    let target = stream
+        .info()
+        .await
+        .map_err(unavailable)?
+        .state
+        .last_sequence;
+    for _ in 0..100 {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT identity FROM reservations WHERE project_id = $1 AND reservation_id = $2",
+        )
+        .bind(project.0)
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+        if let Some((identity,)) = row {
+            return Ok(Account::Identity { identity });
+        }
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE projection = $1")
+                .bind(subjects::LEDGER_CONSUMER)
+                .fetch_optional(pool)
+                .await
+                .map_err(unavailable)?;
+        if applied.and_then(|a| u64::try_from(a).ok()).unwrap_or(0) >= target {
+            return Err(GateError::NotFound);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(GateError::Unavailable("the ledger is behind; retry".into()))
+}

@@ -1,0 +1,430 @@
+//! The gate: every change to an account is a conditional append to the
+//! account's one subject, decided on the account's latest state.
+//!
+//! Within a process, one task at a time works on an account (a per-account
+//! mutex); across processes, `Nats-Expected-Last-Subject-Sequence` rejects an
+//! append made on a stale view, and the loser catches up on the subject and
+//! decides again. So admission is linearizable per account (invariant 1) and
+//! each hold is settled at most once. If the append cannot be made durably the
+//! caller gets [`GateError::Unavailable`] and nothing is forwarded (invariant 7).
+
+pub mod decide;
+mod io;
+
+use crate::clock::Clock;
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use decide::{ReserveDecision, ReserveRequest, SettleDecision, Violation};
+use projector::{AccountState, LimitView, Settlement};
+use schemas::events::{Envelope, Event};
+use schemas::plan::Tier;
+use schemas::{subjects, Account, Amounts, EventId, ProjectId, ReservationId, SCHEMA_VERSION};
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+/// How many times a decision is retried after losing a race to another process.
+const MAX_ATTEMPTS: usize = 64;
+/// Most reservation → account entries remembered in memory before starting over.
+const MAX_INDEX_ENTRIES: usize = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("the ledger is unavailable: {0}")]
+    Unavailable(String),
+    #[error("reservation not found")]
+    NotFound,
+    #[error("reservation is already {status}")]
+    Conflict { status: &'static str },
+    #[error("account is too contended; retry")]
+    Contention,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub reservation_id: ReservationId,
+    pub expires_at: DateTime<Utc>,
+    /// `open`, or how it was settled when this is a repeated request.
+    pub status: &'static str,
+    pub replayed: bool,
+    pub limits: Vec<LimitView>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Denied {
+    pub violation: Violation,
+    pub retry_after: Option<DateTime<Utc>>,
+    pub limits: Vec<LimitView>,
+}
+
+#[derive(Clone, Debug)]
+pub enum ReserveOutcome {
+    Admitted(Admitted),
+    Denied(Denied),
+}
+
+#[derive(Clone, Debug)]
+pub struct SettleOutcome {
+    pub reservation_id: ReservationId,
+    pub settlement: Settlement,
+    /// The same settlement was made before; nothing changed now.
+    pub replayed: bool,
+    /// Committed after the hold had expired: recorded as usage.
+    pub late: bool,
+}
+
+/// A decision's result: done, or an event to append then a result to build.
+enum Step<T> {
+    Done(T),
+    /// Answer only if the view is fresh (a denial or "not found" on a stale
+    /// view would be a false answer): refresh and decide again otherwise.
+    DoneIfFresh(T),
+    Append(Event, Box<dyn FnOnce(&AccountState) -> T + Send>),
+}
+
+struct Slot {
+    state: Option<AccountState>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    clock: Arc<dyn Clock>,
+    accounts: DashMap<String, Arc<Mutex<Slot>>>,
+    index: DashMap<(ProjectId, ReservationId), Account>,
+    pool: Option<PgPool>,
+}
+
+/// Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct Gate {
+    inner: Arc<Inner>,
+}
+
+impl Gate {
+    /// `pool` lets the gate find reservations taken by other processes.
+    pub async fn new(
+        client: async_nats::Client,
+        clock: Arc<dyn Clock>,
+        pool: Option<PgPool>,
+    ) -> anyhow::Result<Gate> {
+        let js = crate::stream::jetstream(client.clone());
+        let stream = crate::stream::ensure_ledger_stream(&js).await?;
+        let inner = Inner {
+            client,
+            js,
+            stream,
+            clock,
+            accounts: DashMap::new(),
+            index: DashMap::new(),
+            pool,
+        };
+        Ok(Gate {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    /// Takes a hold if every limit of `tier` allows it.
+    pub async fn reserve(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        tier: &Tier,
+        req: ReserveRequest,
+        request_id: Option<String>,
+    ) -> Result<ReserveOutcome, GateError> {
+        let tier = tier.clone();
+        let outcome = self
+            .with_account(project, account, request_id, move |state, now| {
+                match decide::decide_reserve(state, &tier, &req, now) {
+                    ReserveDecision::Existing { expires_at, status } => {
+                        Step::Done(ReserveOutcome::Admitted(Admitted {
+                            reservation_id: req.reservation_id,
+                            expires_at,
+                            status,
+                            replayed: true,
+                            limits: decide::views(state, &tier, now),
+                        }))
+                    }
+                    ReserveDecision::Deny {
+                        violation,
+                        retry_after,
+                    } => Step::DoneIfFresh(ReserveOutcome::Denied(Denied {
+                        violation,
+                        retry_after,
+                        limits: decide::views(state, &tier, now),
+                    })),
+                    ReserveDecision::Admit(event) => {
+                        let (id, expires_at, tier) =
+                            (req.reservation_id, req.expires_at, tier.clone());
+                        Step::Append(
+                            event,
+                            Box::new(move |state: &AccountState| {
+                                ReserveOutcome::Admitted(Admitted {
+                                    reservation_id: id,
+                                    expires_at,
+                                    status: "open",
+                                    replayed: false,
+                                    limits: decide::views(state, &tier, now),
+                                })
+                            }),
+                        )
+                    }
+                }
+            })
+            .await?;
+        if let ReserveOutcome::Admitted(a) = &outcome {
+            if self.inner.index.len() >= MAX_INDEX_ENTRIES {
+                self.inner.index.clear();
+            }
+            self.inner
+                .index
+                .insert((project, a.reservation_id), account.clone());
+        }
+        Ok(outcome)
+    }
+
+    /// Settles a hold with the actual usage (units left out are committed as held).
+    pub async fn commit(
+        &self,
+        project: ProjectId,
+        id: ReservationId,
+        account: Option<&Account>,
+        actual: Amounts,
+        request_id: Option<String>,
+    ) -> Result<SettleOutcome, GateError> {
+        let account = self.locate(project, id, account).await?;
+        self.settle(project, &account, id, request_id, move |state| {
+            decide::decide_commit(state, id, &actual)
+        })
+        .await
+    }
+
+    /// Gives a hold back.
+    pub async fn release(
+        &self,
+        project: ProjectId,
+        id: ReservationId,
+        account: Option<&Account>,
+        reason: Option<String>,
+        request_id: Option<String>,
+    ) -> Result<SettleOutcome, GateError> {
+        let account = self.locate(project, id, account).await?;
+        self.settle(project, &account, id, request_id, move |state| {
+            decide::decide_release(state, id, reason.clone())
+        })
+        .await
+    }
+
+    /// Releases a hold whose TTL has passed; `Ok(false)` if it was not (or no longer) open and due.
+    pub async fn expire(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        id: ReservationId,
+    ) -> Result<bool, GateError> {
+        self.with_account(project, account, None, move |state, now| {
+            match state.open_hold(&id) {
+                Some(hold) if hold.expires_at <= now => {
+                    let event = Event::Expired(schemas::events::Expired {
+                        hold: hold.hold_ref(id),
+                        expires_at: hold.expires_at,
+                    });
+                    Step::Append(event, Box::new(|_: &AccountState| true))
+                }
+                Some(_) => Step::Done(false),
+                None => Step::DoneIfFresh(false),
+            }
+        })
+        .await
+    }
+
+    /// Records usage that had no hold. Returns false if `usage_id` was recorded before.
+    pub async fn record_usage(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        usage_id: Uuid,
+        model: Option<String>,
+        amounts: Amounts,
+        request_id: Option<String>,
+    ) -> Result<bool, GateError> {
+        self.with_account(
+            project,
+            account,
+            request_id,
+            move |state, _| match decide::decide_usage(
+                state,
+                usage_id,
+                model.clone(),
+                amounts.clone(),
+            ) {
+                Some(event) => Step::Append(event, Box::new(|_: &AccountState| true)),
+                None => Step::Done(false),
+            },
+        )
+        .await
+    }
+
+    /// The limits view of an account, read fresh from the stream.
+    pub async fn view(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        tier: &Tier,
+    ) -> Result<Vec<LimitView>, GateError> {
+        let tier = tier.clone();
+        self.with_account(project, account, None, move |state, now| {
+            Step::DoneIfFresh(decide::views(state, &tier, now))
+        })
+        .await
+    }
+
+    async fn settle(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        id: ReservationId,
+        request_id: Option<String>,
+        decide: impl Fn(&AccountState) -> SettleDecision + Send,
+    ) -> Result<SettleOutcome, GateError> {
+        self.with_account(project, account, request_id, move |state, _| {
+            match decide(state) {
+                SettleDecision::Append(event) => {
+                    let late = matches!(event, Event::UsageRecorded(_));
+                    Step::Append(
+                        event,
+                        Box::new(move |state: &AccountState| {
+                            let settlement = state
+                                .settled(&id)
+                                .map(|s| s.settlement.clone())
+                                .unwrap_or(Settlement::Expired);
+                            Ok(SettleOutcome {
+                                reservation_id: id,
+                                settlement,
+                                replayed: false,
+                                late,
+                            })
+                        }),
+                    )
+                }
+                SettleDecision::Repeat(settlement) => {
+                    let late = matches!(settlement, Settlement::Expired);
+                    Step::Done(Ok(SettleOutcome {
+                        reservation_id: id,
+                        settlement,
+                        replayed: true,
+                        late,
+                    }))
+                }
+                SettleDecision::Conflict { status } => {
+                    Step::Done(Err(GateError::Conflict { status }))
+                }
+                SettleDecision::NotFound => Step::DoneIfFresh(Err(GateError::NotFound)),
+            }
+        })
+        .await?
+    }
+
+    /// Runs `decide` on the account's latest state, appending what it asks for.
+    async fn with_account<T: Send + 'static>(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        request_id: Option<String>,
+        mut decide: impl FnMut(&AccountState, DateTime<Utc>) -> Step<T> + Send,
+    ) -> Result<T, GateError> {
+        let subject = subjects::account_subject(project, account);
+        let slot = self
+            .inner
+            .accounts
+            .entry(subject.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Slot { state: None })))
+            .clone();
+        let mut slot = slot.lock().await;
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            slot.state = None;
+            return Err(GateError::Unavailable("not connected to NATS".into()));
+        }
+        let mut fresh = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let state = match slot.state.as_mut() {
+                Some(state) => state,
+                None => {
+                    fresh = true;
+                    slot.state
+                        .insert(io::load(&self.inner.stream, &subject).await?)
+                }
+            };
+            let now = self.inner.clock.now();
+            match decide(state, now) {
+                Step::Done(t) => return Ok(t),
+                Step::DoneIfFresh(t) => {
+                    if fresh || io::catch_up(&self.inner.stream, &subject, state).await? == 0 {
+                        return Ok(t);
+                    }
+                    fresh = true;
+                }
+                Step::Append(event, finish) => {
+                    let envelope = Envelope {
+                        event_id: EventId::new(),
+                        schema_version: SCHEMA_VERSION,
+                        occurred_at: now,
+                        project_id: project,
+                        account: account.clone(),
+                        request_id: request_id.clone(),
+                        event,
+                    };
+                    match io::append(&self.inner.js, &subject, &envelope, state.last_seq).await {
+                        Ok(seq) => {
+                            state.apply(seq, &envelope);
+                            return Ok(finish(state));
+                        }
+                        Err(io::AppendError::Conflict) => {
+                            io::catch_up(&self.inner.stream, &subject, state).await?;
+                            fresh = true;
+                        }
+                        Err(io::AppendError::Unavailable(why)) => {
+                            // The event may or may not be stored: forget the view, reload next time.
+                            slot.state = None;
+                            return Err(GateError::Unavailable(why));
+                        }
+                    }
+                }
+            }
+        }
+        Err(GateError::Contention)
+    }
+
+    /// Which account holds reservation `id`.
+    async fn locate(
+        &self,
+        project: ProjectId,
+        id: ReservationId,
+        hint: Option<&Account>,
+    ) -> Result<Account, GateError> {
+        if let Some(account) = hint {
+            return Ok(account.clone());
+        }
+        if let Some(account) = self.inner.index.get(&(project, id)) {
+            return Ok(account.clone());
+        }
+        match &self.inner.pool {
+            Some(pool) => io::locate_in_ledger(pool, &self.inner.stream, project, id).await,
+            None => Err(GateError::NotFound),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Generate proxy/prices/model_prices.json from LiteLLM's model_prices.json.
+
+Keeps chat-mode models that have both an input and an output price, and for each
+one the fields the proxy prices with. Prices are converted to decimal strings from
+the JSON number's *text* (json.load(parse_float=Decimal)), never through a binary
+float, so `2.5e-06` becomes "0.0000025" exactly.
+
+Usage: python3 scripts/gen_prices.py [SOURCE] [DEST]
+  SOURCE defaults to ../shared/data/model_prices.json (relative to the repo root)
+  DEST   defaults to proxy/prices/model_prices.json
+"""
+import decimal
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PRICE_FIELDS = [
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "output_cost_per_reasoning_token",
+]
+LIMIT_FIELDS = ["max_input_tokens", "max_output_tokens"]
+
+
+def decimal_text(value):
+    """Exact plain-notation text of a price (no exponent, no trailing zeros)."""
+    if isinstance(value, bool) or not isinstance(value, (int, decimal.Decimal)):
+        raise ValueError(f"not a number: {value!r}")
+    d = decimal.Decimal(value)
+    if d < 0:
+        raise ValueError(f"negative price: {value!r}")
+    text = format(d, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def token_limit(value):
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
+        return int(value)
+    return None
+
+
+def convert(models):
+    out = {}
+    for name in sorted(models):
+        spec = models[name]
+        if not isinstance(spec, dict) or spec.get("mode") != "chat":
+            continue
+        if "input_cost_per_token" not in spec or "output_cost_per_token" not in spec:
+            continue
+        entry = {"provider": spec.get("litellm_provider", "")}
+        for field in PRICE_FIELDS:
+            if field in spec and spec[field] is not None:
+                entry[field] = decimal_text(spec[field])
+        for field in LIMIT_FIELDS:
+            limit = token_limit(spec.get(field))
+            if limit is not None:
+                entry[field] = limit
+        out[name] = entry
+    return out
+
+
+def main():
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data" / "model_prices.json"
+    dest = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "proxy" / "prices" / "model_prices.json"
+    raw = src.read_bytes()
+    models = json.loads(raw, parse_float=decimal.Decimal)
+    table = convert(models)
+    lines = ["{"]
+    lines.append('  "source": ' + json.dumps(
+        "LiteLLM model_prices_and_context_window.json (MIT), sha256 " + hashlib.sha256(raw).hexdigest()
+    ) + ",")
+    lines.append('  "unit": "USD per token",')
+    lines.append('  "models": {')
+    items = list(table.items())
+    for i, (name, entry) in enumerate(items):
+        sep = "," if i + 1 < len(items) else ""
+        lines.append("    " + json.dumps(name) + ": " + json.dumps(entry, separators=(",", ":")) + sep)
+    lines.append("  }")
+    lines.append("}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(lines) + "\n")
+    print(f"wrote {len(table)} models to {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+//! Runs Tollgate's services in this process: any subset of ingest, ledger,
+//! projector and proxy. One cancellation token and one task tracker: on
+//! SIGINT/SIGTERM HTTP drains, consumers finish the batch they hold, and
+//! everything stops under a deadline.
+
+use anyhow::Context as _;
+use ledger::control::ControlCache;
+use ledger::{Gate, SystemClock};
+use projector::service::CountersProjection;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    Ingest,
+    Ledger,
+    Projector,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Ingest, Service::Ledger, Service::Projector];
+
+    pub fn parse_list(list: &str) -> anyhow::Result<BTreeSet<Service>> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| match s {
+                "ingest" => Ok(Service::Ingest),
+                "ledger" => Ok(Service::Ledger),
+                "projector" => Ok(Service::Projector),
+                other => anyhow::bail!(
+                    "--only: unknown service `{other}` (services: ingest, ledger, projector)"
+                ),
+            })
+            .collect()
+    }
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub nats_url: String,
+    pub database_url: String,
+    pub ingest_addr: SocketAddr,
+    pub expiry_interval_ms: u64,
+    pub services: BTreeSet<Service>,
+}
+
+pub async fn connect_db(url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    ledger::MIGRATOR
+        .run(pool)
+        .await
+        .context("applying migrations")
+}
+
+/// Runs the configured services until `shutdown`.
+pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = connect_db(&config.database_url).await?;
+    migrate(&pool).await?;
+    let client = ledger::stream::connect(&config.nats_url).await?;
+    let gate = Gate::new(client.clone(), Arc::new(SystemClock), Some(pool.clone())).await?;
+    let tracker = TaskTracker::new();
+    for service in &config.services {
+        match service {
+            Service::Ingest => {
+                let control = ControlCache::new(pool.clone());
+                control.follow_changes(client.clone());
+                let state = ingest::AppState {
+                    gate: gate.clone(),
+                    control,
+                };
+                let listener = tokio::net::TcpListener::bind(config.ingest_addr)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "binding ingest to {} (TOLLGATE_INGEST_ADDR)",
+                            config.ingest_addr
+                        )
+                    })?;
+                tracing::info!(addr = %config.ingest_addr, "ingest listening");
+                let token = shutdown.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = ingest::serve_on(state, listener, token).await {
+                        tracing::error!(error = %format!("{e:#}"), "ingest stopped");
+                    }
+                });
+            }
+            Service::Ledger => {
+                let (js, pool2, token) = (gate.jetstream().clone(), pool.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    if let Err(e) = projector::consumer::run(
+                        js,
+                        pool2,
+                        &ledger::projection::LedgerProjection,
+                        token,
+                    )
+                    .await
+                    {
+                        tracing::error!(error = %format!("{e:#}"), "ledger consumer stopped");
+                    }
+                });
+                let interval = Duration::from_millis(config.expiry_interval_ms);
+                tracker.spawn(ledger::expiry::run(
+                    pool.clone(),
+                    gate.clone(),
+                    interval,
+                    shutdown.clone(),
+                ));
+            }
+            Service::Projector => {
+                let (js, pool2, token) = (gate.jetstream().clone(), pool.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    if let Err(e) =
+                        projector::consumer::run(js, pool2, &CountersProjection, token).await
+                    {
+                        tracing::error!(error = %format!("{e:#}"), "projector consumer stopped");
+                    }
+                });
+            }
+        }
+    }
+    tracker.close();
+    tracing::info!(services = ?config.services, "tollgate running");
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining requests and consumers");
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 10 s");
+    }
+    client.flush().await.ok();
+    Ok(())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        token.cancel();
+    });
+}
