@@ -1,0 +1,126 @@
+//! Window roll-over at minute, day and month boundaries, with the gate
+//! reading an injected clock that the test steps over midnight.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use chrono::{DateTime, Duration, Utc};
+use ledger::ManualClock;
+use serde_json::json;
+use std::sync::Arc;
+use support::Harness;
+
+const PLAN: &str = r#"
+default_tier: free
+tiers:
+  free:
+    limits:
+      - { unit: requests, window: minute, cap: 2 }
+      - { unit: requests, window: day, cap: 3 }
+      - { unit: usd, window: month, cap: "1.00" }
+"#;
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+async fn use_one(h: &Harness, identity: &str, usd: &str) -> (u16, serde_json::Value) {
+    let (s, r) = h
+        .reserve(json!({"identity": identity, "amounts": {"usd": usd}}))
+        .await;
+    if s == 200 {
+        let id = r["reservation_id"].as_str().unwrap();
+        assert_eq!(
+            h.post(&format!("/v1/reservations/{id}/commit"), json!({}))
+                .await
+                .0,
+            200
+        );
+    }
+    (s, r)
+}
+
+#[tokio::test]
+async fn minute_and_day_limits_reset_at_their_boundaries() {
+    let clock = ManualClock::new(at("2026-01-31T23:59:58Z"));
+    let h = Harness::start_with_clock(PLAN, Arc::new(clock.clone())).await;
+    assert_eq!(use_one(&h, "u", "0.01").await.0, 200);
+    assert_eq!(use_one(&h, "u", "0.01").await.0, 200);
+    let (s, denied) = use_one(&h, "u", "0.01").await;
+    assert_eq!(s, 429);
+    assert_eq!(
+        Harness::limit(&denied, "requests", "minute")["resets_at"],
+        "2026-02-01T00:00:00Z"
+    );
+
+    clock.set(at("2026-01-31T23:59:59.999Z"));
+    let r = h
+        .http
+        .post(format!("{}/v1/reservations", h.base))
+        .bearer_auth(&h.secret)
+        .json(&json!({"identity": "u"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+
+    // Midnight: a new minute, a new day and a new month at once.
+    clock.set(at("2026-02-01T00:00:00Z"));
+    let (s, ok) = use_one(&h, "u", "0.01").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        Harness::limit(&ok, "requests", "day")["resets_at"],
+        "2026-02-02T00:00:00Z"
+    );
+    assert_eq!(
+        Harness::limit(&ok, "usd", "month")["resets_at"],
+        "2026-03-01T00:00:00Z"
+    );
+    assert_eq!(Harness::limit(&ok, "usd", "month")["held"], "0.01");
+
+    // Two more in the next minute: the day cap (3) stops the third of the day.
+    clock.advance(Duration::minutes(1));
+    assert_eq!(use_one(&h, "u", "0.01").await.0, 200);
+    assert_eq!(use_one(&h, "u", "0.01").await.0, 200);
+    clock.advance(Duration::minutes(1));
+    let (s, denied) = use_one(&h, "u", "0.01").await;
+    assert_eq!(s, 429);
+    assert_eq!(Harness::limit(&denied, "requests", "day")["remaining"], "0");
+    assert_eq!(Harness::limit(&denied, "requests", "minute")["used"], "0");
+    clock.set(at("2026-02-02T00:00:00Z"));
+    assert_eq!(use_one(&h, "u", "0.01").await.0, 200);
+}
+
+#[tokio::test]
+async fn monthly_dollars_reset_on_the_first_and_a_hold_counts_in_the_period_it_was_taken() {
+    let clock = ManualClock::new(at("2026-02-28T23:59:59Z"));
+    let h = Harness::start_with_clock(PLAN, Arc::new(clock.clone())).await;
+    assert_eq!(use_one(&h, "m", "0.90").await.0, 200);
+    let (s, _) = h
+        .reserve(json!({"identity": "m", "amounts": {"usd": "0.20"}}))
+        .await;
+    assert_eq!(s, 429);
+    // A hold taken in February and committed in March is February's spend.
+    let (s, open) = h
+        .reserve(json!({"identity": "m", "amounts": {"usd": "0.10"}}))
+        .await;
+    assert_eq!(s, 200);
+    clock.set(at("2026-03-01T00:00:00Z"));
+    let id = open["reservation_id"].as_str().unwrap();
+    assert_eq!(
+        h.post(&format!("/v1/reservations/{id}/commit"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (s, r) = h
+        .reserve(json!({"identity": "m", "amounts": {"usd": "1.00"}}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let usd = Harness::limit(&r, "usd", "month");
+    assert_eq!(
+        (usd["used"].as_str(), usd["held"].as_str()),
+        (Some("0"), Some("1"))
+    );
+}

@@ -1,0 +1,144 @@
+//! The price table: model id → [`ModelPrice`], bundled at compile time and
+//! overridable per project.
+//!
+//! Keys are LiteLLM's model ids, some with a provider prefix (`gemini/…`,
+//! `xai/…`). [`PriceTable::lookup`] tries, in order: `provider/model`, then
+//! `model`, then the same two without a date suffix (`-20241022`,
+//! `-2024-08-06`). The prefixed form comes first because it is the price of
+//! the API Tollgate actually calls (e.g. Google AI Studio's `gemini/…` rather
+//! than Vertex AI's bare `gemini-…`). Prices in JSON are strings; a JSON
+//! number is refused so that no float ever becomes a price.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+const BUNDLED_JSON: &str = include_str!("../../prices/model_prices.json");
+
+/// Prices of one model, US dollars per token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelPrice {
+    /// LiteLLM's provider name (`openai`, `anthropic`, `gemini`, …).
+    #[serde(default)]
+    pub provider: String,
+    pub input_cost_per_token: Decimal,
+    pub output_cost_per_token: Decimal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_input_token_cost: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation_input_token_cost: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cost_per_reasoning_token: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+}
+
+/// The table file's shape.
+#[derive(Debug, Deserialize)]
+struct PriceFile {
+    models: HashMap<String, ModelPrice>,
+}
+
+/// A table that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PriceTableError {
+    #[error("the price table is not valid: {0}")]
+    Invalid(#[from] serde_json::Error),
+}
+
+/// Model id → prices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PriceTable {
+    models: HashMap<String, ModelPrice>,
+}
+
+impl PriceTable {
+    /// The table shipped with this build. Parse it once at start-up.
+    pub fn bundled() -> Result<Self, PriceTableError> {
+        Self::from_json(BUNDLED_JSON)
+    }
+
+    /// A table in the bundled file's format: `{"models": {"id": {…}, …}}`.
+    pub fn from_json(json: &str) -> Result<Self, PriceTableError> {
+        let file: PriceFile = serde_json::from_str(json)?;
+        Ok(PriceTable {
+            models: file.models,
+        })
+    }
+
+    /// This table with `overrides` added, replacing entries with the same key.
+    /// Overridden keys take part in [`PriceTable::lookup`] like any other.
+    #[must_use]
+    pub fn with_overrides(
+        mut self,
+        overrides: impl IntoIterator<Item = (String, ModelPrice)>,
+    ) -> Self {
+        self.models.extend(overrides);
+        self
+    }
+
+    /// The entry under exactly `key`.
+    pub fn get(&self, key: &str) -> Option<&ModelPrice> {
+        self.models.get(key)
+    }
+
+    /// Price of `model` as served by `provider` (a `Route`'s `provider` and
+    /// `upstream_model`); see the module doc for the order tried.
+    pub fn lookup(&self, provider: &str, model: &str) -> Option<&ModelPrice> {
+        let undated = without_date_suffix(model);
+        [Some(model), undated].into_iter().flatten().find_map(|m| {
+            self.models
+                .get(&format!("{provider}/{m}"))
+                .or_else(|| self.models.get(m))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+/// `claude-3-5-sonnet-20241022` → `claude-3-5-sonnet`,
+/// `gpt-4o-2024-08-06` → `gpt-4o`; `None` if there is no date suffix.
+fn without_date_suffix(model: &str) -> Option<&str> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (head, last) = model.rsplit_once('-')?;
+    if last.len() == 8 && digits(last) {
+        return Some(head);
+    }
+    // -YYYY-MM-DD: the last three dash-separated pieces.
+    let (head2, month) = head.rsplit_once('-')?;
+    let (head3, year) = head2.rsplit_once('-')?;
+    let dated = year.len() == 4 && month.len() == 2 && last.len() == 2;
+    (dated && digits(year) && digits(month) && digits(last)).then_some(head3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_suffixes() {
+        assert_eq!(
+            without_date_suffix("claude-3-5-sonnet-20241022"),
+            Some("claude-3-5-sonnet")
+        );
+        assert_eq!(without_date_suffix("gpt-4o-2024-08-06"), Some("gpt-4o"));
+        assert_eq!(without_date_suffix("gpt-4o"), None);
+        assert_eq!(without_date_suffix("gemini-2.0-flash-001"), None);
+        assert_eq!(without_date_suffix("x-1234-56-789"), None);
+    }
+
+    #[test]
+    fn float_prices_are_refused() {
+        let json =
+            r#"{"models":{"m":{"input_cost_per_token":2.5e-06,"output_cost_per_token":"1"}}}"#;
+        assert!(PriceTable::from_json(json).is_err());
+    }
+}

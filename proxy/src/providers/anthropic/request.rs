@@ -1,0 +1,229 @@
+//! OpenAI request → Anthropic Messages request body.
+//!
+//! - `system`/`developer` messages, wherever they are, are joined (blank line
+//!   between) into the top-level `system`.
+//! - `tool` messages become `tool_result` blocks in a user turn; assistant
+//!   `tool_calls` become `tool_use` blocks.
+//! - Consecutive turns of the same role are merged, so roles alternate.
+//! - `stop` → `stop_sequences`, `user` → `metadata.user_id`, `tools` →
+//!   `tools[].input_schema`, `tool_choice` → `{type: auto|any|none|tool}`.
+//! - Fields Anthropic does not have (`seed`, `response_format`, …) are dropped;
+//!   `n > 1` is refused.
+
+use super::super::openai::{
+    ChatMessage, ChatRequest, ContentPart, MessageContent, Role, ToolChoice, ToolChoiceMode,
+};
+use super::super::upstream::{parse_data_url, tool_arguments, PrepareError};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Serialize)]
+struct MessagesRequest<'a> {
+    model: &'a str,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<String>,
+    messages: Vec<Turn>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<ToolDef<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct Turn {
+    role: &'static str,
+    content: Vec<Block>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text {
+        text: String,
+    },
+    Image {
+        source: ImageSource,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ImageSource {
+    Base64 { media_type: String, data: String },
+    Url { url: String },
+}
+
+#[derive(Serialize)]
+struct ToolDef<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: Value,
+}
+
+/// The JSON body for `POST /v1/messages`.
+pub(crate) fn build_body(
+    request: &ChatRequest,
+    model: &str,
+    max_tokens: u64,
+    stream: bool,
+) -> Result<Vec<u8>, PrepareError> {
+    if request.n.unwrap_or(1) > 1 {
+        return Err(PrepareError::Unsupported {
+            provider: "Anthropic",
+            field: "n".to_owned(),
+            reason: "only one choice can be generated".to_owned(),
+        });
+    }
+    let mut system = Vec::new();
+    let mut turns: Vec<Turn> = Vec::new();
+    for (i, message) in request.messages.iter().enumerate() {
+        let (role, blocks) = match message.role {
+            Role::System | Role::Developer => {
+                system.push(message.text_content());
+                continue;
+            }
+            Role::User => ("user", content_blocks(message, i)?),
+            Role::Assistant => ("assistant", assistant_blocks(message, i)?),
+            Role::Tool => ("user", vec![tool_result(message)]),
+        };
+        push_turn(&mut turns, role, blocks);
+    }
+    let body = MessagesRequest {
+        model,
+        max_tokens,
+        system: (!system.is_empty()).then(|| system.join("\n\n")),
+        messages: turns,
+        stop_sequences: request.stop.as_ref().map(|s| s.sequences()),
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stream,
+        tools: request.tools.as_ref().map(|tools| {
+            tools
+                .iter()
+                .map(|t| ToolDef {
+                    name: &t.function.name,
+                    description: t.function.description.as_deref(),
+                    input_schema: t
+                        .function
+                        .parameters
+                        .clone()
+                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                })
+                .collect()
+        }),
+        tool_choice: request.tool_choice.as_ref().map(tool_choice),
+        metadata: request.user.as_ref().map(|u| json!({ "user_id": u })),
+    };
+    Ok(serde_json::to_vec(&body)?)
+}
+
+/// Appends a turn, merging it into the previous one when the role repeats.
+/// Turns with no blocks (empty text) are dropped.
+fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Block>) {
+    if blocks.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some(last) if last.role == role => last.content.extend(blocks),
+        _ => turns.push(Turn {
+            role,
+            content: blocks,
+        }),
+    }
+}
+
+fn text_block(text: String) -> Option<Block> {
+    (!text.is_empty()).then_some(Block::Text { text })
+}
+
+fn content_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Block>, PrepareError> {
+    match &message.content {
+        None => Ok(Vec::new()),
+        Some(MessageContent::Text(text)) => Ok(text_block(text.clone()).into_iter().collect()),
+        Some(MessageContent::Parts(parts)) => {
+            let mut blocks = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                blocks.extend(part_block(part, || format!("messages[{i}].content[{j}]"))?);
+            }
+            Ok(blocks)
+        }
+    }
+}
+
+fn part_block(
+    part: &ContentPart,
+    field: impl Fn() -> String,
+) -> Result<Option<Block>, PrepareError> {
+    match (part.kind.as_str(), &part.text, &part.image_url) {
+        ("text", Some(text), _) => Ok(text_block(text.clone())),
+        ("image_url", _, Some(image)) => {
+            let source = match parse_data_url(&image.url) {
+                Some(d) => ImageSource::Base64 {
+                    media_type: d.media_type.to_owned(),
+                    data: d.data.to_owned(),
+                },
+                None => ImageSource::Url {
+                    url: image.url.clone(),
+                },
+            };
+            Ok(Some(Block::Image { source }))
+        }
+        (kind, _, _) => Err(PrepareError::Unsupported {
+            provider: "Anthropic",
+            field: field(),
+            reason: format!("content parts of type '{kind}' cannot be translated"),
+        }),
+    }
+}
+
+fn assistant_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Block>, PrepareError> {
+    let mut blocks = content_blocks(message, i)?;
+    for (j, call) in message.tool_calls.iter().flatten().enumerate() {
+        let input = tool_arguments(&call.function.arguments, || {
+            format!("messages[{i}].tool_calls[{j}].function.arguments")
+        })?;
+        blocks.push(Block::ToolUse {
+            id: call.id.clone(),
+            name: call.function.name.clone(),
+            input,
+        });
+    }
+    Ok(blocks)
+}
+
+fn tool_result(message: &ChatMessage) -> Block {
+    Block::ToolResult {
+        tool_use_id: message.tool_call_id.clone().unwrap_or_default(),
+        content: message.text_content(),
+    }
+}
+
+fn tool_choice(choice: &ToolChoice) -> Value {
+    match choice {
+        ToolChoice::Mode(ToolChoiceMode::Auto) => json!({"type": "auto"}),
+        ToolChoice::Mode(ToolChoiceMode::Required) => json!({"type": "any"}),
+        ToolChoice::Mode(ToolChoiceMode::None) => json!({"type": "none"}),
+        ToolChoice::Named(named) => json!({"type": "tool", "name": named.function.name}),
+    }
+}

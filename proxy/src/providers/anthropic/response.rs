@@ -1,0 +1,69 @@
+//! Anthropic non-streamed answer → `chat.completion`.
+//!
+//! Text blocks are concatenated into `message.content`; `tool_use` blocks
+//! become `tool_calls` (their `input` serialized as the arguments text);
+//! thinking blocks are not shown. `stop_reason` maps through
+//! [`super::finish_reason`].
+
+use super::super::openai::{
+    ChatResponse, Choice, FinishReason, FunctionCall, ResponseMessage, ToolCall,
+};
+use super::super::response::ResponseMeta;
+use super::super::usage::{AnthropicUsage, Usage};
+use super::{finish_reason, AnswerBlock};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct MessagesResponse {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    content: Vec<AnswerBlock>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    usage: AnthropicUsage,
+}
+
+pub(crate) fn translate(
+    body: &[u8],
+    meta: &ResponseMeta,
+) -> Result<(ChatResponse, Usage), serde_json::Error> {
+    let answer: MessagesResponse = serde_json::from_slice(body)?;
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in answer.content {
+        match block {
+            AnswerBlock::Text { text: t } => text.push_str(&t),
+            AnswerBlock::ToolUse { id, name, input } => calls.push(ToolCall {
+                id,
+                kind: "function".to_owned(),
+                function: FunctionCall {
+                    name,
+                    arguments: input.to_string(),
+                },
+            }),
+            AnswerBlock::Thinking { .. } | AnswerBlock::Other => {}
+        }
+    }
+    let usage = answer.usage.normalise();
+    let response = ChatResponse {
+        id: answer.id.unwrap_or_else(|| meta.id.clone()),
+        object: "chat.completion".to_owned(),
+        created: meta.created_unix_s,
+        model: answer.model.unwrap_or_else(|| meta.model.clone()),
+        choices: vec![Choice {
+            index: 0,
+            message: ResponseMessage::assistant(text, calls),
+            finish_reason: Some(
+                answer
+                    .stop_reason
+                    .as_deref()
+                    .map_or(FinishReason::Stop, finish_reason),
+            ),
+        }],
+        usage: Some(usage.to_openai()),
+    };
+    Ok((response, usage))
+}

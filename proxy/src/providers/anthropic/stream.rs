@@ -1,0 +1,162 @@
+//! Anthropic SSE events → OpenAI chunks.
+//!
+//! `message_start` (id, model, input usage) → the role chunk;
+//! `content_block_start`/`content_block_delta` → content or tool-call chunks
+//! (`input_json_delta` pieces become `arguments` pieces; thinking is counted
+//! for the estimate but not shown); `message_delta` → the finish chunk and
+//! the final output count (cumulative; the larger value wins);
+//! `message_stop` → usage chunk and `[DONE]`; `error` → an OpenAI error event.
+//! The event kind is read from the data's `type` field, which Anthropic
+//! always repeats from the `event:` line.
+
+use super::super::openai::ErrorBody;
+use super::super::response::json_error_position;
+use super::super::sse::SseEvent;
+use super::super::stream::StreamCtx;
+use super::super::usage::AnthropicUsage;
+use super::{finish_reason, AnswerBlock};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: u32,
+        content_block: AnswerBlock,
+    },
+    ContentBlockDelta {
+        index: u32,
+        delta: BlockDelta,
+    },
+    MessageDelta {
+        #[serde(default)]
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<AnthropicUsage>,
+    },
+    MessageStop {},
+    Error {
+        error: ErrorInfo,
+    },
+    /// `ping`, `content_block_stop` and anything new.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize)]
+struct StartMessage {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: AnthropicUsage,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta {
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    ThinkingDelta {
+        thinking: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MessageDeltaBody {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorInfo {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Per-stream state: usage so far and which block is which tool call.
+#[derive(Debug, Default)]
+pub(crate) struct StreamHandler {
+    usage: AnthropicUsage,
+    /// Anthropic content-block index → OpenAI tool-call index.
+    tool_calls: HashMap<u32, u32>,
+}
+
+impl StreamHandler {
+    pub fn on_event(&mut self, event: &SseEvent, ctx: &mut StreamCtx) {
+        let parsed = match serde_json::from_str::<Event>(&event.data) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                tracing::warn!(error = %json_error_position(&err), event = ?event.event, "skipping unreadable Anthropic stream event");
+                return;
+            }
+        };
+        match parsed {
+            Event::MessageStart { message } => {
+                if let Some(id) = message.id {
+                    ctx.meta.id = id;
+                }
+                if let Some(model) = message.model {
+                    ctx.meta.model = model;
+                }
+                self.update_usage(&message.usage, ctx);
+                ctx.emit_role();
+            }
+            Event::ContentBlockStart {
+                index,
+                content_block,
+            } => match content_block {
+                AnswerBlock::Text { text } => ctx.emit_text(&text),
+                AnswerBlock::ToolUse { id, name, .. } => {
+                    let call = u32::try_from(self.tool_calls.len()).unwrap_or(u32::MAX);
+                    self.tool_calls.insert(index, call);
+                    ctx.emit_tool_call(call, Some((&id, &name)), "");
+                }
+                AnswerBlock::Thinking { thinking } => ctx.count(&thinking),
+                AnswerBlock::Other => {}
+            },
+            Event::ContentBlockDelta { index, delta } => match delta {
+                BlockDelta::TextDelta { text } => ctx.emit_text(&text),
+                BlockDelta::InputJsonDelta { partial_json } => match self.tool_calls.get(&index) {
+                    Some(&call) => ctx.emit_tool_call(call, None, &partial_json),
+                    None => ctx.count(&partial_json),
+                },
+                BlockDelta::ThinkingDelta { thinking } => ctx.count(&thinking),
+                BlockDelta::Other => {}
+            },
+            Event::MessageDelta { delta, usage } => {
+                if let Some(usage) = usage {
+                    self.update_usage(&usage, ctx);
+                    ctx.usage_final = true;
+                }
+                if let Some(reason) = delta.stop_reason {
+                    ctx.emit_finish(finish_reason(&reason));
+                }
+            }
+            Event::MessageStop {} => {
+                ctx.completed = true;
+                ctx.emit_usage_and_done();
+            }
+            Event::Error { error } => ctx.emit_error(&ErrorBody::new(error.kind, error.message)),
+            Event::Other => {}
+        }
+    }
+
+    fn update_usage(&mut self, report: &AnthropicUsage, ctx: &mut StreamCtx) {
+        self.usage.merge(report);
+        ctx.usage = self.usage.normalise();
+    }
+}

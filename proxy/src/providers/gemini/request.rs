@@ -1,0 +1,267 @@
+//! OpenAI request → Gemini `generateContent` request body.
+//!
+//! - `system`/`developer` messages → `systemInstruction` (one text part each).
+//! - `assistant` → role `model`, its `tool_calls` → `functionCall` parts.
+//! - `tool` → a user turn with a `functionResponse` part, named after the
+//!   nearest earlier assistant call with that id; a tool answer that is a
+//!   JSON object is sent as is, anything else as `{"result": text}`.
+//! - Consecutive turns of the same role are merged.
+//! - `max_tokens` → `generationConfig.maxOutputTokens`, `stop` →
+//!   `stopSequences`, `temperature`, `top_p` → `topP`; `tools` →
+//!   `functionDeclarations` (JSON Schema keys Gemini rejects are dropped);
+//!   `tool_choice` → `toolConfig.functionCallingConfig`.
+//! - Remote image URLs and `n > 1` are refused; other OpenAI fields dropped.
+
+use super::super::openai::{
+    ChatMessage, ChatRequest, MessageContent, Role, ToolChoice, ToolChoiceMode,
+};
+use super::super::upstream::{parse_data_url, tool_arguments, PrepareError};
+use super::{Blob, Content, FunctionCallPart, FunctionResponsePart, Part};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateContentRequest {
+    contents: Vec<Content>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<Content>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation_config: Option<GenerationConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<ToolDeclarations>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_sequences: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolDeclarations {
+    function_declarations: Vec<FunctionDeclaration>,
+}
+
+#[derive(Serialize)]
+struct FunctionDeclaration {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+}
+
+/// The JSON body for `generateContent`/`streamGenerateContent`.
+pub(crate) fn build_body(
+    request: &ChatRequest,
+    max_tokens: Option<u64>,
+) -> Result<Vec<u8>, PrepareError> {
+    if request.n.unwrap_or(1) > 1 {
+        return Err(PrepareError::Unsupported {
+            provider: "Gemini",
+            field: "n".to_owned(),
+            reason: "only one choice can be generated".to_owned(),
+        });
+    }
+    let mut system = Vec::new();
+    let mut contents: Vec<Content> = Vec::new();
+    for (i, message) in request.messages.iter().enumerate() {
+        let (role, parts) = match message.role {
+            Role::System | Role::Developer => {
+                system.push(text_part(message.text_content()));
+                continue;
+            }
+            Role::User => ("user", content_parts(message, i)?),
+            Role::Assistant => ("model", assistant_parts(message, i)?),
+            Role::Tool => ("user", vec![tool_response(request, message, i)?]),
+        };
+        push_content(&mut contents, role, parts);
+    }
+    let config = GenerationConfig {
+        max_output_tokens: max_tokens,
+        stop_sequences: request.stop.as_ref().map(|s| s.sequences()),
+        temperature: request.temperature,
+        top_p: request.top_p,
+    };
+    let has_config = config.max_output_tokens.is_some()
+        || config.stop_sequences.is_some()
+        || config.temperature.is_some()
+        || config.top_p.is_some();
+    let body = GenerateContentRequest {
+        contents,
+        system_instruction: (!system.is_empty()).then_some(Content {
+            role: None,
+            parts: system,
+        }),
+        generation_config: has_config.then_some(config),
+        tools: request.tools.as_ref().map(|tools| {
+            vec![ToolDeclarations {
+                function_declarations: tools
+                    .iter()
+                    .map(|t| FunctionDeclaration {
+                        name: t.function.name.clone(),
+                        description: t.function.description.clone(),
+                        parameters: t.function.parameters.clone().map(gemini_schema),
+                    })
+                    .collect(),
+            }]
+        }),
+        tool_config: request.tool_choice.as_ref().map(tool_config),
+    };
+    Ok(serde_json::to_vec(&body)?)
+}
+
+fn push_content(contents: &mut Vec<Content>, role: &str, parts: Vec<Part>) {
+    if parts.is_empty() {
+        return;
+    }
+    match contents.last_mut() {
+        Some(last) if last.role.as_deref() == Some(role) => last.parts.extend(parts),
+        _ => contents.push(Content {
+            role: Some(role.to_owned()),
+            parts,
+        }),
+    }
+}
+
+fn text_part(text: String) -> Part {
+    Part {
+        text: Some(text),
+        ..Part::default()
+    }
+}
+
+fn content_parts(message: &ChatMessage, i: usize) -> Result<Vec<Part>, PrepareError> {
+    let parts = match &message.content {
+        None => return Ok(Vec::new()),
+        Some(MessageContent::Text(text)) if text.is_empty() => return Ok(Vec::new()),
+        Some(MessageContent::Text(text)) => return Ok(vec![text_part(text.clone())]),
+        Some(MessageContent::Parts(parts)) => parts,
+    };
+    let mut out = Vec::new();
+    for (j, part) in parts.iter().enumerate() {
+        let unsupported = |reason: &str| PrepareError::Unsupported {
+            provider: "Gemini",
+            field: format!("messages[{i}].content[{j}]"),
+            reason: reason.to_owned(),
+        };
+        match (part.kind.as_str(), &part.text, &part.image_url) {
+            ("text", Some(text), _) if text.is_empty() => {}
+            ("text", Some(text), _) => out.push(text_part(text.clone())),
+            ("image_url", _, Some(image)) => {
+                let data = parse_data_url(&image.url)
+                    .ok_or_else(|| unsupported("images must be sent as base64 data: URLs"))?;
+                out.push(Part {
+                    inline_data: Some(Blob {
+                        mime_type: data.media_type.to_owned(),
+                        data: data.data.to_owned(),
+                    }),
+                    ..Part::default()
+                });
+            }
+            (kind, _, _) => {
+                return Err(unsupported(&format!(
+                    "content parts of type '{kind}' cannot be translated"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn assistant_parts(message: &ChatMessage, i: usize) -> Result<Vec<Part>, PrepareError> {
+    let mut parts = content_parts(message, i)?;
+    for (j, call) in message.tool_calls.iter().flatten().enumerate() {
+        let args = tool_arguments(&call.function.arguments, || {
+            format!("messages[{i}].tool_calls[{j}].function.arguments")
+        })?;
+        parts.push(Part {
+            function_call: Some(FunctionCallPart {
+                id: None,
+                name: call.function.name.clone(),
+                args,
+            }),
+            ..Part::default()
+        });
+    }
+    Ok(parts)
+}
+
+fn tool_response(
+    request: &ChatRequest,
+    message: &ChatMessage,
+    i: usize,
+) -> Result<Part, PrepareError> {
+    let id = message.tool_call_id.as_deref().unwrap_or_default();
+    let name = request.messages[..i]
+        .iter()
+        .rev()
+        .flat_map(|m| m.tool_calls.iter().flatten())
+        .find(|call| call.id == id)
+        .map(|call| call.function.name.clone())
+        .ok_or_else(|| PrepareError::InvalidField {
+            field: format!("messages[{i}].tool_call_id"),
+            reason: "no earlier assistant tool call has this id".to_owned(),
+        })?;
+    let text = message.text_content();
+    let response = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(object)) => Value::Object(object),
+        _ => json!({ "result": text }),
+    };
+    Ok(Part {
+        function_response: Some(FunctionResponsePart { name, response }),
+        ..Part::default()
+    })
+}
+
+/// Gemini's schema is an OpenAPI subset: drop the JSON Schema keywords it
+/// rejects (`$schema`, `additionalProperties`) from every sub-schema, leaving
+/// property names alone.
+fn gemini_schema(schema: Value) -> Value {
+    let Value::Object(map) = schema else {
+        return schema;
+    };
+    map.into_iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "$schema" | "additionalProperties"))
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v) {
+                ("properties" | "$defs" | "definitions", Value::Object(props)) => Value::Object(
+                    props
+                        .into_iter()
+                        .map(|(name, sub)| (name, gemini_schema(sub)))
+                        .collect::<Map<String, Value>>(),
+                ),
+                ("anyOf" | "oneOf" | "allOf", Value::Array(list)) => {
+                    Value::Array(list.into_iter().map(gemini_schema).collect())
+                }
+                ("items", sub) => gemini_schema(sub),
+                (_, other) => other,
+            };
+            (k, v)
+        })
+        .collect::<Map<String, Value>>()
+        .into()
+}
+
+fn tool_config(choice: &ToolChoice) -> Value {
+    let config = match choice {
+        ToolChoice::Mode(ToolChoiceMode::Auto) => json!({"mode": "AUTO"}),
+        ToolChoice::Mode(ToolChoiceMode::None) => json!({"mode": "NONE"}),
+        ToolChoice::Mode(ToolChoiceMode::Required) => json!({"mode": "ANY"}),
+        ToolChoice::Named(named) => {
+            json!({"mode": "ANY", "allowedFunctionNames": [named.function.name]})
+        }
+    };
+    json!({ "functionCallingConfig": config })
+}

@@ -1,0 +1,74 @@
+//! Gemini non-streamed answer → `chat.completion`.
+//!
+//! Only the first candidate is read (Tollgate never asks for more). Text
+//! parts are concatenated, thought parts skipped, `functionCall` parts become
+//! `tool_calls`. A prompt blocked before any candidate gives an empty answer
+//! with `finish_reason: content_filter`.
+
+use super::super::openai::{
+    ChatResponse, Choice, FinishReason, FunctionCall, ResponseMessage, ToolCall,
+};
+use super::super::response::ResponseMeta;
+use super::super::usage::Usage;
+use super::{finish_reason, tool_call_id, GenerateContentResponse};
+
+pub(crate) fn translate(
+    body: &[u8],
+    meta: &ResponseMeta,
+) -> Result<(ChatResponse, Usage), serde_json::Error> {
+    let answer: GenerateContentResponse = serde_json::from_slice(body)?;
+    let id = answer
+        .response_id
+        .clone()
+        .unwrap_or_else(|| meta.id.clone());
+    let candidate = answer.candidates.first();
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for part in candidate
+        .and_then(|c| c.content.as_ref())
+        .map(|c| c.parts.as_slice())
+        .unwrap_or_default()
+    {
+        if let Some(call) = &part.function_call {
+            let index = u32::try_from(calls.len()).unwrap_or(u32::MAX);
+            calls.push(ToolCall {
+                id: tool_call_id(call, &id, index),
+                kind: "function".to_owned(),
+                function: FunctionCall {
+                    name: call.name.clone(),
+                    arguments: call.args.to_string(),
+                },
+            });
+        } else if let (Some(t), None | Some(false)) = (&part.text, part.thought) {
+            text.push_str(t);
+        }
+    }
+    let blocked = candidate.is_none()
+        && answer
+            .prompt_feedback
+            .as_ref()
+            .is_some_and(|f| f.block_reason.is_some());
+    let finish = match candidate.and_then(|c| c.finish_reason.as_deref()) {
+        Some(reason) => finish_reason(reason, !calls.is_empty()),
+        None if blocked => FinishReason::ContentFilter,
+        None if !calls.is_empty() => FinishReason::ToolCalls,
+        None => FinishReason::Stop,
+    };
+    let usage = answer
+        .usage_metadata
+        .map(|u| u.normalise())
+        .unwrap_or_default();
+    let response = ChatResponse {
+        id,
+        object: "chat.completion".to_owned(),
+        created: meta.created_unix_s,
+        model: answer.model_version.unwrap_or_else(|| meta.model.clone()),
+        choices: vec![Choice {
+            index: 0,
+            message: ResponseMessage::assistant(text, calls),
+            finish_reason: Some(finish),
+        }],
+        usage: Some(usage.to_openai()),
+    };
+    Ok((response, usage))
+}

@@ -1,0 +1,91 @@
+//! Gemini SSE events → OpenAI chunks.
+//!
+//! Every event is a whole `GenerateContentResponse` with CRLF framing and no
+//! end marker. Text parts become content chunks (thought parts are counted
+//! for the estimate, not shown), each `functionCall` part one complete
+//! tool-call chunk. `usageMetadata` is cumulative in every event, so the
+//! latest one replaces the previous; it is final once an event carries a
+//! `finishReason`. The usage chunk and `[DONE]` are sent when the upstream
+//! body ends (`StreamTranslator::finish`), since Gemini sends no end event.
+
+use super::super::openai::{ErrorBody, FinishReason};
+use super::super::response::json_error_position;
+use super::super::sse::SseEvent;
+use super::super::stream::StreamCtx;
+use super::{finish_reason, tool_call_id, GenerateContentResponse};
+
+#[derive(Debug, Default)]
+pub(crate) struct StreamHandler {
+    tool_calls: u32,
+    saw_usage: bool,
+    finished: bool,
+}
+
+impl StreamHandler {
+    pub fn on_event(&mut self, event: &SseEvent, ctx: &mut StreamCtx) {
+        let answer = match serde_json::from_str::<GenerateContentResponse>(&event.data) {
+            Ok(answer) => answer,
+            Err(err) => {
+                tracing::warn!(error = %json_error_position(&err), "skipping unreadable Gemini stream event");
+                return;
+            }
+        };
+        if let Some(error) = answer.error {
+            let mut body = ErrorBody::new("server_error", error.message);
+            body.error.code = error.status;
+            ctx.emit_error(&body);
+            return;
+        }
+        if let Some(id) = answer.response_id {
+            ctx.meta.id = id;
+        }
+        if let Some(model) = answer.model_version {
+            ctx.meta.model = model;
+        }
+        if let Some(usage) = answer.usage_metadata {
+            ctx.usage = usage.normalise();
+            self.saw_usage = true;
+            ctx.usage_final |= self.finished;
+        }
+        ctx.emit_role();
+        let Some(candidate) = answer.candidates.first() else {
+            if answer
+                .prompt_feedback
+                .is_some_and(|f| f.block_reason.is_some())
+            {
+                self.finish(ctx, FinishReason::ContentFilter);
+            }
+            return;
+        };
+        for part in candidate.content.iter().flat_map(|c| c.parts.iter()) {
+            if let Some(call) = &part.function_call {
+                let id = tool_call_id(call, &ctx.meta.id, self.tool_calls);
+                ctx.emit_tool_call(
+                    self.tool_calls,
+                    Some((&id, &call.name)),
+                    &call.args.to_string(),
+                );
+                self.tool_calls = self.tool_calls.saturating_add(1);
+            } else if let Some(text) = &part.text {
+                if part.thought == Some(true) {
+                    ctx.count(text);
+                } else {
+                    ctx.emit_text(text);
+                }
+            }
+        }
+        if let Some(reason) = &candidate.finish_reason {
+            let reason = finish_reason(reason, self.tool_calls > 0);
+            self.finish(ctx, reason);
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut StreamCtx, reason: FinishReason) {
+        if !self.finished {
+            self.finished = true;
+            ctx.emit_finish(reason);
+        }
+        ctx.completed = true;
+        ctx.usage_final = self.saw_usage;
+    }
+}

@@ -1,0 +1,142 @@
+//! OpenAI, xAI and custom OpenAI-compatible providers: their answers already
+//! have OpenAI's shape, so they go to the client as they came; only usage is
+//! read from them.
+//!
+//! Streams: every event is forwarded verbatim except the usage-only chunk
+//! (`choices: []` + `usage`) when the client did not ask for it (Tollgate always
+//! asks upstream so it can measure). A provider that never reports usage
+//! leaves the usage estimated from the streamed text.
+
+use super::openai::OpenAiUsage;
+use super::sse::SseEvent;
+use super::stream::StreamCtx;
+use super::usage::{estimate_output_tokens, Usage};
+use serde::Deserialize;
+
+/// Only what Tollgate reads from a chunk; everything else is ignored.
+#[derive(Debug, Default, Deserialize)]
+struct ChunkView {
+    #[serde(default)]
+    choices: Option<Vec<ChoiceView>>,
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ChoiceView {
+    #[serde(default)]
+    delta: Option<DeltaView>,
+    #[serde(default)]
+    message: Option<DeltaView>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DeltaView {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallView>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ToolCallView {
+    #[serde(default)]
+    function: Option<FunctionView>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct FunctionView {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+impl DeltaView {
+    fn texts(&self) -> impl Iterator<Item = &str> {
+        let calls = self
+            .tool_calls
+            .iter()
+            .flatten()
+            .filter_map(|c| c.function.as_ref());
+        self.content
+            .as_deref()
+            .into_iter()
+            .chain(self.reasoning_content.as_deref())
+            .chain(calls.flat_map(|f| f.name.as_deref().into_iter().chain(f.arguments.as_deref())))
+    }
+}
+
+/// Usage of a non-streamed answer; estimated from its text if absent.
+pub(crate) fn response_usage(body: &[u8]) -> Result<Usage, serde_json::Error> {
+    let view: ChunkView = serde_json::from_slice(body)?;
+    if let Some(usage) = &view.usage {
+        return Ok(Usage::from_openai(usage));
+    }
+    let chars: usize = view
+        .choices
+        .iter()
+        .flatten()
+        .filter_map(|c| c.message.as_ref())
+        .flat_map(DeltaView::texts)
+        .map(|t| t.chars().count())
+        .sum();
+    Ok(Usage {
+        output_tokens: estimate_output_tokens(u64::try_from(chars).unwrap_or(u64::MAX)),
+        estimated: true,
+        ..Usage::default()
+    })
+}
+
+/// Stream side: forwards events, measures usage, hides the unasked usage chunk.
+#[derive(Debug, Default)]
+pub(crate) struct StreamHandler;
+
+impl StreamHandler {
+    pub fn on_event(&mut self, event: &SseEvent, ctx: &mut StreamCtx) {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            ctx.completed = true;
+            ctx.emit_done();
+            return;
+        }
+        let Ok(view) = serde_json::from_str::<ChunkView>(data) else {
+            ctx.emit_data(&event.data);
+            return;
+        };
+        if view.error.is_some() {
+            ctx.failed = true;
+            ctx.emit_data(&event.data);
+            return;
+        }
+        for choice in view.choices.iter().flatten() {
+            if let Some(delta) = &choice.delta {
+                for text in delta.texts() {
+                    ctx.count(text);
+                }
+            }
+            if choice.finish_reason.is_some() {
+                ctx.completed = true;
+            }
+        }
+        let no_choices = view.choices.as_ref().map_or(0, Vec::len) == 0;
+        let usage_only = no_choices && view.usage.is_some();
+        if let Some(usage) = &view.usage {
+            ctx.usage = Usage::from_openai(usage);
+            ctx.usage_final = true;
+        }
+        if usage_only {
+            if !ctx.client_wants_usage {
+                return;
+            }
+            ctx.usage_sent = true;
+        }
+        ctx.emit_data(&event.data);
+    }
+}

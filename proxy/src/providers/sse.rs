@@ -1,0 +1,158 @@
+//! Incremental Server-Sent Events parser: bytes in, whole events out.
+//!
+//! Accepts any chunking of the input (an event, a line, even a multi-byte
+//! character may be split across pushes), LF, CRLF and CR line endings,
+//! `event:` and multi-line `data:` fields, and `:` comment lines. The result
+//! does not depend on where the input was split.
+
+/// One dispatched event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SseEvent {
+    /// The `event:` field, if any.
+    pub event: Option<String>,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SseParser {
+    line: Vec<u8>,
+    /// The previous push ended on `\r`: a leading `\n` belongs to that line end.
+    skip_lf: bool,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events completed by them.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        let mut rest = bytes;
+        if self.skip_lf && !rest.is_empty() {
+            self.skip_lf = false;
+            if let Some(stripped) = rest.strip_prefix(b"\n") {
+                rest = stripped;
+            }
+        }
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.line.extend_from_slice(&rest[..pos]);
+            self.end_line(&mut events);
+            let crlf = rest[pos] == b'\r';
+            rest = &rest[pos + 1..];
+            if crlf {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.skip_lf = true,
+                }
+            }
+        }
+        self.line.extend_from_slice(rest);
+        events
+    }
+
+    /// End of input: an unterminated last line and event still count.
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        let mut events = Vec::new();
+        if !self.line.is_empty() {
+            self.end_line(&mut events);
+        }
+        self.dispatch(&mut events);
+        self.skip_lf = false;
+        events.pop()
+    }
+
+    fn end_line(&mut self, events: &mut Vec<SseEvent>) {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            self.dispatch(events);
+            return;
+        }
+        let line = String::from_utf8_lossy(&line);
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line.as_ref(), ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, events: &mut Vec<SseEvent>) {
+        let event = self.event.take();
+        if std::mem::take(&mut self.has_data) {
+            events.push(SseEvent {
+                event,
+                data: std::mem::take(&mut self.data),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::default();
+        let mut out: Vec<SseEvent> = chunks.iter().flat_map(|c| p.push(c)).collect();
+        out.extend(p.finish());
+        out
+    }
+
+    fn ev(event: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: event.map(str::to_owned),
+            data: data.to_owned(),
+        }
+    }
+
+    #[test]
+    fn lf_crlf_and_cr_framing() {
+        let want = vec![ev(None, "a"), ev(Some("x"), "b")];
+        assert_eq!(parse_all(&[b"data: a\n\nevent: x\ndata: b\n\n"]), want);
+        assert_eq!(
+            parse_all(&[b"data: a\r\n\r\nevent: x\r\ndata: b\r\n\r\n"]),
+            want
+        );
+        assert_eq!(parse_all(&[b"data: a\r\r", b"event: x\rdata: b\r\r"]), want);
+    }
+
+    #[test]
+    fn crlf_split_between_pushes() {
+        let want = vec![ev(None, "a"), ev(None, "b")];
+        assert_eq!(
+            parse_all(&[b"data: a\r", b"", b"\n\r", b"\ndata: b\r\n\r\n"]),
+            want
+        );
+    }
+
+    #[test]
+    fn multi_line_data_comments_and_unterminated_tail() {
+        let got =
+            parse_all(&[b": keep-alive\ndata: one\ndata:two\n\nid: 5\ndata: {\"type\":\"x\"}"]);
+        assert_eq!(
+            got,
+            vec![ev(None, "one\ntwo"), ev(None, "{\"type\":\"x\"}")]
+        );
+    }
+
+    #[test]
+    fn split_multibyte_character() {
+        let bytes = "data: héllo\n\n".as_bytes();
+        let got = parse_all(&[&bytes[..8], &bytes[8..]]);
+        assert_eq!(got, vec![ev(None, "héllo")]);
+    }
+}

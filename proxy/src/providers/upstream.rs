@@ -1,0 +1,247 @@
+//! Building the HTTP request to send upstream: URL, headers and body for the
+//! routed provider, independent of any HTTP client.
+//!
+//! Invariants: the provider key only ever leaves through a header marked
+//! sensitive (so `Debug` of the request prints `Sensitive`), and
+//! [`ProviderKey`] itself prints `***`. The output cap actually sent is
+//! returned in [`UpstreamRequest::max_output_tokens`] so the caller can size
+//! its hold from the same number.
+
+use super::openai::{ChatRequest, StreamOptions};
+use super::routing::{ProviderKind, Route};
+use super::{anthropic, gemini};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, Method};
+use std::fmt;
+
+/// A provider API key. Never printed: `Debug` shows `***` and there is no
+/// `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProviderKey(String);
+
+impl ProviderKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        ProviderKey(key.into())
+    }
+
+    /// The secret itself, for building the request header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProviderKey(***)")
+    }
+}
+
+/// A request ready for any HTTP client (reqwest 0.12 takes these `http` types).
+/// `Debug` shows the body's size only: it holds the prompt.
+#[derive(Clone)]
+pub struct UpstreamRequest {
+    pub method: Method,
+    pub url: String,
+    /// The key header is marked sensitive.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Whether the answer will be SSE (feed it to a `StreamTranslator`).
+    pub stream: bool,
+    /// The output cap sent upstream, if any.
+    pub max_output_tokens: Option<u64>,
+}
+
+impl fmt::Debug for UpstreamRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamRequest")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .field("body_bytes", &self.body.len())
+            .field("stream", &self.stream)
+            .field("max_output_tokens", &self.max_output_tokens)
+            .finish()
+    }
+}
+
+/// Why a request could not be translated for its provider. All but
+/// `Encode` are the client's to fix (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("'{field}' is not supported for {provider} models: {reason}")]
+    Unsupported {
+        provider: &'static str,
+        field: String,
+        reason: String,
+    },
+    #[error("invalid '{field}': {reason}")]
+    InvalidField { field: String, reason: String },
+    #[error("the provider key contains characters not allowed in an HTTP header")]
+    InvalidKey,
+    #[error("could not encode the upstream request")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Translates `request` for `route`'s provider.
+///
+/// `max_tokens` is the proxy's ceiling on output tokens (a budget clamp or the
+/// model's limit): the upstream gets the smaller of it and the client's own
+/// `max_completion_tokens`/`max_tokens`; when the client set neither, it is
+/// sent as is. Anthropic requires a value: with neither, it gets
+/// [`anthropic::DEFAULT_MAX_TOKENS`].
+///
+/// OpenAI, xAI and custom providers get the client's body unchanged except
+/// for `model` (prefix stripped), the clamp, and, when streaming,
+/// `stream_options.include_usage: true` so usage is always measured.
+pub fn prepare_upstream(
+    route: &Route,
+    request: &ChatRequest,
+    key: &ProviderKey,
+    max_tokens: Option<u64>,
+) -> Result<UpstreamRequest, PrepareError> {
+    let stream = request.is_stream();
+    let cap = match (request.requested_max_tokens(), max_tokens) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let (url, body, sent_cap) = match route.kind {
+        ProviderKind::OpenAi | ProviderKind::Xai | ProviderKind::Custom => {
+            if !key.expose().is_empty() {
+                insert_secret(
+                    &mut headers,
+                    AUTHORIZATION,
+                    &format!("Bearer {}", key.expose()),
+                )?;
+            }
+            let body = openai_body(route, request, cap)?;
+            (format!("{}/chat/completions", route.base_url), body, cap)
+        }
+        ProviderKind::Anthropic => {
+            insert_secret(
+                &mut headers,
+                HeaderName::from_static("x-api-key"),
+                key.expose(),
+            )?;
+            headers.insert(
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(anthropic::ANTHROPIC_VERSION),
+            );
+            let cap = cap.unwrap_or(anthropic::DEFAULT_MAX_TOKENS);
+            let body = anthropic::build_body(request, &route.upstream_model, cap, stream)?;
+            (format!("{}/v1/messages", route.base_url), body, Some(cap))
+        }
+        ProviderKind::Gemini => {
+            insert_secret(
+                &mut headers,
+                HeaderName::from_static("x-goog-api-key"),
+                key.expose(),
+            )?;
+            let model = gemini_model_path(&route.upstream_model)?;
+            let action = if stream {
+                "streamGenerateContent?alt=sse"
+            } else {
+                "generateContent"
+            };
+            let body = gemini::build_body(request, cap)?;
+            (
+                format!("{}/v1beta/models/{model}:{action}", route.base_url),
+                body,
+                cap,
+            )
+        }
+    };
+    Ok(UpstreamRequest {
+        method: Method::POST,
+        url,
+        headers,
+        body: Bytes::from(body),
+        stream,
+        max_output_tokens: sent_cap,
+    })
+}
+
+fn insert_secret(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    value: &str,
+) -> Result<(), PrepareError> {
+    let mut value = HeaderValue::from_str(value).map_err(|_| PrepareError::InvalidKey)?;
+    value.set_sensitive(true);
+    headers.insert(name, value);
+    Ok(())
+}
+
+fn openai_body(
+    route: &Route,
+    request: &ChatRequest,
+    cap: Option<u64>,
+) -> Result<Vec<u8>, PrepareError> {
+    let mut body = request.clone();
+    body.model = route.upstream_model.clone();
+    if let Some(cap) = cap {
+        match (
+            body.max_completion_tokens.is_some(),
+            body.max_tokens.is_some(),
+        ) {
+            (false, false) if route.kind == ProviderKind::Custom => body.max_tokens = Some(cap),
+            (false, false) => body.max_completion_tokens = Some(cap),
+            _ => {
+                body.max_completion_tokens = body.max_completion_tokens.map(|v| v.min(cap));
+                body.max_tokens = body.max_tokens.map(|v| v.min(cap));
+            }
+        }
+    }
+    if body.is_stream() {
+        body.stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
+    }
+    Ok(serde_json::to_vec(&body)?)
+}
+
+/// The model goes into the URL path: allow only characters model ids use.
+fn gemini_model_path(model: &str) -> Result<&str, PrepareError> {
+    let ok = !model.is_empty()
+        && model
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if ok {
+        Ok(model)
+    } else {
+        Err(PrepareError::InvalidField {
+            field: "model".to_owned(),
+            reason: "Gemini model ids may only contain letters, digits, '-', '.' and '_'"
+                .to_owned(),
+        })
+    }
+}
+
+/// An inline image from a `data:<mime>;base64,<data>` URL.
+pub(crate) struct DataUrl<'a> {
+    pub media_type: &'a str,
+    pub data: &'a str,
+}
+
+pub(crate) fn parse_data_url(url: &str) -> Option<DataUrl<'_>> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    Some(DataUrl { media_type, data })
+}
+
+/// The JSON value of a tool call's `arguments` text (`""` means `{}`).
+pub(crate) fn tool_arguments(
+    arguments: &str,
+    field: impl FnOnce() -> String,
+) -> Result<serde_json::Value, PrepareError> {
+    if arguments.trim().is_empty() {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_str(arguments).map_err(|_| PrepareError::InvalidField {
+        field: field(),
+        reason: "tool call arguments must be a JSON text".to_owned(),
+    })
+}

@@ -1,0 +1,245 @@
+//! Provider-neutral token usage, and how each provider's counts map onto it.
+//!
+//! Normalised meaning (the same for every provider, OpenAI's convention):
+//! - `input_tokens` is *all* input: fresh + read from cache + written to cache;
+//!   `cached_input_tokens` and `cache_creation_input_tokens` are parts of it.
+//! - `output_tokens` is *all* output, reasoning included; `reasoning_tokens`
+//!   is a part of it.
+//!
+//! Per provider:
+//! - OpenAI: `prompt_tokens` already includes `cached_tokens`, and
+//!   `completion_tokens` already includes `reasoning_tokens`.
+//! - Anthropic: `input_tokens` *excludes* `cache_read_input_tokens` and
+//!   `cache_creation_input_tokens`, so the three are added. Thinking is inside
+//!   `output_tokens` and not reported apart (`reasoning_tokens` stays 0).
+//! - Gemini: `promptTokenCount` includes `cachedContentTokenCount`;
+//!   `toolUsePromptTokenCount` is extra input; `candidatesTokenCount` excludes
+//!   `thoughtsTokenCount`, so output = candidates + thoughts.
+//!
+//! Estimation rule (used when a stream ends before the provider reports its
+//! output count): output tokens = streamed completion characters / 4, rounded
+//! up ([`estimate_output_tokens`]); the result carries `estimated: true`.
+
+use super::openai::{CompletionTokensDetails, OpenAiUsage, PromptTokensDetails};
+use serde::{Deserialize, Serialize};
+
+/// Token usage of one call, normalised (see the module doc).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Part of `input_tokens` read from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// Part of `input_tokens` written to the provider's prompt cache.
+    pub cache_creation_input_tokens: u64,
+    /// Part of `output_tokens` spent on reasoning.
+    pub reasoning_tokens: u64,
+    /// True when some count is an estimate, not the provider's report.
+    pub estimated: bool,
+}
+
+impl Usage {
+    /// Input plus output.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+
+    /// From OpenAI's `usage` block.
+    pub fn from_openai(usage: &OpenAiUsage) -> Usage {
+        Usage {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+            cached_input_tokens: usage
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_creation_input_tokens: 0,
+            reasoning_tokens: usage
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+            estimated: false,
+        }
+    }
+
+    /// As OpenAI's `usage` block (what translated answers carry).
+    pub fn to_openai(&self) -> OpenAiUsage {
+        OpenAiUsage {
+            prompt_tokens: self.input_tokens,
+            completion_tokens: self.output_tokens,
+            total_tokens: self.total_tokens(),
+            prompt_tokens_details: Some(PromptTokensDetails {
+                cached_tokens: Some(self.cached_input_tokens),
+            }),
+            completion_tokens_details: Some(CompletionTokensDetails {
+                reasoning_tokens: Some(self.reasoning_tokens),
+            }),
+        }
+    }
+}
+
+/// Anthropic's `usage` object (messages, `message_start`, `message_delta`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub(crate) struct AnthropicUsage {
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Folds a later report into this one. Streams send `message_start` then
+    /// `message_delta`; counts there are cumulative, so the larger one wins.
+    pub fn merge(&mut self, later: &AnthropicUsage) {
+        fn max(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        self.input_tokens = max(self.input_tokens, later.input_tokens);
+        self.output_tokens = max(self.output_tokens, later.output_tokens);
+        self.cache_creation_input_tokens = max(
+            self.cache_creation_input_tokens,
+            later.cache_creation_input_tokens,
+        );
+        self.cache_read_input_tokens =
+            max(self.cache_read_input_tokens, later.cache_read_input_tokens);
+    }
+
+    pub fn normalise(&self) -> Usage {
+        let read = self.cache_read_input_tokens.unwrap_or(0);
+        let created = self.cache_creation_input_tokens.unwrap_or(0);
+        Usage {
+            input_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(read)
+                .saturating_add(created),
+            output_tokens: self.output_tokens.unwrap_or(0),
+            cached_input_tokens: read,
+            cache_creation_input_tokens: created,
+            reasoning_tokens: 0,
+            estimated: false,
+        }
+    }
+}
+
+/// Gemini's `usageMetadata`. Cumulative in every streamed chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GeminiUsage {
+    #[serde(default)]
+    pub prompt_token_count: Option<u64>,
+    #[serde(default)]
+    pub candidates_token_count: Option<u64>,
+    #[serde(default)]
+    pub thoughts_token_count: Option<u64>,
+    #[serde(default)]
+    pub cached_content_token_count: Option<u64>,
+    #[serde(default)]
+    pub tool_use_prompt_token_count: Option<u64>,
+}
+
+impl GeminiUsage {
+    pub fn normalise(&self) -> Usage {
+        let thoughts = self.thoughts_token_count.unwrap_or(0);
+        Usage {
+            input_tokens: self
+                .prompt_token_count
+                .unwrap_or(0)
+                .saturating_add(self.tool_use_prompt_token_count.unwrap_or(0)),
+            output_tokens: self
+                .candidates_token_count
+                .unwrap_or(0)
+                .saturating_add(thoughts),
+            cached_input_tokens: self.cached_content_token_count.unwrap_or(0),
+            cache_creation_input_tokens: 0,
+            reasoning_tokens: thoughts,
+            estimated: false,
+        }
+    }
+}
+
+/// The estimation rule: `chars / 4`, rounded up. One place, so a tokenizer can
+/// replace it later.
+pub fn estimate_output_tokens(completion_chars: u64) -> u64 {
+    completion_chars.div_ceil(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anthropic_input_excludes_cache() {
+        let u = AnthropicUsage {
+            input_tokens: Some(10),
+            output_tokens: Some(5),
+            cache_creation_input_tokens: Some(100),
+            cache_read_input_tokens: Some(1000),
+        }
+        .normalise();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.cache_creation_input_tokens
+            ),
+            (1110, 1000, 100)
+        );
+    }
+
+    #[test]
+    fn anthropic_merge_takes_max() {
+        let mut start = AnthropicUsage {
+            input_tokens: Some(11),
+            output_tokens: Some(1),
+            ..Default::default()
+        };
+        start.merge(&AnthropicUsage {
+            output_tokens: Some(6),
+            input_tokens: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(
+            (start.input_tokens, start.output_tokens),
+            (Some(11), Some(6))
+        );
+    }
+
+    #[test]
+    fn gemini_thoughts_are_output() {
+        let u = GeminiUsage {
+            prompt_token_count: Some(7),
+            candidates_token_count: Some(10),
+            thoughts_token_count: Some(30),
+            cached_content_token_count: Some(4),
+            tool_use_prompt_token_count: None,
+        }
+        .normalise();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.reasoning_tokens,
+                u.cached_input_tokens
+            ),
+            (7, 40, 30, 4)
+        );
+    }
+
+    #[test]
+    fn estimate_rounds_up() {
+        assert_eq!(estimate_output_tokens(0), 0);
+        assert_eq!(estimate_output_tokens(1), 1);
+        assert_eq!(estimate_output_tokens(8), 2);
+        assert_eq!(estimate_output_tokens(9), 3);
+    }
+}

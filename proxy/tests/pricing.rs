@@ -1,0 +1,200 @@
+//! The bundled price table and exact costs for known models.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+use std::str::FromStr;
+use tollgate_proxy::pricing::{cost, ModelPrice, PriceTable};
+use tollgate_proxy::providers::Usage;
+
+fn table() -> PriceTable {
+    PriceTable::bundled().unwrap()
+}
+
+#[test]
+fn bundled_table_loads_chat_models() {
+    let t = table();
+    assert!(t.len() > 1000, "{} models", t.len());
+    let gpt4o = t.get("gpt-4o").unwrap();
+    assert_eq!(gpt4o.input_cost_per_token, dec!(0.0000025));
+    assert_eq!(gpt4o.output_cost_per_token, dec!(0.00001));
+    assert_eq!(gpt4o.cache_read_input_token_cost, Some(dec!(0.00000125)));
+    assert_eq!(gpt4o.max_input_tokens, Some(128_000));
+    assert_eq!(gpt4o.provider, "openai");
+}
+
+#[test]
+fn gpt_4o_cost() {
+    let price = table().lookup("openai", "gpt-4o").unwrap().clone();
+    let usage = Usage {
+        input_tokens: 1000,
+        cached_input_tokens: 200,
+        output_tokens: 500,
+        reasoning_tokens: 100,
+        ..Usage::default()
+    };
+    // 800 × 0.0000025 + 200 × 0.00000125 + 500 × 0.00001 (reasoning inside output)
+    assert_eq!(
+        cost(&price, &usage),
+        dec!(0.002) + dec!(0.00025) + dec!(0.005)
+    );
+    assert_eq!(cost(&price, &usage), dec!(0.00725));
+}
+
+#[test]
+fn claude_3_5_sonnet_cost_with_cache() {
+    let t = table();
+    let price = t.lookup("anthropic", "claude-3-5-sonnet-20240620").unwrap();
+    // The recorded answer: 16 in, 24 out.
+    assert_eq!(
+        cost(
+            price,
+            &Usage {
+                input_tokens: 16,
+                output_tokens: 24,
+                ..Usage::default()
+            }
+        ),
+        dec!(0.000408)
+    );
+    // 20 fresh + 1000 read + 50 written, 42 out:
+    // 20×0.000003 + 1000×0.0000003 + 50×0.00000375 + 42×0.000015
+    let usage = Usage {
+        input_tokens: 1070,
+        cached_input_tokens: 1000,
+        cache_creation_input_tokens: 50,
+        output_tokens: 42,
+        ..Usage::default()
+    };
+    assert_eq!(
+        cost(price, &usage),
+        dec!(0.00006) + dec!(0.0003) + dec!(0.0001875) + dec!(0.00063)
+    );
+}
+
+#[test]
+fn gemini_2_0_flash_cost_uses_the_ai_studio_entry() {
+    let t = table();
+    let price = t.lookup("gemini", "gemini-2.0-flash").unwrap();
+    assert_eq!(
+        price.provider, "gemini",
+        "gemini/… is tried before the bare (Vertex AI) id"
+    );
+    // The recorded answer: 7 in, 22 out → 7×0.0000001 + 22×0.0000004
+    assert_eq!(
+        cost(
+            price,
+            &Usage {
+                input_tokens: 7,
+                output_tokens: 22,
+                ..Usage::default()
+            }
+        ),
+        dec!(0.0000095)
+    );
+}
+
+#[test]
+fn gemini_reasoning_price_applies_when_given() {
+    let t = table();
+    let price = t.lookup("gemini", "gemini-2.5-flash").unwrap();
+    let reasoning = price.output_cost_per_reasoning_token.unwrap();
+    let usage = Usage {
+        input_tokens: 10,
+        output_tokens: 40,
+        reasoning_tokens: 30,
+        ..Usage::default()
+    };
+    let expected = Decimal::from(10) * price.input_cost_per_token
+        + Decimal::from(10) * price.output_cost_per_token
+        + Decimal::from(30) * reasoning;
+    assert_eq!(cost(price, &usage), expected);
+}
+
+#[test]
+fn lookups_fall_back_sensibly() {
+    let t = table();
+    assert_eq!(
+        t.lookup("xai", "grok-3").map(|p| p.provider.as_str()),
+        Some("xai")
+    );
+    // An unknown dated snapshot falls back to the undated model.
+    assert_eq!(t.lookup("openai", "gpt-4o-2099-01-01"), t.get("gpt-4o"));
+    let sonnet = t.lookup("anthropic", "claude-sonnet-4-5-20991231");
+    assert!(sonnet.is_some());
+    assert_eq!(sonnet, t.get("claude-sonnet-4-5"));
+    assert!(t.lookup("openai", "gpt-unknown").is_none());
+    assert!(t.lookup("mycorp", "secret-model").is_none());
+}
+
+#[test]
+fn overrides_replace_and_add() {
+    let mine = ModelPrice {
+        provider: "custom".to_owned(),
+        input_cost_per_token: dec!(0.000001),
+        output_cost_per_token: dec!(0.000002),
+        cache_read_input_token_cost: None,
+        cache_creation_input_token_cost: None,
+        output_cost_per_reasoning_token: None,
+        max_input_tokens: None,
+        max_output_tokens: None,
+    };
+    let t = table().with_overrides([
+        ("gpt-4o".to_owned(), mine.clone()),
+        ("together/meta-llama/Llama-3-70b".to_owned(), mine.clone()),
+    ]);
+    assert_eq!(t.lookup("openai", "gpt-4o"), Some(&mine));
+    assert_eq!(t.lookup("together", "meta-llama/Llama-3-70b"), Some(&mine));
+    let from_json = PriceTable::from_json(
+        r#"{"models":{"m":{"input_cost_per_token":"0.0000025","output_cost_per_token":"0.00001"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        from_json.get("m").unwrap().input_cost_per_token,
+        dec!(0.0000025)
+    );
+}
+
+/// Every price in the shipped file is a plain decimal string with no binary
+/// float artefacts (`0.0000025`, never `2.5e-06` or `0.0000024999999999999998`).
+#[test]
+fn shipped_file_has_no_float_artefacts() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/prices/model_prices.json"
+    ))
+    .unwrap();
+    assert!(text.contains(r#""gpt-4o": {"provider":"openai","input_cost_per_token":"0.0000025","output_cost_per_token":"0.00001""#));
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut checked = 0;
+    for (model, entry) in file["models"].as_object().unwrap() {
+        for (field, value) in entry.as_object().unwrap() {
+            if !field.contains("cost") {
+                continue;
+            }
+            let s = value
+                .as_str()
+                .unwrap_or_else(|| panic!("{model}.{field} is not a string: {value}"));
+            assert!(
+                s.bytes().all(|b| b.is_ascii_digit() || b == b'.'),
+                "{model}.{field} = {s}"
+            );
+            let d = Decimal::from_str(s).unwrap();
+            assert_eq!(
+                d.normalize().to_string(),
+                s,
+                "{model}.{field} is not in canonical form"
+            );
+            // A price read through f64 and printed in full shows 16-17
+            // significant digits (2.4999999999999998e-06); published prices
+            // have a handful.
+            let significant = s.trim_start_matches(['0', '.']).replace('.', "");
+            assert!(
+                significant.len() <= 8,
+                "{model}.{field} = {s} looks like a float artefact"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 2000, "checked {checked} prices");
+}

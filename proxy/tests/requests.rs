@@ -1,0 +1,252 @@
+//! Request translation: what `prepare_upstream` sends to each provider.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::{json, Value};
+use tollgate_proxy::providers::{
+    parse_request, prepare_upstream, route, BaseUrls, CustomProvider, PrepareError, ProviderKey,
+    UpstreamRequest,
+};
+
+fn prepare(body: Value, cap: Option<u64>) -> Result<UpstreamRequest, PrepareError> {
+    let request = parse_request(body.to_string().as_bytes()).unwrap();
+    let custom = [CustomProvider {
+        name: "together".to_owned(),
+        base_url: "https://api.together.xyz/v1".to_owned(),
+    }];
+    let route = route(&request.model, &custom, &BaseUrls::default()).unwrap();
+    prepare_upstream(&route, &request, &ProviderKey::new("sk-secret-123"), cap)
+}
+
+fn body_of(up: &UpstreamRequest) -> Value {
+    serde_json::from_slice(&up.body).unwrap()
+}
+
+fn header<'a>(up: &'a UpstreamRequest, name: &str) -> Option<&'a str> {
+    up.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A conversation using every role, a tool round trip and a stop list.
+fn conversation(model: &str) -> Value {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp_c\": 21}"},
+            {"role": "user", "content": "Thanks!"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false}}}],
+        "tool_choice": "auto",
+        "stop": ["END"],
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_tokens": 300,
+        "user": "user-42",
+        "seed": 7
+    })
+}
+
+#[test]
+fn anthropic_request() {
+    let up = prepare(conversation("claude-3-5-sonnet-20240620"), Some(200)).unwrap();
+    assert_eq!(up.url, "https://api.anthropic.com/v1/messages");
+    assert_eq!(header(&up, "x-api-key"), Some("sk-secret-123"));
+    assert_eq!(header(&up, "anthropic-version"), Some("2023-06-01"));
+    assert_eq!(header(&up, "authorization"), None);
+    assert_eq!(up.max_output_tokens, Some(200));
+    assert_eq!(
+        body_of(&up),
+        json!({
+            "model": "claude-3-5-sonnet-20240620",
+            "max_tokens": 200,
+            "system": "Be brief.\n\nAnswer in French.",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "{\"temp_c\": 21}"},
+                    {"type": "text", "text": "Thanks!"}]}
+            ],
+            "stop_sequences": ["END"],
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "tools": [{"name": "get_weather", "description": "Weather now",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false}}],
+            "tool_choice": {"type": "auto"},
+            "metadata": {"user_id": "user-42"}
+        })
+    );
+}
+
+#[test]
+fn anthropic_max_tokens_sources_and_stream() {
+    let base = |extra: Value| {
+        let mut b =
+            json!({"model": "anthropic/claude-x", "messages": [{"role": "user", "content": "hi"}]});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let sent = |b: Value, cap| body_of(&prepare(b, cap).unwrap())["max_tokens"].clone();
+    assert_eq!(sent(base(json!({})), None), json!(4096));
+    assert_eq!(sent(base(json!({})), Some(1000)), json!(1000));
+    assert_eq!(
+        sent(base(json!({"max_completion_tokens": 50})), Some(1000)),
+        json!(50)
+    );
+    assert_eq!(
+        sent(base(json!({"max_tokens": 5000})), Some(1000)),
+        json!(1000)
+    );
+    let up = prepare(base(json!({"stream": true, "stop": "x"})), None).unwrap();
+    assert!(up.stream);
+    assert_eq!(body_of(&up)["model"], "claude-x");
+    assert_eq!(body_of(&up)["stream"], true);
+    assert_eq!(body_of(&up)["stop_sequences"], json!(["x"]));
+    assert!(matches!(
+        prepare(base(json!({"n": 2})), None),
+        Err(PrepareError::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn gemini_request() {
+    let up = prepare(conversation("gemini-2.0-flash"), None).unwrap();
+    assert_eq!(
+        up.url,
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent"
+    );
+    assert_eq!(header(&up, "x-goog-api-key"), Some("sk-secret-123"));
+    assert_eq!(up.max_output_tokens, Some(300));
+    assert_eq!(
+        body_of(&up),
+        json!({
+            "contents": [
+                {"role": "user", "parts": [{"text": "Weather in Paris?"}]},
+                {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "get_weather", "response": {"temp_c": 21}}},
+                    {"text": "Thanks!"}]}
+            ],
+            "systemInstruction": {"parts": [{"text": "Be brief."}, {"text": "Answer in French."}]},
+            "generationConfig": {"maxOutputTokens": 300, "stopSequences": ["END"], "temperature": 0.5, "topP": 0.9},
+            "tools": [{"functionDeclarations": [{"name": "get_weather", "description": "Weather now",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]}],
+            "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}}
+        })
+    );
+    let stream = prepare(
+        json!({"model": "gemini/gemini-2.5-pro", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(stream.url, "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse");
+    assert_eq!(
+        body_of(&stream),
+        json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})
+    );
+    let bad = prepare(
+        json!({"model": "gemini/../x", "messages": [{"role": "user", "content": "hi"}]}),
+        None,
+    );
+    assert!(matches!(bad, Err(PrepareError::InvalidField { .. })));
+}
+
+#[test]
+fn openai_request_passes_through() {
+    let mut body = conversation("openai/gpt-4o");
+    body["stream"] = json!(true);
+    let up = prepare(body.clone(), None).unwrap();
+    assert_eq!(up.url, "https://api.openai.com/v1/chat/completions");
+    assert_eq!(header(&up, "authorization"), Some("Bearer sk-secret-123"));
+    let mut expected = body;
+    expected["model"] = json!("gpt-4o");
+    expected["stream_options"] = json!({"include_usage": true});
+    assert_eq!(
+        body_of(&up),
+        expected,
+        "only the model and stream_options change"
+    );
+
+    let clamped = prepare(
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+        Some(64),
+    )
+    .unwrap();
+    assert_eq!(body_of(&clamped)["max_completion_tokens"], 64);
+    assert!(body_of(&clamped).get("stream_options").is_none());
+    let custom = prepare(json!({"model": "together/meta-llama/Llama-3-70b", "messages": [{"role": "user", "content": "hi"}]}), Some(64)).unwrap();
+    assert_eq!(custom.url, "https://api.together.xyz/v1/chat/completions");
+    assert_eq!(body_of(&custom)["model"], "meta-llama/Llama-3-70b");
+    assert_eq!(body_of(&custom)["max_tokens"], 64);
+    let xai = prepare(
+        json!({"model": "grok-3", "messages": [{"role": "user", "content": "hi"}]}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(xai.url, "https://api.x.ai/v1/chat/completions");
+}
+
+#[test]
+fn keys_never_print() {
+    let key = ProviderKey::new("sk-secret-123");
+    assert_eq!(format!("{key:?}"), "ProviderKey(***)");
+    for model in ["gpt-4o", "claude-3-haiku", "gemini-2.0-flash"] {
+        let up = prepare(
+            json!({"model": model, "messages": [{"role": "user", "content": "my private prompt"}]}),
+            None,
+        )
+        .unwrap();
+        let debug = format!("{up:?}");
+        assert!(!debug.contains("sk-secret-123"), "{model}: {debug}");
+        assert!(!debug.contains("my private prompt"), "{model}: {debug}");
+    }
+    let bad = prepare_upstream(
+        &route("gpt-4o", &[], &BaseUrls::default()).unwrap(),
+        &parse_request(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#)
+            .unwrap(),
+        &ProviderKey::new("bad\nkey"),
+        None,
+    );
+    assert!(matches!(bad, Err(PrepareError::InvalidKey)));
+}
+
+#[test]
+fn images_and_bad_tool_arguments() {
+    let image = |url: &str| {
+        json!({"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": url}}]})
+    };
+    let up = prepare(json!({"model": "claude-3-haiku", "messages": [image("data:image/png;base64,iVBORw0KGgo=")]}), None).unwrap();
+    assert_eq!(
+        body_of(&up)["messages"][0]["content"][1],
+        json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}})
+    );
+    let up = prepare(json!({"model": "gemini-2.0-flash", "messages": [image("data:image/jpeg;base64,/9j/4AAQ")]}), None).unwrap();
+    assert_eq!(
+        body_of(&up)["contents"][0]["parts"][1],
+        json!({"inlineData": {"mimeType": "image/jpeg", "data": "/9j/4AAQ"}})
+    );
+    let remote = prepare(
+        json!({"model": "gemini-2.0-flash", "messages": [image("https://example.com/a.png")]}),
+        None,
+    );
+    assert!(matches!(remote, Err(PrepareError::Unsupported { .. })));
+
+    let bad_args = json!({"model": "claude-3-haiku", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]});
+    match prepare(bad_args, None) {
+        Err(PrepareError::InvalidField { field, .. }) => {
+            assert_eq!(field, "messages[1].tool_calls[0].function.arguments")
+        }
+        other => panic!("expected InvalidField, got {other:?}"),
+    }
+}

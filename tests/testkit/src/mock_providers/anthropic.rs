@@ -1,0 +1,186 @@
+//! Anthropic Messages look-alike: `POST /v1/messages`.
+//!
+//! Checks `x-api-key` (401 `authentication_error`) and `anthropic-version`
+//! headers, then `model`, `max_tokens`, `messages` (roles `user`/`assistant`
+//! only, starting with `user`, alternating), content present (400
+//! `invalid_request_error`). Streams send `message_start` (input usage),
+//! `content_block_start`, a `ping`, one `text_delta` per piece,
+//! `content_block_stop`, `message_delta` (stop reason, cumulative output
+//! tokens) and `message_stop`, each as `event: …\ndata: …\n\n`.
+
+use super::{answer_id, json_response, sse_response, MockBehavior, RecordedRequest, Reply};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Response {
+    if request.method != "POST" || request.path != "/v1/messages" {
+        return error(404, "not_found_error", "Not found");
+    }
+    if request
+        .header("x-api-key")
+        .is_none_or(|k| k.trim().is_empty())
+    {
+        return error(401, "authentication_error", "x-api-key header is required");
+    }
+    if request.header("anthropic-version").is_none() {
+        return error(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+        );
+    }
+    if let Some(forced) = &behavior.error {
+        let kind = match forced.status {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        return error(forced.status, kind, &forced.message);
+    }
+    let Some(body @ Value::Object(_)) = request.json() else {
+        return error(
+            400,
+            "invalid_request_error",
+            "There was an error parsing the body of your request.",
+        );
+    };
+    if let Err(message) = validate(&body) {
+        return error(400, "invalid_request_error", &message);
+    }
+    let reply = Reply::plan(
+        behavior,
+        &json!([body["system"], body["messages"]]),
+        body["max_tokens"].as_u64(),
+    );
+    let model = body["model"].as_str().unwrap_or_default();
+    if body["stream"].as_bool().unwrap_or(false) {
+        stream_reply(&reply, model, behavior)
+    } else {
+        json_response(200, &message(&reply, model))
+    }
+}
+
+fn validate(body: &Value) -> Result<(), String> {
+    if !body["model"].is_string() {
+        return Err("model: Field required".to_owned());
+    }
+    if !body["max_tokens"].is_u64() {
+        return Err("max_tokens: Field required".to_owned());
+    }
+    let messages = body["messages"]
+        .as_array()
+        .ok_or_else(|| "messages: Field required".to_owned())?;
+    let mut previous: Option<&str> = None;
+    for (i, message) in messages.iter().enumerate() {
+        let role = message["role"].as_str().unwrap_or_default();
+        if role != "user" && role != "assistant" {
+            return Err(format!(
+                "messages.{i}.role: Input should be 'user' or 'assistant'"
+            ));
+        }
+        if i == 0 && role != "user" {
+            return Err("messages: first message must use the \"user\" role".to_owned());
+        }
+        if previous == Some(role) {
+            return Err(format!(
+                "messages: roles must alternate between \"user\" and \"assistant\", but found multiple \"{role}\" roles in a row"
+            ));
+        }
+        let content_ok = match &message["content"] {
+            Value::String(s) => !s.is_empty(),
+            Value::Array(blocks) => !blocks.is_empty(),
+            _ => false,
+        };
+        if !content_ok {
+            return Err(format!(
+                "messages.{i}: all messages must have non-empty content"
+            ));
+        }
+        previous = Some(role);
+    }
+    if messages.is_empty() {
+        return Err("messages: at least one message is required".to_owned());
+    }
+    Ok(())
+}
+
+fn error(status: u16, kind: &str, message: &str) -> Response {
+    json_response(
+        status,
+        &json!({"type": "error", "error": {"type": kind, "message": message}}),
+    )
+}
+
+fn stop_reason(reply: &Reply) -> &'static str {
+    if reply.truncated {
+        "max_tokens"
+    } else {
+        "end_turn"
+    }
+}
+
+/// Anthropic's `input_tokens` excludes cache reads; thinking is inside output.
+fn usage(reply: &Reply) -> Value {
+    json!({
+        "input_tokens": reply.input_tokens.saturating_sub(reply.cached_input_tokens),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": reply.cached_input_tokens,
+        "output_tokens": reply.output_tokens.saturating_add(reply.reasoning_tokens),
+    })
+}
+
+fn message(reply: &Reply, model: &str) -> Value {
+    let mut usage = usage(reply);
+    usage["cache_creation"] =
+        json!({"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0});
+    usage["service_tier"] = json!("standard");
+    json!({
+        "id": format!("msg_mock{}", answer_id()),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": reply.text()}],
+        "stop_reason": stop_reason(reply),
+        "stop_sequence": null,
+        "usage": usage
+    })
+}
+
+fn stream_reply(reply: &Reply, model: &str, behavior: &MockBehavior) -> Response {
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut start_usage = usage(reply);
+    start_usage["output_tokens"] = json!(1);
+    let mut writes = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": format!("msg_mock{}", answer_id()), "type": "message", "role": "assistant",
+            "content": [], "model": model, "stop_reason": null, "stop_sequence": null,
+            "usage": start_usage}}),
+    )];
+    // Block start and ping share one write, as on the wire.
+    writes.push(
+        event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+            + &event("ping", json!({"type": "ping"})),
+    );
+    writes.extend(reply.pieces.iter().map(|p| {
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+        )
+    }));
+    writes.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    writes.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason(reply), "stop_sequence": null},
+               "usage": {"output_tokens": reply.output_tokens.saturating_add(reply.reasoning_tokens)}}),
+    ));
+    writes.push(event("message_stop", json!({"type": "message_stop"})));
+    sse_response(writes, behavior.chunk_delay, behavior.cut_after_writes)
+}

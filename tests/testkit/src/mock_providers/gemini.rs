@@ -1,0 +1,168 @@
+//! Gemini look-alike: `POST /v1beta/models/{model}:generateContent` and
+//! `:streamGenerateContent` (`?alt=sse` for SSE, else a JSON array).
+//!
+//! Checks the key (`x-goog-api-key` header or `?key=`; 403
+//! `PERMISSION_DENIED`), a JSON body with non-empty `contents`, roles `user`
+//! or `model`, non-empty `parts` (400 `INVALID_ARGUMENT`). SSE uses CRLF
+//! framing (`data: …\r\n\r\n`) and no end marker; every event carries the
+//! cumulative `usageMetadata`, the output counts only in the last one (with
+//! `finishReason`), as in the recorded stream.
+
+use super::{answer_id, json_response, sse_response, MockBehavior, RecordedRequest, Reply};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Response {
+    let target = request
+        .path
+        .strip_prefix("/v1beta/models/")
+        .and_then(|rest| rest.split_once(':'));
+    let (model, method) = match target {
+        Some((model, method @ ("generateContent" | "streamGenerateContent")))
+            if request.method == "POST" && !model.is_empty() =>
+        {
+            (model.to_owned(), method)
+        }
+        _ => {
+            return error(
+                404,
+                "NOT_FOUND",
+                &format!("The requested URL {} was not found.", request.path),
+            )
+        }
+    };
+    let key = request
+        .header("x-goog-api-key")
+        .or(request.query_param("key"));
+    if key.is_none_or(|k| k.trim().is_empty()) {
+        return error(
+            403,
+            "PERMISSION_DENIED",
+            "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+        );
+    }
+    if let Some(forced) = &behavior.error {
+        let status = match forced.status {
+            400 => "INVALID_ARGUMENT",
+            403 => "PERMISSION_DENIED",
+            404 => "NOT_FOUND",
+            429 => "RESOURCE_EXHAUSTED",
+            503 => "UNAVAILABLE",
+            _ => "INTERNAL",
+        };
+        return error(forced.status, status, &forced.message);
+    }
+    let Some(body @ Value::Object(_)) = request.json() else {
+        return error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.");
+    };
+    if let Err(message) = validate(&body) {
+        return error(400, "INVALID_ARGUMENT", &message);
+    }
+    let cap = body["generationConfig"]["maxOutputTokens"].as_u64();
+    let reply = Reply::plan(
+        behavior,
+        &json!([body["systemInstruction"], body["contents"]]),
+        cap,
+    );
+    match (method, request.query_param("alt")) {
+        ("generateContent", _) => json_response(200, &answer(&reply, &model, &reply.text(), true)),
+        (_, Some("sse")) => stream_reply(&reply, &model, behavior),
+        _ => {
+            let events: Vec<Value> = events(&reply, &model);
+            json_response(200, &Value::Array(events))
+        }
+    }
+}
+
+fn validate(body: &Value) -> Result<(), String> {
+    let contents = body["contents"]
+        .as_array()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            "* GenerateContentRequest.contents: contents is not specified\n".to_owned()
+        })?;
+    for (i, content) in contents.iter().enumerate() {
+        match content.get("role").and_then(Value::as_str) {
+            None | Some("user" | "model") => {}
+            Some(_) => return Err("Please use a valid role: user, model.".to_owned()),
+        }
+        if content["parts"].as_array().is_none_or(|p| p.is_empty()) {
+            return Err(format!(
+                "* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.\n"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn error(code: u16, status: &str, message: &str) -> Response {
+    json_response(
+        code,
+        &json!({"error": {"code": code, "message": message, "status": status}}),
+    )
+}
+
+fn usage(reply: &Reply, last: bool) -> Value {
+    let mut usage = json!({
+        "promptTokenCount": reply.input_tokens,
+        "totalTokenCount": reply.input_tokens,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": reply.input_tokens}]
+    });
+    if reply.cached_input_tokens > 0 {
+        usage["cachedContentTokenCount"] = json!(reply.cached_input_tokens);
+    }
+    if last {
+        let total = reply
+            .input_tokens
+            .saturating_add(reply.output_tokens)
+            .saturating_add(reply.reasoning_tokens);
+        usage["candidatesTokenCount"] = json!(reply.output_tokens);
+        usage["totalTokenCount"] = json!(total);
+        usage["candidatesTokensDetails"] =
+            json!([{"modality": "TEXT", "tokenCount": reply.output_tokens}]);
+        if reply.reasoning_tokens > 0 {
+            usage["thoughtsTokenCount"] = json!(reply.reasoning_tokens);
+        }
+    }
+    usage
+}
+
+/// One `GenerateContentResponse`; `last` adds `finishReason` and output counts.
+fn answer(reply: &Reply, model: &str, text: &str, last: bool) -> Value {
+    let mut candidate = json!({"content": {"parts": [{"text": text}], "role": "model"}});
+    if last {
+        candidate["finishReason"] = json!(if reply.truncated {
+            "MAX_TOKENS"
+        } else {
+            "STOP"
+        });
+        candidate["index"] = json!(0);
+    }
+    json!({
+        "candidates": [candidate],
+        "usageMetadata": usage(reply, last),
+        "modelVersion": model,
+        "responseId": format!("mock{}", answer_id())
+    })
+}
+
+fn events(reply: &Reply, model: &str) -> Vec<Value> {
+    let count = reply.pieces.len();
+    if count == 0 {
+        return vec![answer(reply, model, "", true)];
+    }
+    reply
+        .pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| answer(reply, model, piece, i + 1 == count))
+        .collect()
+}
+
+fn stream_reply(reply: &Reply, model: &str, behavior: &MockBehavior) -> Response {
+    let writes = events(reply, model)
+        .into_iter()
+        .map(|event| format!("data: {event}\r\n\r\n"))
+        .collect();
+    sse_response(writes, behavior.chunk_delay, behavior.cut_after_writes)
+}
