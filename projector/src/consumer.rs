@@ -30,7 +30,11 @@ pub trait Projection: Send + Sync {
     /// Name of its checkpoint row (and of its durable consumer).
     fn name(&self) -> &'static str;
     /// Applies events (all above the checkpoint, in stream order).
-    fn apply<'a>(&'a self, conn: &'a mut PgConnection, batch: &'a [Decoded]) -> BoxFuture<'a, sqlx::Result<()>>;
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        batch: &'a [Decoded],
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
     /// Empties the projection's tables (before a replay).
     fn reset<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, sqlx::Result<()>>;
 }
@@ -44,14 +48,17 @@ pub struct Raw {
 
 /// Locks and reads the checkpoint of `name` inside the caller's transaction.
 pub async fn lock_checkpoint(conn: &mut PgConnection, name: &str) -> sqlx::Result<u64> {
-    sqlx::query("INSERT INTO checkpoints (projection, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING")
-        .bind(name)
-        .execute(&mut *conn)
-        .await?;
-    let last: i64 = sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE projection = $1 FOR UPDATE")
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO checkpoints (projection, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING",
+    )
+    .bind(name)
+    .execute(&mut *conn)
+    .await?;
+    let last: i64 =
+        sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE projection = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
     Ok(u64::try_from(last).unwrap_or(0))
 }
 
@@ -65,11 +72,19 @@ pub async fn store_checkpoint(conn: &mut PgConnection, name: &str, seq: u64) -> 
 }
 
 /// Decodes raw messages above `after`; undecodable ones are recorded as dead letters.
-pub async fn decode_batch(conn: &mut PgConnection, projection: &str, raws: &[Raw], after: u64) -> sqlx::Result<Vec<Decoded>> {
+pub async fn decode_batch(
+    conn: &mut PgConnection,
+    projection: &str,
+    raws: &[Raw],
+    after: u64,
+) -> sqlx::Result<Vec<Decoded>> {
     let mut out = Vec::with_capacity(raws.len());
     for raw in raws.iter().filter(|r| r.seq > after) {
         match Envelope::from_slice(&raw.payload) {
-            Ok(envelope) => out.push(Decoded { seq: raw.seq, envelope }),
+            Ok(envelope) => out.push(Decoded {
+                seq: raw.seq,
+                envelope,
+            }),
             Err(err) => {
                 tracing::error!(seq = raw.seq, subject = %raw.subject, projection, error = %err, "undecodable event recorded as dead letter and skipped");
                 sqlx::query("INSERT INTO dead_letters (projection, seq, subject, error) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
@@ -87,8 +102,14 @@ pub async fn decode_batch(conn: &mut PgConnection, projection: &str, raws: &[Raw
 
 /// The step function: applies one batch of raw messages exactly once.
 /// Returns how many events took effect (0 when all were already applied).
-pub async fn apply_batch(pool: &PgPool, projection: &dyn Projection, raws: &[Raw]) -> sqlx::Result<usize> {
-    let Some(max_seq) = raws.iter().map(|r| r.seq).max() else { return Ok(0) };
+pub async fn apply_batch(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    raws: &[Raw],
+) -> sqlx::Result<usize> {
+    let Some(max_seq) = raws.iter().map(|r| r.seq).max() else {
+        return Ok(0);
+    };
     let mut tx = pool.begin().await?;
     let after = lock_checkpoint(&mut tx, projection.name()).await?;
     if max_seq <= after {
@@ -103,7 +124,10 @@ pub async fn apply_batch(pool: &PgPool, projection: &dyn Projection, raws: &[Raw
 
 /// The durable pull consumer of a projection on the ledger stream.
 pub async fn durable_consumer(js: &jetstream::Context, name: &str) -> anyhow::Result<pull::Stream> {
-    let stream = js.get_stream(subjects::LEDGER_STREAM).await.context("ledger stream missing")?;
+    let stream = js
+        .get_stream(subjects::LEDGER_STREAM)
+        .await
+        .context("ledger stream missing")?;
     let consumer: jetstream::consumer::PullConsumer = stream
         .get_or_create_consumer(
             name,
@@ -129,7 +153,12 @@ pub async fn durable_consumer(js: &jetstream::Context, name: &str) -> anyhow::Re
 }
 
 /// Consumes the ledger stream into `projection` until `shutdown`.
-pub async fn run(js: jetstream::Context, pool: PgPool, projection: &dyn Projection, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    js: jetstream::Context,
+    pool: PgPool,
+    projection: &dyn Projection,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match run_once(&js, &pool, projection, &shutdown).await {
@@ -147,7 +176,12 @@ pub async fn run(js: jetstream::Context, pool: PgPool, projection: &dyn Projecti
     Ok(())
 }
 
-async fn run_once(js: &jetstream::Context, pool: &PgPool, projection: &dyn Projection, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn run_once(
+    js: &jetstream::Context,
+    pool: &PgPool,
+    projection: &dyn Projection,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let messages = durable_consumer(js, projection.name()).await?;
     let mut chunks = messages.ready_chunks(2_000);
     loop {
@@ -155,19 +189,32 @@ async fn run_once(js: &jetstream::Context, pool: &PgPool, projection: &dyn Proje
             _ = shutdown.cancelled() => return Ok(()),
             chunk = chunks.next() => chunk,
         };
-        let Some(chunk) = chunk else { anyhow::bail!("consumer stream ended") };
+        let Some(chunk) = chunk else {
+            anyhow::bail!("consumer stream ended")
+        };
         let mut raws = Vec::with_capacity(chunk.len());
         let mut last = None;
         for msg in chunk {
             let msg = msg.context("receiving from consumer")?;
-            let seq = msg.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?.stream_sequence;
-            raws.push(Raw { seq, subject: msg.subject.to_string(), payload: msg.payload.clone() });
+            let seq = msg
+                .info()
+                .map_err(|e| anyhow::anyhow!("message info: {e}"))?
+                .stream_sequence;
+            raws.push(Raw {
+                seq,
+                subject: msg.subject.to_string(),
+                payload: msg.payload.clone(),
+            });
             last = Some(msg);
         }
-        apply_batch(pool, projection, &raws).await.context("applying batch")?;
+        apply_batch(pool, projection, &raws)
+            .await
+            .context("applying batch")?;
         if let Some(msg) = last {
             // AckPolicy::All: acking the newest acks the whole batch, after the commit.
-            msg.ack_with(AckKind::Ack).await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+            msg.ack_with(AckKind::Ack)
+                .await
+                .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
         }
     }
 }

@@ -35,7 +35,15 @@ pub fn usage_deltas(env: &Envelope) -> Vec<(CounterKey, Decimal)> {
             if amount.is_zero() {
                 continue;
             }
-            out.push((CounterKey { window, period_start, unit: unit.clone(), model: model.clone() }, amount));
+            out.push((
+                CounterKey {
+                    window,
+                    period_start,
+                    unit: unit.clone(),
+                    model: model.clone(),
+                },
+                amount,
+            ));
         }
     }
     out
@@ -64,13 +72,31 @@ pub fn balance_deltas(env: &Envelope) -> Vec<(Unit, BalanceDelta)> {
     match &env.event {
         Event::Reserved(r) => r.amounts.iter().for_each(|(u, a)| add(u, &|d| d.held += a)),
         Event::Committed(c) => {
-            c.hold.held.iter().for_each(|(u, a)| add(u, &|d| d.held -= a));
-            c.actual.iter().for_each(|(u, a)| add(u, &|d| d.committed += a));
-            c.overage.iter().for_each(|(u, a)| add(u, &|d| d.overage += a));
+            c.hold
+                .held
+                .iter()
+                .for_each(|(u, a)| add(u, &|d| d.held -= a));
+            c.actual
+                .iter()
+                .for_each(|(u, a)| add(u, &|d| d.committed += a));
+            c.overage
+                .iter()
+                .for_each(|(u, a)| add(u, &|d| d.overage += a));
         }
-        Event::Released(r) => r.hold.held.iter().for_each(|(u, a)| add(u, &|d| d.held -= a)),
-        Event::Expired(e) => e.hold.held.iter().for_each(|(u, a)| add(u, &|d| d.held -= a)),
-        Event::UsageRecorded(u) => u.amounts.iter().for_each(|(unit, a)| add(unit, &|d| d.committed += a)),
+        Event::Released(r) => r
+            .hold
+            .held
+            .iter()
+            .for_each(|(u, a)| add(u, &|d| d.held -= a)),
+        Event::Expired(e) => e
+            .hold
+            .held
+            .iter()
+            .for_each(|(u, a)| add(u, &|d| d.held -= a)),
+        Event::UsageRecorded(u) => u
+            .amounts
+            .iter()
+            .for_each(|(unit, a)| add(unit, &|d| d.committed += a)),
     }
     out
 }

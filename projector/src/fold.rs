@@ -123,7 +123,10 @@ impl AccountState {
             return Applied::AlreadyApplied;
         }
         self.last_seq = self.last_seq.max(seq);
-        self.latest_at = Some(self.latest_at.map_or(env.occurred_at, |t| t.max(env.occurred_at)));
+        self.latest_at = Some(
+            self.latest_at
+                .map_or(env.occurred_at, |t| t.max(env.occurred_at)),
+        );
         let outcome = self.apply_event(env);
         if outcome == Applied::Changed {
             for (key, amount) in usage_deltas(env) {
@@ -140,7 +143,9 @@ impl AccountState {
     fn apply_event(&mut self, env: &Envelope) -> Applied {
         match &env.event {
             Event::Reserved(r) => {
-                if self.open.contains_key(&r.reservation_id) || self.settled.contains_key(&r.reservation_id) {
+                if self.open.contains_key(&r.reservation_id)
+                    || self.settled.contains_key(&r.reservation_id)
+                {
                     return Applied::Duplicate;
                 }
                 let hold = OpenHold {
@@ -153,8 +158,21 @@ impl AccountState {
                 self.open.insert(r.reservation_id, hold);
                 Applied::Changed
             }
-            Event::Committed(c) => self.settle(env, &c.hold, Settlement::Committed { actual: c.actual.clone(), overage: c.overage.clone() }),
-            Event::Released(r) => self.settle(env, &r.hold, Settlement::Released { reason: r.reason.clone() }),
+            Event::Committed(c) => self.settle(
+                env,
+                &c.hold,
+                Settlement::Committed {
+                    actual: c.actual.clone(),
+                    overage: c.overage.clone(),
+                },
+            ),
+            Event::Released(r) => self.settle(
+                env,
+                &r.hold,
+                Settlement::Released {
+                    reason: r.reason.clone(),
+                },
+            ),
             Event::Expired(e) => self.settle(env, &e.hold, Settlement::Expired),
             Event::UsageRecorded(u) => {
                 if self.usage_ids.insert(u.usage_id, env.occurred_at).is_some() {
@@ -169,7 +187,12 @@ impl AccountState {
         let Some(open) = self.open.remove(&hold.reservation_id) else {
             return Applied::Duplicate;
         };
-        let settled = Settled { hold: hold.clone(), expires_at: open.expires_at, settled_at: env.occurred_at, settlement };
+        let settled = Settled {
+            hold: hold.clone(),
+            expires_at: open.expires_at,
+            settled_at: env.occurred_at,
+            settlement,
+        };
         self.settled.insert(hold.reservation_id, settled);
         Applied::Changed
     }
@@ -183,7 +206,11 @@ impl AccountState {
         self.settled.retain(|_, s| s.settled_at >= horizon);
         self.usage_ids.retain(|_, at| *at >= horizon);
         self.used.retain(|key, _| {
-            let end = schemas::period(key.window, DateTime::from_timestamp(key.period_start, 0).unwrap_or_default()).end;
+            let end = schemas::period(
+                key.window,
+                DateTime::from_timestamp(key.period_start, 0).unwrap_or_default(),
+            )
+            .end;
             end.is_none_or(|end| end > latest - Duration::hours(1))
         });
     }

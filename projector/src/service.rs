@@ -22,7 +22,11 @@ impl Projection for CountersProjection {
         PROJECTOR_CONSUMER
     }
 
-    fn apply<'a>(&'a self, conn: &'a mut PgConnection, batch: &'a [Decoded]) -> BoxFuture<'a, sqlx::Result<()>> {
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        batch: &'a [Decoded],
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(async move {
             let mut sums: HashMap<Key, Decimal> = HashMap::new();
             for d in batch {
@@ -87,7 +91,9 @@ impl Projection for CountersProjection {
 
     fn reset<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(async move {
-            sqlx::query("TRUNCATE usage_counters").execute(&mut *conn).await?;
+            sqlx::query("TRUNCATE usage_counters")
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         })
     }

@@ -32,7 +32,9 @@ impl AccountState {
     pub fn used_in_period(&self, limit: &Limit, now: DateTime<Utc>) -> Decimal {
         let start = period(limit.window, now).key();
         self.used()
-            .filter(|(k, _)| k.window == limit.window && k.period_start == start && k.unit == limit.unit)
+            .filter(|(k, _)| {
+                k.window == limit.window && k.period_start == start && k.unit == limit.unit
+            })
             .filter(|(k, _)| scope_matches(limit.model.as_ref(), k.model.as_deref()))
             .map(|(_, v)| *v)
             .sum()

@@ -13,12 +13,29 @@ use tollgate_projector::AccountState;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Reserve { account: u8, tokens: u32, usd_cents: u32 },
-    Commit { nth_open: u8, tokens: u32, usd_cents: u32 },
-    Release { nth_open: u8 },
-    Expire { nth_open: u8 },
-    Usage { account: u8, images: u8 },
-    Tick { minutes: u16 },
+    Reserve {
+        account: u8,
+        tokens: u32,
+        usd_cents: u32,
+    },
+    Commit {
+        nth_open: u8,
+        tokens: u32,
+        usd_cents: u32,
+    },
+    Release {
+        nth_open: u8,
+    },
+    Expire {
+        nth_open: u8,
+    },
+    Usage {
+        account: u8,
+        images: u8,
+    },
+    Tick {
+        minutes: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -50,7 +67,9 @@ fn history(ops: &[Op]) -> Vec<Envelope> {
         schema_version: SCHEMA_VERSION,
         occurred_at: at,
         project_id: project,
-        account: Account::Identity { identity: format!("user-{account}") },
+        account: Account::Identity {
+            identity: format!("user-{account}"),
+        },
         request_id: None,
         event,
     };
@@ -58,28 +77,78 @@ fn history(ops: &[Op]) -> Vec<Envelope> {
         now += Duration::seconds(7);
         match op {
             Op::Tick { minutes } => now += Duration::minutes(i64::from(*minutes)),
-            Op::Reserve { account, tokens, usd_cents } => {
-                let r = Reserved { reservation_id: ReservationId::new(), model: Some("gpt-4o".into()), amounts: amounts(*tokens, *usd_cents), expires_at: now + Duration::seconds(60), tier: None };
-                open.push((*account, schemas::events::HoldRef { reservation_id: r.reservation_id, reserved_at: now, model: r.model.clone(), held: r.amounts.clone() }));
+            Op::Reserve {
+                account,
+                tokens,
+                usd_cents,
+            } => {
+                let r = Reserved {
+                    reservation_id: ReservationId::new(),
+                    model: Some("gpt-4o".into()),
+                    amounts: amounts(*tokens, *usd_cents),
+                    expires_at: now + Duration::seconds(60),
+                    tier: None,
+                };
+                open.push((
+                    *account,
+                    schemas::events::HoldRef {
+                        reservation_id: r.reservation_id,
+                        reserved_at: now,
+                        model: r.model.clone(),
+                        held: r.amounts.clone(),
+                    },
+                ));
                 out.push(env(*account, now, Event::Reserved(r)));
             }
-            Op::Commit { nth_open, tokens, usd_cents } if !open.is_empty() => {
+            Op::Commit {
+                nth_open,
+                tokens,
+                usd_cents,
+            } if !open.is_empty() => {
                 let (account, hold) = open.remove(usize::from(*nth_open) % open.len());
                 let actual = amounts(*tokens, *usd_cents);
                 let overage = actual.saturating_sub(&hold.held);
-                out.push(env(account, now, Event::Committed(Committed { hold, actual, overage })));
+                out.push(env(
+                    account,
+                    now,
+                    Event::Committed(Committed {
+                        hold,
+                        actual,
+                        overage,
+                    }),
+                ));
             }
             Op::Release { nth_open } if !open.is_empty() => {
                 let (account, hold) = open.remove(usize::from(*nth_open) % open.len());
-                out.push(env(account, now, Event::Released(Released { hold, reason: None })));
+                out.push(env(
+                    account,
+                    now,
+                    Event::Released(Released { hold, reason: None }),
+                ));
             }
             Op::Expire { nth_open } if !open.is_empty() => {
                 let (account, hold) = open.remove(usize::from(*nth_open) % open.len());
-                out.push(env(account, now, Event::Expired(Expired { expires_at: hold.reserved_at + Duration::seconds(60), hold })));
+                out.push(env(
+                    account,
+                    now,
+                    Event::Expired(Expired {
+                        expires_at: hold.reserved_at + Duration::seconds(60),
+                        hold,
+                    }),
+                ));
             }
             Op::Usage { account, images } => {
-                let amounts = Amounts::new().with(Unit::Custom("images".into()), Decimal::from(*images));
-                out.push(env(*account, now, Event::UsageRecorded(UsageRecorded { usage_id: uuid::Uuid::now_v7(), model: None, amounts })));
+                let amounts =
+                    Amounts::new().with(Unit::Custom("images".into()), Decimal::from(*images));
+                out.push(env(
+                    *account,
+                    now,
+                    Event::UsageRecorded(UsageRecorded {
+                        usage_id: uuid::Uuid::now_v7(),
+                        model: None,
+                        amounts,
+                    }),
+                ));
             }
             _ => {}
         }
@@ -87,17 +156,24 @@ fn history(ops: &[Op]) -> Vec<Envelope> {
     out
 }
 
-type Totals = (BTreeMap<(String, CounterKey), Decimal>, BTreeMap<(String, String), (Decimal, Decimal, Decimal)>);
+type Totals = (
+    BTreeMap<(String, CounterKey), Decimal>,
+    BTreeMap<(String, String), (Decimal, Decimal, Decimal)>,
+);
 
 fn totals<'a>(events: impl Iterator<Item = &'a Envelope>) -> Totals {
     let mut counters = BTreeMap::new();
     let mut balances = BTreeMap::new();
     for e in events {
         for (k, v) in usage_deltas(e) {
-            *counters.entry((e.identity().to_owned(), k)).or_insert(Decimal::ZERO) += v;
+            *counters
+                .entry((e.identity().to_owned(), k))
+                .or_insert(Decimal::ZERO) += v;
         }
         for (u, d) in balance_deltas(e) {
-            let b = balances.entry((e.identity().to_owned(), u.to_string())).or_insert((Decimal::ZERO, Decimal::ZERO, Decimal::ZERO));
+            let b = balances
+                .entry((e.identity().to_owned(), u.to_string()))
+                .or_insert((Decimal::ZERO, Decimal::ZERO, Decimal::ZERO));
             b.0 += d.committed;
             b.1 += d.held;
             b.2 += d.overage;
@@ -110,7 +186,10 @@ fn totals<'a>(events: impl Iterator<Item = &'a Envelope>) -> Totals {
 fn fold_states(events: &[(u64, Envelope)]) -> HashMap<String, AccountState> {
     let mut states: HashMap<String, AccountState> = HashMap::new();
     for (seq, e) in events {
-        states.entry(e.identity().to_owned()).or_default().apply(*seq, e);
+        states
+            .entry(e.identity().to_owned())
+            .or_default()
+            .apply(*seq, e);
     }
     states
 }

@@ -129,7 +129,9 @@ impl Event {
 pub enum DecodeError {
     #[error("not an event envelope: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("schema_version {0} is newer than this reader ({SCHEMA_VERSION}); upgrade readers first")]
+    #[error(
+        "schema_version {0} is newer than this reader ({SCHEMA_VERSION}); upgrade readers first"
+    )]
     TooNew(u32),
 }
 

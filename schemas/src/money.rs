@@ -27,7 +27,9 @@ pub fn round_usd(amount: Decimal, rounding: Rounding) -> Decimal {
         Rounding::Charge => RoundingStrategy::AwayFromZero,
         Rounding::Refund => RoundingStrategy::ToZero,
     };
-    amount.round_dp_with_strategy(USD_SCALE, strategy).normalize()
+    amount
+        .round_dp_with_strategy(USD_SCALE, strategy)
+        .normalize()
 }
 
 #[cfg(test)]

@@ -22,7 +22,11 @@ pub struct Plan {
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Most holds open at once per identity.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "positive_u32")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "positive_u32"
+    )]
     pub concurrency: Option<u32>,
     /// Models this tier may call (globs); absent means any model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +62,9 @@ impl<'de> Deserialize<'de> for ModelGlob {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         if s.is_empty() || s.len() > 200 || s.chars().any(char::is_control) {
-            return Err(de::Error::custom("model must be a model name or glob of 1-200 printable characters"));
+            return Err(de::Error::custom(
+                "model must be a model name or glob of 1-200 printable characters",
+            ));
         }
         Ok(ModelGlob(s))
     }
@@ -138,7 +144,9 @@ fn line_of(text: &str, needle: &str) -> String {
 impl Plan {
     /// Parses and validates a YAML plan.
     pub fn from_yaml(text: &str) -> Result<Plan, PlanError> {
-        let plan: Plan = serde_yaml::from_str(text).map_err(|e| PlanError { message: e.to_string() })?;
+        let plan: Plan = serde_yaml::from_str(text).map_err(|e| PlanError {
+            message: e.to_string(),
+        })?;
         plan.validate(text)?;
         Ok(plan)
     }
@@ -155,9 +163,18 @@ impl Plan {
             });
         }
         for (name, tier) in &self.tiers {
-            let valid_name = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !valid_name {
-                return Err(PlanError { message: format!("{}tier name `{name}` must be 1-64 letters, digits, `_` or `-`", line_of(text, name)) });
+                return Err(PlanError {
+                    message: format!(
+                        "{}tier name `{name}` must be 1-64 letters, digits, `_` or `-`",
+                        line_of(text, name)
+                    ),
+                });
             }
             let mut seen = std::collections::HashSet::new();
             for limit in &tier.limits {
@@ -167,7 +184,11 @@ impl Plan {
                             "tier `{name}`: two limits on {} per {}{}; keep one",
                             limit.unit,
                             limit.window,
-                            limit.model.as_ref().map(|m| format!(" for model {}", m.0)).unwrap_or_default()
+                            limit
+                                .model
+                                .as_ref()
+                                .map(|m| format!(" for model {}", m.0))
+                                .unwrap_or_default()
                         ),
                     });
                 }
@@ -209,14 +230,20 @@ tiers:
         assert_eq!(name, "free");
         assert_eq!(free.concurrency, Some(2));
         assert_eq!(free.limits[3].cap.0.to_string(), "2.50");
-        assert_eq!(plan.tier(Some("pro")).unwrap().1.limits[0].unit, Unit::Custom("images".into()));
+        assert_eq!(
+            plan.tier(Some("pro")).unwrap().1.limits[0].unit,
+            Unit::Custom("images".into())
+        );
     }
 
     #[test]
     fn bad_plans_name_the_line() {
         let bad = GOOD.replace("cap: 50 }", "cap: -50 }");
         let err = Plan::from_yaml(&bad).unwrap_err().message;
-        assert!(err.contains("cap must not be negative") && err.contains("line 8"), "{err}");
+        assert!(
+            err.contains("cap must not be negative") && err.contains("line 8"),
+            "{err}"
+        );
         let bad = GOOD.replace("window: day, cap: 50", "window: fortnight, cap: 50");
         let err = Plan::from_yaml(&bad).unwrap_err().message;
         assert!(err.contains("fortnight") && err.contains("line 8"), "{err}");
@@ -224,7 +251,10 @@ tiers:
         let err = Plan::from_yaml(&bad).unwrap_err().message;
         assert!(err.starts_with("line 2:") && err.contains("gold"), "{err}");
         let bad = GOOD.replace("concurrency: 2", "concurency: 2");
-        assert!(Plan::from_yaml(&bad).unwrap_err().message.contains("line 5"));
+        assert!(Plan::from_yaml(&bad)
+            .unwrap_err()
+            .message
+            .contains("line 5"));
     }
 
     #[test]

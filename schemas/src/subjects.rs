@@ -45,7 +45,11 @@ pub fn account_token(project: ProjectId, account: &Account) -> String {
 
 /// The one subject every event of `account` is appended to.
 pub fn account_subject(project: ProjectId, account: &Account) -> String {
-    format!("{LEDGER_PREFIX}.{}.{}", project.0.simple(), account_token(project, account))
+    format!(
+        "{LEDGER_PREFIX}.{}.{}",
+        project.0.simple(),
+        account_token(project, account)
+    )
 }
 
 #[cfg(test)]
@@ -55,11 +59,15 @@ mod tests {
     #[test]
     fn any_identity_makes_a_valid_single_token_subject() {
         let p = ProjectId::new();
-        let weird = Account::Identity { identity: "a.b *>\u{1F600} c".into() };
+        let weird = Account::Identity {
+            identity: "a.b *>\u{1F600} c".into(),
+        };
         let s = account_subject(p, &weird);
         assert_eq!(s.split('.').count(), 5);
         assert!(!s.contains(' ') && !s.contains('*') && !s.contains('>'));
-        let other = Account::Identity { identity: "a.b".into() };
+        let other = Account::Identity {
+            identity: "a.b".into(),
+        };
         assert_ne!(s, account_subject(p, &other));
         assert_eq!(s, account_subject(p, &weird));
     }

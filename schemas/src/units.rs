@@ -65,7 +65,8 @@ impl FromStr for Unit {
             other => {
                 let mut chars = other.chars();
                 let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-                let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                let rest_ok =
+                    chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
                 if !first_ok || !rest_ok || other.len() > 32 {
                     return Err(UnitError::BadName(other.to_owned()));
                 }
@@ -263,20 +264,33 @@ mod tests {
 
     #[test]
     fn numbers_and_strings_read_exactly() {
-        let a: Amounts = serde_json::from_str(r#"{"usd":0.05,"tokens":1200,"requests":"1"}"#).unwrap();
+        let a: Amounts =
+            serde_json::from_str(r#"{"usd":0.05,"tokens":1200,"requests":"1"}"#).unwrap();
         assert_eq!(a.get(&Unit::Usd), dec!(0.05));
         assert_eq!(a.get(&Unit::Tokens), dec!(1200));
-        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"requests":"1","tokens":"1200","usd":"0.05"}"#);
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"requests":"1","tokens":"1200","usd":"0.05"}"#
+        );
     }
 
     #[test]
     fn validation_names_the_unit() {
         let a: Amounts = serde_json::from_str(r#"{"tokens":-3}"#).unwrap();
-        assert_eq!(a.validated_charge(), Err(AmountError::Negative(Unit::Tokens)));
+        assert_eq!(
+            a.validated_charge(),
+            Err(AmountError::Negative(Unit::Tokens))
+        );
         let a: Amounts = serde_json::from_str(r#"{"requests":"1.5"}"#).unwrap();
-        assert_eq!(a.validated_charge(), Err(AmountError::NotWhole(Unit::Requests)));
+        assert_eq!(
+            a.validated_charge(),
+            Err(AmountError::NotWhole(Unit::Requests))
+        );
         let a: Amounts = serde_json::from_str(r#"{"images":1e20}"#).unwrap();
-        assert_eq!(a.validated_charge(), Err(AmountError::TooLarge(Unit::Custom("images".into()))));
+        assert_eq!(
+            a.validated_charge(),
+            Err(AmountError::TooLarge(Unit::Custom("images".into())))
+        );
         assert!(serde_json::from_str::<Amounts>(r#"{"Bad Unit":1}"#).is_err());
     }
 }

@@ -9,7 +9,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Window {
     Minute,
@@ -75,7 +77,9 @@ pub fn period(window: Window, at: DateTime<Utc>) -> Period {
     let date = at.date_naive();
     let (start, end) = match window {
         Window::Minute => {
-            let s = at - Duration::seconds(i64::from(at.second())) - Duration::nanoseconds(i64::from(at.nanosecond()));
+            let s = at
+                - Duration::seconds(i64::from(at.second()))
+                - Duration::nanoseconds(i64::from(at.nanosecond()));
             (s, Some(s + Duration::minutes(1)))
         }
         Window::Hour => {
@@ -87,7 +91,8 @@ pub fn period(window: Window, at: DateTime<Utc>) -> Period {
             (s, Some(s + Duration::days(1)))
         }
         Window::Week => {
-            let s = midnight(date) - Duration::days(i64::from(date.weekday().num_days_from_monday()));
+            let s =
+                midnight(date) - Duration::days(i64::from(date.weekday().num_days_from_monday()));
             (s, Some(s + Duration::days(7)))
         }
         Window::Month => {
@@ -116,12 +121,21 @@ mod tests {
     fn periods_are_calendar_windows_in_utc() {
         let at = t("2026-11-22T23:59:59.999Z"); // a Sunday
         assert_eq!(period(Window::Minute, at).start, t("2026-11-22T23:59:00Z"));
-        assert_eq!(period(Window::Minute, at).end, Some(t("2026-11-23T00:00:00Z")));
+        assert_eq!(
+            period(Window::Minute, at).end,
+            Some(t("2026-11-23T00:00:00Z"))
+        );
         assert_eq!(period(Window::Hour, at).start, t("2026-11-22T23:00:00Z"));
         assert_eq!(period(Window::Day, at).end, Some(t("2026-11-23T00:00:00Z")));
         assert_eq!(period(Window::Week, at).start, t("2026-11-16T00:00:00Z"));
-        assert_eq!(period(Window::Week, t("2026-11-23T00:00:00Z")).start, t("2026-11-23T00:00:00Z"));
-        assert_eq!(period(Window::Month, t("2026-12-31T12:00:00Z")).end, Some(t("2027-01-01T00:00:00Z")));
+        assert_eq!(
+            period(Window::Week, t("2026-11-23T00:00:00Z")).start,
+            t("2026-11-23T00:00:00Z")
+        );
+        assert_eq!(
+            period(Window::Month, t("2026-12-31T12:00:00Z")).end,
+            Some(t("2027-01-01T00:00:00Z"))
+        );
         assert_eq!(period(Window::Month, at).start, t("2026-11-01T00:00:00Z"));
         assert_eq!(period(Window::Lifetime, at).end, None);
     }

@@ -33,7 +33,10 @@ fn committed_json_schemas_are_current() {
             std::fs::write(&path, &generated).unwrap();
         }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(committed, generated, "{name} is stale: run TOLLGATE_BLESS=1 cargo test -p tollgate-schemas");
+        assert_eq!(
+            committed, generated,
+            "{name} is stale: run TOLLGATE_BLESS=1 cargo test -p tollgate-schemas"
+        );
     }
 }
 
@@ -45,7 +48,8 @@ fn every_golden_event_of_every_version_reads_back_identically() {
         for file in std::fs::read_dir(version.unwrap().path()).unwrap() {
             let path = file.unwrap().path();
             let text = std::fs::read_to_string(&path).unwrap();
-            let envelope = Envelope::from_slice(text.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let envelope = Envelope::from_slice(text.as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen_types.insert(envelope.event.type_name());
             // Writing it again yields the same JSON value: nothing lost, nothing invented.
             let original: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -55,7 +59,13 @@ fn every_golden_event_of_every_version_reads_back_identically() {
         }
     }
     assert!(count >= 5);
-    for t in ["reserved", "committed", "released", "expired", "usage_recorded"] {
+    for t in [
+        "reserved",
+        "committed",
+        "released",
+        "expired",
+        "usage_recorded",
+    ] {
         assert!(seen_types.contains(t), "no golden file for {t}");
     }
 }
