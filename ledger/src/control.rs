@@ -201,3 +201,57 @@ impl ControlCache {
         Ok(project)
     }
 }
+
+/// Why a request's tier or model cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TierError {
+    #[error("tier `{0}` does not exist: this project has no plan yet (tollgate plans apply)")]
+    NoPlan(String),
+    #[error("tier `{requested}` does not exist; tiers: {known}")]
+    UnknownTier { requested: String, known: String },
+    #[error("model `{model}` is not available on tier `{tier}`")]
+    ModelNotAllowed { model: String, tier: String },
+    #[error("tier `{0}` allows only some models: name the `model`")]
+    ModelRequired(String),
+}
+
+impl Project {
+    /// The tier named by the request, else the default; a project without a
+    /// plan has one tier, `default`, with no limits.
+    pub fn tier(
+        &self,
+        requested: Option<&str>,
+    ) -> Result<(String, schemas::plan::Tier), TierError> {
+        let Some(plan) = &self.plan else {
+            return match requested {
+                None => Ok(("default".to_owned(), schemas::plan::Tier::default())),
+                Some(t) => Err(TierError::NoPlan(t.to_owned())),
+            };
+        };
+        plan.tier(requested)
+            .map(|(name, tier)| (name.to_owned(), tier.clone()))
+            .ok_or_else(|| TierError::UnknownTier {
+                requested: requested.unwrap_or_default().to_owned(),
+                known: plan.tiers.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+}
+
+/// Refuses a model that `tier` does not allow.
+pub fn check_model(
+    tier_name: &str,
+    tier: &schemas::plan::Tier,
+    model: Option<&str>,
+) -> Result<(), TierError> {
+    let Some(allowed) = &tier.models else {
+        return Ok(());
+    };
+    match model {
+        Some(m) if allowed.iter().any(|g| g.matches(m)) => Ok(()),
+        Some(m) => Err(TierError::ModelNotAllowed {
+            model: m.to_owned(),
+            tier: tier_name.to_owned(),
+        }),
+        None => Err(TierError::ModelRequired(tier_name.to_owned())),
+    }
+}

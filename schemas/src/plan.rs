@@ -18,7 +18,7 @@ pub struct Plan {
     pub tiers: BTreeMap<String, Tier>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Most holds open at once per identity.

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use ledger::gate::decide::{ReserveRequest, Violation};
+use ledger::gate::message::{denial_message, retry_after_secs};
 use ledger::gate::{Denied, ReserveOutcome, SettleOutcome};
-use projector::{LimitView, Settlement};
+use projector::Settlement;
 use rust_decimal::Decimal;
 use schemas::units::AmountError;
 use schemas::{Amounts, ReservationId, Unit};
@@ -109,6 +110,7 @@ pub async fn reserve(
         amounts,
         expires_at: now + ttl,
         tier: tier_name,
+        flex: None,
     };
     match state
         .gate
@@ -126,51 +128,6 @@ pub async fn reserve(
         .into_response()),
         ReserveOutcome::Denied(d) => Ok(denied(&tier, d, now)),
     }
-}
-
-/// Seconds until a retry can succeed, at least one.
-pub fn retry_after_secs(at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
-    let ms = (at - now).num_milliseconds().max(0);
-    ((ms + 999) / 1000).max(1)
-}
-
-pub fn denial_message(tier: &schemas::plan::Tier, d: &Denied) -> String {
-    match &d.violation {
-        Violation::Concurrency { max } => {
-            format!("too many requests in flight: at most {max} at once")
-        }
-        Violation::Limit { index, requested } => {
-            let Some(view) = d.limits.get(*index) else {
-                return "limit exceeded".into();
-            };
-            let base = render(tier.message.as_deref(), view);
-            if tier.message.is_some() {
-                return base;
-            }
-            format!("{base} (this request needs {requested})")
-        }
-    }
-}
-
-/// Fills a tier's message template, or the default message.
-pub fn render(template: Option<&str>, v: &LimitView) -> String {
-    let resets = v
-        .resets_at
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| "never".into());
-    let scope = v
-        .model
-        .as_ref()
-        .map(|m| format!(" for {m}"))
-        .unwrap_or_default();
-    let template = template.unwrap_or("limit exceeded: {{usage}} of {{limit}} {{unit}} per {{window}} used or held{{scope}}; resets at {{resets_at}}");
-    template
-        .replace("{{usage}}", &(v.used + v.held).normalize().to_string())
-        .replace("{{limit}}", &v.cap.normalize().to_string())
-        .replace("{{unit}}", v.unit.as_str())
-        .replace("{{window}}", v.window.as_str())
-        .replace("{{resets_at}}", &resets)
-        .replace("{{scope}}", &scope)
 }
 
 fn denied(tier: &schemas::plan::Tier, d: Denied, now: DateTime<Utc>) -> Response {

@@ -1,49 +1,30 @@
 //! Resolving the tier a request is judged by, and checking its identity.
 
 use crate::error::ApiError;
-use ledger::control::Project;
+use ledger::control::{Project, TierError};
 use schemas::plan::Tier;
 use schemas::Account;
 
-/// The tier named by the request, else the project's default; a project
-/// without a plan has one unnamed tier with no limits.
-pub fn resolve(project: &Project, requested: Option<&str>) -> Result<(String, Tier), ApiError> {
-    let Some(plan) = &project.plan else {
-        return match requested {
-            None => Ok(("default".to_owned(), Tier { concurrency: None, models: None, message: None, deep_link: None, limits: Vec::new() })),
-            Some(t) => Err(ApiError::bad("unknown_tier", Some("tier".into()), format!("tier `{t}` does not exist: this project has no plan yet (tollgate plans apply)"))),
-        };
-    };
-    match plan.tier(requested) {
-        Some((name, tier)) => Ok((name.to_owned(), tier.clone())),
-        None => Err(ApiError::bad(
-            "unknown_tier",
-            Some("tier".into()),
-            format!(
-                "tier `{}` does not exist; tiers: {}",
-                requested.unwrap_or_default(),
-                plan.tiers.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        )),
+fn tier_error(e: TierError) -> ApiError {
+    match e {
+        TierError::ModelNotAllowed { .. } => ApiError::Forbidden(e.to_string()),
+        TierError::ModelRequired(_) => {
+            ApiError::bad("missing_model", Some("model".into()), e.to_string())
+        }
+        TierError::NoPlan(_) | TierError::UnknownTier { .. } => {
+            ApiError::bad("unknown_tier", Some("tier".into()), e.to_string())
+        }
     }
+}
+
+/// The tier named by the request, else the project's default.
+pub fn resolve(project: &Project, requested: Option<&str>) -> Result<(String, Tier), ApiError> {
+    project.tier(requested).map_err(tier_error)
 }
 
 /// Refuses a model the tier does not allow (403).
 pub fn check_model(tier_name: &str, tier: &Tier, model: Option<&str>) -> Result<(), ApiError> {
-    let Some(allowed) = &tier.models else {
-        return Ok(());
-    };
-    match model {
-        Some(m) if allowed.iter().any(|g| g.matches(m)) => Ok(()),
-        Some(m) => Err(ApiError::Forbidden(format!(
-            "model `{m}` is not available on tier `{tier_name}`"
-        ))),
-        None => Err(ApiError::bad(
-            "missing_model",
-            Some("model".into()),
-            format!("tier `{tier_name}` allows only some models: name the `model`"),
-        )),
-    }
+    ledger::control::check_model(tier_name, tier, model).map_err(tier_error)
 }
 
 pub fn account(identity: &str) -> Result<Account, ApiError> {

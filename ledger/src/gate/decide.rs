@@ -12,10 +12,11 @@
 
 use chrono::{DateTime, Utc};
 use projector::{AccountState, LimitView, Settlement};
+use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use schemas::events::{Committed, Event, Released, Reserved, UsageRecorded};
-use schemas::plan::{scope_matches, Tier};
-use schemas::{Amounts, ReservationId};
+use schemas::plan::{scope_matches, Limit, Tier};
+use schemas::{round_usd, Amounts, ReservationId, Rounding, Unit};
 use uuid::Uuid;
 
 /// A reservation request, already validated.
@@ -26,6 +27,89 @@ pub struct ReserveRequest {
     pub amounts: Amounts,
     pub expires_at: DateTime<Utc>,
     pub tier: String,
+    /// The output part of `amounts` may shrink to fit what limits leave.
+    pub flex: Option<OutputFlex>,
+}
+
+/// How a request's output can shrink: `amounts` hold the cost of
+/// `max_output_tokens`; the gate may lower it (never below
+/// `min_output_tokens`) so the hold fits the remaining budget (the proxy then
+/// clamps `max_tokens` upstream).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputFlex {
+    pub input_tokens: u64,
+    pub max_output_tokens: u64,
+    pub min_output_tokens: u64,
+    /// USD of the input part (already inside `amounts.usd`).
+    pub input_usd: Decimal,
+    pub usd_per_output_token: Decimal,
+}
+
+impl OutputFlex {
+    /// The amounts for `output` tokens of output.
+    pub fn amounts_for(&self, base: &Amounts, output: u64) -> Amounts {
+        let mut a = base.clone();
+        let out = Decimal::from(output);
+        if a.contains(&Unit::OutputTokens) {
+            a.set(Unit::OutputTokens, out);
+        }
+        if a.contains(&Unit::Tokens) {
+            a.set(Unit::Tokens, Decimal::from(self.input_tokens) + out);
+        }
+        if a.contains(&Unit::Usd) {
+            a.set(
+                Unit::Usd,
+                round_usd(
+                    self.input_usd + out * self.usd_per_output_token,
+                    Rounding::Charge,
+                ),
+            );
+        }
+        a
+    }
+
+    /// Most output tokens that `limit`'s room affords, if the limit constrains output.
+    fn affordable(&self, limit: &Limit, room: Decimal) -> Option<u64> {
+        let room_for_output = match limit.unit {
+            Unit::OutputTokens => room,
+            Unit::Tokens => room - Decimal::from(self.input_tokens),
+            Unit::Usd if self.usd_per_output_token > Decimal::ZERO => {
+                (room - self.input_usd) / self.usd_per_output_token
+            }
+            _ => return None,
+        };
+        Some(
+            room_for_output
+                .floor()
+                .max(Decimal::ZERO)
+                .to_u64()
+                .unwrap_or(u64::MAX),
+        )
+    }
+}
+
+/// Lowers the request's output to what every applicable limit leaves, if it can.
+fn fit_output(
+    state: &AccountState,
+    tier: &Tier,
+    req: &ReserveRequest,
+    now: DateTime<Utc>,
+) -> Option<(Amounts, u64)> {
+    let flex = req.flex.as_ref()?;
+    let mut output = flex.max_output_tokens;
+    for limit in &tier.limits {
+        if !req.amounts.contains(&limit.unit)
+            || !scope_matches(limit.model.as_ref(), req.model.as_deref())
+        {
+            continue;
+        }
+        let room =
+            limit.cap.0 - state.used_in_period(limit, now) - state.held_in_period(limit, now);
+        if let Some(affordable) = flex.affordable(limit, room) {
+            output = output.min(affordable);
+        }
+    }
+    (output >= flex.min_output_tokens).then(|| (flex.amounts_for(&req.amounts, output), output))
 }
 
 /// Why a hold was refused.
@@ -48,7 +132,11 @@ pub enum ReserveDecision {
         violation: Violation,
         retry_after: Option<DateTime<Utc>>,
     },
-    Admit(Event),
+    /// Admit: append this event. `output_tokens` is the (possibly lowered) output allowed.
+    Admit {
+        event: Event,
+        output_tokens: Option<u64>,
+    },
 }
 
 pub fn views(state: &AccountState, tier: &Tier, now: DateTime<Utc>) -> Vec<LimitView> {
@@ -86,15 +174,22 @@ pub fn decide_reserve(
             };
         }
     }
+    let (amounts, output_tokens) = match fit_output(state, tier, req, now) {
+        Some((amounts, output)) => (amounts, Some(output)),
+        None => (
+            req.amounts.clone(),
+            req.flex.as_ref().map(|f| f.max_output_tokens),
+        ),
+    };
     let mut worst: Option<(usize, Decimal, Option<DateTime<Utc>>)> = None;
     for (index, limit) in tier.limits.iter().enumerate() {
-        if !req.amounts.contains(&limit.unit)
+        if !amounts.contains(&limit.unit)
             || !scope_matches(limit.model.as_ref(), req.model.as_deref())
         {
             continue;
         }
         let view = state.limit_view(limit, now);
-        let requested = req.amounts.get(&limit.unit);
+        let requested = amounts.get(&limit.unit);
         let fits = view.used + view.held + requested <= view.cap
             && (requested > Decimal::ZERO || view.used + view.held < view.cap);
         if !fits {
@@ -118,13 +213,17 @@ pub fn decide_reserve(
             retry_after: resets_at,
         };
     }
-    ReserveDecision::Admit(Event::Reserved(Reserved {
+    let event = Event::Reserved(Reserved {
         reservation_id: req.reservation_id,
         model: req.model.clone(),
-        amounts: req.amounts.clone(),
+        amounts,
         expires_at: req.expires_at,
         tier: Some(req.tier.clone()),
-    }))
+    });
+    ReserveDecision::Admit {
+        event,
+        output_tokens,
+    }
 }
 
 /// What settling a reservation should do.

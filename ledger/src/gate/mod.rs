@@ -10,6 +10,7 @@
 
 pub mod decide;
 mod io;
+pub mod message;
 
 use crate::clock::Clock;
 use async_nats::jetstream;
@@ -52,6 +53,10 @@ pub struct Admitted {
     pub status: &'static str,
     pub replayed: bool,
     pub limits: Vec<LimitView>,
+    /// Output tokens allowed (lowered to fit the budget) when the request was flexible.
+    pub output_tokens: Option<u64>,
+    /// What is held.
+    pub held: Amounts,
 }
 
 #[derive(Clone, Debug)]
@@ -157,6 +162,11 @@ impl Gate {
                             status,
                             replayed: true,
                             limits: decide::views(state, &tier, now),
+                            output_tokens: None,
+                            held: state
+                                .open_hold(&req.reservation_id)
+                                .map(|h| h.amounts.clone())
+                                .unwrap_or_default(),
                         }))
                     }
                     ReserveDecision::Deny {
@@ -167,18 +177,27 @@ impl Gate {
                         retry_after,
                         limits: decide::views(state, &tier, now),
                     })),
-                    ReserveDecision::Admit(event) => {
+                    ReserveDecision::Admit {
+                        event,
+                        output_tokens,
+                    } => {
                         let (id, expires_at, tier) =
                             (req.reservation_id, req.expires_at, tier.clone());
                         Step::Append(
                             event,
                             Box::new(move |state: &AccountState| {
+                                let held = state
+                                    .open_hold(&id)
+                                    .map(|h| h.amounts.clone())
+                                    .unwrap_or_default();
                                 ReserveOutcome::Admitted(Admitted {
                                     reservation_id: id,
                                     expires_at,
                                     status: "open",
                                     replayed: false,
                                     limits: decide::views(state, &tier, now),
+                                    output_tokens,
+                                    held,
                                 })
                             }),
                         )
