@@ -21,10 +21,16 @@ pub enum Service {
     Ingest,
     Ledger,
     Projector,
+    Proxy,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::Ingest, Service::Ledger, Service::Projector];
+    pub const ALL: [Service; 4] = [
+        Service::Ingest,
+        Service::Ledger,
+        Service::Projector,
+        Service::Proxy,
+    ];
 
     pub fn parse_list(list: &str) -> anyhow::Result<BTreeSet<Service>> {
         list.split(',')
@@ -48,8 +54,12 @@ pub struct ServeConfig {
     pub nats_url: String,
     pub database_url: String,
     pub ingest_addr: SocketAddr,
+    pub proxy_addr: SocketAddr,
     pub expiry_interval_ms: u64,
     pub services: BTreeSet<Service>,
+    pub proxy: proxy::server::Settings,
+    /// Decrypts stored provider keys; without it only pass-through keys work.
+    pub encryption_key: Option<proxy::keys::EncryptionKey>,
 }
 
 pub async fn connect_db(url: &str) -> anyhow::Result<PgPool> {
@@ -121,6 +131,37 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
                     interval,
                     shutdown.clone(),
                 ));
+            }
+            Service::Proxy => {
+                let control = ControlCache::new(pool.clone());
+                control.follow_changes(client.clone());
+                let configs = proxy::project_config::ProjectConfigCache::new(
+                    pool.clone(),
+                    config.encryption_key.clone(),
+                );
+                configs.follow_changes(client.clone());
+                let state = proxy::server::ProxyState::new(
+                    gate.clone(),
+                    control,
+                    configs,
+                    tracker.clone(),
+                    config.proxy.clone(),
+                )?;
+                let listener = tokio::net::TcpListener::bind(config.proxy_addr)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "binding the proxy to {} (TOLLGATE_PROXY_ADDR)",
+                            config.proxy_addr
+                        )
+                    })?;
+                tracing::info!(addr = %config.proxy_addr, "proxy listening");
+                let token = shutdown.clone();
+                tracker.spawn(async move {
+                    if let Err(e) = proxy::server::serve_on(state, listener, token).await {
+                        tracing::error!(error = %format!("{e:#}"), "proxy stopped");
+                    }
+                });
             }
             Service::Projector => {
                 let (js, pool2, token) = (gate.jetstream().clone(), pool.clone(), shutdown.clone());

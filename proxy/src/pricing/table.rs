@@ -55,6 +55,11 @@ pub struct PriceTable {
 }
 
 impl PriceTable {
+    /// Every model id the table prices.
+    pub fn models(&self) -> impl Iterator<Item = (&str, &ModelPrice)> {
+        self.models.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// The table shipped with this build. Parse it once at start-up.
     pub fn bundled() -> Result<Self, PriceTableError> {
         Self::from_json(BUNDLED_JSON)

@@ -1,0 +1,174 @@
+//! What a request may cost at most, before it is sent: input tokens counted
+//! with a real tokenizer (`o200k_base`, OpenAI's current encoding; for other
+//! providers it is a close estimate), the output cap, and the exact USD of
+//! both. The hold covers this maximum (invariant 1); the gate may lower the
+//! output to what the budget affords ([`ledger::gate::decide::OutputFlex`]).
+
+use crate::pricing::{cost, ModelPrice};
+use crate::providers::openai::ChatRequest;
+use crate::providers::Usage;
+use ledger::gate::decide::OutputFlex;
+use rust_decimal::Decimal;
+use schemas::{round_usd, Amounts, Rounding, Unit};
+use std::sync::OnceLock;
+use tiktoken_rs::CoreBPE;
+
+/// Tokens OpenAI adds per message (role and separators) and to prime the reply.
+const TOKENS_PER_MESSAGE: u64 = 3;
+const TOKENS_PER_REPLY: u64 = 3;
+/// Smallest answer worth sending when the budget is nearly spent.
+pub const MIN_OUTPUT_TOKENS: u64 = 16;
+
+fn tokenizer() -> Option<&'static CoreBPE> {
+    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    BPE.get_or_init(|| match tiktoken_rs::o200k_base() {
+        Ok(bpe) => Some(bpe),
+        Err(e) => {
+            tracing::error!(error = %e, "tokenizer unavailable; counting input as characters / 2");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// Loads the tokenizer now rather than on the first request.
+pub fn warm_up() {
+    let _ = tokenizer();
+}
+
+fn count(text: &str) -> u64 {
+    match tokenizer() {
+        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        None => (text.len() as u64).div_ceil(2),
+    }
+}
+
+/// Input tokens of a request: every message's text and the tool declarations.
+pub fn input_tokens(req: &ChatRequest) -> u64 {
+    let mut total = TOKENS_PER_REPLY;
+    for m in &req.messages {
+        total += TOKENS_PER_MESSAGE + count(&m.text_content());
+        if let Some(calls) = &m.tool_calls {
+            total += count(&serde_json::to_string(calls).unwrap_or_default());
+        }
+    }
+    if let Some(tools) = &req.tools {
+        total += count(&serde_json::to_string(tools).unwrap_or_default());
+    }
+    total
+}
+
+/// The hold for a request: amounts for its maximum cost, and how the output may shrink.
+#[derive(Clone, Debug)]
+pub struct Estimate {
+    pub input_tokens: u64,
+    pub max_output_tokens: u64,
+    pub amounts: Amounts,
+    pub flex: OutputFlex,
+}
+
+pub fn estimate(
+    req: &ChatRequest,
+    price: Option<&ModelPrice>,
+    default_max_output_tokens: u64,
+) -> Estimate {
+    let input = input_tokens(req);
+    let model_max = price.and_then(|p| p.max_output_tokens);
+    let max_output = req
+        .requested_max_tokens()
+        .or(model_max.map(|m| m.min(default_max_output_tokens)))
+        .unwrap_or(default_max_output_tokens)
+        .max(1);
+    let mut amounts = Amounts::new()
+        .with(Unit::Requests, Decimal::ONE)
+        .with(Unit::InputTokens, Decimal::from(input))
+        .with(Unit::OutputTokens, Decimal::from(max_output))
+        .with(Unit::Tokens, Decimal::from(input + max_output));
+    let (input_usd, usd_per_output_token) = match price {
+        Some(p) => {
+            let input_usd = cost(
+                p,
+                &Usage {
+                    input_tokens: input,
+                    ..Usage::default()
+                },
+            );
+            let per_output = p
+                .output_cost_per_token
+                .max(p.output_cost_per_reasoning_token.unwrap_or_default());
+            amounts.set(
+                Unit::Usd,
+                round_usd(
+                    input_usd + Decimal::from(max_output) * per_output,
+                    Rounding::Charge,
+                ),
+            );
+            (input_usd, per_output)
+        }
+        None => (Decimal::ZERO, Decimal::ZERO),
+    };
+    let flex = OutputFlex {
+        input_tokens: input,
+        max_output_tokens: max_output,
+        min_output_tokens: max_output.min(MIN_OUTPUT_TOKENS),
+        input_usd,
+        usd_per_output_token,
+    };
+    Estimate {
+        input_tokens: input,
+        max_output_tokens: max_output,
+        amounts,
+        flex,
+    }
+}
+
+/// What a finished (or cut) call actually used, as ledger amounts.
+pub fn actual(usage: &Usage, price: Option<&ModelPrice>) -> Amounts {
+    let mut amounts = Amounts::new()
+        .with(Unit::Requests, Decimal::ONE)
+        .with(Unit::InputTokens, Decimal::from(usage.input_tokens))
+        .with(Unit::OutputTokens, Decimal::from(usage.output_tokens))
+        .with(Unit::Tokens, Decimal::from(usage.total_tokens()));
+    if let Some(p) = price {
+        amounts.set(Unit::Usd, round_usd(cost(p, usage), Rounding::Charge));
+    }
+    amounts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::parse_request;
+
+    #[test]
+    fn counts_tokens_like_openai_and_prices_the_maximum() {
+        let req = parse_request(br#"{"model":"gpt-4o","max_tokens":100,"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
+        // "Hello, world!" is 4 tokens in o200k_base; + 3 per message + 3 for the reply.
+        assert_eq!(input_tokens(&req), 10);
+        let price = ModelPrice {
+            provider: "openai".into(),
+            input_cost_per_token: Decimal::new(25, 7),
+            output_cost_per_token: Decimal::new(1, 5),
+            cache_read_input_token_cost: None,
+            cache_creation_input_token_cost: None,
+            output_cost_per_reasoning_token: None,
+            max_input_tokens: None,
+            max_output_tokens: Some(16384),
+        };
+        let e = estimate(&req, Some(&price), 4096);
+        assert_eq!(e.max_output_tokens, 100);
+        // 10 × 0.0000025 + 100 × 0.00001 = 0.001025
+        assert_eq!(e.amounts.get(&Unit::Usd), Decimal::new(1025, 6));
+        assert_eq!(e.amounts.get(&Unit::Tokens), Decimal::from(110));
+        let e = estimate(
+            &parse_request(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#)
+                .unwrap(),
+            Some(&price),
+            4096,
+        );
+        assert_eq!(
+            e.max_output_tokens, 4096,
+            "no max_tokens: the configured default, capped by the model's own maximum"
+        );
+    }
+}

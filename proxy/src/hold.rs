@@ -1,0 +1,113 @@
+//! The proxy's hold handle: taken before the upstream call and settled on
+//! every path — committed with the measured usage, released on upstream
+//! error, committed with what was consumed when the client goes away. A
+//! handle dropped unsettled releases its hold. Settlement runs on the
+//! process's task tracker and is retried until it lands (a commit that lands
+//! after the hold expired is recorded as late usage, never lost), so shutdown
+//! waits for it.
+
+use ledger::{Gate, GateError};
+use schemas::{Account, Amounts, ProjectId, ReservationId};
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+
+/// How long settlement keeps retrying while the ledger is unavailable.
+const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
+
+#[must_use = "a hold must be committed or released"]
+pub struct Hold {
+    gate: Gate,
+    tracker: TaskTracker,
+    project: ProjectId,
+    account: Account,
+    reservation_id: ReservationId,
+    request_id: Option<String>,
+    settled: bool,
+}
+
+enum Settle {
+    Commit(Amounts),
+    Release(&'static str),
+}
+
+impl Hold {
+    pub fn new(
+        gate: Gate,
+        tracker: TaskTracker,
+        project: ProjectId,
+        account: Account,
+        reservation_id: ReservationId,
+        request_id: Option<String>,
+    ) -> Hold {
+        Hold {
+            gate,
+            tracker,
+            project,
+            account,
+            reservation_id,
+            request_id,
+            settled: false,
+        }
+    }
+
+    pub fn reservation_id(&self) -> ReservationId {
+        self.reservation_id
+    }
+
+    /// Commits the actual usage in the background.
+    pub fn commit(mut self, actual: Amounts) {
+        self.settled = true;
+        self.spawn(Settle::Commit(actual));
+    }
+
+    /// Releases the hold in the background.
+    pub fn release(mut self, reason: &'static str) {
+        self.settled = true;
+        self.spawn(Settle::Release(reason));
+    }
+
+    fn spawn(&self, settle: Settle) {
+        let (gate, project, account, id, rid) = (
+            self.gate.clone(),
+            self.project,
+            self.account.clone(),
+            self.reservation_id,
+            self.request_id.clone(),
+        );
+        self.tracker.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let result = match &settle {
+                    Settle::Commit(actual) => gate.commit(project, id, Some(&account), actual.clone(), rid.clone()).await.map(|_| ()),
+                    Settle::Release(reason) => gate.release(project, id, Some(&account), Some((*reason).to_owned()), rid.clone()).await.map(|_| ()),
+                };
+                match result {
+                    Ok(()) => return,
+                    Err(GateError::Conflict { status }) => {
+                        tracing::warn!(reservation_id = %id, status, "hold was already settled");
+                        return;
+                    }
+                    Err(e) if started.elapsed() < SETTLE_RETRY_FOR => {
+                        tracing::warn!(reservation_id = %id, error = %e, "settling a hold failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        tracing::error!(reservation_id = %id, error = %e, "gave up settling a hold; it will expire");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.spawn(Settle::Release("dropped"));
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! `POST /v1/chat/completions`: identify → price → hold → forward → measure
+//! → settle. The hold is taken before anything is sent upstream (invariant
+//! 1; nothing is forwarded if it cannot be recorded, invariant 7) and settled
+//! on every path by the [`Hold`] handle. No prompt or completion text is
+//! logged or recorded anywhere (invariant 6): only ids, model and counts.
+
+use super::error::openai_error;
+use super::headers::rate_limit_headers;
+use super::stream::MeteredStream;
+use super::{ProxyError, ProxyState};
+use crate::estimate::{actual, estimate};
+use crate::hold::Hold;
+use crate::pricing::ModelPrice;
+use crate::providers::{
+    parse_request, prepare_upstream, route, translate_error, translate_response, ProviderError,
+    ProviderKey, StreamTranslator,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use ledger::control::{Project, TierError};
+use ledger::gate::decide::ReserveRequest;
+use ledger::gate::message::{denial_message, retry_after_secs};
+use ledger::gate::{Denied, ReserveOutcome};
+use schemas::plan::{scope_matches, Tier};
+use schemas::{Account, ReservationId, Unit};
+use serde_json::json;
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    header_str(headers, "authorization")
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// The project of `x-project-key` (or of a `pk_…` sent as the API key).
+pub async fn project(state: &ProxyState, headers: &HeaderMap) -> Result<Project, ProxyError> {
+    let key = header_str(headers, "x-project-key")
+        .or_else(|| bearer(headers).filter(|b| b.starts_with("pk_")))
+        .ok_or(ProxyError::UnknownProject)?;
+    state
+        .0
+        .control
+        .by_public_key(key)
+        .await?
+        .ok_or(ProxyError::UnknownProject)
+}
+
+fn identity(headers: &HeaderMap) -> Result<Account, ProxyError> {
+    let raw = headers
+        .get("x-identity")
+        .ok_or(ProxyError::MissingIdentity)?;
+    let identity = raw
+        .to_str()
+        .map_err(|_| ProxyError::BadIdentity("must be visible ASCII".into()))?;
+    schemas::ids::validate_identity(identity)
+        .map_err(|e| ProxyError::BadIdentity(e.to_string()))?;
+    Ok(Account::Identity {
+        identity: identity.to_owned(),
+    })
+}
+
+fn tier_error(e: TierError) -> ProxyError {
+    match e {
+        TierError::ModelNotAllowed { .. } | TierError::ModelRequired(_) => {
+            ProxyError::ModelNotAllowed(e.to_string())
+        }
+        TierError::NoPlan(_) | TierError::UnknownTier { .. } => {
+            ProxyError::UnknownTier(e.to_string())
+        }
+    }
+}
+
+fn limits_usd(tier: &Tier, model: &str) -> bool {
+    tier.limits
+        .iter()
+        .any(|l| l.unit == Unit::Usd && scope_matches(l.model.as_ref(), Some(model)))
+}
+
+fn denied_response(tier: &Tier, d: &Denied) -> Response {
+    let now = Utc::now();
+    let message = denial_message(tier, d);
+    let mut error = json!({"message": message, "type": "rate_limit_exceeded", "param": null, "code": "limit_exceeded"});
+    if let Some(link) = &tier.deep_link {
+        error["deep_link"] = json!(link);
+    }
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        axum::Json(json!({"error": error, "limits": d.limits})),
+    )
+        .into_response();
+    let retry = match d.violation {
+        ledger::gate::decide::Violation::Concurrency { .. } => Some(1),
+        ledger::gate::decide::Violation::Limit { .. } => {
+            d.retry_after.map(|at| retry_after_secs(at, now))
+        }
+    };
+    if let Some(v) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    rate_limit_headers(response.headers_mut(), &d.limits, now);
+    response
+}
+
+pub async fn completions(
+    State(state): State<ProxyState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ProxyError> {
+    let body = body.map_err(|_| ProxyError::TooLarge)?;
+    let inner = &state.0;
+    let project = project(&state, &headers).await?;
+    let account = identity(&headers)?;
+    let req = parse_request(&body).map_err(ProxyError::Request)?;
+    let (tier_name, tier) = project
+        .tier(header_str(&headers, "x-tier"))
+        .map_err(tier_error)?;
+    let config = inner
+        .configs
+        .get(project.project_id)
+        .await
+        .map_err(|e| ProxyError::Unavailable(format!("project config: {e:#}")))?;
+    let route = route(
+        &req.model,
+        &config.custom_providers,
+        &inner.settings.base_urls,
+    )
+    .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let model = route.upstream_model.clone();
+    if ledger::control::check_model(&tier_name, &tier, Some(&model)).is_err() {
+        ledger::control::check_model(&tier_name, &tier, Some(&req.model)).map_err(tier_error)?;
+    }
+    let price: Option<ModelPrice> = config
+        .price_overrides
+        .iter()
+        .find(|(m, _)| *m == req.model || *m == model)
+        .map(|(_, p)| p.clone())
+        .or_else(|| inner.prices.lookup(&route.provider, &model).cloned());
+    if price.is_none() && limits_usd(&tier, &model) {
+        return Err(ProxyError::UnknownPrice(req.model.clone()));
+    }
+    let key = match config.key(&route.provider) {
+        Some(stored) => stored.clone(),
+        None => ProviderKey::new(
+            bearer(&headers)
+                .filter(|b| !b.starts_with("pk_"))
+                .ok_or_else(|| ProxyError::NoProviderKey(route.provider.clone()))?,
+        ),
+    };
+    let est = estimate(
+        &req,
+        price.as_ref(),
+        inner.settings.default_max_output_tokens,
+    );
+    let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
+    let ttl = chrono::Duration::from_std(inner.settings.hold_ttl)
+        .unwrap_or(chrono::Duration::minutes(10));
+    let reserve = ReserveRequest {
+        reservation_id: ReservationId::new(),
+        model: Some(model.clone()),
+        amounts: est.amounts.clone(),
+        expires_at: inner.gate.now() + ttl,
+        tier: tier_name,
+        flex: Some(est.flex.clone()),
+    };
+    let admitted = match inner
+        .gate
+        .reserve(
+            project.project_id,
+            &account,
+            &tier,
+            reserve,
+            request_id.clone(),
+        )
+        .await?
+    {
+        ReserveOutcome::Denied(d) => return Ok(denied_response(&tier, &d)),
+        ReserveOutcome::Admitted(a) => a,
+    };
+    let hold = Hold::new(
+        inner.gate.clone(),
+        inner.tracker.clone(),
+        project.project_id,
+        account,
+        admitted.reservation_id,
+        request_id,
+    );
+    let max_tokens = admitted.output_tokens.unwrap_or(est.max_output_tokens);
+    let upstream = match prepare_upstream(&route, &req, &key, Some(max_tokens)) {
+        Ok(u) => u,
+        Err(e) => {
+            hold.release("invalid_request");
+            return Err(ProxyError::BadRequest(e.to_string()));
+        }
+    };
+    let sent = inner
+        .http
+        .request(upstream.method.clone(), &upstream.url)
+        .headers(upstream.headers.clone())
+        .body(upstream.body.clone())
+        .send()
+        .await;
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            hold.release("upstream_unreachable");
+            return Err(ProxyError::Upstream(format!(
+                "{}: {}",
+                route.provider,
+                e.without_url()
+            )));
+        }
+    };
+    let status = response.status();
+    let now = Utc::now();
+    if upstream.stream && status.is_success() {
+        let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
+        let stream = MeteredStream::new(
+            response.bytes_stream(),
+            translator,
+            hold,
+            price,
+            est.input_tokens,
+        );
+        let mut out = Response::new(Body::from_stream(stream));
+        let h = out.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        rate_limit_headers(h, &admitted.limits, now);
+        return Ok(out);
+    }
+    let bytes = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            // The provider may have done the work: charge what was held rather than $0.
+            hold.commit(admitted.held.clone());
+            return Err(ProxyError::Upstream(format!(
+                "{}: {}",
+                route.provider,
+                e.without_url()
+            )));
+        }
+    };
+    let translated = if upstream.stream {
+        Err(translate_error(route.kind, status, &bytes))
+    } else {
+        translate_response(route.kind, status, &bytes, &model)
+    };
+    match translated {
+        Ok((json_bytes, usage)) => {
+            hold.commit(actual(&usage, price.as_ref()));
+            let mut out = Response::new(Body::from(json_bytes));
+            out.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            rate_limit_headers(out.headers_mut(), &admitted.limits, now);
+            Ok(out)
+        }
+        Err(ProviderError::Malformed { reason }) if status.is_success() => {
+            hold.commit(admitted.held.clone());
+            tracing::warn!(provider = %route.provider, reason = %reason, "provider answered 2xx with an unreadable body; charged the hold");
+            Ok(openai_error(
+                StatusCode::BAD_GATEWAY,
+                "api_error",
+                "upstream_malformed",
+                "the provider's answer could not be read",
+                None,
+            ))
+        }
+        Err(e) => {
+            hold.release("upstream_error");
+            let status = e.status();
+            let mut out = Response::new(Body::from(e.body_bytes()));
+            *out.status_mut() = status;
+            out.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The proxy's HTTP front: `POST /v1/chat/completions` and `GET /v1/models`,
+//! drop-in for the official OpenAI SDKs. Every call is identified
+//! (`x-project-key`, `x-identity`, `x-tier`), held, forwarded, measured and
+//! settled; see [`chat`].
+
+mod chat;
+mod error;
+mod headers;
+mod models;
+mod stream;
+
+use crate::pricing::PriceTable;
+use crate::project_config::ProjectConfigCache;
+use crate::providers::BaseUrls;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ledger::control::ControlCache;
+use ledger::Gate;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+
+pub use error::ProxyError;
+
+/// Default listen address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+/// Largest chat request accepted (prompts can be long).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Tunables, from `TOLLGATE_*` variables in the binary.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Output reserved when a request sets no `max_tokens`.
+    pub default_max_output_tokens: u64,
+    /// How long a hold lives if the proxy never settles it (crash).
+    pub hold_ttl: Duration,
+    pub base_urls: BaseUrls,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_max_output_tokens: 4096,
+            hold_ttl: Duration::from_secs(600),
+            base_urls: BaseUrls::default(),
+        }
+    }
+}
+
+pub struct Inner {
+    pub gate: Gate,
+    pub control: ControlCache,
+    pub configs: ProjectConfigCache,
+    pub prices: PriceTable,
+    pub http: reqwest::Client,
+    pub tracker: TaskTracker,
+    pub settings: Settings,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct ProxyState(pub Arc<Inner>);
+
+impl ProxyState {
+    pub fn new(
+        gate: Gate,
+        control: ControlCache,
+        configs: ProjectConfigCache,
+        tracker: TaskTracker,
+        settings: Settings,
+    ) -> anyhow::Result<ProxyState> {
+        let prices = PriceTable::bundled()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        crate::estimate::warm_up();
+        Ok(ProxyState(Arc::new(Inner {
+            gate,
+            control,
+            configs,
+            prices,
+            http,
+            tracker,
+            settings,
+        })))
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct MakeV7;
+
+impl MakeRequestId for MakeV7 {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+pub fn router(state: ProxyState) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models::list))
+        .fallback(|| async { ProxyError::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeV7))
+        .with_state(state)
+}
+
+/// Serves until `shutdown`, then drains requests; settlements in flight stay on the tracker.
+pub async fn serve_on(
+    state: ProxyState,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

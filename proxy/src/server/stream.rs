@@ -1,0 +1,108 @@
+//! A streamed answer, metered: upstream SSE bytes go through the provider's
+//! [`StreamTranslator`] to the client, and the hold is committed with the
+//! usage when the stream ends — or, if the client goes away first, with what
+//! was consumed so far (dropping this stream also drops the upstream
+//! connection, aborting the call). Never $0 for work that happened.
+
+use crate::estimate::actual;
+use crate::hold::Hold;
+use crate::pricing::ModelPrice;
+use crate::providers::StreamTranslator;
+use bytes::Bytes;
+use futures::Stream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+pub struct MeteredStream {
+    upstream: Upstream,
+    translator: StreamTranslator,
+    hold: Option<Hold>,
+    price: Option<ModelPrice>,
+    /// Our own prompt count, for streams cut before the provider reported usage.
+    input_estimate: u64,
+    done: bool,
+}
+
+impl MeteredStream {
+    pub fn new(
+        upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+        translator: StreamTranslator,
+        hold: Hold,
+        price: Option<ModelPrice>,
+        input_estimate: u64,
+    ) -> Self {
+        MeteredStream {
+            upstream: Box::pin(upstream),
+            translator,
+            hold: Some(hold),
+            price,
+            input_estimate,
+            done: false,
+        }
+    }
+
+    fn settle(&mut self) {
+        let Some(hold) = self.hold.take() else { return };
+        let mut usage = self.translator.usage_so_far();
+        if usage.input_tokens == 0 {
+            usage.input_tokens = self.input_estimate;
+        }
+        if self.translator.upstream_failed() && usage.output_tokens == 0 {
+            hold.release("upstream_error");
+            return;
+        }
+        if usage.estimated {
+            tracing::info!(reservation_id = %hold.reservation_id(), output_tokens = usage.output_tokens, "stream ended early; committing what was consumed");
+        }
+        hold.commit(actual(&usage, self.price.as_ref()));
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        self.done = true;
+        let tail = self.translator.finish();
+        self.settle();
+        (!tail.is_empty()).then_some(tail)
+    }
+}
+
+impl Stream for MeteredStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = this.translator.push(&chunk);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(out)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e.without_url(), "upstream stream broke");
+                    if let Some(tail) = this.finish() {
+                        return Poll::Ready(Some(Ok(tail)));
+                    }
+                }
+                Poll::Ready(None) => {
+                    if let Some(tail) = this.finish() {
+                        return Poll::Ready(Some(Ok(tail)));
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for MeteredStream {
+    fn drop(&mut self) {
+        // The client went away mid-stream: commit what was consumed.
+        self.settle();
+    }
+}

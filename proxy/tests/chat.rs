@@ -1,0 +1,266 @@
+//! The proxy end to end against mock providers speaking the real wire
+//! formats: every provider, streamed and not, is answered in OpenAI's shape
+//! and its usage is committed at the price table's exact price; cancelled
+//! streams commit what was consumed; limits refuse in OpenAI's 429 shape.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use std::str::FromStr;
+use std::time::Duration;
+use support::Proxy;
+
+const PLAN: &str = r#"
+default_tier: free
+tiers:
+  free:
+    message: "You used {{usage}} of {{limit}} {{unit}} this {{window}}; upgrade for more (resets {{resets_at}})"
+    deep_link: "myapp://upgrade"
+    limits:
+      - { unit: requests, window: day, cap: 1000 }
+      - { unit: usd, window: month, cap: "5.00" }
+  tiny:
+    limits:
+      - { unit: requests, window: minute, cap: 2 }
+"#;
+
+/// (model as the client names it, price-table key) for each provider.
+const MODELS: [(&str, &str); 4] = [
+    ("gpt-4o", "gpt-4o"),
+    ("claude-3-5-sonnet-20240620", "claude-3-5-sonnet-20240620"),
+    ("gemini-2.0-flash", "gemini/gemini-2.0-flash"),
+    ("grok-2-1212", "xai/grok-2-1212"),
+];
+
+fn dec(v: &Value) -> Decimal {
+    Decimal::from_str(v.as_str().unwrap()).unwrap()
+}
+
+/// input × input price + output × output price, straight from the shipped table.
+fn expected_usd(table_key: &str, input: u64, output: u64) -> Decimal {
+    let table: Value = serde_json::from_str(include_str!("../prices/model_prices.json")).unwrap();
+    let p = &table["models"][table_key];
+    Decimal::from(input) * dec(&p["input_cost_per_token"])
+        + Decimal::from(output) * dec(&p["output_cost_per_token"])
+}
+
+fn chat_body(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "max_tokens": 200, "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Say hello to the test suite, please."}]})
+}
+
+#[tokio::test]
+async fn every_provider_answers_in_openai_shape_and_commits_usage_at_the_exact_price() {
+    let p = Proxy::start(PLAN).await;
+    for mock in [&p.openai, &p.anthropic, &p.gemini, &p.xai] {
+        mock.update_behavior(|b| {
+            b.input_tokens = Some(1234);
+            b.output_tokens = Some(56);
+        });
+    }
+    for (i, (model, key)) in MODELS.iter().enumerate() {
+        let identity = format!("plain-{i}");
+        let (status, headers, body) = p.chat(&identity, chat_body(model, false)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body["object"], "chat.completion", "{model}");
+        assert!(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("mock provider"),
+            "{model}: {body}"
+        );
+        assert_eq!(body["usage"]["prompt_tokens"], 1234, "{model}");
+        assert_eq!(body["usage"]["completion_tokens"], 56, "{model}");
+        assert!(
+            headers.contains_key("x-ratelimit-remaining-requests"),
+            "{model}"
+        );
+        let settled = p.settled(&identity, 1).await;
+        assert_eq!(settled[0].0, "committed", "{model}");
+        let actual = &settled[0].1["actual"];
+        assert_eq!(
+            (
+                actual["input_tokens"].as_str(),
+                actual["output_tokens"].as_str()
+            ),
+            (Some("1234"), Some("56")),
+            "{model}"
+        );
+        assert_eq!(dec(&actual["usd"]), expected_usd(key, 1234, 56), "{model}");
+    }
+}
+
+#[tokio::test]
+async fn streamed_calls_are_translated_and_metered_on_every_provider() {
+    let p = Proxy::start(PLAN).await;
+    for mock in [&p.openai, &p.anthropic, &p.gemini, &p.xai] {
+        mock.update_behavior(|b| b.input_tokens = Some(777));
+    }
+    for (i, (model, key)) in MODELS.iter().enumerate() {
+        let identity = format!("stream-{i}");
+        let r = p
+            .request(&identity, &chat_body(model, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{model}");
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let text = r.text().await.unwrap();
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{model}: {text}");
+        assert!(
+            events
+                .iter()
+                .all(|e| e["object"] == "chat.completion.chunk"),
+            "{model}: {text}"
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.get("usage").is_none_or(Value::is_null)),
+            "{model}: usage chunk must be hidden when not asked for"
+        );
+        let content: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert!(content.contains("mock provider"), "{model}: {content}");
+        let settled = p.settled(&identity, 1).await;
+        let actual = &settled[0].1["actual"];
+        let output: u64 = actual["output_tokens"].as_str().unwrap().parse().unwrap();
+        assert!(output > 0, "{model}");
+        assert_eq!(actual["input_tokens"], "777", "{model}");
+        assert_eq!(
+            dec(&actual["usd"]),
+            expected_usd(key, 777, output),
+            "{model}"
+        );
+    }
+    // A client that asks for usage gets the final usage chunk.
+    let body = json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true}, "messages": [{"role": "user", "content": "hi"}]});
+    let text = p
+        .request("usage-asker", &body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"prompt_tokens\":777"), "{text}");
+}
+
+#[tokio::test]
+async fn a_cancelled_stream_commits_what_was_consumed_never_zero() {
+    let p = Proxy::start(PLAN).await;
+    for mock in [&p.openai, &p.anthropic, &p.gemini] {
+        mock.update_behavior(|b| {
+            b.reply_text = "word ".repeat(200);
+            b.chunk_delay = Duration::from_millis(20);
+        });
+    }
+    for (i, (model, _)) in MODELS.iter().take(3).enumerate() {
+        let identity = format!("cancel-{i}");
+        let r = p
+            .request(&identity, &chat_body(model, true))
+            .send()
+            .await
+            .unwrap();
+        let mut body = r.bytes_stream();
+        let mut seen = 0;
+        while seen < 3 {
+            body.next().await.unwrap().unwrap();
+            seen += 1;
+        }
+        drop(body);
+        let settled = p.settled(&identity, 1).await;
+        assert_eq!(settled[0].0, "committed", "{model}: {settled:?}");
+        let actual = &settled[0].1["actual"];
+        let output: u64 = actual["output_tokens"].as_str().unwrap().parse().unwrap();
+        assert!(
+            output > 0 && output < 200,
+            "{model}: partial output {output}"
+        );
+        assert!(dec(&actual["usd"]) > Decimal::ZERO, "{model}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_errors_release_the_hold_and_keep_the_provider_status() {
+    let p = Proxy::start(PLAN).await;
+    p.anthropic.fail_with(529, "Overloaded");
+    let (status, _, body) = p
+        .chat("err", chat_body("claude-3-5-sonnet-20240620", false))
+        .await;
+    assert_eq!(status, 529, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Overloaded"),
+        "{body}"
+    );
+    let settled = p.settled("err", 1).await;
+    assert_eq!(settled[0].0, "released");
+}
+
+#[tokio::test]
+async fn hitting_a_limit_is_an_openai_429_with_the_tiers_message() {
+    let p = Proxy::start(PLAN).await;
+    let send = |tier: &'static str| {
+        p.request("limited", &chat_body("gpt-4o", false))
+            .header("x-tier", tier)
+            .send()
+    };
+    assert_eq!(send("tiny").await.unwrap().status(), 200);
+    assert_eq!(send("tiny").await.unwrap().status(), 200);
+    let r = send("tiny").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            body["error"]["type"].as_str(),
+            body["error"]["code"].as_str()
+        ),
+        (Some("rate_limit_exceeded"), Some("limit_exceeded"))
+    );
+    assert_eq!(
+        p.openai.request_count(),
+        2,
+        "a refused call is never forwarded"
+    );
+
+    // The free tier's dollar cap with its custom message and deep link.
+    let big = json!({"model": "gpt-4o", "max_tokens": 100000, "messages": [{"role": "user", "content": "x".repeat(20000)}]});
+    p.openai.update_behavior(|b| {
+        b.input_tokens = Some(400_000);
+        b.output_tokens = Some(100_000);
+    });
+    let mut denied = None;
+    for _ in 0..20 {
+        let (status, _, body) = p.chat("spender", big.clone()).await;
+        if status == 429 {
+            denied = Some(body);
+            break;
+        }
+    }
+    let body = denied.expect("the $5 cap must stop this spender");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("You used ")
+            && message.contains("of 5 usd this month; upgrade for more"),
+        "{message}"
+    );
+    assert_eq!(body["error"]["deep_link"], "myapp://upgrade");
+}

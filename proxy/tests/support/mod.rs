@@ -1,0 +1,177 @@
+//! A real proxy for tests: its own nats-server, a throw-away database, the
+//! ledger and projector consumers, and one mock provider per API.
+#![allow(dead_code)]
+
+use ledger::Gate;
+use serde_json::Value;
+use std::time::Duration;
+use testkit::mock_providers::{MockKind, MockProvider};
+use testkit::nats::NatsServer;
+use testkit::pg::TestDb;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tollgate_proxy::providers::BaseUrls;
+use tollgate_proxy::server::{ProxyState, Settings};
+
+pub struct Proxy {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub gate: Gate,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub project_key: String,
+    pub project_id: schemas::ProjectId,
+    pub openai: MockProvider,
+    pub anthropic: MockProvider,
+    pub gemini: MockProvider,
+    pub xai: MockProvider,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl Proxy {
+    pub async fn start(plan_yaml: &str) -> Proxy {
+        let nats = NatsServer::start().await.unwrap();
+        let db = testkit::pg::fresh_database().await.unwrap();
+        let client = ledger::stream::connect(&nats.url()).await.unwrap();
+        let gate = Gate::new(
+            client,
+            std::sync::Arc::new(ledger::SystemClock),
+            Some(db.pool().clone()),
+        )
+        .await
+        .unwrap();
+        let project = ledger::control::create_project(db.pool(), "test")
+            .await
+            .unwrap();
+        let plan = schemas::plan::Plan::from_yaml(plan_yaml).unwrap();
+        assert!(
+            ledger::control::apply_plan(db.pool(), &project.project_key, &plan)
+                .await
+                .unwrap()
+        );
+        let (openai, anthropic, gemini, xai) = (
+            MockProvider::start(MockKind::OpenAi).await.unwrap(),
+            MockProvider::start(MockKind::Anthropic).await.unwrap(),
+            MockProvider::start(MockKind::Gemini).await.unwrap(),
+            MockProvider::start(MockKind::OpenAi).await.unwrap(),
+        );
+        let settings = Settings {
+            base_urls: BaseUrls {
+                openai: openai.base_url(),
+                anthropic: anthropic.base_url(),
+                gemini: gemini.base_url(),
+                xai: xai.base_url(),
+            },
+            ..Settings::default()
+        };
+        let tracker = TaskTracker::new();
+        let control = ledger::control::ControlCache::new(db.pool().clone());
+        let configs =
+            tollgate_proxy::project_config::ProjectConfigCache::new(db.pool().clone(), None);
+        let state =
+            ProxyState::new(gate.clone(), control, configs, tracker.clone(), settings).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(tollgate_proxy::server::serve_on(
+            state,
+            listener,
+            shutdown.clone(),
+        ));
+        for projection in ledger::replay::all_projections() {
+            let (js, pool, token) = (
+                gate.jetstream().clone(),
+                db.pool().clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                projector::consumer::run(js, pool, projection.as_ref(), token).await
+            });
+        }
+        Proxy {
+            nats,
+            db,
+            gate,
+            base,
+            http: reqwest::Client::new(),
+            project_key: project.project_key,
+            project_id: project.project_id,
+            openai,
+            anthropic,
+            gemini,
+            xai,
+            tracker,
+            shutdown,
+        }
+    }
+
+    pub fn request(&self, identity: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .header("x-project-key", &self.project_key)
+            .header("x-identity", identity)
+            .bearer_auth("sk-provider-test-key")
+            .json(body)
+    }
+
+    pub async fn chat(
+        &self,
+        identity: &str,
+        body: Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self.request(identity, &body).send().await.unwrap();
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        (status, headers, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The account's events on the stream: (type, event JSON).
+    pub async fn events(&self, identity: &str) -> Vec<(String, Value)> {
+        let mut out = Vec::new();
+        let account = schemas::Account::Identity {
+            identity: identity.into(),
+        };
+        ledger::audit::audit(
+            self.gate.jetstream(),
+            self.project_id,
+            &account,
+            |_, env| {
+                out.push((
+                    env.event.type_name().to_owned(),
+                    serde_json::to_value(&env.event)?,
+                ));
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        out
+    }
+
+    /// Waits until `identity` has `n` settled holds; returns the settling events.
+    pub async fn settled(&self, identity: &str, n: usize) -> Vec<(String, Value)> {
+        let mut last = Vec::new();
+        for _ in 0..500 {
+            last = self
+                .events(identity)
+                .await
+                .into_iter()
+                .filter(|(t, _)| t != "reserved")
+                .collect();
+            if last.len() >= n {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "only {} of {n} holds settled for {identity}: {last:?}",
+            last.len()
+        );
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
