@@ -1,4 +1,5 @@
-//! One-shot commands: projects, plans, replay, checksums and audit.
+//! One-shot commands: projects, plans, provider keys, custom providers,
+//! price overrides, replay, checksums and audit.
 //! Output meant for programs goes to stdout as JSON; progress to stderr.
 
 use anyhow::Context as _;
@@ -6,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use schemas::plan::Plan;
 use schemas::Account;
 use sqlx::PgPool;
-use std::io::Write;
+use std::io::{Read as _, Write};
 
 fn out(line: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -93,4 +94,125 @@ pub async fn audit(
     })
     .await?;
     Ok(())
+}
+
+/// The project with `public_key`, or an error saying there is none.
+async fn project_by_key(
+    pool: &PgPool,
+    public_key: &str,
+) -> anyhow::Result<ledger::control::Project> {
+    ledger::control::project_by_public_key(pool, public_key)
+        .await?
+        .with_context(|| format!("no project has the key {public_key}"))
+}
+
+/// Reads a provider key from `input` (standard input): trimmed, never echoed.
+/// A terminal is refused, since what is typed there shows on screen.
+pub fn read_provider_key(
+    mut input: impl std::io::Read,
+    is_terminal: bool,
+) -> anyhow::Result<proxy::providers::ProviderKey> {
+    use proxy::keys::MAX_PROVIDER_KEY_BYTES;
+    if is_terminal {
+        anyhow::bail!("pipe the provider key into standard input, e.g. `printf '%s' \"$ANTHROPIC_API_KEY\" | tollgate keys add …` or `tollgate keys add … < key.txt`; it is not read from a terminal, where it would show");
+    }
+    let mut bytes = Vec::new();
+    input
+        .by_ref()
+        .take(u64::try_from(MAX_PROVIDER_KEY_BYTES + 2).unwrap_or(u64::MAX))
+        .read_to_end(&mut bytes)
+        .context("reading the provider key from standard input")?;
+    let text =
+        String::from_utf8(bytes).context("the provider key on standard input is not UTF-8")?;
+    let key = text.trim();
+    if key.is_empty() {
+        anyhow::bail!("standard input held no provider key: pipe the key in");
+    }
+    if key.len() > MAX_PROVIDER_KEY_BYTES {
+        anyhow::bail!(
+            "the provider key on standard input is longer than {MAX_PROVIDER_KEY_BYTES} bytes"
+        );
+    }
+    Ok(proxy::providers::ProviderKey::new(key))
+}
+
+/// `tollgate keys add`: stores `key` encrypted and prints only its hint.
+pub async fn keys_add(
+    pool: &PgPool,
+    client: &async_nats::Client,
+    public_key: &str,
+    provider: &str,
+    key: &proxy::providers::ProviderKey,
+    enc: &proxy::keys::EncryptionKey,
+) -> anyhow::Result<()> {
+    let project = project_by_key(pool, public_key).await?;
+    proxy::keys::store_provider_key(pool, project.project_id, provider, key, enc).await?;
+    ledger::control::announce_change(client).await;
+    let hint = proxy::keys::key_hint(key);
+    let hint = if hint.is_empty() {
+        hint
+    } else {
+        format!("…{hint}")
+    };
+    out(
+        &serde_json::json!({"project_key": public_key, "provider": provider, "key_hint": hint})
+            .to_string(),
+    )
+}
+
+/// `tollgate providers add`: registers a custom OpenAI-compatible provider.
+pub async fn providers_add(
+    pool: &PgPool,
+    client: &async_nats::Client,
+    public_key: &str,
+    name: &str,
+    base_url: &str,
+) -> anyhow::Result<()> {
+    let project = project_by_key(pool, public_key).await?;
+    let provider =
+        proxy::project_config::add_custom_provider(pool, project.project_id, name, base_url)
+            .await?;
+    ledger::control::announce_change(client).await;
+    out(&serde_json::json!({"project_key": public_key, "provider": provider.name, "base_url": provider.base_url}).to_string())
+}
+
+/// A `--input`/`--output` price: exact decimal (or scientific) notation, not negative.
+pub fn parse_usd_per_token(flag: &str, text: &str) -> anyhow::Result<rust_decimal::Decimal> {
+    use rust_decimal::Decimal;
+    let text = text.trim();
+    let value = Decimal::from_str_exact(text)
+        .or_else(|_| Decimal::from_scientific(text))
+        .map_err(|_| anyhow::anyhow!("{flag} must be US dollars per token as a decimal number, e.g. 0.000003 or 3e-6; got '{text}'"))?;
+    if value.is_sign_negative() && !value.is_zero() {
+        anyhow::bail!("{flag} must not be negative; got '{text}'");
+    }
+    Ok(value.normalize())
+}
+
+/// `tollgate prices set`: overrides the price of `model` for a project.
+pub async fn prices_set(
+    pool: &PgPool,
+    client: &async_nats::Client,
+    public_key: &str,
+    model: &str,
+    input_usd_per_token: rust_decimal::Decimal,
+    output_usd_per_token: rust_decimal::Decimal,
+) -> anyhow::Result<()> {
+    let project = project_by_key(pool, public_key).await?;
+    let price = proxy::pricing::ModelPrice {
+        provider: model
+            .split_once('/')
+            .map(|(p, _)| p.to_owned())
+            .unwrap_or_default(),
+        input_cost_per_token: input_usd_per_token,
+        output_cost_per_token: output_usd_per_token,
+        cache_read_input_token_cost: None,
+        cache_creation_input_token_cost: None,
+        output_cost_per_reasoning_token: None,
+        max_input_tokens: None,
+        max_output_tokens: None,
+    };
+    proxy::project_config::set_price_override(pool, project.project_id, model, &price).await?;
+    ledger::control::announce_change(client).await;
+    out(&serde_json::json!({"project_key": public_key, "model": model, "price": price}).to_string())
 }

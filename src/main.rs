@@ -32,9 +32,77 @@ struct Conn {
 struct Addrs {
     #[arg(long, env = "TOLLGATE_INGEST_ADDR", default_value = ingest::DEFAULT_ADDR)]
     ingest_addr: SocketAddr,
+    #[arg(long, env = "TOLLGATE_PROXY_ADDR", default_value = proxy::server::DEFAULT_ADDR)]
+    proxy_addr: SocketAddr,
     /// How often the ledger looks for holds past their TTL.
     #[arg(long, env = "TOLLGATE_EXPIRY_INTERVAL_MS", default_value_t = 1000)]
     expiry_interval_ms: u64,
+    /// Output tokens the proxy holds for a request that sets no max_tokens.
+    #[arg(
+        long,
+        env = "TOLLGATE_DEFAULT_MAX_OUTPUT_TOKENS",
+        default_value_t = 4096
+    )]
+    default_max_output_tokens: u64,
+    /// How long a proxy hold lives if its process dies before settling it.
+    #[arg(long, env = "TOLLGATE_HOLD_TTL_MS", default_value_t = 600_000)]
+    hold_ttl_ms: u64,
+}
+
+impl Addrs {
+    fn config(
+        &self,
+        nats_url: String,
+        database_url: String,
+        services: std::collections::BTreeSet<Service>,
+        encryption_key: Option<proxy::keys::EncryptionKey>,
+    ) -> ServeConfig {
+        ServeConfig {
+            nats_url,
+            database_url,
+            ingest_addr: self.ingest_addr,
+            proxy_addr: self.proxy_addr,
+            expiry_interval_ms: self.expiry_interval_ms,
+            services,
+            proxy: proxy::server::Settings {
+                default_max_output_tokens: self.default_max_output_tokens.max(1),
+                hold_ttl: std::time::Duration::from_millis(self.hold_ttl_ms.max(1000)),
+                base_urls: proxy::providers::BaseUrls::from_env(),
+            },
+            encryption_key,
+        }
+    }
+}
+
+/// TOLLGATE_ENCRYPTION_KEY, else ./.tollgate/encryption.key; `up` creates that file when neither exists.
+fn encryption_key(create: bool) -> anyhow::Result<Option<proxy::keys::EncryptionKey>> {
+    let file = std::path::Path::new(".tollgate").join("encryption.key");
+    let found =
+        proxy::keys::resolve_encryption_key(std::env::var("TOLLGATE_ENCRYPTION_KEY").ok(), &file)?;
+    if found.is_some() || !create {
+        if found.is_none() {
+            tracing::warn!("TOLLGATE_ENCRYPTION_KEY is not set: stored provider keys are unavailable; pass-through keys still work");
+        }
+        return Ok(found);
+    }
+    let key = proxy::keys::EncryptionKey::generate();
+    std::fs::create_dir_all(".tollgate").context("creating .tollgate")?;
+    write_private(&file, &key.to_hex())?;
+    tracing::info!(file = %file.display(), "generated an encryption key for stored provider keys");
+    Ok(Some(key))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[derive(Subcommand)]
@@ -70,6 +138,21 @@ enum Command {
     Plans {
         #[command(subcommand)]
         command: PlansCommand,
+    },
+    /// Manage a project's provider API keys (stored encrypted with TOLLGATE_ENCRYPTION_KEY).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage a project's custom OpenAI-compatible providers.
+    Providers {
+        #[command(subcommand)]
+        command: ProvidersCommand,
+    },
+    /// Manage a project's price overrides.
+    Prices {
+        #[command(subcommand)]
+        command: PricesCommand,
     },
     /// Rebuild every projection from the start of the stream and print the balances checksum.
     Replay {
@@ -117,6 +200,60 @@ enum PlansCommand {
         #[arg(long)]
         project: String,
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Store a provider's API key, read from standard input; prints only its last 4 characters.
+    Add {
+        #[command(flatten)]
+        conn: Conn,
+        /// The project's public key (pk_…).
+        #[arg(long)]
+        project: String,
+        /// openai, anthropic, gemini, xai, or a custom provider of the project.
+        #[arg(long)]
+        provider: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProvidersCommand {
+    /// Register (or re-point) a custom OpenAI-compatible provider, used as `NAME/model`.
+    Add {
+        #[command(flatten)]
+        conn: Conn,
+        /// The project's public key (pk_…).
+        #[arg(long)]
+        project: String,
+        /// a-z, 0-9, '_' and '-', at most 40 characters.
+        #[arg(long)]
+        name: String,
+        /// Base URL including the version path, e.g. https://api.together.xyz/v1.
+        #[arg(long)]
+        base_url: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesCommand {
+    /// Set the price of a model for a project (US dollars per token, exact decimals).
+    Set {
+        #[command(flatten)]
+        conn: Conn,
+        /// The project's public key (pk_…).
+        #[arg(long)]
+        project: String,
+        /// The model id as priced: `model` or `provider/model`.
+        #[arg(long)]
+        model: String,
+        /// US dollars per input token, e.g. 0.000003.
+        #[arg(long, allow_negative_numbers = true)]
+        input: String,
+        /// US dollars per output token, e.g. 0.000015.
+        #[arg(long, allow_negative_numbers = true)]
+        output: String,
     },
 }
 
@@ -171,13 +308,12 @@ async fn main() -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             services::cancel_on_signals(shutdown.clone());
             let local = tollgate::local::start(conn.nats_url, conn.database_url).await?;
-            let config = ServeConfig {
-                nats_url: local.nats_url.clone(),
-                database_url: local.database_url.clone(),
-                ingest_addr: addrs.ingest_addr,
-                expiry_interval_ms: addrs.expiry_interval_ms,
-                services: Service::ALL.into_iter().collect(),
-            };
+            let config = addrs.config(
+                local.nats_url.clone(),
+                local.database_url.clone(),
+                Service::ALL.into_iter().collect(),
+                encryption_key(true)?,
+            );
             let result = services::run(config, shutdown).await;
             local.stop().await;
             result
@@ -193,13 +329,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let shutdown = CancellationToken::new();
             services::cancel_on_signals(shutdown.clone());
-            let config = ServeConfig {
-                nats_url,
-                database_url,
-                ingest_addr: addrs.ingest_addr,
-                expiry_interval_ms: addrs.expiry_interval_ms,
-                services,
-            };
+            let config = addrs.config(nats_url, database_url, services, encryption_key(false)?);
             services::run(config, shutdown).await
         }
         Command::Migrate { conn } => {
@@ -220,6 +350,76 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let pool = db(&conn).await?;
             tollgate::commands::plans_apply(&pool, &nats(&conn).await?, &project, &file).await
+        }
+        Command::Keys {
+            command:
+                KeysCommand::Add {
+                    conn,
+                    project,
+                    provider,
+                },
+        } => {
+            let enc = proxy::keys::resolve_encryption_key(
+                std::env::var(proxy::keys::ENCRYPTION_KEY_ENV).ok(),
+                std::path::Path::new(proxy::keys::LOCAL_KEY_FILE),
+            )?
+            .with_context(|| {
+                format!(
+                    "{} is not set and ./{} does not exist: set it to 64 hex characters (e.g. `openssl rand -hex 32`), the same value the proxy runs with",
+                    proxy::keys::ENCRYPTION_KEY_ENV,
+                    proxy::keys::LOCAL_KEY_FILE
+                )
+            })?;
+            let pool = db(&conn).await?;
+            let client = nats(&conn).await?;
+            let stdin = std::io::stdin();
+            let key = tollgate::commands::read_provider_key(
+                stdin.lock(),
+                std::io::IsTerminal::is_terminal(&stdin),
+            )?;
+            tollgate::commands::keys_add(&pool, &client, &project, &provider, &key, &enc).await
+        }
+        Command::Providers {
+            command:
+                ProvidersCommand::Add {
+                    conn,
+                    project,
+                    name,
+                    base_url,
+                },
+        } => {
+            let pool = db(&conn).await?;
+            tollgate::commands::providers_add(
+                &pool,
+                &nats(&conn).await?,
+                &project,
+                &name,
+                &base_url,
+            )
+            .await
+        }
+        Command::Prices {
+            command:
+                PricesCommand::Set {
+                    conn,
+                    project,
+                    model,
+                    input,
+                    output,
+                },
+        } => {
+            let input = tollgate::commands::parse_usd_per_token("--input", &input)?;
+            let output = tollgate::commands::parse_usd_per_token("--output", &output)?;
+            let pool = db(&conn).await?;
+            tollgate::commands::prices_set(
+                &pool,
+                &nats(&conn).await?,
+                &project,
+                &model,
+                input,
+                output,
+            )
+            .await
         }
         Command::Replay { conn } => {
             let pool = db(&conn).await?;

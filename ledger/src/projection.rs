@@ -15,37 +15,44 @@ use uuid::Uuid;
 
 pub struct LedgerProjection;
 
+/// (project, account token, identity, unit) of one balance row.
+type BalanceKey = (Uuid, String, String, String);
+
 fn json(v: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
+/// Columns of new `reservations` rows, for one UNNEST insert.
+#[derive(Default)]
+struct ReservedRows {
+    project: Vec<Uuid>,
+    id: Vec<Uuid>,
+    token: Vec<String>,
+    identity: Vec<String>,
+    model: Vec<Option<String>>,
+    tier: Vec<Option<String>>,
+    held: Vec<serde_json::Value>,
+}
+
 async fn insert_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Result<()> {
-    let mut cols: (
-        Vec<Uuid>,
-        Vec<Uuid>,
-        Vec<String>,
-        Vec<String>,
-        Vec<Option<String>>,
-        Vec<Option<String>>,
-        Vec<serde_json::Value>,
-    ) = Default::default();
+    let mut cols = ReservedRows::default();
     let (mut at, mut exp, mut seq) = (Vec::new(), Vec::new(), Vec::new());
     for d in batch {
         let env = &d.envelope;
         if let Event::Reserved(r) = &env.event {
-            cols.0.push(env.project_id.0);
-            cols.1.push(r.reservation_id.0);
-            cols.2.push(account_token(env.project_id, &env.account));
-            cols.3.push(env.identity().to_owned());
-            cols.4.push(r.model.clone());
-            cols.5.push(r.tier.clone());
-            cols.6.push(json(&r.amounts));
+            cols.project.push(env.project_id.0);
+            cols.id.push(r.reservation_id.0);
+            cols.token.push(account_token(env.project_id, &env.account));
+            cols.identity.push(env.identity().to_owned());
+            cols.model.push(r.model.clone());
+            cols.tier.push(r.tier.clone());
+            cols.held.push(json(&r.amounts));
             at.push(env.occurred_at);
             exp.push(r.expires_at);
             seq.push(i64::try_from(d.seq).unwrap_or(i64::MAX));
         }
     }
-    if cols.0.is_empty() {
+    if cols.project.is_empty() {
         return Ok(());
     }
     sqlx::query(
@@ -55,13 +62,13 @@ async fn insert_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx
               AS u(p, r, a, i, m, t, h, ra, ea, s)
          ON CONFLICT (project_id, reservation_id) DO NOTHING",
     )
-    .bind(cols.0)
-    .bind(cols.1)
-    .bind(cols.2)
-    .bind(cols.3)
-    .bind(cols.4)
-    .bind(cols.5)
-    .bind(cols.6)
+    .bind(cols.project)
+    .bind(cols.id)
+    .bind(cols.token)
+    .bind(cols.identity)
+    .bind(cols.model)
+    .bind(cols.tier)
+    .bind(cols.held)
     .bind(at)
     .bind(exp)
     .bind(seq)
@@ -127,8 +134,7 @@ async fn settle_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx
 }
 
 async fn update_balances(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Result<()> {
-    let mut sums: HashMap<(Uuid, String, String, String), (Decimal, Decimal, Decimal)> =
-        HashMap::new();
+    let mut sums: HashMap<BalanceKey, (Decimal, Decimal, Decimal)> = HashMap::new();
     for d in batch {
         let env = &d.envelope;
         let token = account_token(env.project_id, &env.account);

@@ -1,6 +1,7 @@
 //! Property tests of the fold: any interleaving of accounts' events, any
 //! permutation of whole events for the counter sums, and redeliveries, all
 //! give the same counters and balances (invariants 2 and 3).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;

@@ -3,6 +3,13 @@
 //! `providers` turns an OpenAI Chat Completions request into the provider's own
 //! request and the provider's answer (JSON or SSE) back into OpenAI's shapes,
 //! measuring usage on the way; `pricing` turns that usage into exact US dollars.
+//! `keys` and `project_config` hold each project's control-plane data:
+//! provider keys encrypted at rest, custom providers and price overrides.
 
+pub mod estimate;
+pub mod hold;
+pub mod keys;
 pub mod pricing;
+pub mod project_config;
 pub mod providers;
+pub mod server;

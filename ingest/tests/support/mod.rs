@@ -1,5 +1,6 @@
 //! A real ingest server for tests: its own nats-server, a throw-away
 //! PostgreSQL database, a project with a plan, and an HTTP client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
 use ledger::{Clock, Gate};

@@ -75,13 +75,22 @@ pub(super) async fn catch_up(
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(applied),
             Err(e) => return Err(unavailable(e)),
         };
+        if let Some(status) = msg.status {
+            if status != async_nats::StatusCode::OK {
+                // e.g. 503 "no responders" while a restarted server recovers the stream.
+                return Err(GateError::Unavailable(format!(
+                    "direct get answered {status} {:?}",
+                    msg.description
+                )));
+            }
+        }
         let seq = msg
             .headers
             .as_ref()
-            .and_then(|h| h.get("Nats-Sequence"))
+            .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
             .and_then(|v| v.as_str().parse::<u64>().ok())
             .ok_or_else(|| {
-                GateError::Internal(anyhow::anyhow!("direct get answered without Nats-Sequence"))
+                GateError::Internal(anyhow::anyhow!("direct get answered without Nats-Sequence: status {:?} {:?} headers {:?} payload {:?}", msg.status, msg.description, msg.headers, String::from_utf8_lossy(&msg.payload)))
             })?;
         let envelope = decode(seq, &msg.payload)?;
         state.apply(seq, &envelope);

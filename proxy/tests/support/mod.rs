@@ -1,5 +1,6 @@
 //! A real proxy for tests: its own nats-server, a throw-away database, the
 //! ledger and projector consumers, and one mock provider per API.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(dead_code)]
 
 use ledger::Gate;

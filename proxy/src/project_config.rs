@@ -1,0 +1,431 @@
+//! A project's proxy configuration from PostgreSQL: custom OpenAI-compatible
+//! providers, price overrides and provider keys.
+//!
+//! [`ProjectConfig::load`] reads the three tables and decrypts the keys with
+//! the operator's [`EncryptionKey`]; decrypted keys live only in memory, inside
+//! a [`ProjectConfig`] whose `Debug` prints them as `***`. Without an
+//! encryption key, stored keys are skipped (warned about once per process).
+//! [`ProjectConfigCache`] keeps recently used configurations for a few seconds
+//! and forgets them all as soon as a change is announced on
+//! [`schemas::subjects::CONTROL_CHANGED`], as `ledger::control::ControlCache`
+//! does for projects. Writers ([`add_custom_provider`], [`set_price_override`],
+//! `keys::store_provider_key`) validate their input before touching the table;
+//! announcing the change is the caller's job.
+
+use crate::keys::{EncryptionKey, Sealed, BUILT_IN_PROVIDERS, ENCRYPTION_KEY_ENV};
+use crate::pricing::ModelPrice;
+use crate::providers::{CustomProvider, ProviderKey};
+use anyhow::Context as _;
+use dashmap::DashMap;
+use rust_decimal::Decimal;
+use schemas::ProjectId;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+/// How long a cached configuration is trusted without a change notice.
+const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Past this many cached projects the cache starts over.
+const MAX_CACHED_PROJECTS: usize = 100_000;
+/// Longest custom provider name, in bytes.
+pub const MAX_PROVIDER_NAME_BYTES: usize = 40;
+/// Longest custom provider base URL, in bytes.
+pub const MAX_BASE_URL_BYTES: usize = 2048;
+/// Longest model id of a price override, in bytes.
+pub const MAX_MODEL_BYTES: usize = 200;
+/// Names a custom provider may not take: the built-ins, the `google/` alias
+/// and the kind name routing uses for custom providers.
+const RESERVED_PROVIDER_NAMES: [&str; 2] = ["google", "custom"];
+
+static WARNED_NO_ENCRYPTION_KEY: Once = Once::new();
+
+/// Why a custom provider or price override was refused. Says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigInputError {
+    #[error("provider name '{0}' must be 1-{MAX_PROVIDER_NAME_BYTES} characters of a-z, 0-9, '_' and '-'")]
+    ProviderName(String),
+    #[error("provider name '{0}' is taken by a built-in provider; choose another")]
+    ReservedProviderName(String),
+    #[error("base URL '{0}' must be an http:// or https:// URL with a host and no query, e.g. https://api.together.xyz/v1")]
+    BaseUrl(String),
+    #[error("model must be 1-{MAX_MODEL_BYTES} bytes without spaces or control characters")]
+    Model,
+    #[error("price '{field}' must not be negative")]
+    NegativePrice { field: &'static str },
+}
+
+/// One project's proxy configuration. `Debug` shows keys as `***`.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectConfig {
+    pub custom_providers: Vec<CustomProvider>,
+    /// Model id (as in the price table) → price; apply with
+    /// `PriceTable::with_overrides`.
+    pub price_overrides: Vec<(String, ModelPrice)>,
+    /// Provider name → decrypted key. Held in memory only.
+    keys: HashMap<String, ProviderKey>,
+}
+
+impl ProjectConfig {
+    /// A configuration from parts (for tests and callers that build one by hand).
+    pub fn new(
+        custom_providers: Vec<CustomProvider>,
+        price_overrides: Vec<(String, ModelPrice)>,
+        keys: impl IntoIterator<Item = (String, ProviderKey)>,
+    ) -> Self {
+        ProjectConfig {
+            custom_providers,
+            price_overrides,
+            keys: keys.into_iter().collect(),
+        }
+    }
+
+    /// The project's key for `provider` (a `Route`'s `provider`), if stored
+    /// and decrypted.
+    pub fn key(&self, provider: &str) -> Option<&ProviderKey> {
+        self.keys.get(provider)
+    }
+
+    /// Loads `project`'s configuration. Keys are decrypted with `enc`; with
+    /// `None` they are skipped. A key or price that cannot be read is logged
+    /// and skipped, so the rest of the project keeps working.
+    pub async fn load(
+        pool: &PgPool,
+        project: ProjectId,
+        enc: Option<&EncryptionKey>,
+    ) -> anyhow::Result<ProjectConfig> {
+        Ok(ProjectConfig {
+            custom_providers: load_custom_providers(pool, project).await?,
+            price_overrides: load_price_overrides(pool, project).await?,
+            keys: load_keys(pool, project, enc).await?,
+        })
+    }
+}
+
+async fn load_custom_providers(
+    pool: &PgPool,
+    project: ProjectId,
+) -> anyhow::Result<Vec<CustomProvider>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, base_url FROM custom_providers WHERE project_id = $1 ORDER BY name",
+    )
+    .bind(project.0)
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("loading the custom providers of project {project}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, base_url)| CustomProvider { name, base_url })
+        .collect())
+}
+
+async fn load_price_overrides(
+    pool: &PgPool,
+    project: ProjectId,
+) -> anyhow::Result<Vec<(String, ModelPrice)>> {
+    let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT model, price FROM price_overrides WHERE project_id = $1 ORDER BY model",
+    )
+    .bind(project.0)
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("loading the price overrides of project {project}"))?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(model, price)| match serde_json::from_value(price) {
+            Ok(price) => Some((model, price)),
+            Err(e) => {
+                tracing::error!(project_id = %project, model = %model, error = %e, "stored price override cannot be read; the bundled price applies until it is set again");
+                None
+            }
+        })
+        .collect())
+}
+
+async fn load_keys(
+    pool: &PgPool,
+    project: ProjectId,
+    enc: Option<&EncryptionKey>,
+) -> anyhow::Result<HashMap<String, ProviderKey>> {
+    let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT provider, ciphertext, nonce FROM provider_keys WHERE project_id = $1",
+    )
+    .bind(project.0)
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("loading the provider keys of project {project}"))?;
+    let Some(enc) = enc else {
+        if !rows.is_empty() {
+            WARNED_NO_ENCRYPTION_KEY.call_once(|| {
+                tracing::warn!(project_id = %project, "stored provider keys are ignored: {ENCRYPTION_KEY_ENV} is not set");
+            });
+        }
+        return Ok(HashMap::new());
+    };
+    let mut keys = HashMap::with_capacity(rows.len());
+    for (provider, ciphertext, nonce) in rows {
+        match enc.open(project, &provider, &Sealed { ciphertext, nonce }) {
+            Ok(key) => {
+                keys.insert(provider, key);
+            }
+            Err(e) => {
+                tracing::error!(project_id = %project, provider = %provider, error = %e, "provider key skipped");
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Checks a custom provider and returns it normalized (trimmed, without a
+/// trailing slash on the base URL).
+pub fn validate_custom_provider(
+    name: &str,
+    base_url: &str,
+) -> Result<CustomProvider, ConfigInputError> {
+    let name = name.trim();
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_PROVIDER_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(ConfigInputError::ProviderName(name.to_owned()));
+    }
+    if BUILT_IN_PROVIDERS.contains(&name) || RESERVED_PROVIDER_NAMES.contains(&name) {
+        return Err(ConfigInputError::ReservedProviderName(name.to_owned()));
+    }
+    let base_url = base_url.trim().trim_end_matches('/');
+    if !is_http_url(base_url) {
+        return Err(ConfigInputError::BaseUrl(base_url.to_owned()));
+    }
+    Ok(CustomProvider {
+        name: name.to_owned(),
+        base_url: base_url.to_owned(),
+    })
+}
+
+fn is_http_url(url: &str) -> bool {
+    if url.len() > MAX_BASE_URL_BYTES || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host_ok = uri.host().is_some_and(|h| !h.is_empty());
+    scheme_ok && host_ok && uri.query().is_none() && !url.contains('#')
+}
+
+/// Registers (or re-points) `project`'s OpenAI-compatible provider `name`.
+pub async fn add_custom_provider(
+    pool: &PgPool,
+    project: ProjectId,
+    name: &str,
+    base_url: &str,
+) -> anyhow::Result<CustomProvider> {
+    let provider = validate_custom_provider(name, base_url)?;
+    sqlx::query(
+        "INSERT INTO custom_providers (project_id, name, base_url) VALUES ($1, $2, $3) \
+         ON CONFLICT (project_id, name) DO UPDATE SET base_url = EXCLUDED.base_url",
+    )
+    .bind(project.0)
+    .bind(&provider.name)
+    .bind(&provider.base_url)
+    .execute(pool)
+    .await
+    .with_context(|| {
+        format!(
+            "storing custom provider {} of project {project}",
+            provider.name
+        )
+    })?;
+    Ok(provider)
+}
+
+/// Checks a price override: the model id is a plausible table key and no
+/// amount is negative.
+pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), ConfigInputError> {
+    let model_ok = !model.is_empty()
+        && model.len() <= MAX_MODEL_BYTES
+        && !model.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !model_ok {
+        return Err(ConfigInputError::Model);
+    }
+    let amounts: [(&'static str, Option<Decimal>); 5] = [
+        ("input_cost_per_token", Some(price.input_cost_per_token)),
+        ("output_cost_per_token", Some(price.output_cost_per_token)),
+        (
+            "cache_read_input_token_cost",
+            price.cache_read_input_token_cost,
+        ),
+        (
+            "cache_creation_input_token_cost",
+            price.cache_creation_input_token_cost,
+        ),
+        (
+            "output_cost_per_reasoning_token",
+            price.output_cost_per_reasoning_token,
+        ),
+    ];
+    match amounts
+        .into_iter()
+        .find(|(_, amount)| amount.is_some_and(|a| a.is_sign_negative() && !a.is_zero()))
+    {
+        Some((field, _)) => Err(ConfigInputError::NegativePrice { field }),
+        None => Ok(()),
+    }
+}
+
+/// Sets (or replaces) `project`'s price for `model`.
+pub async fn set_price_override(
+    pool: &PgPool,
+    project: ProjectId,
+    model: &str,
+    price: &ModelPrice,
+) -> anyhow::Result<()> {
+    validate_price_override(model, price)?;
+    let json = serde_json::to_value(price)?;
+    sqlx::query(
+        "INSERT INTO price_overrides (project_id, model, price) VALUES ($1, $2, $3) \
+         ON CONFLICT (project_id, model) DO UPDATE SET price = EXCLUDED.price, updated_at = now()",
+    )
+    .bind(project.0)
+    .bind(model)
+    .bind(json)
+    .execute(pool)
+    .await
+    .with_context(|| format!("storing the price of {model} for project {project}"))?;
+    Ok(())
+}
+
+/// Project configurations, cached briefly. Cheap to clone.
+#[derive(Clone)]
+pub struct ProjectConfigCache {
+    pool: PgPool,
+    enc: Option<Arc<EncryptionKey>>,
+    entries: Arc<DashMap<ProjectId, (Instant, Arc<ProjectConfig>)>>,
+}
+
+impl ProjectConfigCache {
+    /// Without `enc`, stored provider keys are skipped.
+    pub fn new(pool: PgPool, enc: Option<EncryptionKey>) -> Self {
+        Self {
+            pool,
+            enc: enc.map(Arc::new),
+            entries: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// Forgets everything when a change is announced, until the client closes.
+    pub fn follow_changes(&self, client: async_nats::Client) {
+        let entries = self.entries.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let Ok(mut sub) = client.subscribe(schemas::subjects::CONTROL_CHANGED).await else {
+                return;
+            };
+            while sub.next().await.is_some() {
+                entries.clear();
+            }
+        });
+    }
+
+    pub fn invalidate(&self) {
+        self.entries.clear();
+    }
+
+    /// `project`'s configuration, from the cache when fresh.
+    pub async fn get(&self, project: ProjectId) -> anyhow::Result<Arc<ProjectConfig>> {
+        if let Some(hit) = self.entries.get(&project) {
+            if hit.0.elapsed() < CACHE_TTL {
+                return Ok(hit.1.clone());
+            }
+        }
+        let config = Arc::new(ProjectConfig::load(&self.pool, project, self.enc.as_deref()).await?);
+        if self.entries.len() > MAX_CACHED_PROJECTS {
+            self.entries.clear();
+        }
+        self.entries
+            .insert(project, (Instant::now(), config.clone()));
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_provider_names_and_urls() {
+        let ok = validate_custom_provider(" together ", "https://api.together.xyz/v1/");
+        assert_eq!(
+            ok,
+            Ok(CustomProvider {
+                name: "together".to_owned(),
+                base_url: "https://api.together.xyz/v1".to_owned()
+            })
+        );
+        assert!(validate_custom_provider("local_vllm-2", "http://127.0.0.1:8000/v1").is_ok());
+        for bad in ["", "Together", "to gether", "a/b", &"x".repeat(41)] {
+            assert!(
+                matches!(
+                    validate_custom_provider(bad, "https://x.y/v1"),
+                    Err(ConfigInputError::ProviderName(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        for reserved in ["openai", "anthropic", "gemini", "google", "xai", "custom"] {
+            assert!(matches!(
+                validate_custom_provider(reserved, "https://x.y/v1"),
+                Err(ConfigInputError::ReservedProviderName(_))
+            ));
+        }
+        for bad in [
+            "",
+            "api.together.xyz/v1",
+            "ftp://x.y/v1",
+            "https://",
+            "https://x.y/v1?k=1",
+            "https://x.y/v1#f",
+            "https://x y/v1",
+        ] {
+            assert!(
+                matches!(
+                    validate_custom_provider("p", bad),
+                    Err(ConfigInputError::BaseUrl(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn price_overrides_refuse_negative_amounts_and_bad_models() {
+        let price = |input: i64, output: i64| ModelPrice {
+            provider: String::new(),
+            input_cost_per_token: Decimal::new(input, 6),
+            output_cost_per_token: Decimal::new(output, 6),
+            cache_read_input_token_cost: None,
+            cache_creation_input_token_cost: None,
+            output_cost_per_reasoning_token: None,
+            max_input_tokens: None,
+            max_output_tokens: None,
+        };
+        assert_eq!(validate_price_override("m", &price(0, 3)), Ok(()));
+        assert_eq!(
+            validate_price_override("m", &price(1, -3)),
+            Err(ConfigInputError::NegativePrice {
+                field: "output_cost_per_token"
+            })
+        );
+        assert_eq!(
+            validate_price_override("a model", &price(1, 1)),
+            Err(ConfigInputError::Model)
+        );
+        assert_eq!(
+            validate_price_override("", &price(1, 1)),
+            Err(ConfigInputError::Model)
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The proxy's money and failure guarantees: no overspend under 200
+//! concurrent streams, fail closed when NATS is gone, OpenAI-shaped 4xx for
+//! bad input (never a 500, never forwarded).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use std::str::FromStr;
+use support::Proxy;
+
+const CAP_PLAN: &str = r#"
+default_tier: free
+tiers:
+  free:
+    models: ["gpt-4o*", "claude-*", "gemini-*", "grok-*", "mystery-*"]
+    limits:
+      - { unit: usd, window: month, cap: "0.50" }
+"#;
+
+fn dec(v: &Value) -> Decimal {
+    Decimal::from_str(v.as_str().unwrap_or("0")).unwrap()
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_streams_never_spend_past_the_cap() {
+    let p = Proxy::start(CAP_PLAN).await;
+    // Each call really produces up to its max_tokens (1000 × $0.00001 = $0.01), like a real model.
+    p.openai.update_behavior(|b| {
+        b.reply_text = "token ".repeat(1500);
+        b.input_tokens = Some(10);
+    });
+    let body = json!({"model": "gpt-4o", "stream": true, "max_tokens": 1000, "messages": [{"role": "user", "content": "Write a long story."}]});
+    let results: Vec<u16> = futures::stream::iter(0..200)
+        .map(|_| {
+            let req = p.request("sponsored", &body);
+            async move {
+                let r = req.send().await.unwrap();
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let admitted = results.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        admitted + results.iter().filter(|s| **s == 429).count(),
+        200,
+        "{results:?}"
+    );
+    assert!(
+        admitted >= 40,
+        "the budget should admit about 50 calls, admitted {admitted}"
+    );
+    let settled = p.settled("sponsored", admitted).await;
+    let (mut committed, mut overage) = (Decimal::ZERO, Decimal::ZERO);
+    for (kind, e) in &settled {
+        assert_eq!(kind, "committed");
+        committed += dec(&e["actual"]["usd"]);
+        overage += dec(&e["overage"]["usd"]);
+    }
+    let cap = Decimal::from_str("0.50").unwrap();
+    // The documented rule: spend may pass the cap only by what providers reported above the holds.
+    assert!(
+        committed <= cap + overage,
+        "committed {committed} > cap {cap} + overage {overage}"
+    );
+    assert_eq!(
+        overage,
+        Decimal::ZERO,
+        "the mock never exceeds max_tokens, so nothing may exceed the holds"
+    );
+    assert!(
+        committed > Decimal::from_str("0.45").unwrap(),
+        "the budget should be nearly used: {committed}"
+    );
+    // At every point of the account's history, committed + held stayed within the cap.
+    let (mut held, mut spent) = (Decimal::ZERO, Decimal::ZERO);
+    for (kind, e) in p.events("sponsored").await {
+        match kind.as_str() {
+            "reserved" => held += dec(&e["amounts"]["usd"]),
+            "committed" => {
+                held -= dec(&e["hold"]["held"]["usd"]);
+                spent += dec(&e["actual"]["usd"]);
+            }
+            _ => held -= dec(&e["hold"]["held"]["usd"]),
+        }
+        assert!(
+            held + spent <= cap,
+            "held {held} + spent {spent} passed the cap"
+        );
+    }
+}
+
+#[tokio::test]
+async fn nats_down_is_a_503_and_nothing_is_forwarded() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn,tollgate=debug")
+        .with_test_writer()
+        .try_init();
+    let mut p = Proxy::start(CAP_PLAN).await;
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(p.chat("u", body.clone()).await.0, 200);
+    let forwarded = p.openai.request_count();
+    p.nats.stop().await;
+    for _ in 0..5 {
+        let (status, _, v) = p.chat("u", body.clone()).await;
+        assert_eq!(status, 503, "{v}");
+        assert_eq!(v["error"]["code"], "ledger_unavailable");
+    }
+    assert_eq!(
+        p.openai.request_count(),
+        forwarded,
+        "nothing may be forwarded without a durable hold"
+    );
+    p.nats.restart().await.unwrap();
+    let mut last = (0, Value::Null);
+    for _ in 0..300 {
+        let (status, _, v) = p.chat("u", body.clone()).await;
+        last = (status, v);
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        last.0, 200,
+        "the proxy recovers when NATS returns: {}",
+        last.1
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_an_openai_shaped_4xx_and_is_never_forwarded() {
+    let p = Proxy::start(CAP_PLAN).await;
+    let url = format!("{}/v1/chat/completions", p.base);
+    let good = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let send = |body: String, project: Option<&str>, identity: Option<&str>| {
+        let mut r = p
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .bearer_auth("sk-provider")
+            .body(body);
+        if let Some(k) = project {
+            r = r.header("x-project-key", k);
+        }
+        if let Some(i) = identity {
+            r = r.header("x-identity", i);
+        }
+        r.send()
+    };
+    let pk = Some(p.project_key.as_str());
+    let cases: Vec<(String, Option<&str>, Option<&str>, u16)> = vec![
+        ("{\"model\": ".into(), pk, Some("u"), 400),
+        ("[]".into(), pk, Some("u"), 400),
+        (json!({"messages": [{"role": "user", "content": "hi"}]}).to_string(), pk, Some("u"), 400),
+        (json!({"model": "gpt-4o"}).to_string(), pk, Some("u"), 400),
+        (json!({"model": "gpt-4o", "messages": "hi"}).to_string(), pk, Some("u"), 400),
+        (json!({"model": "gpt-4o", "messages": [{"role": "wizard", "content": "hi"}]}).to_string(), pk, Some("u"), 400),
+        (json!({"model": "gpt-4o", "temperature": "hot", "messages": [{"role": "user", "content": "hi"}]}).to_string(), pk, Some("u"), 400),
+        (json!({"model": "gpt-4o", "max_tokens": -1, "messages": [{"role": "user", "content": "hi"}]}).to_string(), pk, Some("u"), 400),
+        (json!({"model": 42, "messages": []}).to_string(), pk, Some("u"), 400),
+        (json!({"model": "nobody/some-model", "messages": [{"role": "user", "content": "hi"}]}).to_string(), pk, Some("u"), 400),
+        (json!({"model": "mystery-model-9", "messages": [{"role": "user", "content": "hi"}]}).to_string(), pk, Some("u"), 400),
+        (json!({"model": "o1-preview", "messages": [{"role": "user", "content": "hi"}]}).to_string(), pk, Some("u"), 403),
+        (good.to_string(), Some("pk_unknown"), Some("u"), 401),
+        (good.to_string(), None, Some("u"), 401),
+        (good.to_string(), pk, None, 400),
+        (good.to_string(), pk, Some(""), 400),
+        (json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(9 * 1024 * 1024)}]}).to_string(), pk, Some("u"), 413),
+    ];
+    for (body, project, identity, want) in cases {
+        let preview: String = body.chars().take(80).collect();
+        let r = send(body, project, identity).await.unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, want, "{preview}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{preview}: {v}"
+        );
+        assert!(v["error"]["type"].is_string(), "{preview}: {v}");
+    }
+    assert_eq!(p.openai.request_count(), 0, "bad input is never forwarded");
+    assert!(p.events("u").await.is_empty(), "bad input records nothing");
+    // A missing provider key (no Authorization, none stored) is a 401 too.
+    let r = p
+        .http
+        .post(&url)
+        .header("x-project-key", &p.project_key)
+        .header("x-identity", "u")
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
