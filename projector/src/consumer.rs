@@ -100,14 +100,29 @@ pub async fn decode_batch(
     Ok(out)
 }
 
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// The batch starts after a sequence this projection has not applied:
+    /// applying it would skip events. (Only one process should be applying;
+    /// see [`lead`].)
+    #[error("events {after_next}..{first} are missing before this batch")]
+    Gap { after_next: u64, first: u64 },
+}
+
 /// The step function: applies one batch of raw messages exactly once.
 /// Returns how many events took effect (0 when all were already applied).
 pub async fn apply_batch(
     pool: &PgPool,
     projection: &dyn Projection,
     raws: &[Raw],
-) -> sqlx::Result<usize> {
-    let Some(max_seq) = raws.iter().map(|r| r.seq).max() else {
+) -> Result<usize, ApplyError> {
+    let (Some(min_seq), Some(max_seq)) = (
+        raws.iter().map(|r| r.seq).min(),
+        raws.iter().map(|r| r.seq).max(),
+    ) else {
         return Ok(0);
     };
     let mut tx = pool.begin().await?;
@@ -115,11 +130,55 @@ pub async fn apply_batch(
     if max_seq <= after {
         return Ok(0);
     }
+    // The ledger stream has no gaps (nothing is ever deleted), so a batch
+    // must continue exactly where the checkpoint stands.
+    if after > 0 && min_seq > after + 1 {
+        return Err(ApplyError::Gap {
+            after_next: after + 1,
+            first: min_seq,
+        });
+    }
     let batch = decode_batch(&mut tx, projection.name(), raws, after).await?;
     projection.apply(&mut tx, &batch).await?;
     store_checkpoint(&mut tx, projection.name(), max_seq).await?;
     tx.commit().await?;
     Ok(batch.len())
+}
+
+/// Waits until this process is the one applying `name`: a PostgreSQL session
+/// advisory lock held on a connection taken out of the pool. If the process
+/// dies its connection closes and another process takes over. `None` on shutdown.
+pub async fn lead(
+    pool: &PgPool,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<PgConnection>> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .context("connection for the projection lock")?
+        .detach();
+    let mut announced = false;
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            return Ok(Some(conn));
+        }
+        if !announced {
+            tracing::info!(
+                projection = name,
+                "another process is applying this projection; standing by"
+            );
+            announced = true;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// The durable pull consumer of a projection on the ledger stream.
@@ -182,8 +241,12 @@ async fn run_once(
     projection: &dyn Projection,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let Some(mut lock) = lead(pool, projection.name(), shutdown).await? else {
+        return Ok(());
+    };
     let messages = durable_consumer(js, projection.name()).await?;
     let mut chunks = messages.ready_chunks(2_000);
+    let mut lock_checked = std::time::Instant::now();
     loop {
         let chunk = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -206,6 +269,14 @@ async fn run_once(
                 payload: msg.payload.clone(),
             });
             last = Some(msg);
+        }
+        if lock_checked.elapsed() > Duration::from_secs(1) {
+            // The lock lives as long as its connection: make sure it is still there.
+            sqlx::query("SELECT 1")
+                .execute(&mut lock)
+                .await
+                .context("projection lock connection lost")?;
+            lock_checked = std::time::Instant::now();
         }
         apply_batch(pool, projection, &raws)
             .await

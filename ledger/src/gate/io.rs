@@ -2,6 +2,7 @@
 //! on events appended by other processes, and the conditional append.
 
 use super::GateError;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{
     self, consumer::pull, context::Publish, context::PublishErrorKind, stream::DirectGetErrorKind,
 };
@@ -11,6 +12,9 @@ use schemas::events::Envelope;
 use schemas::{subjects, Account, ProjectId, ReservationId};
 use sqlx::PgPool;
 use std::time::Duration;
+
+/// Events read one by one before switching to a consumer when loading an account.
+const SHORT_HISTORY: usize = 32;
 
 pub(super) enum AppendError {
     /// Another process appended to the subject first.
@@ -65,8 +69,18 @@ pub(super) async fn catch_up(
     subject: &str,
     state: &mut AccountState,
 ) -> Result<usize, GateError> {
+    catch_up_at_most(stream, subject, state, usize::MAX).await
+}
+
+/// Like [`catch_up`], reading at most `limit` events.
+async fn catch_up_at_most(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    state: &mut AccountState,
+    limit: usize,
+) -> Result<usize, GateError> {
     let mut applied = 0;
-    loop {
+    while applied < limit {
         let msg = match stream
             .direct_get_next_for_subject(subject, Some(state.last_seq + 1))
             .await
@@ -90,12 +104,13 @@ pub(super) async fn catch_up(
             .and_then(|h| h.get(async_nats::header::NATS_SEQUENCE))
             .and_then(|v| v.as_str().parse::<u64>().ok())
             .ok_or_else(|| {
-                GateError::Internal(anyhow::anyhow!("direct get answered without Nats-Sequence: status {:?} {:?} headers {:?} payload {:?}", msg.status, msg.description, msg.headers, String::from_utf8_lossy(&msg.payload)))
+                GateError::Internal(anyhow::anyhow!("direct get answered without Nats-Sequence"))
             })?;
         let envelope = decode(seq, &msg.payload)?;
         state.apply(seq, &envelope);
         applied += 1;
     }
+    Ok(applied)
 }
 
 /// Folds every event of `subject` into a fresh state.
@@ -109,14 +124,17 @@ pub(super) async fn load(
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(state),
         Err(e) => return Err(unavailable(e)),
     };
-    if last <= 16 {
-        // A short history: direct gets are cheaper than a consumer.
-        catch_up(stream, subject, &mut state).await?;
+    // A short history is cheaper to read with direct gets than with a consumer.
+    catch_up_at_most(stream, subject, &mut state, SHORT_HISTORY).await?;
+    if state.last_seq >= last {
         return Ok(state);
     }
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: subject.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: state.last_seq + 1,
+            },
             ..Default::default()
         })
         .await
