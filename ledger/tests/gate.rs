@@ -87,8 +87,14 @@ async fn two_gates_racing_on_one_account_admit_exactly_the_cap() {
     // A third, cold gate loads the whole history (more than a short read: the consumer path).
     let c = gate(&nats).await;
     let views = c.view(project, &account, &tier).await.unwrap();
-    assert!(admitted > 32, "the history must be long enough to exercise the consumer path");
-    assert_eq!((views[0].held, views[1].held), (Decimal::from(admitted), admitted_usd));
+    assert!(
+        admitted > 32,
+        "the history must be long enough to exercise the consumer path"
+    );
+    assert_eq!(
+        (views[0].held, views[1].held),
+        (Decimal::from(admitted), admitted_usd)
+    );
     // Nearly full: the smallest remaining request either fits exactly or is refused.
     let room = Decimal::from(3) - admitted_usd;
     assert!(

@@ -371,7 +371,8 @@ pub async fn wait_all_expired(
 }
 
 /// What it means when the stream has settled every hold but the projection still shows some open.
-pub const SKIPPED_BATCH: &str = "the ledger checkpoint is at the stream's end, yet the `reservations` \
+pub const SKIPPED_BATCH: &str =
+    "the ledger checkpoint is at the stream's end, yet the `reservations` \
      table misses events of the stream: two ledger processes applied batches out of order \
      (projector::consumer::lead must let only one apply at a time).";
 

@@ -19,6 +19,8 @@ pub(crate) struct StreamHandler {
     tool_calls: u32,
     saw_usage: bool,
     finished: bool,
+    /// The answer's id is the first event's `responseId`: one id per answer, as OpenAI's.
+    id_fixed: bool,
 }
 
 impl StreamHandler {
@@ -36,8 +38,9 @@ impl StreamHandler {
             ctx.emit_error(&body);
             return;
         }
-        if let Some(id) = answer.response_id {
+        if let Some(id) = answer.response_id.filter(|_| !self.id_fixed) {
             ctx.meta.id = id;
+            self.id_fixed = true;
         }
         if let Some(model) = answer.model_version {
             ctx.meta.model = model;

@@ -151,11 +151,17 @@ fn events(reply: &Reply, model: &str) -> Vec<Value> {
     if count == 0 {
         return vec![answer(reply, model, "", true)];
     }
+    // Like Gemini, one responseId for every event of a stream.
+    let id = json!(format!("mock{}", answer_id()));
     reply
         .pieces
         .iter()
         .enumerate()
-        .map(|(i, piece)| answer(reply, model, piece, i + 1 == count))
+        .map(|(i, piece)| {
+            let mut event = answer(reply, model, piece, i + 1 == count);
+            event["responseId"] = id.clone();
+            event
+        })
         .collect()
 }
 
