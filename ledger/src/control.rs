@@ -130,6 +130,21 @@ pub async fn announce_change(client: &async_nats::Client) {
     let _ = client.flush().await;
 }
 
+/// Calls `forget` whenever a control-plane change is announced, until the client closes.
+/// Caches use it to drop what they hold; they also expire entries on their own.
+pub fn on_change(client: async_nats::Client, forget: impl Fn() + Send + 'static) {
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let Ok(mut sub) = client.subscribe(schemas::subjects::CONTROL_CHANGED).await else {
+            tracing::warn!("cannot follow control-plane changes; caches refresh on their own");
+            return;
+        };
+        while sub.next().await.is_some() {
+            forget();
+        }
+    });
+}
+
 /// Which key a lookup is by.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
@@ -155,15 +170,7 @@ impl ControlCache {
     /// Forgets everything when a change is announced, until the client closes.
     pub fn follow_changes(&self, client: async_nats::Client) {
         let entries = self.entries.clone();
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            let Ok(mut sub) = client.subscribe(schemas::subjects::CONTROL_CHANGED).await else {
-                return;
-            };
-            while sub.next().await.is_some() {
-                entries.clear();
-            }
-        });
+        on_change(client, move || entries.clear());
     }
 
     pub fn invalidate(&self) {

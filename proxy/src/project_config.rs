@@ -319,15 +319,7 @@ impl ProjectConfigCache {
     /// Forgets everything when a change is announced, until the client closes.
     pub fn follow_changes(&self, client: async_nats::Client) {
         let entries = self.entries.clone();
-        tokio::spawn(async move {
-            use futures::StreamExt;
-            let Ok(mut sub) = client.subscribe(schemas::subjects::CONTROL_CHANGED).await else {
-                return;
-            };
-            while sub.next().await.is_some() {
-                entries.clear();
-            }
-        });
+        ledger::control::on_change(client, move || entries.clear());
     }
 
     pub fn invalidate(&self) {
