@@ -12,9 +12,9 @@
 //! `keys::store_provider_key`) validate their input before touching the table;
 //! announcing the change is the caller's job.
 
-use crate::keys::{EncryptionKey, Sealed, BUILT_IN_PROVIDERS, ENCRYPTION_KEY_ENV};
+use crate::keys::{EncryptionKey, Sealed, ENCRYPTION_KEY_ENV};
 use crate::pricing::ModelPrice;
-use crate::providers::{CustomProvider, ProviderKey};
+use crate::providers::{BaseUrls, CustomProvider, ProviderKey};
 use anyhow::Context as _;
 use dashmap::DashMap;
 use rust_decimal::Decimal;
@@ -45,7 +45,7 @@ static WARNED_NO_ENCRYPTION_KEY: Once = Once::new();
 pub enum ConfigInputError {
     #[error("provider name '{0}' must be 1-{MAX_PROVIDER_NAME_BYTES} characters of a-z, 0-9, '_' and '-'")]
     ProviderName(String),
-    #[error("provider name '{0}' is taken by a built-in provider; choose another")]
+    #[error("provider name '{0}' is reserved for routing; choose another")]
     ReservedProviderName(String),
     #[error("base URL '{0}' must be an http:// or https:// URL with a host and no query, e.g. https://api.together.xyz/v1")]
     BaseUrl(String),
@@ -67,6 +67,23 @@ pub struct ProjectConfig {
 }
 
 impl ProjectConfig {
+    /// The built-in providers' base URLs for this project: `defaults`, with any
+    /// the project overrode (a custom provider named `openai`, `anthropic`, …).
+    pub fn base_urls<'a>(&self, defaults: &'a BaseUrls) -> std::borrow::Cow<'a, BaseUrls> {
+        let mut urls = std::borrow::Cow::Borrowed(defaults);
+        for p in &self.custom_providers {
+            let slot = match p.name.as_str() {
+                "openai" => &mut urls.to_mut().openai,
+                "anthropic" => &mut urls.to_mut().anthropic,
+                "gemini" => &mut urls.to_mut().gemini,
+                "xai" => &mut urls.to_mut().xai,
+                _ => continue,
+            };
+            slot.clone_from(&p.base_url);
+        }
+        urls
+    }
+
     /// A configuration from parts (for tests and callers that build one by hand).
     pub fn new(
         custom_providers: Vec<CustomProvider>,
@@ -191,7 +208,8 @@ pub fn validate_custom_provider(
     if !name_ok {
         return Err(ConfigInputError::ProviderName(name.to_owned()));
     }
-    if BUILT_IN_PROVIDERS.contains(&name) || RESERVED_PROVIDER_NAMES.contains(&name) {
+    // A built-in name (openai, anthropic, gemini, xai) overrides that provider's base URL for the project.
+    if RESERVED_PROVIDER_NAMES.contains(&name) {
         return Err(ConfigInputError::ReservedProviderName(name.to_owned()));
     }
     let base_url = base_url.trim().trim_end_matches('/');

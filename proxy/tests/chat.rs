@@ -264,3 +264,48 @@ async fn hitting_a_limit_is_an_openai_429_with_the_tiers_message() {
     );
     assert_eq!(body["error"]["deep_link"], "myapp://upgrade");
 }
+
+#[tokio::test]
+async fn a_project_can_point_a_builtin_provider_or_a_custom_one_at_its_own_base_url() {
+    let p = Proxy::start(PLAN).await;
+    let own =
+        testkit::mock_providers::MockProvider::start(testkit::mock_providers::MockKind::OpenAi)
+            .await
+            .unwrap();
+    let compatible =
+        testkit::mock_providers::MockProvider::start(testkit::mock_providers::MockKind::OpenAi)
+            .await
+            .unwrap();
+    tollgate_proxy::project_config::add_custom_provider(
+        p.db.pool(),
+        p.project_id,
+        "openai",
+        &own.base_url(),
+    )
+    .await
+    .unwrap();
+    tollgate_proxy::project_config::add_custom_provider(
+        p.db.pool(),
+        p.project_id,
+        "groq",
+        &compatible.base_url(),
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = p.chat("own-url", chat_body("gpt-4o", false)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (own.request_count(), p.openai.request_count()),
+        (1, 0),
+        "the project's own OpenAI base URL is used"
+    );
+    let (status, _, body) = p
+        .chat("own-url", chat_body("groq/llama-3.1-8b-instant", false))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(compatible.request_count(), 1);
+    assert_eq!(
+        compatible.last_request().unwrap().json().unwrap()["model"],
+        "llama-3.1-8b-instant"
+    );
+}

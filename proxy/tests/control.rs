@@ -345,7 +345,7 @@ async fn project_config_holds_providers_prices_and_decrypted_keys() {
     )
     .await
     .unwrap();
-    assert!(add_custom_provider(&db.pool, p, "openai", "https://x.y/v1")
+    assert!(add_custom_provider(&db.pool, p, "custom", "https://x.y/v1")
         .await
         .is_err());
     assert!(add_custom_provider(&db.pool, p, "ok", "file:///etc/passwd")

@@ -132,12 +132,9 @@ pub async fn completions(
         .get(project.project_id)
         .await
         .map_err(|e| ProxyError::Unavailable(format!("project config: {e:#}")))?;
-    let route = route(
-        &req.model,
-        &config.custom_providers,
-        &inner.settings.base_urls,
-    )
-    .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let base_urls = config.base_urls(&inner.settings.base_urls);
+    let route = route(&req.model, &config.custom_providers, &base_urls)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let model = route.upstream_model.clone();
     if ledger::control::check_model(&tier_name, &tier, Some(&model)).is_err() {
         ledger::control::check_model(&tier_name, &tier, Some(&req.model)).map_err(tier_error)?;
