@@ -309,3 +309,40 @@ async fn a_project_can_point_a_builtin_provider_or_a_custom_one_at_its_own_base_
         "llama-3.1-8b-instant"
     );
 }
+
+#[tokio::test]
+async fn a_stored_provider_key_is_used_when_the_app_sends_none() {
+    let enc = tollgate_proxy::keys::EncryptionKey::generate();
+    let p = Proxy::start_with(PLAN, Some(enc.clone())).await;
+    let key = tollgate_proxy::providers::ProviderKey::new("sk-ant-stored-key-0123456789");
+    tollgate_proxy::keys::store_provider_key(p.db.pool(), p.project_id, "anthropic", &key, &enc)
+        .await
+        .unwrap();
+    // The app sends only its project key (as the SDK's api_key) and the identity.
+    let r = p
+        .http
+        .post(format!("{}/v1/chat/completions", p.base))
+        .bearer_auth(&p.project_key)
+        .header("x-identity", "stored")
+        .json(&chat_body("claude-3-5-sonnet-20240620", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(
+        p.anthropic.last_request().unwrap().header("x-api-key"),
+        Some("sk-ant-stored-key-0123456789")
+    );
+    // Without a stored key for OpenAI and without a pass-through key: 401.
+    let r = p
+        .http
+        .post(format!("{}/v1/chat/completions", p.base))
+        .bearer_auth(&p.project_key)
+        .header("x-identity", "stored")
+        .json(&chat_body("gpt-4o", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(p.openai.request_count(), 0);
+}

@@ -32,6 +32,14 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(plan_yaml: &str) -> Proxy {
+        Self::start_with(plan_yaml, None).await
+    }
+
+    /// With `enc`, stored provider keys are decrypted and used.
+    pub async fn start_with(
+        plan_yaml: &str,
+        enc: Option<tollgate_proxy::keys::EncryptionKey>,
+    ) -> Proxy {
         let nats = NatsServer::start().await.unwrap();
         let db = testkit::pg::fresh_database().await.unwrap();
         let client = ledger::stream::connect(&nats.url()).await.unwrap();
@@ -69,7 +77,7 @@ impl Proxy {
         let tracker = TaskTracker::new();
         let control = ledger::control::ControlCache::new(db.pool().clone());
         let configs =
-            tollgate_proxy::project_config::ProjectConfigCache::new(db.pool().clone(), None);
+            tollgate_proxy::project_config::ProjectConfigCache::new(db.pool().clone(), enc);
         let state =
             ProxyState::new(gate.clone(), control, configs, tracker.clone(), settings).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
