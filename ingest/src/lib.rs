@@ -9,6 +9,7 @@
 pub mod error;
 pub mod http;
 
+use axum::serve::ListenerExt as _;
 use ledger::control::ControlCache;
 use ledger::Gate;
 use std::net::SocketAddr;
@@ -44,8 +45,16 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener.tap_io(no_delay), router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())
+}
+
+/// Small writes (SSE events, short JSON answers) go out at once: without
+/// TCP_NODELAY, Nagle's algorithm and delayed ACKs hold them for ~40 ms.
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
 }
