@@ -8,14 +8,18 @@
 use crate::projection::LedgerProjection;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
-use futures::StreamExt;
-use projector::consumer::{decode_batch, lock_checkpoint, store_checkpoint, Projection, Raw};
+use projector::consumer::{
+    decode_batch, lock_checkpoint, next_batch, store_checkpoint, Projection, Raw,
+};
 use projector::service::CountersProjection;
 use schemas::subjects;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
-const REPLAY_BATCH: usize = 10_000;
+/// Events per replay transaction step: large, so each counter row is
+/// rewritten once per step rather than once per few events.
+const REPLAY_BATCH: usize = 50_000;
+const REPLAY_WINDOW: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Debug)]
 pub struct ReplayReport {
@@ -58,17 +62,16 @@ pub async fn replay(
             })
             .await
             .context("creating replay consumer")?;
-        let mut chunks = consumer
-            .messages()
-            .await
-            .context("reading the stream")?
-            .ready_chunks(REPLAY_BATCH);
+        let mut messages = consumer.messages().await.context("reading the stream")?;
         let mut seen = 0u64;
         while seen < last {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), chunks.next())
+            let batch = next_batch(&mut messages, REPLAY_BATCH, REPLAY_WINDOW);
+            let chunk = tokio::time::timeout(Duration::from_secs(10), batch)
                 .await
                 .context("stream stalled during replay")?;
-            let Some(chunk) = chunk else { break };
+            if chunk.is_empty() {
+                break;
+            }
             let mut raws = Vec::with_capacity(chunk.len());
             for msg in chunk {
                 let msg = msg.map_err(|e| anyhow::anyhow!("replay read: {e}"))?;

@@ -181,6 +181,36 @@ pub async fn lead(
     }
 }
 
+/// Most events a live consumer applies in one transaction.
+pub const LIVE_BATCH_MAX: usize = 2_000;
+/// How long a live consumer keeps collecting after the first event of a batch:
+/// one transaction for many events instead of one per event under load.
+pub const LIVE_BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// Waits for the next item, then keeps collecting until `max` items or until
+/// `window` has passed since the first (`ready_chunks` would only hand over
+/// what happens to be buffered: often a few events, so a transaction each).
+/// Empty when the stream ended.
+pub async fn next_batch<S: futures::Stream + Unpin>(
+    messages: &mut S,
+    max: usize,
+    window: Duration,
+) -> Vec<S::Item> {
+    let Some(first) = messages.next().await else {
+        return Vec::new();
+    };
+    let mut batch = Vec::with_capacity(max.min(4_096));
+    batch.push(first);
+    let deadline = tokio::time::Instant::now() + window;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(item)) => batch.push(item),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    batch
+}
+
 /// The durable pull consumer of a projection on the ledger stream.
 pub async fn durable_consumer(js: &jetstream::Context, name: &str) -> anyhow::Result<pull::Stream> {
     let stream = js
@@ -244,17 +274,16 @@ async fn run_once(
     let Some(mut lock) = lead(pool, projection.name(), shutdown).await? else {
         return Ok(());
     };
-    let messages = durable_consumer(js, projection.name()).await?;
-    let mut chunks = messages.ready_chunks(2_000);
+    let mut messages = durable_consumer(js, projection.name()).await?;
     let mut lock_checked = std::time::Instant::now();
     loop {
         let chunk = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            chunk = chunks.next() => chunk,
+            chunk = next_batch(&mut messages, LIVE_BATCH_MAX, LIVE_BATCH_WINDOW) => chunk,
         };
-        let Some(chunk) = chunk else {
+        if chunk.is_empty() {
             anyhow::bail!("consumer stream ended")
-        };
+        }
         let mut raws = Vec::with_capacity(chunk.len());
         let mut last = None;
         for msg in chunk {
