@@ -10,12 +10,12 @@
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
+use proxy::server::{ProxyState, Settings};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::mock_providers::{MockBehavior, MockKind, MockProvider};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use proxy::server::{ProxyState, Settings};
 
 const PLAN: &str = r#"
 default_tier: bench
@@ -150,11 +150,7 @@ async fn main() -> anyhow::Result<()> {
     let state = ProxyState::new(gate.clone(), control, configs, tracker.clone(), settings)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy_url = format!("http://{}/v1/chat/completions", listener.local_addr()?);
-    tracker.spawn(proxy::server::serve_on(
-        state,
-        listener,
-        shutdown.clone(),
-    ));
+    tracker.spawn(proxy::server::serve_on(state, listener, shutdown.clone()));
 
     let direct = Target {
         url: format!("{}/chat/completions", mock.base_url()),
