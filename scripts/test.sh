@@ -6,7 +6,7 @@
 #!    free port; TOLLGATE_TEST_DATABASE_URL points the testkit at it (each test
 #!    then creates its own throw-away database there). The cluster is destroyed
 #!    on exit (set TOLLGATE_KEEP_TEST_PG=1 to only stop it and keep the data).
-#! 3. `cargo test --workspace --all-targets` (extra arguments are passed on).
+#! 3. `cargo test --workspace --all-targets --no-fail-fast` (extra arguments are passed on).
 #!    Tests start their own nats-server per test through the testkit.
 #! 4. tests/sdk/run.sh, if it exists.
 #! Exits non-zero if any step fails; steps 3 and 4 both run either way.
@@ -54,7 +54,8 @@ export TOLLGATE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 echo "test.sh: PostgreSQL ready at $TOLLGATE_TEST_DATABASE_URL" >&2
 
 status=0
-cargo test --workspace --all-targets "$@" || status=$?
+# --no-fail-fast: one failing test binary must not hide the others.
+cargo test --workspace --all-targets --no-fail-fast "$@" || status=$?
 
 if [ -f tests/sdk/run.sh ]; then
   bash tests/sdk/run.sh || status=$?

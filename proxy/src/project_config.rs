@@ -385,11 +385,20 @@ mod tests {
                 "{bad:?}"
             );
         }
-        for reserved in ["openai", "anthropic", "gemini", "google", "xai", "custom"] {
+        for reserved in ["google", "custom"] {
             assert!(matches!(
                 validate_custom_provider(reserved, "https://x.y/v1"),
                 Err(ConfigInputError::ReservedProviderName(_))
             ));
+        }
+        // A built-in name points that provider at the project's own base URL.
+        for builtin in ["openai", "anthropic", "gemini", "xai"] {
+            assert_eq!(
+                validate_custom_provider(builtin, "https://x.y/v1")
+                    .unwrap()
+                    .name,
+                builtin
+            );
         }
         for bad in [
             "",
