@@ -6,6 +6,7 @@ use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::Json;
+use schemas::events::UsageRecorded;
 use schemas::Amounts;
 use serde::Deserialize;
 use serde_json::json;
@@ -39,11 +40,20 @@ pub async fn record(
         ));
     }
     let usage_id = body.usage_id.unwrap_or_else(uuid::Uuid::now_v7);
-    let recorded = state
+    let (recorded, limits) = state
         .gate
-        .record_usage(project.project_id, &account, usage_id, model, amounts, rid)
+        .record_usage(
+            project.project_id,
+            &account,
+            &tier,
+            UsageRecorded {
+                usage_id,
+                model,
+                amounts,
+            },
+            rid,
+        )
         .await?;
-    let limits = state.gate.view(project.project_id, &account, &tier).await?;
     Ok(Json(
         json!({"usage_id": usage_id, "recorded": recorded, "replayed": !recorded, "limits": limits}),
     ))

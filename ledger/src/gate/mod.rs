@@ -18,13 +18,12 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use decide::{ReserveDecision, ReserveRequest, SettleDecision, Violation};
 use projector::{AccountState, LimitView, Settlement};
-use schemas::events::{Envelope, Event};
+use schemas::events::{Envelope, Event, UsageRecorded};
 use schemas::plan::Tier;
 use schemas::{subjects, Account, Amounts, EventId, ProjectId, ReservationId, SCHEMA_VERSION};
 use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::Mutex;
-use uuid::Uuid;
 
 /// How many times a decision is retried after losing a race to another process.
 const MAX_ATTEMPTS: usize = 64;
@@ -272,27 +271,37 @@ impl Gate {
     }
 
     /// Records usage that had no hold. Returns false if `usage_id` was recorded before.
+    /// Records usage that had no hold; returns whether it was new (false: `usage_id`
+    /// was recorded before) and the limits view of `tier` after it.
     pub async fn record_usage(
         &self,
         project: ProjectId,
         account: &Account,
-        usage_id: Uuid,
-        model: Option<String>,
-        amounts: Amounts,
+        tier: &Tier,
+        usage: UsageRecorded,
         request_id: Option<String>,
-    ) -> Result<bool, GateError> {
+    ) -> Result<(bool, Vec<LimitView>), GateError> {
+        let tier = tier.clone();
         self.with_account(
             project,
             account,
             request_id,
-            move |state, _| match decide::decide_usage(
+            move |state, now| match decide::decide_usage(
                 state,
-                usage_id,
-                model.clone(),
-                amounts.clone(),
+                usage.usage_id,
+                usage.model.clone(),
+                usage.amounts.clone(),
             ) {
-                Some(event) => Step::Append(event, Box::new(|_: &AccountState| true)),
-                None => Step::Done(false),
+                Some(event) => {
+                    let tier = tier.clone();
+                    Step::Append(
+                        event,
+                        Box::new(move |state: &AccountState| {
+                            (true, decide::views(state, &tier, now))
+                        }),
+                    )
+                }
+                None => Step::DoneIfFresh((false, decide::views(state, &tier, now))),
             },
         )
         .await
