@@ -15,14 +15,16 @@ use crate::ids::{EventId, ProjectId, ReservationId};
 use crate::units::Amounts;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use uuid::Uuid;
 
 /// The version writers stamp on new events.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The ledger key a set of policies is tracked on.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Account {
     /// One end user of a project, as named by `x-identity`.
@@ -44,7 +46,7 @@ pub struct Envelope {
     pub event: Event,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Reserved(Reserved),
@@ -154,5 +156,123 @@ impl Envelope {
         match &self.account {
             Account::Identity { identity } => identity,
         }
+    }
+}
+
+// Decoding of the two internally tagged enums. serde's derived code buffers
+// the whole object into an intermediate tree before it knows the variant
+// (about half of an event's decoding time). Every writer puts the tag first
+// (serde's serializer does), so the fast path reads the tag, then the rest of
+// the object straight into the variant; an object whose tag comes later still
+// decodes, through a `serde_json::Value`.
+
+/// Decodes an internally tagged object whose tag key is `tag`.
+fn decode_tagged<'de, A, T>(
+    mut map: A,
+    tag: &'static str,
+    variant: impl Fn(&str, de::value::MapAccessDeserializer<A>) -> Result<T, A::Error>,
+    from_value: impl Fn(&str, serde_json::Value) -> Result<T, serde_json::Error>,
+) -> Result<T, A::Error>
+where
+    A: MapAccess<'de>,
+{
+    let Some(first) = map.next_key::<Cow<'de, str>>()? else {
+        return Err(de::Error::missing_field(tag));
+    };
+    if first == tag {
+        let name: Cow<'de, str> = map.next_value()?;
+        return variant(&name, de::value::MapAccessDeserializer::new(map));
+    }
+    let mut object = serde_json::Map::new();
+    object.insert(first.into_owned(), map.next_value()?);
+    while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+        object.insert(k, v);
+    }
+    let name = match object.remove(tag) {
+        Some(serde_json::Value::String(name)) => name,
+        Some(_) => return Err(de::Error::custom(format_args!("`{tag}` must be a string"))),
+        None => return Err(de::Error::missing_field(tag)),
+    };
+    from_value(&name, serde_json::Value::Object(object)).map_err(de::Error::custom)
+}
+
+const EVENT_TYPES: &[&str] = &[
+    "reserved",
+    "committed",
+    "released",
+    "expired",
+    "usage_recorded",
+];
+
+macro_rules! event_variant {
+    ($name:expr, $src:expr, $decode:path) => {
+        match $name {
+            "reserved" => $decode($src).map(Event::Reserved),
+            "committed" => $decode($src).map(Event::Committed),
+            "released" => $decode($src).map(Event::Released),
+            "expired" => $decode($src).map(Event::Expired),
+            "usage_recorded" => $decode($src).map(Event::UsageRecorded),
+            other => Err(de::Error::unknown_variant(other, EVENT_TYPES)),
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Event;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event object with a `type`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Event, A::Error> {
+                decode_tagged(
+                    map,
+                    "type",
+                    |name, rest| event_variant!(name, rest, Deserialize::deserialize),
+                    |name, value| event_variant!(name, value, serde_json::from_value),
+                )
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Account {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct IdentityFields {
+            identity: String,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Account;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an account object with a `kind`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Account, A::Error> {
+                decode_tagged(
+                    map,
+                    "kind",
+                    |name, rest| match name {
+                        "identity" => {
+                            IdentityFields::deserialize(rest).map(|f| Account::Identity {
+                                identity: f.identity,
+                            })
+                        }
+                        other => Err(de::Error::unknown_variant(other, &["identity"])),
+                    },
+                    |name, value| match name {
+                        "identity" => serde_json::from_value::<IdentityFields>(value).map(|f| {
+                            Account::Identity {
+                                identity: f.identity,
+                            }
+                        }),
+                        other => Err(de::Error::unknown_variant(other, &["identity"])),
+                    },
+                )
+            }
+        }
+        d.deserialize_map(V)
     }
 }

@@ -82,3 +82,64 @@ fn unknown_fields_are_tolerated_and_newer_versions_refused() {
     v["schema_version"] = serde_json::json!(99);
     assert!(Envelope::from_slice(&serde_json::to_vec(&v).unwrap()).is_err());
 }
+
+/// Moves `key` to the end of a JSON object's text (serde_json keeps keys sorted
+/// in a `Value`, so the reordering is done on the text).
+fn tag_last(object: &serde_json::Value, key: &str) -> String {
+    let map = object.as_object().unwrap();
+    let mut parts: Vec<String> = map
+        .iter()
+        .filter(|(k, _)| k.as_str() != key)
+        .map(|(k, v)| format!("{}:{}", serde_json::json!(k), v))
+        .collect();
+    parts.push(format!("{}:{}", serde_json::json!(key), map[key]));
+    format!("{{{}}}", parts.join(","))
+}
+
+#[test]
+fn tags_are_read_wherever_they_are_in_the_object() {
+    for name in [
+        "reserved",
+        "committed",
+        "released",
+        "expired",
+        "usage_recorded",
+    ] {
+        let text = std::fs::read_to_string(dir(&format!("golden/v1/{name}.json"))).unwrap();
+        let expected = Envelope::from_slice(text.as_bytes()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // Rebuild the envelope text with `event.type` and `account.kind` last.
+        let mut fields: Vec<String> = Vec::new();
+        for (k, val) in v.as_object().unwrap() {
+            let val = match k.as_str() {
+                "event" => tag_last(val, "type"),
+                "account" => tag_last(val, "kind"),
+                _ => val.to_string(),
+            };
+            fields.push(format!("{}:{val}", serde_json::json!(k)));
+        }
+        let reordered = format!("{{{}}}", fields.join(","));
+        assert!(reordered.contains(r#""type":"#) && !reordered.contains(r#"{"type":"#));
+        let decoded = Envelope::from_slice(reordered.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{reordered}"));
+        assert_eq!(decoded, expected, "{name}");
+    }
+}
+
+#[test]
+fn bad_tags_are_refused_with_a_reason() {
+    let text = std::fs::read_to_string(dir("golden/v1/committed.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["event"]["type"] = serde_json::json!("refunded");
+    let err = Envelope::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("refunded"), "{err}");
+    v["event"].as_object_mut().unwrap().remove("type");
+    let err = Envelope::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("type"), "{err}");
+    v["event"]["type"] = serde_json::json!(7);
+    assert!(Envelope::from_slice(&serde_json::to_vec(&v).unwrap()).is_err());
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["account"]["kind"] = serde_json::json!("team");
+    let err = Envelope::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("team"), "{err}");
+}
