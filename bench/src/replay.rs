@@ -1,9 +1,8 @@
 //! Replay speed: N valid events (reserved + committed pairs over many
 //! accounts) are published straight to the ledger stream with many acks in
 //! flight, then `ledger::replay::replay` rebuilds every projection from them.
-//! Reference passes read and decode the same stream without any SQL, and fold
-//! it in memory then write each row once (`replay_ref`), so the reader sees
-//! how the time splits between NATS, the fold and PostgreSQL.
+//! A reference pass reads and decodes the same stream without any SQL
+//! (`replay_ref`), so the reader sees what NATS and decoding alone cost.
 
 use crate::cpu;
 use crate::env;
@@ -31,9 +30,6 @@ pub struct ReplayResult {
     pub replay_cpu: cpu::Usage,
     /// Balances checksum and (reservations, committed) rows, when replay finished.
     pub checksum: Option<(String, i64, i64)>,
-    /// The fold-in-memory-then-write-once reference.
-    pub fold_ref: crate::replay_ref::FoldReport,
-    pub fold_ref_cpu: cpu::Usage,
 }
 
 impl ReplayResult {
@@ -164,16 +160,6 @@ pub async fn run(events: u64, accounts: u64, limit: Duration) -> anyhow::Result<
         }
     };
 
-    eprintln!("replay: reference: fold in memory, write each row once…");
-    let before = cpu::snapshot(&probe);
-    let fold_ref = crate::replay_ref::fold_then_write(&js, db.pool()).await?;
-    let fold_cpu = cpu::usage(&before, &cpu::snapshot(&probe));
-    if fold_ref.events != events {
-        bail!(
-            "the fold reference read {} events, expected {events}",
-            fold_ref.events
-        );
-    }
     client.flush().await.ok();
     drop(nats);
     Ok(ReplayResult {
@@ -187,7 +173,5 @@ pub async fn run(events: u64, accounts: u64, limit: Duration) -> anyhow::Result<
         progress,
         replay_cpu,
         checksum,
-        fold_ref,
-        fold_ref_cpu: fold_cpu,
     })
 }

@@ -181,16 +181,6 @@ pub fn replay(r: &ReplayResult) {
         r.read_only.as_secs_f64(),
         per_sec(r.read_only)
     );
-    let f = &r.fold_ref;
-    let t = f.fold + f.write;
-    println!(
-        "   reference: read, fold in memory, write each row once:    {:>7.1} s = {:>9} events/s ({:.1} s read+fold, {:.1} s writing {} rows)",
-        t.as_secs_f64(),
-        per_sec(t),
-        f.fold.as_secs_f64(),
-        f.write.as_secs_f64(),
-        rate(f.rows as f64)
-    );
     match r.replay {
         Some(t) => println!(
             "   ledger::replay::replay:                                   {:>7.1} s = {:>9} events/s",
@@ -235,7 +225,6 @@ pub fn replay(r: &ReplayResult) {
     );
     for (name, c) in [
         ("read only", &r.read_only_cpu),
-        ("fold, write once", &r.fold_ref_cpu),
         ("ledger::replay::replay", &r.replay_cpu),
     ] {
         println!(

@@ -3,12 +3,16 @@
 //! the ledger's durable consumer through [`projector::consumer::apply_batch`],
 //! so each event takes effect exactly once.
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use projector::consumer::{Decoded, Projection};
+use projector::copy::CopyRows;
 use projector::deltas::balance_deltas;
+use projector::rebuild::Accounts;
 use rust_decimal::Decimal;
-use schemas::events::Event;
+use schemas::events::{Envelope, Event};
 use schemas::subjects::{account_token, LEDGER_CONSUMER};
+use schemas::{Amounts, Unit};
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -217,4 +221,169 @@ impl Projection for LedgerProjection {
             Ok(())
         })
     }
+}
+
+/// The ledger projection rebuilt in memory for `tollgate replay`: a
+/// reservation's row is written once, when it is settled (or at the end while
+/// still open); balances are summed and written at the end.
+#[derive(Default)]
+pub struct LedgerRebuild {
+    open: HashMap<(Uuid, Uuid), OpenRow>,
+    /// Settled reservations: a later event for one of them changes nothing,
+    /// as the live projection's `status = 'open'` condition ensures.
+    settled: std::collections::HashSet<(Uuid, Uuid)>,
+    balances: HashMap<(u32, Unit), [Decimal; 3]>,
+    /// Rows of settled reservations not yet handed to COPY.
+    pub final_rows: CopyRows,
+}
+
+struct OpenRow {
+    account: u32,
+    model: Option<String>,
+    tier: Option<String>,
+    held: Amounts,
+    reserved_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    reserved_seq: u64,
+}
+
+pub const RESERVATION_COLUMNS: &str = "project_id, reservation_id, account_token, identity, model, tier, status, held, actual, overage, reason, reserved_at, expires_at, settled_at, reserved_seq, settled_seq";
+pub const BALANCE_COLUMNS: &str =
+    "project_id, account_token, identity, unit, committed, held, overage";
+
+/// How a reservation was settled, for its row.
+struct Settled<'a> {
+    status: &'static str,
+    actual: Option<&'a Amounts>,
+    overage: Option<&'a Amounts>,
+    reason: Option<&'a str>,
+    at: DateTime<Utc>,
+    seq: u64,
+}
+
+impl LedgerRebuild {
+    /// Folds one event (stream order) of account `account`.
+    pub fn add(&mut self, accounts: &Accounts, account: u32, seq: u64, env: &Envelope) {
+        for (unit, d) in balance_deltas(env) {
+            let b = self.balances.entry((account, unit)).or_default();
+            b[0] += d.committed;
+            b[1] += d.held;
+            b[2] += d.overage;
+        }
+        let project = env.project_id.0;
+        let (hold, settled) = match &env.event {
+            Event::Reserved(r) => {
+                let key = (project, r.reservation_id.0);
+                if !self.settled.contains(&key) {
+                    self.open.entry(key).or_insert_with(|| OpenRow {
+                        account,
+                        model: r.model.clone(),
+                        tier: r.tier.clone(),
+                        held: r.amounts.clone(),
+                        reserved_at: env.occurred_at,
+                        expires_at: r.expires_at,
+                        reserved_seq: seq,
+                    });
+                }
+                return;
+            }
+            Event::UsageRecorded(_) => return,
+            Event::Committed(c) => (
+                &c.hold,
+                Settled {
+                    status: "committed",
+                    actual: Some(&c.actual),
+                    overage: Some(&c.overage),
+                    reason: None,
+                    at: env.occurred_at,
+                    seq,
+                },
+            ),
+            Event::Released(x) => (
+                &x.hold,
+                Settled {
+                    status: "released",
+                    actual: None,
+                    overage: None,
+                    reason: x.reason.as_deref(),
+                    at: env.occurred_at,
+                    seq,
+                },
+            ),
+            Event::Expired(x) => (
+                &x.hold,
+                Settled {
+                    status: "expired",
+                    actual: None,
+                    overage: None,
+                    reason: Some("expired"),
+                    at: env.occurred_at,
+                    seq,
+                },
+            ),
+        };
+        let key = (project, hold.reservation_id.0);
+        if let Some(row) = self.open.remove(&key) {
+            self.settled.insert(key);
+            write_reservation(&mut self.final_rows, accounts, key.1, &row, Some(settled));
+        }
+    }
+
+    /// The open reservations' rows and every balance row, in COPY text format.
+    pub fn finish(mut self, accounts: &Accounts) -> (CopyRows, CopyRows) {
+        let mut open = std::mem::take(&mut self.final_rows);
+        for ((_, id), row) in &self.open {
+            write_reservation(&mut open, accounts, *id, row, None);
+        }
+        let mut balances = CopyRows::new();
+        for ((account, unit), [committed, held, overage]) in self.balances {
+            let a = accounts.get(account);
+            balances
+                .display(a.project)
+                .text(&a.token)
+                .text(&a.identity)
+                .text(unit.as_str())
+                .display(committed)
+                .display(held)
+                .display(overage);
+            balances.end_row();
+        }
+        (open, balances)
+    }
+}
+
+fn write_reservation(
+    rows: &mut CopyRows,
+    accounts: &Accounts,
+    id: Uuid,
+    row: &OpenRow,
+    settled: Option<Settled<'_>>,
+) {
+    let a = accounts.get(row.account);
+    rows.display(a.project)
+        .display(id)
+        .text(&a.token)
+        .text(&a.identity)
+        .opt_text(row.model.as_deref())
+        .opt_text(row.tier.as_deref())
+        .text(settled.as_ref().map_or("open", |s| s.status))
+        .json(&row.held);
+    match &settled.as_ref().and_then(|s| s.actual) {
+        Some(actual) => rows.json(actual),
+        None => rows.null(),
+    };
+    match &settled.as_ref().and_then(|s| s.overage) {
+        Some(overage) => rows.json(overage),
+        None => rows.null(),
+    };
+    rows.opt_text(settled.as_ref().and_then(|s| s.reason))
+        .timestamp(row.reserved_at)
+        .timestamp(row.expires_at)
+        .opt_timestamp(settled.as_ref().map(|s| s.at))
+        .display(row.reserved_seq);
+    match settled {
+        Some(s) => rows.display(s.seq),
+        None => rows.null(),
+    };
+    rows.end_row();
 }

@@ -2,24 +2,33 @@
 //!
 //! Runs in one PostgreSQL transaction that first locks every projection's
 //! checkpoint row, so live consumers wait, then sees the tables swap from the
-//! old contents to the rebuilt ones at commit. Events are read with an
-//! ordered consumer and applied in large batches.
+//! old contents to the rebuilt ones at commit. Three stages run at once: a
+//! reader takes the stream with an ordered consumer, a folder decodes and
+//! folds it in memory on a blocking thread, and the writer streams each
+//! reservation row into `COPY` as soon as it is final (settled); balances,
+//! counters and still-open reservations are copied at the end. Every row is
+//! written once, so the cost is linear in the stream and mostly overlapped.
 
-use crate::projection::LedgerProjection;
+use crate::projection::{LedgerProjection, LedgerRebuild, BALANCE_COLUMNS, RESERVATION_COLUMNS};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull};
-use projector::consumer::{
-    decode_batch, lock_checkpoint, next_batch, store_checkpoint, Projection, Raw,
-};
+use futures::{FutureExt as _, StreamExt as _};
+use projector::consumer::{lock_checkpoint, store_checkpoint, Projection};
+use projector::copy::copy_into;
+use projector::rebuild::{Accounts, CountersRebuild, COUNTER_COLUMNS};
 use projector::service::CountersProjection;
+use schemas::events::Envelope;
 use schemas::subjects;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
-/// Events per replay transaction step: large, so each counter row is
-/// rewritten once per step rather than once per few events.
-const REPLAY_BATCH: usize = 50_000;
-const REPLAY_WINDOW: Duration = Duration::from_millis(200);
+/// Messages the reader hands over at a time.
+const READ_CHUNK: usize = 4_096;
+/// Bytes of reservation rows the folder collects before handing them to COPY.
+const COPY_CHUNK: usize = 1 << 20;
+/// A stream that sends nothing for this long while events are missing has stalled.
+const STALL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct ReplayReport {
@@ -32,7 +41,32 @@ pub fn all_projections() -> Vec<Box<dyn Projection>> {
     vec![Box::new(LedgerProjection), Box::new(CountersProjection)]
 }
 
-/// Rebuilds all projections; `progress(done, total)` is called after each batch.
+/// One message as read.
+struct Raw {
+    seq: u64,
+    subject: async_nats::Subject,
+    payload: bytes::Bytes,
+}
+
+/// What the folder sends the writer.
+enum Folded {
+    /// Rows of settled reservations (COPY text), and events folded so far.
+    Rows(Vec<u8>, u64),
+    Progress(u64),
+}
+
+/// What the folder has at the end.
+struct FoldEnd {
+    events: u64,
+    /// Open reservations, balances and counters (COPY text).
+    open_reservations: Vec<u8>,
+    balances: Vec<u8>,
+    counters: Vec<u8>,
+    /// (seq, subject, error) of messages that are not events.
+    undecodable: Vec<(u64, String, String)>,
+}
+
+/// Rebuilds all projections; `progress(done, total)` is called as it goes.
 pub async fn replay(
     js: &jetstream::Context,
     pool: &PgPool,
@@ -62,39 +96,53 @@ pub async fn replay(
             })
             .await
             .context("creating replay consumer")?;
-        let mut messages = consumer.messages().await.context("reading the stream")?;
-        let mut seen = 0u64;
-        while seen < last {
-            let batch = next_batch(&mut messages, REPLAY_BATCH, REPLAY_WINDOW);
-            let chunk = tokio::time::timeout(Duration::from_secs(10), batch)
-                .await
-                .context("stream stalled during replay")?;
-            if chunk.is_empty() {
-                break;
-            }
-            let mut raws = Vec::with_capacity(chunk.len());
-            for msg in chunk {
-                let msg = msg.map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
-                let seq = msg
-                    .info()
-                    .map_err(|e| anyhow::anyhow!("message info: {e}"))?
-                    .stream_sequence;
-                if seq <= last {
-                    raws.push(Raw {
-                        seq,
-                        subject: msg.subject.to_string(),
-                        payload: msg.payload.clone(),
-                    });
+        let messages = consumer.messages().await.context("reading the stream")?;
+        let (raw_tx, raw_rx) = mpsc::channel(8);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let reader = tokio::spawn(read(messages, last, raw_tx));
+        let folder = tokio::task::spawn_blocking(move || fold(raw_rx, out_tx));
+
+        let mut copy = tx
+            .copy_in_raw(&format!(
+                "COPY reservations ({RESERVATION_COLUMNS}) FROM STDIN"
+            ))
+            .await?;
+        while let Some(folded) = out_rx.recv().await {
+            match folded {
+                Folded::Rows(rows, events) => {
+                    copy.send(rows).await?;
+                    progress(events, total);
                 }
-                seen = seen.max(seq);
+                Folded::Progress(events) => progress(events, total),
             }
-            for p in &projections {
-                let batch = decode_batch(&mut tx, p.name(), &raws, 0).await?;
-                p.apply(&mut tx, &batch).await?;
-            }
-            done += raws.len() as u64;
-            progress(done, total);
         }
+        // The folder is done (its sender is gone): a failed read must not
+        // commit a partial rebuild.
+        reader.await.context("replay reader")??;
+        let end = folder.await.context("replay folder")?;
+        copy.send(end.open_reservations).await?;
+        copy.finish().await?;
+        copy_into(&mut tx, "account_balances", BALANCE_COLUMNS, end.balances).await?;
+        copy_into(&mut tx, "usage_counters", COUNTER_COLUMNS, end.counters).await?;
+        for (seq, subject, error) in &end.undecodable {
+            tracing::error!(
+                seq,
+                subject,
+                error,
+                "undecodable event recorded as dead letter and skipped"
+            );
+            for p in &projections {
+                sqlx::query("INSERT INTO dead_letters (projection, seq, subject, error) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                    .bind(p.name())
+                    .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
+                    .bind(subject)
+                    .bind(error)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        done = end.events;
+        progress(done, total);
     }
     for p in &projections {
         store_checkpoint(&mut tx, p.name(), last).await?;
@@ -104,4 +152,90 @@ pub async fn replay(
         events: done,
         elapsed: started.elapsed(),
     })
+}
+
+/// Reads every message up to `last` and hands them over in chunks.
+async fn read(
+    mut messages: pull::Ordered,
+    last: u64,
+    out: mpsc::Sender<Vec<Raw>>,
+) -> anyhow::Result<()> {
+    let mut seen = 0u64;
+    let mut chunk = Vec::with_capacity(READ_CHUNK);
+    while seen < last {
+        // Hand over what is there before waiting for more.
+        let msg = match messages.next().now_or_never() {
+            Some(msg) => msg,
+            None => {
+                if !chunk.is_empty() && out.send(std::mem::take(&mut chunk)).await.is_err() {
+                    return Ok(());
+                }
+                tokio::time::timeout(STALL, messages.next())
+                    .await
+                    .context("stream stalled during replay")?
+            }
+        };
+        let Some(msg) = msg else { break };
+        let msg = msg.map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
+        let seq = msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("message info: {e}"))?
+            .stream_sequence;
+        seen = seen.max(seq);
+        if seq <= last {
+            chunk.push(Raw {
+                seq,
+                subject: msg.subject.clone(),
+                payload: msg.payload.clone(),
+            });
+        }
+        if chunk.len() >= READ_CHUNK && out.send(std::mem::take(&mut chunk)).await.is_err() {
+            return Ok(());
+        }
+    }
+    if seen < last {
+        anyhow::bail!("the stream ended at sequence {seen} before {last}");
+    }
+    if !chunk.is_empty() {
+        let _ = out.send(chunk).await;
+    }
+    Ok(())
+}
+
+/// Decodes and folds every event (on a blocking thread).
+fn fold(mut input: mpsc::Receiver<Vec<Raw>>, out: mpsc::Sender<Folded>) -> FoldEnd {
+    let mut accounts = Accounts::default();
+    let mut ledger = LedgerRebuild::default();
+    let mut counters = CountersRebuild::default();
+    let mut undecodable = Vec::new();
+    let mut events = 0u64;
+    while let Some(chunk) = input.blocking_recv() {
+        for raw in chunk {
+            match Envelope::from_slice(&raw.payload) {
+                Ok(env) => {
+                    let account = accounts.id(&env);
+                    ledger.add(&accounts, account, raw.seq, &env);
+                    counters.add(account, &env);
+                    events += 1;
+                }
+                Err(err) => undecodable.push((raw.seq, raw.subject.to_string(), err.to_string())),
+            }
+        }
+        let sent = if ledger.final_rows.len_bytes() >= COPY_CHUNK {
+            out.blocking_send(Folded::Rows(ledger.final_rows.take(), events))
+        } else {
+            out.blocking_send(Folded::Progress(events))
+        };
+        if sent.is_err() {
+            break; // the writer failed; it reports why
+        }
+    }
+    let (mut open, mut balances) = ledger.finish(&accounts);
+    FoldEnd {
+        events,
+        open_reservations: open.take(),
+        balances: balances.take(),
+        counters: counters.finish(&accounts).take(),
+        undecodable,
+    }
 }

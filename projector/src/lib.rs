@@ -6,8 +6,10 @@
 //! PostgreSQL tables for reporting, exactly once per stream sequence.
 
 pub mod consumer;
+pub mod copy;
 pub mod deltas;
 pub mod fold;
+pub mod rebuild;
 pub mod service;
 pub mod view;
 
