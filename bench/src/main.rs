@@ -16,7 +16,7 @@ mod suite;
 
 use clap::{Args, Parser, Subcommand};
 
-#[cfg(feature = "mimalloc")]
+/// The allocator `tollgate` uses (src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

