@@ -84,6 +84,17 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     migrate(&pool).await?;
     let client = ledger::stream::connect(&config.nats_url).await?;
     let gate = Gate::new(client.clone(), Arc::new(SystemClock), Some(pool.clone())).await?;
+    // The projection consumers pull batches of thousands of events: on their
+    // own connection, so the gate's publish acks never queue behind them.
+    let consumers_js = if config.services.contains(&Service::Ledger)
+        || config.services.contains(&Service::Projector)
+    {
+        Some(ledger::stream::jetstream(
+            ledger::stream::connect(&config.nats_url).await?,
+        ))
+    } else {
+        None
+    };
     let tracker = TaskTracker::new();
     for service in &config.services {
         match service {
@@ -111,7 +122,10 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
                 });
             }
             Service::Ledger => {
-                let (js, pool2, token) = (gate.jetstream().clone(), pool.clone(), shutdown.clone());
+                let js = consumers_js
+                    .clone()
+                    .unwrap_or_else(|| gate.jetstream().clone());
+                let (pool2, token) = (pool.clone(), shutdown.clone());
                 tracker.spawn(async move {
                     if let Err(e) = projector::consumer::run(
                         js,
@@ -164,7 +178,10 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
                 });
             }
             Service::Projector => {
-                let (js, pool2, token) = (gate.jetstream().clone(), pool.clone(), shutdown.clone());
+                let js = consumers_js
+                    .clone()
+                    .unwrap_or_else(|| gate.jetstream().clone());
+                let (pool2, token) = (pool.clone(), shutdown.clone());
                 tracker.spawn(async move {
                     if let Err(e) =
                         projector::consumer::run(js, pool2, &CountersProjection, token).await

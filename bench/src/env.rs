@@ -178,8 +178,10 @@ async fn run_services(
     if !consumers {
         return Ok(tracker);
     }
+    // Own connection for the consumers, as `services::run` does.
+    let consumers_js = ledger::stream::jetstream(ledger::stream::connect(nats_url).await?);
     for projection in ledger::replay::all_projections() {
-        let (js, pool, token) = (gate.jetstream().clone(), pool.clone(), shutdown.clone());
+        let (js, pool, token) = (consumers_js.clone(), pool.clone(), shutdown.clone());
         tracker.spawn(async move {
             if let Err(e) = projector::consumer::run(js, pool, projection.as_ref(), token).await {
                 eprintln!("consumer {} stopped: {e:#}", projection.name());

@@ -26,97 +26,216 @@ fn json(v: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// Columns of new `reservations` rows, for one UNNEST insert.
-#[derive(Default)]
-struct ReservedRows {
-    project: Vec<Uuid>,
-    id: Vec<Uuid>,
-    token: Vec<String>,
-    identity: Vec<String>,
-    model: Vec<Option<String>>,
-    tier: Vec<Option<String>>,
-    held: Vec<serde_json::Value>,
+/// How a reservation was settled, as its row records it.
+#[derive(Clone)]
+struct Settlement {
+    status: &'static str,
+    actual: Option<serde_json::Value>,
+    overage: Option<serde_json::Value>,
+    reason: Option<String>,
+    at: chrono::DateTime<chrono::Utc>,
+    seq: i64,
 }
 
-async fn insert_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Result<()> {
-    let mut cols = ReservedRows::default();
-    let (mut at, mut exp, mut seq) = (Vec::new(), Vec::new(), Vec::new());
+fn settlement(d: &Decoded) -> Option<(Uuid, Settlement)> {
+    let env = &d.envelope;
+    let (hold, status, actual, overage, reason) = match &env.event {
+        Event::Committed(c) => (
+            &c.hold,
+            "committed",
+            Some(json(&c.actual)),
+            Some(json(&c.overage)),
+            None,
+        ),
+        Event::Released(x) => (&x.hold, "released", None, None, x.reason.clone()),
+        Event::Expired(x) => (&x.hold, "expired", None, None, Some("expired".to_owned())),
+        Event::Reserved(_) | Event::UsageRecorded(_) => return None,
+    };
+    Some((
+        hold.reservation_id.0,
+        Settlement {
+            status,
+            actual,
+            overage,
+            reason,
+            at: env.occurred_at,
+            seq: i64::try_from(d.seq).unwrap_or(i64::MAX),
+        },
+    ))
+}
+
+/// A reservation first reserved in this batch, settled in it or not.
+struct NewRow<'a> {
+    env: &'a Envelope,
+    reserved: &'a schemas::events::Reserved,
+    seq: i64,
+    settled: Option<Settlement>,
+}
+
+/// Applies a batch's reservation events with one INSERT and at most one
+/// UPDATE. Under load a hold is usually reserved and settled within one
+/// batch; folding the batch first writes such a row once, already settled,
+/// instead of inserting it and then updating it. The outcome is the same as
+/// applying the events one by one: the first `reserved` of an id creates its
+/// row, and only the first settlement of an open row counts.
+async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Result<()> {
+    let mut new_rows: Vec<NewRow<'_>> = Vec::new();
+    let mut new_index: HashMap<(Uuid, Uuid), usize> = HashMap::new();
+    // Settlements of rows from earlier batches: the first per id.
+    let mut updates: Vec<((Uuid, Uuid), Settlement)> = Vec::new();
+    let mut updated: std::collections::HashSet<(Uuid, Uuid)> = std::collections::HashSet::new();
     for d in batch {
-        let env = &d.envelope;
-        if let Event::Reserved(r) = &env.event {
-            cols.project.push(env.project_id.0);
-            cols.id.push(r.reservation_id.0);
-            cols.token.push(account_token(env.project_id, &env.account));
-            cols.identity.push(env.identity().to_owned());
-            cols.model.push(r.model.clone());
-            cols.tier.push(r.tier.clone());
-            cols.held.push(json(&r.amounts));
-            at.push(env.occurred_at);
-            exp.push(r.expires_at);
-            seq.push(i64::try_from(d.seq).unwrap_or(i64::MAX));
+        let project = d.envelope.project_id.0;
+        if let Event::Reserved(r) = &d.envelope.event {
+            let key = (project, r.reservation_id.0);
+            if !new_index.contains_key(&key) {
+                new_index.insert(key, new_rows.len());
+                new_rows.push(NewRow {
+                    env: &d.envelope,
+                    reserved: r,
+                    seq: i64::try_from(d.seq).unwrap_or(i64::MAX),
+                    settled: None,
+                });
+            }
+            continue;
+        }
+        let Some((id, settled)) = settlement(d) else {
+            continue;
+        };
+        let key = (project, id);
+        match new_index.get(&key) {
+            Some(&i) => {
+                if new_rows[i].settled.is_none() {
+                    new_rows[i].settled = Some(settled);
+                }
+            }
+            None => {
+                if updated.insert(key) {
+                    updates.push((key, settled));
+                }
+            }
         }
     }
-    if cols.project.is_empty() {
+    // Settlements of earlier rows first: a `reserved` later in the batch
+    // must not be what they settle.
+    settle_rows(conn, updates).await?;
+    if new_rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO reservations (project_id, reservation_id, account_token, identity, model, tier, held, reserved_at, expires_at, reserved_seq, status)
-         SELECT p, r, a, i, m, t, h, ra, ea, s, 'open'
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::timestamptz[], $9::timestamptz[], $10::int8[])
-              AS u(p, r, a, i, m, t, h, ra, ea, s)
-         ON CONFLICT (project_id, reservation_id) DO NOTHING",
-    )
-    .bind(cols.project)
-    .bind(cols.id)
-    .bind(cols.token)
-    .bind(cols.identity)
-    .bind(cols.model)
-    .bind(cols.tier)
-    .bind(cols.held)
-    .bind(at)
-    .bind(exp)
-    .bind(seq)
-    .execute(&mut *conn)
-    .await?;
+    let inserted: Vec<(Uuid, Uuid)> = insert_rows(conn, &new_rows).await?;
+    if inserted.len() < new_rows.len() {
+        // An id that already had a row (a repeated `reserved`): its
+        // settlement in this batch applies to that row, if still open.
+        let inserted: std::collections::HashSet<(Uuid, Uuid)> = inserted.into_iter().collect();
+        let late: Vec<_> = new_rows
+            .iter()
+            .filter_map(|row| {
+                let key = (row.env.project_id.0, row.reserved.reservation_id.0);
+                match (&row.settled, inserted.contains(&key)) {
+                    (Some(settled), false) => Some((key, settled.clone())),
+                    _ => None,
+                }
+            })
+            .collect();
+        settle_rows(conn, late).await?;
+    }
     Ok(())
 }
 
-async fn settle_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Result<()> {
-    let (mut p, mut r, mut status, mut actual, mut overage, mut reason, mut at, mut seq) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for d in batch {
-        let env = &d.envelope;
-        let (hold, st, act, over, why) = match &env.event {
-            Event::Committed(c) => (
-                &c.hold,
-                "committed",
-                Some(json(&c.actual)),
-                Some(json(&c.overage)),
-                None,
-            ),
-            Event::Released(x) => (&x.hold, "released", None, None, x.reason.clone()),
-            Event::Expired(x) => (&x.hold, "expired", None, None, Some("expired".to_owned())),
-            Event::Reserved(_) | Event::UsageRecorded(_) => continue,
-        };
-        p.push(env.project_id.0);
-        r.push(hold.reservation_id.0);
-        status.push(st.to_owned());
-        actual.push(act);
-        overage.push(over);
-        reason.push(why);
-        at.push(env.occurred_at);
-        seq.push(i64::try_from(d.seq).unwrap_or(i64::MAX));
+async fn insert_rows(
+    conn: &mut PgConnection,
+    rows: &[NewRow<'_>],
+) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
+    let n = rows.len();
+    let mut project = Vec::with_capacity(n);
+    let mut id = Vec::with_capacity(n);
+    let mut token = Vec::with_capacity(n);
+    let mut identity = Vec::with_capacity(n);
+    let mut model = Vec::with_capacity(n);
+    let mut tier = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut held = Vec::with_capacity(n);
+    let mut actual = Vec::with_capacity(n);
+    let mut overage = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
+    let mut reserved_at = Vec::with_capacity(n);
+    let mut expires_at = Vec::with_capacity(n);
+    let mut settled_at = Vec::with_capacity(n);
+    let mut reserved_seq = Vec::with_capacity(n);
+    let mut settled_seq = Vec::with_capacity(n);
+    for row in rows {
+        let (env, r) = (row.env, row.reserved);
+        project.push(env.project_id.0);
+        id.push(r.reservation_id.0);
+        token.push(account_token(env.project_id, &env.account));
+        identity.push(env.identity().to_owned());
+        model.push(r.model.clone());
+        tier.push(r.tier.clone());
+        held.push(json(&r.amounts));
+        reserved_at.push(env.occurred_at);
+        expires_at.push(r.expires_at);
+        reserved_seq.push(row.seq);
+        let s = row.settled.as_ref();
+        status.push(s.map_or("open", |s| s.status).to_owned());
+        actual.push(s.and_then(|s| s.actual.clone()));
+        overage.push(s.and_then(|s| s.overage.clone()));
+        reason.push(s.and_then(|s| s.reason.clone()));
+        settled_at.push(s.map(|s| s.at));
+        settled_seq.push(s.map(|s| s.seq));
     }
-    if p.is_empty() {
+    sqlx::query_as(
+        "INSERT INTO reservations (project_id, reservation_id, account_token, identity, model, tier, status, held, actual, overage, reason, reserved_at, expires_at, settled_at, reserved_seq, settled_seq)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::int8[], $16::int8[])
+         ON CONFLICT (project_id, reservation_id) DO NOTHING
+         RETURNING project_id, reservation_id",
+    )
+    .bind(project)
+    .bind(id)
+    .bind(token)
+    .bind(identity)
+    .bind(model)
+    .bind(tier)
+    .bind(status)
+    .bind(held)
+    .bind(actual)
+    .bind(overage)
+    .bind(reason)
+    .bind(reserved_at)
+    .bind(expires_at)
+    .bind(settled_at)
+    .bind(reserved_seq)
+    .bind(settled_seq)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+async fn settle_rows(
+    conn: &mut PgConnection,
+    updates: Vec<((Uuid, Uuid), Settlement)>,
+) -> sqlx::Result<()> {
+    if updates.is_empty() {
         return Ok(());
+    }
+    let n = updates.len();
+    let (mut p, mut r, mut status, mut actual, mut overage, mut reason, mut at, mut seq) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((project, id), s) in updates {
+        p.push(project);
+        r.push(id);
+        status.push(s.status.to_owned());
+        actual.push(s.actual);
+        overage.push(s.overage);
+        reason.push(s.reason);
+        at.push(s.at);
+        seq.push(s.seq);
     }
     sqlx::query(
         "UPDATE reservations r SET status = u.st, actual = u.act, overage = u.ov, reason = u.why, settled_at = u.at, settled_seq = u.s
@@ -206,9 +325,7 @@ impl Projection for LedgerProjection {
         batch: &'a [Decoded],
     ) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(async move {
-            // Inserts first, so a hold reserved and settled within one batch is settled.
-            insert_reservations(conn, batch).await?;
-            settle_reservations(conn, batch).await?;
+            write_reservations(conn, batch).await?;
             update_balances(conn, batch).await
         })
     }

@@ -182,10 +182,14 @@ pub async fn lead(
 }
 
 /// Most events a live consumer applies in one transaction.
-pub const LIVE_BATCH_MAX: usize = 2_000;
+pub const LIVE_BATCH_MAX: usize = 5_000;
 /// How long a live consumer keeps collecting after the first event of a batch:
-/// one transaction for many events instead of one per event under load.
-pub const LIVE_BATCH_WINDOW: Duration = Duration::from_millis(20);
+/// one transaction for many events instead of one per event under load. Each
+/// batch rewrites every counter row its accounts touched (6 windows × units
+/// each), so the window sets PostgreSQL's load under many active accounts;
+/// the reporting tables lag by at most about this much (enforcement does not
+/// read them).
+pub const LIVE_BATCH_WINDOW: Duration = Duration::from_millis(100);
 
 /// Waits for the next item, then keeps collecting until `max` items or until
 /// `window` has passed since the first (`ready_chunks` would only hand over
