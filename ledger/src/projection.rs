@@ -88,8 +88,8 @@ async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx:
         let project = d.envelope.project_id.0;
         if let Event::Reserved(r) = &d.envelope.event {
             let key = (project, r.reservation_id.0);
-            if !new_index.contains_key(&key) {
-                new_index.insert(key, new_rows.len());
+            if let std::collections::hash_map::Entry::Vacant(slot) = new_index.entry(key) {
+                slot.insert(new_rows.len());
                 new_rows.push(NewRow {
                     env: &d.envelope,
                     reserved: r,
