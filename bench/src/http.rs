@@ -26,25 +26,37 @@ pub fn commit_body() -> String {
     json!({"amounts": {"tokens": 420, "usd": "0.0042"}}).to_string()
 }
 
-/// One keep-alive connection per worker.
-pub fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .http1_only()
-        .build()?)
-}
-
 #[derive(Deserialize)]
 struct Reserved {
     reservation_id: String,
 }
 
-/// A client reserving then committing for its own identity.
+/// A keep-alive HTTP/1.1 connection of one load-generator worker.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> anyhow::Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn { sender })
+    }
+}
+
+/// A client reserving then committing for its own identity, on its own
+/// connection (opened on first use, on the load generator's runtime).
 pub struct IngestPair {
-    http: reqwest::Client,
-    reservations: String,
-    auth: String,
+    addr: String,
+    conn: Option<Conn>,
+    auth: axum::http::HeaderValue,
     reserve: Bytes,
     commit: Bytes,
     pending: Option<String>,
@@ -53,28 +65,41 @@ pub struct IngestPair {
 impl IngestPair {
     pub fn new(base: &str, secret: &str, identity: &str) -> anyhow::Result<IngestPair> {
         Ok(IngestPair {
-            http: client()?,
-            reservations: format!("{base}/v1/reservations"),
-            auth: format!("Bearer {secret}"),
+            addr: base
+                .strip_prefix("http://")
+                .context("the bench talks plain http")?
+                .trim_end_matches('/')
+                .to_owned(),
+            conn: None,
+            auth: format!("Bearer {secret}").parse()?,
             reserve: Bytes::from(reserve_body(identity)),
             commit: Bytes::from(commit_body()),
             pending: None,
         })
     }
 
-    async fn post(&self, url: &str, body: Bytes) -> anyhow::Result<Bytes> {
-        let response = self
-            .http
-            .post(url)
-            .header(AUTHORIZATION, &self.auth)
+    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
+        use http_body_util::BodyExt as _;
+        if self.conn.is_none() {
+            self.conn = Some(Conn::open(&self.addr).await?);
+        }
+        let conn = self.conn.as_mut().context("connection")?;
+        let request = axum::http::Request::post(path)
+            .header(axum::http::header::HOST, self.addr.as_str())
+            .header(AUTHORIZATION, self.auth.clone())
             .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
+            .body(http_body_util::Full::new(body))?;
+        let response = match conn.sender.send_request(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.conn = None; // reconnect on the next call
+                return Err(e.into());
+            }
+        };
         let status = response.status();
-        let bytes = response.bytes().await?;
+        let bytes = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            bail!("{url}: {status}: {}", String::from_utf8_lossy(&bytes));
+            bail!("{path}: {status}: {}", String::from_utf8_lossy(&bytes));
         }
         Ok(bytes)
     }
@@ -82,7 +107,7 @@ impl IngestPair {
 
 impl Pair for IngestPair {
     async fn first(&mut self) -> anyhow::Result<()> {
-        let bytes = self.post(&self.reservations, self.reserve.clone()).await?;
+        let bytes = self.post("/v1/reservations", self.reserve.clone()).await?;
         let r: Reserved = serde_json::from_slice(&bytes).context("reserve response")?;
         self.pending = Some(r.reservation_id);
         Ok(())
@@ -90,8 +115,9 @@ impl Pair for IngestPair {
 
     async fn second(&mut self) -> anyhow::Result<()> {
         let id = self.pending.take().context("no reservation to commit")?;
-        let url = format!("{}/{id}/commit", self.reservations);
-        self.post(&url, self.commit.clone()).await?;
+        let path = format!("/v1/reservations/{id}/commit");
+        let body = self.commit.clone();
+        self.post(&path, body).await?;
         Ok(())
     }
 }
@@ -125,7 +151,8 @@ pub async fn serve_empty(
 /// One real reserve + commit, returning the reserve response body.
 pub async fn sample_response(base: &str, secret: &str) -> anyhow::Result<Bytes> {
     let mut pair = IngestPair::new(base, secret, "bench-sample")?;
-    let bytes = pair.post(&pair.reservations, pair.reserve.clone()).await?;
+    let body = pair.reserve.clone();
+    let bytes = pair.post("/v1/reservations", body).await?;
     let r: Reserved = serde_json::from_slice(&bytes)?;
     pair.pending = Some(r.reservation_id);
     pair.second().await?;

@@ -183,45 +183,24 @@ pub async fn lead(
 
 /// Most events a live consumer applies in one transaction.
 pub const LIVE_BATCH_MAX: usize = 5_000;
-/// How long a live consumer keeps collecting after the first event of a batch:
-/// one transaction for many events instead of one per event under load. Each
-/// batch rewrites every counter row its accounts touched (6 windows × units
-/// each), so the window sets PostgreSQL's load under many active accounts;
-/// the reporting tables lag by at most about this much (enforcement does not
-/// read them).
+/// How long a live consumer waits before fetching again after a batch that
+/// was not full. Events accumulate on the server meanwhile and arrive in one
+/// burst per fetch, so under load the consumer wakes (and PostgreSQL commits)
+/// once per window instead of once per event, and each batch rewrites every
+/// counter row its accounts touched (6 windows × units) only once. The
+/// reporting tables lag by about this much; enforcement never reads them.
 pub const LIVE_BATCH_WINDOW: Duration = Duration::from_millis(100);
 
-/// Waits for the next item, then keeps collecting until `max` items or until
-/// `window` has passed since the first (`ready_chunks` would only hand over
-/// what happens to be buffered: often a few events, so a transaction each).
-/// Empty when the stream ended.
-pub async fn next_batch<S: futures::Stream + Unpin>(
-    messages: &mut S,
-    max: usize,
-    window: Duration,
-) -> Vec<S::Item> {
-    let Some(first) = messages.next().await else {
-        return Vec::new();
-    };
-    let mut batch = Vec::with_capacity(max.min(4_096));
-    batch.push(first);
-    let deadline = tokio::time::Instant::now() + window;
-    while batch.len() < max {
-        match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(item)) => batch.push(item),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    batch
-}
-
 /// The durable pull consumer of a projection on the ledger stream.
-pub async fn durable_consumer(js: &jetstream::Context, name: &str) -> anyhow::Result<pull::Stream> {
+pub async fn durable_consumer(
+    js: &jetstream::Context,
+    name: &str,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
     let stream = js
         .get_stream(subjects::LEDGER_STREAM)
         .await
         .context("ledger stream missing")?;
-    let consumer: jetstream::consumer::PullConsumer = stream
+    stream
         .get_or_create_consumer(
             name,
             pull::Config {
@@ -233,16 +212,25 @@ pub async fn durable_consumer(js: &jetstream::Context, name: &str) -> anyhow::Re
             },
         )
         .await
-        .context("creating durable consumer")?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(2_000)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        .context("creating durable consumer")
+}
+
+/// Fetches what the consumer has pending now, at most `max` (no waiting).
+async fn fetch_pending(
+    consumer: &jetstream::consumer::PullConsumer,
+    max: usize,
+) -> anyhow::Result<Vec<jetstream::Message>> {
+    let mut messages = consumer
+        .fetch()
+        .max_messages(max)
         .messages()
         .await
-        .context("starting pull stream")?;
-    Ok(messages)
+        .context("fetching from consumer")?;
+    let mut out = Vec::new();
+    while let Some(msg) = messages.next().await {
+        out.push(msg.map_err(|e| anyhow::anyhow!("receiving from consumer: {e}"))?);
+    }
+    Ok(out)
 }
 
 /// Consumes the ledger stream into `projection` until `shutdown`.
@@ -278,47 +266,50 @@ async fn run_once(
     let Some(mut lock) = lead(pool, projection.name(), shutdown).await? else {
         return Ok(());
     };
-    let mut messages = durable_consumer(js, projection.name()).await?;
+    let consumer = durable_consumer(js, projection.name()).await?;
     let mut lock_checked = std::time::Instant::now();
     loop {
         let chunk = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            chunk = next_batch(&mut messages, LIVE_BATCH_MAX, LIVE_BATCH_WINDOW) => chunk,
+            chunk = fetch_pending(&consumer, LIVE_BATCH_MAX) => chunk?,
         };
-        if chunk.is_empty() {
-            anyhow::bail!("consumer stream ended")
-        }
-        let mut raws = Vec::with_capacity(chunk.len());
-        let mut last = None;
-        for msg in chunk {
-            let msg = msg.context("receiving from consumer")?;
-            let seq = msg
-                .info()
-                .map_err(|e| anyhow::anyhow!("message info: {e}"))?
-                .stream_sequence;
-            raws.push(Raw {
-                seq,
-                subject: msg.subject.to_string(),
-                payload: msg.payload.clone(),
-            });
-            last = Some(msg);
-        }
-        if lock_checked.elapsed() > Duration::from_secs(1) {
-            // The lock lives as long as its connection: make sure it is still there.
-            sqlx::query("SELECT 1")
-                .execute(&mut lock)
+        let full = chunk.len() >= LIVE_BATCH_MAX;
+        if !chunk.is_empty() {
+            let mut raws = Vec::with_capacity(chunk.len());
+            for msg in &chunk {
+                let seq = msg
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("message info: {e}"))?
+                    .stream_sequence;
+                raws.push(Raw {
+                    seq,
+                    subject: msg.subject.to_string(),
+                    payload: msg.payload.clone(),
+                });
+            }
+            if lock_checked.elapsed() > Duration::from_secs(1) {
+                // The lock lives as long as its connection: make sure it is still there.
+                sqlx::query("SELECT 1")
+                    .execute(&mut lock)
+                    .await
+                    .context("projection lock connection lost")?;
+                lock_checked = std::time::Instant::now();
+            }
+            apply_batch(pool, projection, &raws)
                 .await
-                .context("projection lock connection lost")?;
-            lock_checked = std::time::Instant::now();
+                .context("applying batch")?;
+            if let Some(msg) = chunk.last() {
+                // AckPolicy::All: acking the newest acks the whole batch, after the commit.
+                msg.ack_with(AckKind::Ack)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+            }
         }
-        apply_batch(pool, projection, &raws)
-            .await
-            .context("applying batch")?;
-        if let Some(msg) = last {
-            // AckPolicy::All: acking the newest acks the whole batch, after the commit.
-            msg.ack_with(AckKind::Ack)
-                .await
-                .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        if !full {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(LIVE_BATCH_WINDOW) => {}
+            }
         }
     }
 }
