@@ -64,7 +64,23 @@ pub fn facts() {
     println!("machine: nproc = {cpus}, {}", cpu_model());
     println!("nats-server: {nats}");
     println!("load average at start (1/5/15 min): {}", cpu::loadavg());
+    println!(
+        "machine speed now: {:.0} ns to decode the golden committed event (the same binary measured 2,300 to 4,600 on this VM within one evening; compare runs only at similar speed)",
+        decode_ns()
+    );
     println!();
+}
+
+/// Single-core speed right now: nanoseconds per decode of a fixed event.
+/// This VM's speed drifts by a third over an hour, more than most changes.
+pub fn decode_ns() -> f64 {
+    let bytes = include_bytes!("../../schemas/golden/v1/committed.json");
+    let rounds = 50_000u32;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        let _ = std::hint::black_box(schemas::Envelope::from_slice(std::hint::black_box(bytes)));
+    }
+    started.elapsed().as_nanos() as f64 / f64::from(rounds)
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {

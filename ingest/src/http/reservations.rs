@@ -117,17 +117,29 @@ pub async fn reserve(
         .reserve(project.project_id, &account, &tier, req, rid)
         .await?
     {
-        ReserveOutcome::Admitted(a) => Ok(Json(json!({
-            "reservation_id": a.reservation_id,
-            "allowed": true,
-            "status": a.status,
-            "replayed": a.replayed,
-            "expires_at": a.expires_at,
-            "limits": a.limits,
-        }))
+        ReserveOutcome::Admitted(a) => Ok(Json(AdmittedBody {
+            reservation_id: a.reservation_id,
+            allowed: true,
+            status: a.status,
+            replayed: a.replayed,
+            expires_at: a.expires_at,
+            limits: &a.limits,
+        })
         .into_response()),
         ReserveOutcome::Denied(d) => Ok(denied(&tier, d, now)),
     }
+}
+
+/// The body of an admitted reservation, serialized straight from the
+/// outcome (no intermediate JSON tree on the hot path).
+#[derive(serde::Serialize)]
+struct AdmittedBody<'a> {
+    reservation_id: ReservationId,
+    allowed: bool,
+    status: &'static str,
+    replayed: bool,
+    expires_at: DateTime<Utc>,
+    limits: &'a [projector::LimitView],
 }
 
 fn denied(tier: &schemas::plan::Tier, d: Denied, now: DateTime<Utc>) -> Response {
