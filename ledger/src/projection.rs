@@ -10,7 +10,7 @@ use projector::copy::CopyRows;
 use projector::deltas::balance_deltas;
 use projector::rebuild::Accounts;
 use rust_decimal::Decimal;
-use schemas::events::{Envelope, Event};
+use schemas::events::{Envelope, Event, HoldRef};
 use schemas::subjects::{account_token, LEDGER_CONSUMER};
 use schemas::{Amounts, Unit};
 use sqlx::PgConnection;
@@ -26,42 +26,47 @@ fn json(v: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// How a reservation was settled, as its row records it.
-#[derive(Clone)]
-struct Settlement {
+/// How a reservation was settled, as its row records it (borrowed from the event).
+#[derive(Clone, Copy)]
+struct Settled<'a> {
     status: &'static str,
-    actual: Option<serde_json::Value>,
-    overage: Option<serde_json::Value>,
-    reason: Option<String>,
-    at: chrono::DateTime<chrono::Utc>,
-    seq: i64,
+    actual: Option<&'a Amounts>,
+    overage: Option<&'a Amounts>,
+    reason: Option<&'a str>,
+    at: DateTime<Utc>,
+    seq: u64,
 }
 
-fn settlement(d: &Decoded) -> Option<(Uuid, Settlement)> {
-    let env = &d.envelope;
+/// The hold an event settles and how, or `None` for `reserved` and `usage_recorded`.
+fn settled(seq: u64, env: &Envelope) -> Option<(&HoldRef, Settled<'_>)> {
     let (hold, status, actual, overage, reason) = match &env.event {
         Event::Committed(c) => (
             &c.hold,
             "committed",
-            Some(json(&c.actual)),
-            Some(json(&c.overage)),
+            Some(&c.actual),
+            Some(&c.overage),
             None,
         ),
-        Event::Released(x) => (&x.hold, "released", None, None, x.reason.clone()),
-        Event::Expired(x) => (&x.hold, "expired", None, None, Some("expired".to_owned())),
+        Event::Released(x) => (&x.hold, "released", None, None, x.reason.as_deref()),
+        Event::Expired(x) => (&x.hold, "expired", None, None, Some("expired")),
         Event::Reserved(_) | Event::UsageRecorded(_) => return None,
     };
+    let at = env.occurred_at;
     Some((
-        hold.reservation_id.0,
-        Settlement {
+        hold,
+        Settled {
             status,
             actual,
             overage,
             reason,
-            at: env.occurred_at,
-            seq: i64::try_from(d.seq).unwrap_or(i64::MAX),
+            at,
+            seq,
         },
     ))
+}
+
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 /// A reservation first reserved in this batch, settled in it or not.
@@ -69,7 +74,7 @@ struct NewRow<'a> {
     env: &'a Envelope,
     reserved: &'a schemas::events::Reserved,
     seq: i64,
-    settled: Option<Settlement>,
+    settled: Option<Settled<'a>>,
 }
 
 /// Applies a batch's reservation events with one INSERT and at most one
@@ -82,7 +87,7 @@ async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx:
     let mut new_rows: Vec<NewRow<'_>> = Vec::new();
     let mut new_index: HashMap<(Uuid, Uuid), usize> = HashMap::new();
     // Settlements of rows from earlier batches: the first per id.
-    let mut updates: Vec<((Uuid, Uuid), Settlement)> = Vec::new();
+    let mut updates: Vec<((Uuid, Uuid), Settled<'_>)> = Vec::new();
     let mut updated: std::collections::HashSet<(Uuid, Uuid)> = std::collections::HashSet::new();
     for d in batch {
         let project = d.envelope.project_id.0;
@@ -99,10 +104,10 @@ async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx:
             }
             continue;
         }
-        let Some((id, settled)) = settlement(d) else {
+        let Some((hold, settled)) = settled(d.seq, &d.envelope) else {
             continue;
         };
-        let key = (project, id);
+        let key = (project, hold.reservation_id.0);
         match new_index.get(&key) {
             Some(&i) => {
                 if new_rows[i].settled.is_none() {
@@ -132,7 +137,7 @@ async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx:
             .filter_map(|row| {
                 let key = (row.env.project_id.0, row.reserved.reservation_id.0);
                 match (&row.settled, inserted.contains(&key)) {
-                    (Some(settled), false) => Some((key, settled.clone())),
+                    (Some(settled), false) => Some((key, *settled)),
                     _ => None,
                 }
             })
@@ -177,11 +182,11 @@ async fn insert_rows(
         reserved_seq.push(row.seq);
         let s = row.settled.as_ref();
         status.push(s.map_or("open", |s| s.status).to_owned());
-        actual.push(s.and_then(|s| s.actual.clone()));
-        overage.push(s.and_then(|s| s.overage.clone()));
-        reason.push(s.and_then(|s| s.reason.clone()));
+        actual.push(s.and_then(|s| s.actual).map(json));
+        overage.push(s.and_then(|s| s.overage).map(json));
+        reason.push(s.and_then(|s| s.reason).map(str::to_owned));
         settled_at.push(s.map(|s| s.at));
-        settled_seq.push(s.map(|s| s.seq));
+        settled_seq.push(s.map(|s| seq_i64(s.seq)));
     }
     sqlx::query_as(
         "INSERT INTO reservations (project_id, reservation_id, account_token, identity, model, tier, status, held, actual, overage, reason, reserved_at, expires_at, settled_at, reserved_seq, settled_seq)
@@ -211,7 +216,7 @@ async fn insert_rows(
 
 async fn settle_rows(
     conn: &mut PgConnection,
-    updates: Vec<((Uuid, Uuid), Settlement)>,
+    updates: Vec<((Uuid, Uuid), Settled<'_>)>,
 ) -> sqlx::Result<()> {
     if updates.is_empty() {
         return Ok(());
@@ -231,11 +236,11 @@ async fn settle_rows(
         p.push(project);
         r.push(id);
         status.push(s.status.to_owned());
-        actual.push(s.actual);
-        overage.push(s.overage);
-        reason.push(s.reason);
+        actual.push(s.actual.map(json));
+        overage.push(s.overage.map(json));
+        reason.push(s.reason.map(str::to_owned));
         at.push(s.at);
-        seq.push(s.seq);
+        seq.push(seq_i64(s.seq));
     }
     sqlx::query(
         "UPDATE reservations r SET status = u.st, actual = u.act, overage = u.ov, reason = u.why, settled_at = u.at, settled_seq = u.s
@@ -368,16 +373,6 @@ pub const RESERVATION_COLUMNS: &str = "project_id, reservation_id, account_token
 pub const BALANCE_COLUMNS: &str =
     "project_id, account_token, identity, unit, committed, held, overage";
 
-/// How a reservation was settled, for its row.
-struct Settled<'a> {
-    status: &'static str,
-    actual: Option<&'a Amounts>,
-    overage: Option<&'a Amounts>,
-    reason: Option<&'a str>,
-    at: DateTime<Utc>,
-    seq: u64,
-}
-
 impl LedgerRebuild {
     /// Folds one event (stream order) of account `account`.
     pub fn add(&mut self, accounts: &Accounts, account: u32, seq: u64, env: &Envelope) {
@@ -388,56 +383,23 @@ impl LedgerRebuild {
             b[2] += d.overage;
         }
         let project = env.project_id.0;
-        let (hold, settled) = match &env.event {
-            Event::Reserved(r) => {
-                let key = (project, r.reservation_id.0);
-                if !self.settled.contains(&key) {
-                    self.open.entry(key).or_insert_with(|| OpenRow {
-                        account,
-                        model: r.model.clone(),
-                        tier: r.tier.clone(),
-                        held: r.amounts.clone(),
-                        reserved_at: env.occurred_at,
-                        expires_at: r.expires_at,
-                        reserved_seq: seq,
-                    });
-                }
-                return;
+        if let Event::Reserved(r) = &env.event {
+            let key = (project, r.reservation_id.0);
+            if !self.settled.contains(&key) {
+                self.open.entry(key).or_insert_with(|| OpenRow {
+                    account,
+                    model: r.model.clone(),
+                    tier: r.tier.clone(),
+                    held: r.amounts.clone(),
+                    reserved_at: env.occurred_at,
+                    expires_at: r.expires_at,
+                    reserved_seq: seq,
+                });
             }
-            Event::UsageRecorded(_) => return,
-            Event::Committed(c) => (
-                &c.hold,
-                Settled {
-                    status: "committed",
-                    actual: Some(&c.actual),
-                    overage: Some(&c.overage),
-                    reason: None,
-                    at: env.occurred_at,
-                    seq,
-                },
-            ),
-            Event::Released(x) => (
-                &x.hold,
-                Settled {
-                    status: "released",
-                    actual: None,
-                    overage: None,
-                    reason: x.reason.as_deref(),
-                    at: env.occurred_at,
-                    seq,
-                },
-            ),
-            Event::Expired(x) => (
-                &x.hold,
-                Settled {
-                    status: "expired",
-                    actual: None,
-                    overage: None,
-                    reason: Some("expired"),
-                    at: env.occurred_at,
-                    seq,
-                },
-            ),
+            return;
+        }
+        let Some((hold, settled)) = settled(seq, env) else {
+            return;
         };
         let key = (project, hold.reservation_id.0);
         if let Some(row) = self.open.remove(&key) {
