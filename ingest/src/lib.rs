@@ -45,7 +45,17 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener.tap_io(no_delay), router(state))
+    serve_router(router(state), listener, shutdown).await
+}
+
+/// Serves `router` on `listener` (with TCP_NODELAY) until `shutdown`, then
+/// drains in-flight requests. Shared by the ingest API and the proxy.
+pub async fn serve_router(
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener.tap_io(no_delay), router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())

@@ -31,8 +31,7 @@ impl MakeRequestId for MakeV7 {
 }
 
 pub fn router(state: AppState) -> Router {
-    let x_request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let router = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -42,8 +41,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reservations/{id}/release", post(reservations::release))
         .route("/v1/usage", post(usage::record).get(usage::view))
         .fallback(|| async { crate::error::ApiError::NotFound("no such endpoint".into()) })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    with_request_ids(router).with_state(state)
+}
+
+/// Gives every request an `x-request-id` (the caller's, or a new UUID v7) and
+/// echoes it on the response. Shared by the ingest API and the proxy.
+pub fn with_request_ids<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    router
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeV7))
-        .with_state(state)
 }

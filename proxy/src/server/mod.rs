@@ -13,9 +13,7 @@ use crate::pricing::PriceTable;
 use crate::project_config::ProjectConfigCache;
 use crate::providers::BaseUrls;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt as _;
 use axum::{Json, Router};
 use ledger::control::ControlCache;
 use ledger::Gate;
@@ -23,9 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 
 pub use error::ProxyError;
 
@@ -95,22 +90,8 @@ impl ProxyState {
     }
 }
 
-#[derive(Clone, Copy, Default)]
-struct MakeV7;
-
-impl MakeRequestId for MakeV7 {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        uuid::Uuid::now_v7()
-            .to_string()
-            .parse()
-            .ok()
-            .map(RequestId::new)
-    }
-}
-
 pub fn router(state: ProxyState) -> Router {
-    let x_request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let router = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -118,10 +99,8 @@ pub fn router(state: ProxyState) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models::list))
         .fallback(|| async { ProxyError::NotFound })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeV7))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    ingest::http::with_request_ids(router).with_state(state)
 }
 
 /// Serves until `shutdown`, then drains requests; settlements in flight stay on the tracker.
@@ -130,16 +109,5 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener.tap_io(no_delay), router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    Ok(())
-}
-
-/// Small writes (SSE events, short JSON answers) go out at once: without
-/// TCP_NODELAY, Nagle's algorithm and delayed ACKs hold them for ~40 ms.
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "could not set TCP_NODELAY");
-    }
+    ingest::serve_router(router(state), listener, shutdown).await
 }
