@@ -45,11 +45,8 @@ async fn projection_rows(h: &Harness) -> Vec<String> {
             "project_id, account_token, window_kind, period_start, unit, model",
         ),
     ] {
-        let sql =
-            format!("SELECT '{table}: ' || t::text FROM (SELECT * FROM {table} ORDER BY {key}) t");
         rows.extend(
-            sqlx::query_scalar::<_, String>(&sql)
-                .fetch_all(h.db.pool())
+            testkit::pg::rows_as_text(h.db.pool(), table, key)
                 .await
                 .unwrap(),
         );

@@ -94,14 +94,7 @@ async fn rows(pool: &PgPool) -> Vec<String> {
         ("reservations", "project_id, reservation_id"),
         ("account_balances", "project_id, account_token, unit"),
     ] {
-        let sql =
-            format!("SELECT '{table}: ' || t::text FROM (SELECT * FROM {table} ORDER BY {key}) t");
-        out.extend(
-            sqlx::query_scalar::<_, String>(&sql)
-                .fetch_all(pool)
-                .await
-                .unwrap(),
-        );
+        out.extend(testkit::pg::rows_as_text(pool, table, key).await.unwrap());
     }
     out
 }

@@ -87,6 +87,21 @@ pub async fn fresh_database() -> anyhow::Result<TestDb> {
     Ok(TestDb { url, pool, name })
 }
 
+/// Every row of `table` as text (`table: (col, col, …)`), ordered by
+/// `order_by`: for comparing whole tables, column for column.
+pub async fn rows_as_text(
+    pool: &PgPool,
+    table: &str,
+    order_by: &str,
+) -> anyhow::Result<Vec<String>> {
+    let sql =
+        format!("SELECT '{table}: ' || t::text FROM (SELECT * FROM {table} ORDER BY {order_by}) t");
+    sqlx::query_scalar::<_, String>(&sql)
+        .fetch_all(pool)
+        .await
+        .with_context(|| format!("reading {table}"))
+}
+
 /// URL of the test server's maintenance database: `TOLLGATE_TEST_DATABASE_URL`,
 /// or the private cluster of this process (started on first call).
 pub async fn server_url() -> anyhow::Result<String> {
