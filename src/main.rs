@@ -43,6 +43,9 @@ struct Addrs {
     /// How often the ledger looks for holds past their TTL.
     #[arg(long, env = "TOLLGATE_EXPIRY_INTERVAL_MS", default_value_t = 1000)]
     expiry_interval_ms: u64,
+    /// How often the projection consumers fetch new events when few are pending.
+    #[arg(long, env = "TOLLGATE_PROJECTION_WINDOW_MS", default_value_t = 1000)]
+    projection_window_ms: u64,
     /// Output tokens the proxy holds for a request that sets no max_tokens.
     #[arg(
         long,
@@ -69,6 +72,9 @@ impl Addrs {
             ingest_addr: self.ingest_addr,
             proxy_addr: self.proxy_addr,
             expiry_interval_ms: self.expiry_interval_ms,
+            projection_window: std::time::Duration::from_millis(
+                self.projection_window_ms.clamp(1, 60_000),
+            ),
             services,
             proxy: proxy::server::Settings {
                 default_max_output_tokens: self.default_max_output_tokens.max(1),

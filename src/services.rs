@@ -56,6 +56,8 @@ pub struct ServeConfig {
     pub ingest_addr: SocketAddr,
     pub proxy_addr: SocketAddr,
     pub expiry_interval_ms: u64,
+    /// See `projector::consumer::LIVE_BATCH_WINDOW`.
+    pub projection_window: Duration,
     pub services: BTreeSet<Service>,
     pub proxy: proxy::server::Settings,
     /// Decrypts stored provider keys; without it only pass-through keys work.
@@ -84,18 +86,11 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     migrate(&pool).await?;
     let client = ledger::stream::connect(&config.nats_url).await?;
     let gate = Gate::new(client.clone(), Arc::new(SystemClock), Some(pool.clone())).await?;
-    // The projection consumers pull batches of thousands of events: on their
-    // own connection, so the gate's publish acks never queue behind them.
-    let consumers_js = if config.services.contains(&Service::Ledger)
-        || config.services.contains(&Service::Projector)
-    {
-        Some(ledger::stream::jetstream(
-            ledger::stream::connect(&config.nats_url).await?,
-        ))
-    } else {
-        None
-    };
     let tracker = TaskTracker::new();
+    // The projection consumers pull batches of thousands of events: on their
+    // own thread, NATS connection and pool, so the request path never queues
+    // behind a batch (ledger/src/consumers.rs).
+    let mut projections: Vec<Box<dyn projector::consumer::Projection>> = Vec::new();
     for service in &config.services {
         match service {
             Service::Ingest => {
@@ -122,22 +117,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
                 });
             }
             Service::Ledger => {
-                let js = consumers_js
-                    .clone()
-                    .unwrap_or_else(|| gate.jetstream().clone());
-                let (pool2, token) = (pool.clone(), shutdown.clone());
-                tracker.spawn(async move {
-                    if let Err(e) = projector::consumer::run(
-                        js,
-                        pool2,
-                        &ledger::projection::LedgerProjection,
-                        token,
-                    )
-                    .await
-                    {
-                        tracing::error!(error = %format!("{e:#}"), "ledger consumer stopped");
-                    }
-                });
+                projections.push(Box::new(ledger::projection::LedgerProjection));
                 let interval = Duration::from_millis(config.expiry_interval_ms);
                 tracker.spawn(ledger::expiry::run(
                     pool.clone(),
@@ -177,20 +157,21 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
                     }
                 });
             }
-            Service::Projector => {
-                let js = consumers_js
-                    .clone()
-                    .unwrap_or_else(|| gate.jetstream().clone());
-                let (pool2, token) = (pool.clone(), shutdown.clone());
-                tracker.spawn(async move {
-                    if let Err(e) =
-                        projector::consumer::run(js, pool2, &CountersProjection, token).await
-                    {
-                        tracing::error!(error = %format!("{e:#}"), "projector consumer stopped");
-                    }
-                });
-            }
+            Service::Projector => projections.push(Box::new(CountersProjection)),
         }
+    }
+    if !projections.is_empty() {
+        let consumers = ledger::consumers::spawn(
+            ledger::consumers::Consumers {
+                nats_url: config.nats_url.clone(),
+                database_url: config.database_url.clone(),
+                projections,
+                window: config.projection_window,
+            },
+            shutdown.clone(),
+        )
+        .context("starting the projection consumers' thread")?;
+        tracker.spawn(consumers);
     }
     tracker.close();
     tracing::info!(services = ?config.services, "tollgate running");

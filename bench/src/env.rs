@@ -178,16 +178,16 @@ async fn run_services(
     if !consumers {
         return Ok(tracker);
     }
-    // Own connection for the consumers, as `services::run` does.
-    let consumers_js = ledger::stream::jetstream(ledger::stream::connect(nats_url).await?);
-    for projection in ledger::replay::all_projections() {
-        let (js, pool, token) = (consumers_js.clone(), pool.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            if let Err(e) = projector::consumer::run(js, pool, projection.as_ref(), token).await {
-                eprintln!("consumer {} stopped: {e:#}", projection.name());
-            }
-        });
-    }
+    // The consumers on their own thread, as `services::run` runs them.
+    tracker.spawn(ledger::consumers::spawn(
+        ledger::consumers::Consumers {
+            nats_url: nats_url.to_owned(),
+            database_url: database_url.to_owned(),
+            projections: ledger::replay::all_projections(),
+            window: projector::consumer::LIVE_BATCH_WINDOW,
+        },
+        shutdown.clone(),
+    )?);
     tracker.spawn(ledger::expiry::run(
         pool,
         gate,

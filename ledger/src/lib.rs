@@ -5,6 +5,7 @@
 //!   conditional appends to one subject per account (invariant 1: admission
 //!   is linearizable per account across any number of processes).
 //! - [`projection`]: the `reservations` and `account_balances` tables.
+//! - [`consumers`]: the projection consumers on their own thread.
 //! - [`expiry`]: releases holds past their TTL, exactly once (invariant 4).
 //! - [`control`]: projects, keys and plans in PostgreSQL.
 //! - [`replay`], [`checksum`], [`audit`]: rebuild, compare and read the stream.
@@ -12,6 +13,7 @@
 pub mod audit;
 pub mod checksum;
 pub mod clock;
+pub mod consumers;
 pub mod control;
 pub mod expiry;
 pub mod gate;

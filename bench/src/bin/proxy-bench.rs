@@ -132,16 +132,16 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
-    for projection in ledger::replay::all_projections() {
-        let (js, pool, token) = (
-            gate.jetstream().clone(),
-            db.pool().clone(),
-            shutdown.clone(),
-        );
-        tracker.spawn(async move {
-            projector::consumer::run(js, pool, projection.as_ref(), token).await
-        });
-    }
+    // The consumers on their own thread, as `tollgate up` runs them.
+    tracker.spawn(ledger::consumers::spawn(
+        ledger::consumers::Consumers {
+            nats_url: nats.url(),
+            database_url: db.url().to_owned(),
+            projections: ledger::replay::all_projections(),
+            window: projector::consumer::LIVE_BATCH_WINDOW,
+        },
+        shutdown.clone(),
+    )?);
     let settings = Settings {
         base_urls: proxy::providers::BaseUrls {
             openai: mock.base_url(),

@@ -52,16 +52,16 @@ impl Harness {
         let shutdown = CancellationToken::new();
         tokio::spawn(tollgate_ingest::serve_on(state, listener, shutdown.clone()));
         // The ledger and projector consumers run too, as in `tollgate up`.
-        for projection in ledger::replay::all_projections() {
-            let (js, pool, token) = (
-                gate.jetstream().clone(),
-                db.pool().clone(),
-                shutdown.clone(),
-            );
-            tokio::spawn(async move {
-                projector::consumer::run(js, pool, projection.as_ref(), token).await
-            });
-        }
+        ledger::consumers::spawn(
+            ledger::consumers::Consumers {
+                nats_url: nats.url(),
+                database_url: db.url().to_owned(),
+                projections: ledger::replay::all_projections(),
+                window: projector::consumer::LIVE_BATCH_WINDOW,
+            },
+            shutdown.clone(),
+        )
+        .unwrap();
         Harness {
             nats,
             db,
