@@ -303,9 +303,10 @@ async fn update_balances(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Re
     }
     sqlx::query(
         "INSERT INTO account_balances AS b (project_id, account_token, identity, unit, committed, held, overage)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::numeric[])
+         SELECT p, a, i, u, trim_scale(c), trim_scale(h), trim_scale(o)
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::numeric[]) AS t(p, a, i, u, c, h, o)
          ON CONFLICT (project_id, account_token, unit) DO UPDATE
-         SET committed = b.committed + EXCLUDED.committed, held = b.held + EXCLUDED.held, overage = b.overage + EXCLUDED.overage",
+         SET committed = trim_scale(b.committed + EXCLUDED.committed), held = trim_scale(b.held + EXCLUDED.held), overage = trim_scale(b.overage + EXCLUDED.overage)",
     )
     .bind(p)
     .bind(a)
@@ -422,9 +423,9 @@ impl LedgerRebuild {
                 .text(&a.token)
                 .text(&a.identity)
                 .text(unit.as_str())
-                .display(committed)
-                .display(held)
-                .display(overage);
+                .decimal(committed)
+                .decimal(held)
+                .decimal(overage);
             balances.end_row();
         }
         (open, balances)

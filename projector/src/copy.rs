@@ -67,6 +67,13 @@ impl CopyRows {
     }
 
     /// A timestamp with microseconds, truncated as sqlx binds `DateTime<Utc>`.
+    /// A decimal without trailing zeros (`0.050` → `0.05`, `0.00` → `0`),
+    /// as the live projections store sums (`trim_scale`), so a rebuilt row
+    /// reads the same however its sum was split into batches.
+    pub fn decimal(&mut self, value: rust_decimal::Decimal) -> &mut Self {
+        self.display(value.normalize())
+    }
+
     pub fn timestamp(&mut self, at: DateTime<Utc>) -> &mut Self {
         self.sep();
         self.buf

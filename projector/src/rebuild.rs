@@ -118,7 +118,7 @@ impl CountersRebuild {
                 .timestamp(DateTime::<Utc>::from_timestamp(start, 0).unwrap_or_default())
                 .text(unit.as_str())
                 .text(&self.model_names[model as usize])
-                .display(amount);
+                .decimal(amount);
             rows.end_row();
         }
         rows

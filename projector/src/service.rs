@@ -71,9 +71,10 @@ impl Projection for CountersProjection {
             }
             sqlx::query(
                 "INSERT INTO usage_counters AS c (project_id, account_token, identity, window_kind, period_start, unit, model, amount)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::numeric[])
+                 SELECT p, a, i, w, s, u, m, trim_scale(v)
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::numeric[]) AS t(p, a, i, w, s, u, m, v)
                  ON CONFLICT (project_id, account_token, window_kind, period_start, unit, model)
-                 DO UPDATE SET amount = c.amount + EXCLUDED.amount",
+                 DO UPDATE SET amount = trim_scale(c.amount + EXCLUDED.amount)",
             )
             .bind(p)
             .bind(a)
