@@ -45,8 +45,8 @@ async fn run(consumers: Consumers, shutdown: CancellationToken) {
         projections,
         window,
     } = consumers;
-    // Two connections per projection: the leadership lock and the batch's transaction.
-    let connections = u32::try_from(projections.len() * 2 + 1).unwrap_or(8);
+    // The leadership locks' connection, the batch's transaction, a spare.
+    let connections = 3;
     let mut backoff = Duration::from_millis(100);
     let pool = loop {
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -77,18 +77,10 @@ async fn run(consumers: Consumers, shutdown: CancellationToken) {
             return;
         }
     };
-    futures::future::join_all(projections.iter().map(|projection| {
-        let (js, pool, shutdown) = (js.clone(), pool.clone(), shutdown.clone());
-        async move {
-            let name = projection.name();
-            if let Err(err) =
-                projector::consumer::run(js, pool, projection.as_ref(), window, shutdown).await
-            {
-                tracing::error!(projection = name, error = %format!("{err:#}"), "projection consumer stopped");
-            }
-        }
-    }))
-    .await;
+    let projections: Vec<&dyn Projection> = projections.iter().map(|p| p.as_ref()).collect();
+    if let Err(err) = projector::consumer::run(js, pool, &projections, window, shutdown).await {
+        tracing::error!(error = %format!("{err:#}"), "projection consumer stopped");
+    }
 }
 
 /// Runs `make()` to completion on a new thread `name` with its own

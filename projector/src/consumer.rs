@@ -9,7 +9,11 @@
 //! A message that can never decode is recorded in `dead_letters` and skipped.
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    AckKind,
+};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use schemas::events::Envelope;
@@ -71,29 +75,33 @@ pub async fn store_checkpoint(conn: &mut PgConnection, name: &str, seq: u64) -> 
     Ok(())
 }
 
-/// Decodes raw messages above `after`; undecodable ones are recorded as dead letters.
+/// Decodes raw messages above the lowest of `after` (one per projection,
+/// by name); an undecodable one is recorded as a dead letter for every
+/// projection that had not applied it yet.
 pub async fn decode_batch(
     conn: &mut PgConnection,
-    projection: &str,
+    after: &[(&str, u64)],
     raws: &[Raw],
-    after: u64,
 ) -> sqlx::Result<Vec<Decoded>> {
+    let lowest = after.iter().map(|a| a.1).min().unwrap_or(0);
     let mut out = Vec::with_capacity(raws.len());
-    for raw in raws.iter().filter(|r| r.seq > after) {
+    for raw in raws.iter().filter(|r| r.seq > lowest) {
         match Envelope::from_slice(&raw.payload) {
             Ok(envelope) => out.push(Decoded {
                 seq: raw.seq,
                 envelope,
             }),
             Err(err) => {
-                tracing::error!(seq = raw.seq, subject = %raw.subject, projection, error = %err, "undecodable event recorded as dead letter and skipped");
-                sqlx::query("INSERT INTO dead_letters (projection, seq, subject, error) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-                    .bind(projection)
-                    .bind(i64::try_from(raw.seq).unwrap_or(i64::MAX))
-                    .bind(&raw.subject)
-                    .bind(err.to_string())
-                    .execute(&mut *conn)
-                    .await?;
+                for (projection, _) in after.iter().filter(|a| raw.seq > a.1) {
+                    tracing::error!(seq = raw.seq, subject = %raw.subject, projection, error = %err, "undecodable event recorded as dead letter and skipped");
+                    sqlx::query("INSERT INTO dead_letters (projection, seq, subject, error) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                        .bind(projection)
+                        .bind(i64::try_from(raw.seq).unwrap_or(i64::MAX))
+                        .bind(&raw.subject)
+                        .bind(err.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                }
             }
         }
     }
@@ -108,8 +116,12 @@ pub enum ApplyError {
     /// The batch starts after a sequence this projection has not applied:
     /// applying it would skip events. (Only one process should be applying;
     /// see [`lead`].)
-    #[error("events {after_next}..{first} are missing before this batch")]
-    Gap { after_next: u64, first: u64 },
+    #[error("{projection}: events {after_next}..{first} are missing before this batch")]
+    Gap {
+        projection: &'static str,
+        after_next: u64,
+        first: u64,
+    },
 }
 
 /// The step function: applies one batch of raw messages exactly once.
@@ -119,6 +131,17 @@ pub async fn apply_batch(
     projection: &dyn Projection,
     raws: &[Raw],
 ) -> Result<usize, ApplyError> {
+    apply_batch_to(pool, &[projection], raws).await
+}
+
+/// [`apply_batch`] for several projections at once: each event is decoded
+/// once, and every projection gets the events above its own checkpoint, all
+/// in one transaction. Returns how many events took effect in at least one.
+pub async fn apply_batch_to(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    raws: &[Raw],
+) -> Result<usize, ApplyError> {
     let (Some(min_seq), Some(max_seq)) = (
         raws.iter().map(|r| r.seq).min(),
         raws.iter().map(|r| r.seq).max(),
@@ -126,23 +149,45 @@ pub async fn apply_batch(
         return Ok(0);
     };
     let mut tx = pool.begin().await?;
-    let after = lock_checkpoint(&mut tx, projection.name()).await?;
-    if max_seq <= after {
+    let mut after = Vec::with_capacity(projections.len());
+    for projection in projections {
+        let name = projection.name();
+        let applied = lock_checkpoint(&mut tx, name).await?;
+        // The ledger stream has no gaps (nothing is ever deleted), so a batch
+        // must continue exactly where each checkpoint stands.
+        if applied > 0 && min_seq > applied + 1 {
+            return Err(ApplyError::Gap {
+                projection: name,
+                after_next: applied + 1,
+                first: min_seq,
+            });
+        }
+        after.push((name, applied));
+    }
+    if after.iter().all(|a| max_seq <= a.1) {
         return Ok(0);
     }
-    // The ledger stream has no gaps (nothing is ever deleted), so a batch
-    // must continue exactly where the checkpoint stands.
-    if after > 0 && min_seq > after + 1 {
-        return Err(ApplyError::Gap {
-            after_next: after + 1,
-            first: min_seq,
-        });
+    let batch = decode_batch(&mut tx, &after, raws).await?;
+    for (projection, (name, applied)) in projections.iter().zip(&after) {
+        if max_seq <= *applied {
+            continue;
+        }
+        let from = batch.partition_point(|d| d.seq <= *applied);
+        projection.apply(&mut tx, &batch[from..]).await?;
+        store_checkpoint(&mut tx, name, max_seq).await?;
     }
-    let batch = decode_batch(&mut tx, projection.name(), raws, after).await?;
-    projection.apply(&mut tx, &batch).await?;
-    store_checkpoint(&mut tx, projection.name(), max_seq).await?;
     tx.commit().await?;
     Ok(batch.len())
+}
+
+/// Tries to take the advisory lock that makes this process the one applying
+/// projection `name`, on `conn` (a session lock: held until released or the
+/// connection closes).
+async fn try_lead(conn: &mut PgConnection, name: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(name)
+        .fetch_one(conn)
+        .await
 }
 
 /// Waits until this process is the one applying `name`: a PostgreSQL session
@@ -153,6 +198,18 @@ pub async fn lead(
     name: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<PgConnection>> {
+    Ok(lead_some(pool, &[name], shutdown)
+        .await?
+        .map(|(conn, _)| conn))
+}
+
+/// Waits until this process leads at least one of `names`; returns the lock
+/// connection and which names it leads. `None` on shutdown.
+async fn lead_some(
+    pool: &PgPool,
+    names: &[&str],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(PgConnection, Vec<usize>)>> {
     let mut conn = pool
         .acquire()
         .await
@@ -160,17 +217,19 @@ pub async fn lead(
         .detach();
     let mut announced = false;
     loop {
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(name)
-            .fetch_one(&mut conn)
-            .await?;
-        if got {
-            return Ok(Some(conn));
+        let mut led = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if try_lead(&mut conn, name).await? {
+                led.push(i);
+            }
+        }
+        if !led.is_empty() {
+            return Ok(Some((conn, led)));
         }
         if !announced {
             tracing::info!(
-                projection = name,
-                "another process is applying this projection; standing by"
+                projections = ?names,
+                "another process is applying these projections; standing by"
             );
             announced = true;
         }
@@ -183,6 +242,7 @@ pub async fn lead(
 
 /// Most events a live consumer applies in one transaction.
 pub const LIVE_BATCH_MAX: usize = 5_000;
+
 /// How long a live consumer waits by default before fetching again after a
 /// batch that was not full. Events accumulate on the server meanwhile and
 /// arrive in one burst per fetch, so the consumer wakes (and PostgreSQL
@@ -195,20 +255,32 @@ pub const LIVE_BATCH_MAX: usize = 5_000;
 /// 1 s (`bench/README.md`).
 pub const LIVE_BATCH_WINDOW: Duration = Duration::from_millis(1000);
 
-/// The durable pull consumer of a projection on the ledger stream.
+/// The durable pull consumer that feeds the projections `names` (one
+/// consumer per set, so a set's position never runs ahead of a projection
+/// it does not feed). Created at the first event not applied by all of them.
 pub async fn durable_consumer(
     js: &jetstream::Context,
-    name: &str,
+    names: &[&str],
+    start: u64,
 ) -> anyhow::Result<jetstream::consumer::PullConsumer> {
     let stream = js
         .get_stream(subjects::LEDGER_STREAM)
         .await
         .context("ledger stream missing")?;
+    let name = names.join("__");
+    let deliver_policy = if start > 1 {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: start,
+        }
+    } else {
+        DeliverPolicy::All
+    };
     stream
         .get_or_create_consumer(
-            name,
+            &name,
             pull::Config {
-                durable_name: Some(name.to_owned()),
+                durable_name: Some(name.clone()),
+                deliver_policy,
                 ack_policy: AckPolicy::All,
                 ack_wait: Duration::from_secs(30),
                 max_ack_pending: 100_000,
@@ -237,21 +309,25 @@ async fn fetch_pending(
     Ok(out)
 }
 
-/// Consumes the ledger stream into `projection` until `shutdown`, fetching
-/// once per `window` while there is less than a full batch pending.
+/// Consumes the ledger stream into `projections` until `shutdown`, fetching
+/// once per `window` while there is less than a full batch pending. One
+/// fetch and one decode serve all the projections this process leads; a
+/// projection another process leads is taken over when that one stops.
 pub async fn run(
     js: jetstream::Context,
     pool: PgPool,
-    projection: &dyn Projection,
+    projections: &[&dyn Projection],
     window: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match run_once(&js, &pool, projection, window, &shutdown).await {
-            Ok(()) => return Ok(()),
+        match run_once(&js, &pool, projections, window, &shutdown).await {
+            Ok(Stopped::Shutdown) => return Ok(()),
+            Ok(Stopped::LeadsMore) => backoff = Duration::from_millis(100),
             Err(err) => {
-                tracing::warn!(projection = projection.name(), error = %format!("{err:#}"), backoff_ms = backoff.as_millis() as u64, "projection consumer failed; retrying");
+                let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+                tracing::warn!(projections = ?names, error = %format!("{err:#}"), backoff_ms = backoff.as_millis() as u64, "projection consumer failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}
@@ -263,21 +339,60 @@ pub async fn run(
     Ok(())
 }
 
+enum Stopped {
+    Shutdown,
+    /// This process now leads a projection it did not: start over with it.
+    LeadsMore,
+}
+
 async fn run_once(
     js: &jetstream::Context,
     pool: &PgPool,
-    projection: &dyn Projection,
+    all: &[&dyn Projection],
     window: Duration,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let Some(mut lock) = lead(pool, projection.name(), shutdown).await? else {
-        return Ok(());
+) -> anyhow::Result<Stopped> {
+    let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+    let Some((mut lock, led)) = lead_some(pool, &names, shutdown).await? else {
+        return Ok(Stopped::Shutdown);
     };
-    let consumer = durable_consumer(js, projection.name()).await?;
+    let projections: Vec<&dyn Projection> = led.iter().map(|&i| all[i]).collect();
+    let led_names: Vec<&str> = led.iter().map(|&i| names[i]).collect();
+    let waiting: Vec<&str> = (0..all.len())
+        .filter(|i| !led.contains(i))
+        .map(|i| names[i])
+        .collect();
+    let mut start = u64::MAX;
+    for name in &led_names {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE projection = $1")
+                .bind(name)
+                .fetch_optional(&mut lock)
+                .await?;
+        start = start.min(applied.and_then(|s| u64::try_from(s).ok()).unwrap_or(0) + 1);
+    }
+    let consumer = durable_consumer(js, &led_names, start).await?;
+    tracing::info!(projections = ?led_names, "applying projections");
     let mut lock_checked = std::time::Instant::now();
     loop {
+        if lock_checked.elapsed() > Duration::from_secs(1) {
+            // The locks live as long as their connection: make sure it is
+            // still there, and take over any projection whose leader left.
+            sqlx::query("SELECT 1")
+                .execute(&mut lock)
+                .await
+                .context("projection lock connection lost")?;
+            lock_checked = std::time::Instant::now();
+            let mut gained = false;
+            for name in &waiting {
+                gained |= try_lead(&mut lock, name).await?;
+            }
+            if gained {
+                return Ok(Stopped::LeadsMore);
+            }
+        }
         let chunk = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(Stopped::Shutdown),
             chunk = fetch_pending(&consumer, LIVE_BATCH_MAX) => chunk?,
         };
         let full = chunk.len() >= LIVE_BATCH_MAX;
@@ -294,15 +409,7 @@ async fn run_once(
                     payload: msg.payload.clone(),
                 });
             }
-            if lock_checked.elapsed() > Duration::from_secs(1) {
-                // The lock lives as long as its connection: make sure it is still there.
-                sqlx::query("SELECT 1")
-                    .execute(&mut lock)
-                    .await
-                    .context("projection lock connection lost")?;
-                lock_checked = std::time::Instant::now();
-            }
-            apply_batch(pool, projection, &raws)
+            apply_batch_to(pool, &projections, &raws)
                 .await
                 .context("applying batch")?;
             if let Some(msg) = chunk.last() {
@@ -314,7 +421,7 @@ async fn run_once(
         }
         if !full {
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(Stopped::Shutdown),
                 _ = tokio::time::sleep(window) => {}
             }
         }
