@@ -180,12 +180,7 @@ async fn run_services(
     }
     // The consumers on their own thread, as `services::run` runs them.
     tracker.spawn(ledger::consumers::spawn(
-        ledger::consumers::Consumers {
-            nats_url: nats_url.to_owned(),
-            database_url: database_url.to_owned(),
-            projections: ledger::replay::all_projections(),
-            window: projector::consumer::LIVE_BATCH_WINDOW,
-        },
+        ledger::consumers::Consumers::all(nats_url, database_url),
         shutdown.clone(),
     )?);
     tracker.spawn(ledger::expiry::run(

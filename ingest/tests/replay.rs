@@ -36,21 +36,7 @@ async fn caught_up(h: &Harness) -> bool {
 
 /// Every row of every projection table, as text, in key order.
 async fn projection_rows(h: &Harness) -> Vec<String> {
-    let mut rows = Vec::new();
-    for (table, key) in [
-        ("reservations", "project_id, reservation_id"),
-        ("account_balances", "project_id, account_token, unit"),
-        (
-            "usage_counters",
-            "project_id, account_token, window_kind, period_start, unit, model",
-        ),
-    ] {
-        rows.extend(
-            testkit::pg::rows_as_text(h.db.pool(), table, key)
-                .await
-                .unwrap(),
-        );
-    }
+    let rows = testkit::pg::projection_rows(h.db.pool()).await.unwrap();
     assert!(rows.iter().any(|r| r.starts_with("reservations: ")));
     rows
 }

@@ -7,9 +7,10 @@
 //! own NATS connection and its own small PostgreSQL pool, at a lower CPU
 //! priority than the request path. A batch then never occupies a tokio
 //! worker that a reserve's connection or the gate's NATS connection is
-//! queued on. Measured at 64 clients on 2 cores: 4,419 / 5,641 pairs/s with
-//! the consumers on the shared runtime, 5,485 / 5,623 with their own thread,
-//! both with a 1 s window (`bench/README.md`).
+//! queued on. Measured at 64 clients on 2 cores with a 1 s window: 5,107 /
+//! 3,997 pairs/s with the consumers on the shared runtime, 5,485 / 5,623 on
+//! their own thread (`bench/README.md`). One consumer feeds all the
+//! projections the process leads (`projector::consumer::run`).
 
 use projector::consumer::Projection;
 use std::future::Future;
@@ -27,6 +28,18 @@ pub struct Consumers {
     pub projections: Vec<Box<dyn Projection>>,
     /// See [`projector::consumer::LIVE_BATCH_WINDOW`].
     pub window: Duration,
+}
+
+impl Consumers {
+    /// Every projection, fetched once per the default window (as `tollgate up` runs them).
+    pub fn all(nats_url: impl Into<String>, database_url: impl Into<String>) -> Consumers {
+        Consumers {
+            nats_url: nats_url.into(),
+            database_url: database_url.into(),
+            projections: crate::replay::all_projections(),
+            window: projector::consumer::LIVE_BATCH_WINDOW,
+        }
+    }
 }
 
 /// Starts the consumers on their own thread; they stop on `shutdown`. The

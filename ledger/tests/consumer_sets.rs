@@ -76,18 +76,7 @@ async fn caught_up(pool: &PgPool, name: &str, last: u64) {
 }
 
 async fn all_rows(pool: &PgPool) -> Vec<String> {
-    let mut out = Vec::new();
-    for (table, key) in [
-        ("reservations", "project_id, reservation_id"),
-        ("account_balances", "project_id, account_token, unit"),
-        (
-            "usage_counters",
-            "project_id, account_token, window_kind, period_start, unit, model",
-        ),
-    ] {
-        out.extend(testkit::pg::rows_as_text(pool, table, key).await.unwrap());
-    }
-    out
+    testkit::pg::projection_rows(pool).await.unwrap()
 }
 
 async fn durable_exists(js: &async_nats::jetstream::Context, name: &str) -> bool {

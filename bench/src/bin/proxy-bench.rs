@@ -134,12 +134,7 @@ async fn main() -> anyhow::Result<()> {
     let (shutdown, tracker) = (CancellationToken::new(), TaskTracker::new());
     // The consumers on their own thread, as `tollgate up` runs them.
     tracker.spawn(ledger::consumers::spawn(
-        ledger::consumers::Consumers {
-            nats_url: nats.url(),
-            database_url: db.url().to_owned(),
-            projections: ledger::replay::all_projections(),
-            window: projector::consumer::LIVE_BATCH_WINDOW,
-        },
+        ledger::consumers::Consumers::all(nats.url(), db.url()),
         shutdown.clone(),
     )?);
     let settings = Settings {

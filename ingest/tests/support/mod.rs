@@ -53,12 +53,7 @@ impl Harness {
         tokio::spawn(tollgate_ingest::serve_on(state, listener, shutdown.clone()));
         // The ledger and projector consumers run too, as in `tollgate up`.
         ledger::consumers::spawn(
-            ledger::consumers::Consumers {
-                nats_url: nats.url(),
-                database_url: db.url().to_owned(),
-                projections: ledger::replay::all_projections(),
-                window: projector::consumer::LIVE_BATCH_WINDOW,
-            },
+            ledger::consumers::Consumers::all(nats.url(), db.url()),
             shutdown.clone(),
         )
         .unwrap();

@@ -89,12 +89,7 @@ impl Proxy {
             shutdown.clone(),
         ));
         ledger::consumers::spawn(
-            ledger::consumers::Consumers {
-                nats_url: nats.url(),
-                database_url: db.url().to_owned(),
-                projections: ledger::replay::all_projections(),
-                window: projector::consumer::LIVE_BATCH_WINDOW,
-            },
+            ledger::consumers::Consumers::all(nats.url(), db.url()),
             shutdown.clone(),
         )
         .unwrap();

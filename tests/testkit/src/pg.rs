@@ -102,6 +102,23 @@ pub async fn rows_as_text(
         .with_context(|| format!("reading {table}"))
 }
 
+/// Every row of every projection table (`reservations`, `account_balances`,
+/// `usage_counters`) as text, in key order: what replay equality compares.
+pub async fn projection_rows(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    let mut rows = Vec::new();
+    for (table, key) in [
+        ("reservations", "project_id, reservation_id"),
+        ("account_balances", "project_id, account_token, unit"),
+        (
+            "usage_counters",
+            "project_id, account_token, window_kind, period_start, unit, model",
+        ),
+    ] {
+        rows.extend(rows_as_text(pool, table, key).await?);
+    }
+    Ok(rows)
+}
+
 /// URL of the test server's maintenance database: `TOLLGATE_TEST_DATABASE_URL`,
 /// or the private cluster of this process (started on first call).
 pub async fn server_url() -> anyhow::Result<String> {
