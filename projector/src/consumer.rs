@@ -114,8 +114,8 @@ pub enum ApplyError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
     /// The batch starts after a sequence this projection has not applied:
-    /// applying it would skip events. (Only one process should be applying;
-    /// see [`lead`].)
+    /// applying it would skip events. (Only one process should be applying
+    /// a projection; see [`run`].)
     #[error("{projection}: events {after_next}..{first} are missing before this batch")]
     Gap {
         projection: &'static str,
@@ -190,21 +190,11 @@ async fn try_lead(conn: &mut PgConnection, name: &str) -> sqlx::Result<bool> {
         .await
 }
 
-/// Waits until this process is the one applying `name`: a PostgreSQL session
-/// advisory lock held on a connection taken out of the pool. If the process
-/// dies its connection closes and another process takes over. `None` on shutdown.
-pub async fn lead(
-    pool: &PgPool,
-    name: &str,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<Option<PgConnection>> {
-    Ok(lead_some(pool, &[name], shutdown)
-        .await?
-        .map(|(conn, _)| conn))
-}
-
-/// Waits until this process leads at least one of `names`; returns the lock
-/// connection and which names it leads. `None` on shutdown.
+/// Waits until this process leads at least one of `names`: a PostgreSQL
+/// session advisory lock per projection, all held on one connection taken
+/// out of the pool. If the process dies its connection closes and another
+/// process takes over. Returns the connection and the indexes of the names
+/// it leads; `None` on shutdown.
 async fn lead_some(
     pool: &PgPool,
     names: &[&str],
@@ -323,8 +313,7 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match run_once(&js, &pool, projections, window, &shutdown).await {
-            Ok(Stopped::Shutdown) => return Ok(()),
-            Ok(Stopped::LeadsMore) => backoff = Duration::from_millis(100),
+            Ok(()) => return Ok(()),
             Err(err) => {
                 let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
                 tracing::warn!(projections = ?names, error = %format!("{err:#}"), backoff_ms = backoff.as_millis() as u64, "projection consumer failed; retrying");
@@ -339,90 +328,87 @@ pub async fn run(
     Ok(())
 }
 
-enum Stopped {
-    Shutdown,
-    /// This process now leads a projection it did not: start over with it.
-    LeadsMore,
-}
-
 async fn run_once(
     js: &jetstream::Context,
     pool: &PgPool,
     all: &[&dyn Projection],
     window: Duration,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Stopped> {
+) -> anyhow::Result<()> {
     let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
-    let Some((mut lock, led)) = lead_some(pool, &names, shutdown).await? else {
-        return Ok(Stopped::Shutdown);
+    let Some((mut lock, mut led)) = lead_some(pool, &names, shutdown).await? else {
+        return Ok(());
     };
-    let projections: Vec<&dyn Projection> = led.iter().map(|&i| all[i]).collect();
-    let led_names: Vec<&str> = led.iter().map(|&i| names[i]).collect();
-    let waiting: Vec<&str> = (0..all.len())
-        .filter(|i| !led.contains(i))
-        .map(|i| names[i])
-        .collect();
-    let mut start = u64::MAX;
-    for name in &led_names {
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE projection = $1")
-                .bind(name)
-                .fetch_optional(&mut lock)
-                .await?;
-        start = start.min(applied.and_then(|s| u64::try_from(s).ok()).unwrap_or(0) + 1);
-    }
-    let consumer = durable_consumer(js, &led_names, start).await?;
-    tracing::info!(projections = ?led_names, "applying projections");
-    let mut lock_checked = std::time::Instant::now();
-    loop {
-        if lock_checked.elapsed() > Duration::from_secs(1) {
-            // The locks live as long as their connection: make sure it is
-            // still there, and take over any projection whose leader left.
-            sqlx::query("SELECT 1")
-                .execute(&mut lock)
-                .await
-                .context("projection lock connection lost")?;
-            lock_checked = std::time::Instant::now();
-            let mut gained = false;
-            for name in &waiting {
-                gained |= try_lead(&mut lock, name).await?;
-            }
-            if gained {
-                return Ok(Stopped::LeadsMore);
-            }
+    // Each turn feeds the projections led so far; a new turn starts when
+    // this process takes over one more (the locks stay held throughout).
+    'led: loop {
+        let projections: Vec<&dyn Projection> = led.iter().map(|&i| all[i]).collect();
+        let led_names: Vec<&str> = led.iter().map(|&i| names[i]).collect();
+        let mut start = u64::MAX;
+        for name in &led_names {
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE projection = $1")
+                    .bind(name)
+                    .fetch_optional(&mut lock)
+                    .await?;
+            start = start.min(applied.and_then(|s| u64::try_from(s).ok()).unwrap_or(0) + 1);
         }
-        let chunk = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(Stopped::Shutdown),
-            chunk = fetch_pending(&consumer, LIVE_BATCH_MAX) => chunk?,
-        };
-        let full = chunk.len() >= LIVE_BATCH_MAX;
-        if !chunk.is_empty() {
-            let mut raws = Vec::with_capacity(chunk.len());
-            for msg in &chunk {
-                let seq = msg
-                    .info()
-                    .map_err(|e| anyhow::anyhow!("message info: {e}"))?
-                    .stream_sequence;
-                raws.push(Raw {
-                    seq,
-                    subject: msg.subject.to_string(),
-                    payload: msg.payload.clone(),
-                });
-            }
-            apply_batch_to(pool, &projections, &raws)
-                .await
-                .context("applying batch")?;
-            if let Some(msg) = chunk.last() {
-                // AckPolicy::All: acking the newest acks the whole batch, after the commit.
-                msg.ack_with(AckKind::Ack)
+        let consumer = durable_consumer(js, &led_names, start).await?;
+        tracing::info!(projections = ?led_names, "applying projections");
+        let mut lock_checked = std::time::Instant::now();
+        loop {
+            if lock_checked.elapsed() > Duration::from_secs(1) {
+                // The locks live as long as their connection: make sure it is
+                // still there, and take over any projection whose leader left.
+                sqlx::query("SELECT 1")
+                    .execute(&mut lock)
                     .await
-                    .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                    .context("projection lock connection lost")?;
+                lock_checked = std::time::Instant::now();
+                let before = led.len();
+                for (i, name) in names.iter().enumerate() {
+                    if !led.contains(&i) && try_lead(&mut lock, name).await? {
+                        led.push(i);
+                    }
+                }
+                if led.len() > before {
+                    led.sort_unstable();
+                    continue 'led;
+                }
             }
-        }
-        if !full {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(Stopped::Shutdown),
-                _ = tokio::time::sleep(window) => {}
+            let chunk = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                chunk = fetch_pending(&consumer, LIVE_BATCH_MAX) => chunk?,
+            };
+            let full = chunk.len() >= LIVE_BATCH_MAX;
+            if !chunk.is_empty() {
+                let mut raws = Vec::with_capacity(chunk.len());
+                for msg in &chunk {
+                    let seq = msg
+                        .info()
+                        .map_err(|e| anyhow::anyhow!("message info: {e}"))?
+                        .stream_sequence;
+                    raws.push(Raw {
+                        seq,
+                        subject: msg.subject.to_string(),
+                        payload: msg.payload.clone(),
+                    });
+                }
+                apply_batch_to(pool, &projections, &raws)
+                    .await
+                    .context("applying batch")?;
+                if let Some(msg) = chunk.last() {
+                    // AckPolicy::All: acking the newest acks the whole batch, after the commit.
+                    msg.ack_with(AckKind::Ack)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                }
+            }
+            if !full {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(window) => {}
+                }
             }
         }
     }

@@ -374,7 +374,7 @@ pub async fn wait_all_expired(
 pub const SKIPPED_BATCH: &str =
     "the ledger checkpoint is at the stream's end, yet the `reservations` \
      table misses events of the stream: two ledger processes applied batches out of order \
-     (projector::consumer::lead must let only one apply at a time).";
+     (the advisory locks in projector::consumer must let only one apply at a time).";
 
 pub fn assert_expired_once(settled: &HashMap<Uuid, Vec<&'static str>>, ids: &[Uuid]) {
     for id in ids {
