@@ -207,3 +207,39 @@ async fn one_consumer_feeds_what_it_leads_and_takes_over_the_rest() {
         "live rows differ from replayed rows:\nonly live: {only_live:#?}\nonly replayed: {only_replayed:#?}"
     );
 }
+
+#[tokio::test]
+async fn an_emptied_database_is_filled_again_from_the_stream() {
+    let nats = testkit::nats::NatsServer::start().await.unwrap();
+    let db = testkit::pg::fresh_database().await.unwrap();
+    let pool = db.pool().clone();
+    let js = tollgate_ledger::stream::jetstream(
+        tollgate_ledger::stream::connect(&nats.url()).await.unwrap(),
+    );
+    tollgate_ledger::stream::ensure_ledger_stream(&js)
+        .await
+        .unwrap();
+    publish_pairs(&js, ProjectId::new(), 0, 20).await;
+    let (ledger, counters) = (subjects::LEDGER_CONSUMER, subjects::PROJECTOR_CONSUMER);
+    let b = start(&js, &pool, &BOTH);
+    caught_up(&pool, ledger, 40).await;
+    caught_up(&pool, counters, 40).await;
+    b.stop().await;
+    let before = all_rows(&pool).await;
+
+    // The database is emptied (or restored from an old backup); the stream
+    // and the consumer that acknowledged all 40 events are kept.
+    sqlx::query("TRUNCATE reservations, account_balances, usage_counters, checkpoints")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let b = start(&js, &pool, &BOTH);
+    caught_up(&pool, ledger, 40).await;
+    caught_up(&pool, counters, 40).await;
+    b.stop().await;
+    assert_eq!(
+        all_rows(&pool).await,
+        before,
+        "every row rebuilt from the stream"
+    );
+}

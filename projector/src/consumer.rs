@@ -265,20 +265,39 @@ pub async fn durable_consumer(
     } else {
         DeliverPolicy::All
     };
-    stream
-        .get_or_create_consumer(
-            &name,
-            pull::Config {
-                durable_name: Some(name.clone()),
-                deliver_policy,
-                ack_policy: AckPolicy::All,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 100_000,
-                ..Default::default()
-            },
-        )
+    let config = pull::Config {
+        durable_name: Some(name.clone()),
+        deliver_policy,
+        ack_policy: AckPolicy::All,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 100_000,
+        ..Default::default()
+    };
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(&name, config.clone())
         .await
-        .context("creating durable consumer")
+        .context("creating durable consumer")?;
+    let acked = consumer.cached_info().ack_floor.stream_sequence;
+    if acked < start {
+        return Ok(consumer);
+    }
+    // The consumer has acknowledged events the checkpoints say were never
+    // applied (the database was emptied or restored, the stream kept): it
+    // would never deliver them again. Start it over at the checkpoints.
+    tracing::warn!(
+        consumer = %name,
+        acked,
+        first_unapplied = start,
+        "durable consumer is ahead of the projections' checkpoints; recreating it"
+    );
+    stream
+        .delete_consumer(&name)
+        .await
+        .context("deleting a durable consumer that ran ahead")?;
+    stream
+        .create_consumer(config)
+        .await
+        .context("recreating durable consumer")
 }
 
 /// Fetches what the consumer has pending now, at most `max` (no waiting).
