@@ -117,21 +117,31 @@ impl Running {
     }
 }
 
-static LEDGER_ONLY: [&dyn Projection; 1] = [&LedgerProjection];
-static COUNTERS_ONLY: [&dyn Projection; 1] = [&CountersProjection];
-static BOTH: [&dyn Projection; 2] = [&LedgerProjection, &CountersProjection];
-
-#[tokio::test]
-async fn one_consumer_feeds_what_it_leads_and_takes_over_the_rest() {
+/// A nats-server with the ledger stream, a fresh database, a JetStream context.
+async fn backends() -> (
+    testkit::nats::NatsServer,
+    testkit::pg::TestDb,
+    async_nats::jetstream::Context,
+) {
     let nats = testkit::nats::NatsServer::start().await.unwrap();
     let db = testkit::pg::fresh_database().await.unwrap();
-    let pool = db.pool().clone();
     let js = tollgate_ledger::stream::jetstream(
         tollgate_ledger::stream::connect(&nats.url()).await.unwrap(),
     );
     tollgate_ledger::stream::ensure_ledger_stream(&js)
         .await
         .unwrap();
+    (nats, db, js)
+}
+
+static LEDGER_ONLY: [&dyn Projection; 1] = [&LedgerProjection];
+static COUNTERS_ONLY: [&dyn Projection; 1] = [&CountersProjection];
+static BOTH: [&dyn Projection; 2] = [&LedgerProjection, &CountersProjection];
+
+#[tokio::test]
+async fn one_consumer_feeds_what_it_leads_and_takes_over_the_rest() {
+    let (_nats, db, js) = backends().await;
+    let pool = db.pool().clone();
     let project = ProjectId::new();
     let both = format!(
         "{}__{}",
@@ -210,15 +220,8 @@ async fn one_consumer_feeds_what_it_leads_and_takes_over_the_rest() {
 
 #[tokio::test]
 async fn an_emptied_database_is_filled_again_from_the_stream() {
-    let nats = testkit::nats::NatsServer::start().await.unwrap();
-    let db = testkit::pg::fresh_database().await.unwrap();
+    let (_nats, db, js) = backends().await;
     let pool = db.pool().clone();
-    let js = tollgate_ledger::stream::jetstream(
-        tollgate_ledger::stream::connect(&nats.url()).await.unwrap(),
-    );
-    tollgate_ledger::stream::ensure_ledger_stream(&js)
-        .await
-        .unwrap();
     publish_pairs(&js, ProjectId::new(), 0, 20).await;
     let (ledger, counters) = (subjects::LEDGER_CONSUMER, subjects::PROJECTOR_CONSUMER);
     let b = start(&js, &pool, &BOTH);
