@@ -33,18 +33,24 @@ impl Service {
     ];
 
     pub fn parse_list(list: &str) -> anyhow::Result<BTreeSet<Service>> {
-        list.split(',')
+        let services: BTreeSet<Service> = list
+            .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| match s {
                 "ingest" => Ok(Service::Ingest),
                 "ledger" => Ok(Service::Ledger),
                 "projector" => Ok(Service::Projector),
+                "proxy" => Ok(Service::Proxy),
                 other => anyhow::bail!(
-                    "--only: unknown service `{other}` (services: ingest, ledger, projector)"
+                    "--only: unknown service `{other}` (services: ingest, ledger, projector, proxy)"
                 ),
             })
-            .collect()
+            .collect::<anyhow::Result<_>>()?;
+        if services.is_empty() {
+            anyhow::bail!("--only: name at least one service (ingest, ledger, projector, proxy)");
+        }
+        Ok(services)
     }
 }
 
@@ -208,4 +214,20 @@ pub fn cancel_on_signals(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Service;
+
+    #[test]
+    fn only_accepts_every_service_and_nothing_else() {
+        let all = Service::parse_list("ingest, ledger,projector,proxy").ok();
+        assert_eq!(all, Some(Service::ALL.into_iter().collect()));
+        let proxy = Service::parse_list("proxy").ok();
+        assert_eq!(proxy, Some([Service::Proxy].into_iter().collect()));
+        for bad in ["", " , ", "ingest,billing"] {
+            assert!(Service::parse_list(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }
