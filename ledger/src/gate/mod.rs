@@ -94,20 +94,35 @@ struct Slot {
     state: Option<AccountState>,
 }
 
-struct Inner {
-    client: async_nats::Client,
-    js: jetstream::Context,
-    stream: jetstream::stream::Stream,
+/// What every handle of one process's gate shares.
+struct Shared {
     clock: Arc<dyn Clock>,
     accounts: DashMap<String, Arc<Mutex<Slot>>>,
     index: DashMap<(ProjectId, ReservationId), Account>,
     pool: Option<PgPool>,
 }
 
-/// Cheap to clone; one per process.
+/// The NATS connection one handle appends and reads over.
+struct Io {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+}
+
+/// Cheap to clone; one per process, or one handle per runtime thread sharing
+/// the same accounts (see [`Gate::on_connection`]).
 #[derive(Clone)]
 pub struct Gate {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+    io: Arc<Io>,
+}
+
+impl Io {
+    async fn new(client: async_nats::Client) -> anyhow::Result<Io> {
+        let js = crate::stream::jetstream(client.clone());
+        let stream = crate::stream::ensure_ledger_stream(&js).await?;
+        Ok(Io { client, js, stream })
+    }
 }
 
 impl Gate {
@@ -117,28 +132,36 @@ impl Gate {
         clock: Arc<dyn Clock>,
         pool: Option<PgPool>,
     ) -> anyhow::Result<Gate> {
-        let js = crate::stream::jetstream(client.clone());
-        let stream = crate::stream::ensure_ledger_stream(&js).await?;
-        let inner = Inner {
-            client,
-            js,
-            stream,
+        let shared = Shared {
             clock,
             accounts: DashMap::new(),
             index: DashMap::new(),
             pool,
         };
         Ok(Gate {
-            inner: Arc::new(inner),
+            shared: Arc::new(shared),
+            io: Arc::new(Io::new(client).await?),
+        })
+    }
+
+    /// The same gate (accounts, holds, reservation index) appending over
+    /// `client`. A thread-per-core server gives each thread its own handle on
+    /// a connection made on that thread, so a request, its append and the
+    /// append's ack are handled on one thread with no cross-thread wake-up.
+    /// Per-account order is unchanged: every handle locks the same account slot.
+    pub async fn on_connection(&self, client: async_nats::Client) -> anyhow::Result<Gate> {
+        Ok(Gate {
+            shared: self.shared.clone(),
+            io: Arc::new(Io::new(client).await?),
         })
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        self.inner.clock.now()
+        self.shared.clock.now()
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
-        &self.inner.js
+        &self.io.js
     }
 
     /// Takes a hold if every limit of `tier` allows it.
@@ -205,10 +228,10 @@ impl Gate {
             })
             .await?;
         if let ReserveOutcome::Admitted(a) = &outcome {
-            if self.inner.index.len() >= MAX_INDEX_ENTRIES {
-                self.inner.index.clear();
+            if self.shared.index.len() >= MAX_INDEX_ENTRIES {
+                self.shared.index.clear();
             }
-            self.inner
+            self.shared
                 .index
                 .insert((project, a.reservation_id), account.clone());
         }
@@ -377,13 +400,13 @@ impl Gate {
     ) -> Result<T, GateError> {
         let subject = subjects::account_subject(project, account);
         let slot = self
-            .inner
+            .shared
             .accounts
             .entry(subject.clone())
             .or_insert_with(|| Arc::new(Mutex::new(Slot { state: None })))
             .clone();
         let mut slot = slot.lock().await;
-        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+        if self.io.client.connection_state() != async_nats::connection::State::Connected {
             slot.state = None;
             return Err(GateError::Unavailable("not connected to NATS".into()));
         }
@@ -394,14 +417,14 @@ impl Gate {
                 None => {
                     fresh = true;
                     slot.state
-                        .insert(io::load(&self.inner.stream, &subject).await?)
+                        .insert(io::load(&self.io.stream, &subject).await?)
                 }
             };
-            let now = self.inner.clock.now();
+            let now = self.shared.clock.now();
             match decide(state, now) {
                 Step::Done(t) => return Ok(t),
                 Step::DoneIfFresh(t) => {
-                    if fresh || io::catch_up(&self.inner.stream, &subject, state).await? == 0 {
+                    if fresh || io::catch_up(&self.io.stream, &subject, state).await? == 0 {
                         return Ok(t);
                     }
                     fresh = true;
@@ -416,13 +439,13 @@ impl Gate {
                         request_id: request_id.clone(),
                         event,
                     };
-                    match io::append(&self.inner.js, &subject, &envelope, state.last_seq).await {
+                    match io::append(&self.io.js, &subject, &envelope, state.last_seq).await {
                         Ok(seq) => {
                             state.apply(seq, &envelope);
                             return Ok(finish(state));
                         }
                         Err(io::AppendError::Conflict) => {
-                            io::catch_up(&self.inner.stream, &subject, state).await?;
+                            io::catch_up(&self.io.stream, &subject, state).await?;
                             fresh = true;
                         }
                         Err(io::AppendError::Unavailable(why)) => {
@@ -447,11 +470,11 @@ impl Gate {
         if let Some(account) = hint {
             return Ok(account.clone());
         }
-        if let Some(account) = self.inner.index.get(&(project, id)) {
+        if let Some(account) = self.shared.index.get(&(project, id)) {
             return Ok(account.clone());
         }
-        match &self.inner.pool {
-            Some(pool) => io::locate_in_ledger(pool, &self.inner.stream, project, id).await,
+        match &self.shared.pool {
+            Some(pool) => io::locate_in_ledger(pool, &self.io.stream, project, id).await,
             None => Err(GateError::NotFound),
         }
     }
