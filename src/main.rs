@@ -46,6 +46,9 @@ struct Addrs {
     /// How often the projection consumers fetch new events when few are pending.
     #[arg(long, env = "TOLLGATE_PROJECTION_WINDOW_MS", default_value_t = 1000)]
     projection_window_ms: u64,
+    /// Threads serving HTTP, each with its own runtime and NATS connection (default: one per core).
+    #[arg(long, env = "TOLLGATE_HTTP_THREADS")]
+    http_threads: Option<usize>,
     /// Output tokens the proxy holds for a request that sets no max_tokens.
     #[arg(
         long,
@@ -75,6 +78,10 @@ impl Addrs {
             projection_window: std::time::Duration::from_millis(
                 self.projection_window_ms.clamp(1, 60_000),
             ),
+            http_threads: self
+                .http_threads
+                .unwrap_or_else(ingest::threads::default_threads)
+                .clamp(1, 256),
             services,
             proxy: proxy::server::Settings {
                 default_max_output_tokens: self.default_max_output_tokens.max(1),

@@ -64,6 +64,8 @@ pub struct ServeConfig {
     pub expiry_interval_ms: u64,
     /// See `projector::consumer::LIVE_BATCH_WINDOW`.
     pub projection_window: Duration,
+    /// Threads serving HTTP (`ingest::threads`).
+    pub http_threads: usize,
     pub services: BTreeSet<Service>,
     pub proxy: proxy::server::Settings,
     /// Decrypts stored provider keys; without it only pass-through keys work.
@@ -97,31 +99,10 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     // own thread, NATS connection and pool, so the request path never queues
     // behind a batch (ledger/src/consumers.rs).
     let mut projections: Vec<Box<dyn projector::consumer::Projection>> = Vec::new();
+    let mut http = Vec::new();
     for service in &config.services {
         match service {
-            Service::Ingest => {
-                let control = ControlCache::new(pool.clone());
-                control.follow_changes(client.clone());
-                let state = ingest::AppState {
-                    gate: gate.clone(),
-                    control,
-                };
-                let listener = tokio::net::TcpListener::bind(config.ingest_addr)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "binding ingest to {} (TOLLGATE_INGEST_ADDR)",
-                            config.ingest_addr
-                        )
-                    })?;
-                tracing::info!(addr = %config.ingest_addr, "ingest listening");
-                let token = shutdown.clone();
-                tracker.spawn(async move {
-                    if let Err(e) = ingest::serve_on(state, listener, token).await {
-                        tracing::error!(error = %format!("{e:#}"), "ingest stopped");
-                    }
-                });
-            }
+            Service::Ingest | Service::Proxy => http.push(*service),
             Service::Ledger => {
                 projections.push(Box::new(ledger::projection::LedgerProjection));
                 let interval = Duration::from_millis(config.expiry_interval_ms);
@@ -132,39 +113,12 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
                     shutdown.clone(),
                 ));
             }
-            Service::Proxy => {
-                let control = ControlCache::new(pool.clone());
-                control.follow_changes(client.clone());
-                let configs = proxy::project_config::ProjectConfigCache::new(
-                    pool.clone(),
-                    config.encryption_key.clone(),
-                );
-                configs.follow_changes(client.clone());
-                let state = proxy::server::ProxyState::new(
-                    gate.clone(),
-                    control,
-                    configs,
-                    tracker.clone(),
-                    config.proxy.clone(),
-                )?;
-                let listener = tokio::net::TcpListener::bind(config.proxy_addr)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "binding the proxy to {} (TOLLGATE_PROXY_ADDR)",
-                            config.proxy_addr
-                        )
-                    })?;
-                tracing::info!(addr = %config.proxy_addr, "proxy listening");
-                let token = shutdown.clone();
-                tracker.spawn(async move {
-                    if let Err(e) = proxy::server::serve_on(state, listener, token).await {
-                        tracing::error!(error = %format!("{e:#}"), "proxy stopped");
-                    }
-                });
-            }
             Service::Projector => projections.push(Box::new(CountersProjection)),
         }
+    }
+    if !http.is_empty() {
+        let served = serve_http(&config, &http, &pool, &client, &gate, &shutdown).await?;
+        tracker.spawn(served);
     }
     if !projections.is_empty() {
         let consumers = ledger::consumers::spawn(
@@ -191,6 +145,76 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     client.flush().await.ok();
     Ok(())
+}
+
+/// Serves the HTTP services in `http` (ingest, proxy) on
+/// `config.http_threads` threads, each with its own NATS connection and gate
+/// handle (`ingest::threads`). Returns what ends when they have drained.
+async fn serve_http(
+    config: &ServeConfig,
+    http: &[Service],
+    pool: &PgPool,
+    client: &async_nats::Client,
+    gate: &Gate,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let control = ControlCache::new(pool.clone());
+    control.follow_changes(client.clone());
+    let configs =
+        proxy::project_config::ProjectConfigCache::new(pool.clone(), config.encryption_key.clone());
+    if http.contains(&Service::Proxy) {
+        configs.follow_changes(client.clone());
+    }
+    let mut listeners = Vec::new();
+    for service in http {
+        let (addr, what) = match service {
+            Service::Proxy => (config.proxy_addr, "the proxy to {} (TOLLGATE_PROXY_ADDR)"),
+            _ => (config.ingest_addr, "ingest to {} (TOLLGATE_INGEST_ADDR)"),
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {}", what.replace("{}", &addr.to_string())))?;
+        tracing::info!(%addr, service = ?service, "listening");
+        listeners.push(listener);
+    }
+    let (nats_url, gate, http, settings) = (
+        config.nats_url.clone(),
+        gate.clone(),
+        http.to_vec(),
+        config.proxy.clone(),
+    );
+    let setup = move |worker: ingest::threads::Worker| {
+        let (nats_url, gate, control, configs, http, settings) = (
+            nats_url.clone(),
+            gate.clone(),
+            control.clone(),
+            configs.clone(),
+            http.clone(),
+            settings.clone(),
+        );
+        async move {
+            let client = ledger::stream::connect(&nats_url).await?;
+            let gate = gate.on_connection(client).await?;
+            let mut routers = Vec::new();
+            for service in http {
+                routers.push(match service {
+                    Service::Proxy => proxy::server::router(proxy::server::ProxyState::new(
+                        gate.clone(),
+                        control.clone(),
+                        configs.clone(),
+                        worker.tracker.clone(),
+                        settings.clone(),
+                    )?),
+                    _ => ingest::router(ingest::AppState {
+                        gate: gate.clone(),
+                        control: control.clone(),
+                    }),
+                });
+            }
+            Ok(routers)
+        }
+    };
+    ingest::threads::serve(listeners, config.http_threads, setup, shutdown.clone()).await
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

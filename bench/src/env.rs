@@ -165,16 +165,20 @@ async fn run_services(
     let tracker = TaskTracker::new();
     let control = ledger::control::ControlCache::new(pool.clone());
     control.follow_changes(client.clone());
-    let state = ingest::AppState {
-        gate: gate.clone(),
-        control,
-    };
-    let token = shutdown.clone();
-    tracker.spawn(async move {
-        if let Err(e) = ingest::serve_on(state, listener, token).await {
-            eprintln!("ingest stopped: {e:#}");
+    // One runtime, NATS connection and gate handle per HTTP thread, as
+    // `services::serve_http` does (`ingest::threads`).
+    let (url, main_gate) = (nats_url.to_owned(), gate.clone());
+    let setup = move |_: ingest::threads::Worker| {
+        let (url, gate, control) = (url.clone(), main_gate.clone(), control.clone());
+        async move {
+            let client = ledger::stream::connect(&url).await?;
+            let gate = gate.on_connection(client).await?;
+            Ok(vec![ingest::router(ingest::AppState { gate, control })])
         }
-    });
+    };
+    let served =
+        ingest::threads::serve(vec![listener], http_threads(), setup, shutdown.clone()).await?;
+    tracker.spawn(served);
     if !consumers {
         return Ok(tracker);
     }
@@ -202,4 +206,12 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// `TOLLGATE_HTTP_THREADS`, else one per core: what `tollgate` uses.
+pub fn http_threads() -> usize {
+    std::env::var("TOLLGATE_HTTP_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(ingest::threads::default_threads)
 }

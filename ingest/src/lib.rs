@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod http;
+pub mod threads;
 
 use axum::serve::ListenerExt as _;
 use ledger::control::ControlCache;

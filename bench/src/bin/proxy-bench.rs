@@ -146,10 +146,32 @@ async fn main() -> anyhow::Result<()> {
     };
     let control = ledger::control::ControlCache::new(db.pool().clone());
     let configs = proxy::project_config::ProjectConfigCache::new(db.pool().clone(), None);
-    let state = ProxyState::new(gate.clone(), control, configs, tracker.clone(), settings)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let proxy_url = format!("http://{}/v1/chat/completions", listener.local_addr()?);
-    tracker.spawn(proxy::server::serve_on(state, listener, shutdown.clone()));
+    // One runtime, NATS connection and gate handle per HTTP thread, as
+    // `tollgate up` serves the proxy (`ingest::threads`).
+    let nats_url = nats.url();
+    let setup = move |worker: ingest::threads::Worker| {
+        let (url, gate, control, configs, settings) = (
+            nats_url.clone(),
+            gate.clone(),
+            control.clone(),
+            configs.clone(),
+            settings.clone(),
+        );
+        async move {
+            let client = ledger::stream::connect(&url).await?;
+            let gate = gate.on_connection(client).await?;
+            let state = ProxyState::new(gate, control, configs, worker.tracker, settings)?;
+            Ok(vec![proxy::server::router(state)])
+        }
+    };
+    let threads = std::env::var("TOLLGATE_HTTP_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(ingest::threads::default_threads);
+    let served = ingest::threads::serve(vec![listener], threads, setup, shutdown.clone()).await?;
+    tracker.spawn(served);
 
     let direct = Target {
         url: format!("{}/chat/completions", mock.base_url()),

@@ -10,6 +10,9 @@ use testkit::nats::NatsServer;
 use testkit::pg::TestDb;
 use tokio_util::sync::CancellationToken;
 
+/// Threads serving HTTP: two, so consecutive connections land on different threads.
+pub const HTTP_THREADS: usize = 2;
+
 pub struct Harness {
     pub nats: NatsServer,
     pub db: TestDb,
@@ -28,6 +31,16 @@ impl Harness {
     }
 
     pub async fn start_with_clock(plan_yaml: &str, clock: Arc<dyn Clock>) -> Harness {
+        Self::start_with(plan_yaml, clock, true).await
+    }
+
+    /// The ingest API alone: nothing fills the projections, so every answer
+    /// comes from the gate and the stream.
+    pub async fn start_without_consumers(plan_yaml: &str) -> Harness {
+        Self::start_with(plan_yaml, Arc::new(ledger::SystemClock), false).await
+    }
+
+    async fn start_with(plan_yaml: &str, clock: Arc<dyn Clock>, consumers: bool) -> Harness {
         let nats = NatsServer::start().await.unwrap();
         let db = testkit::pg::fresh_database().await.unwrap();
         let client = ledger::stream::connect(&nats.url()).await.unwrap();
@@ -43,20 +56,37 @@ impl Harness {
                 .await
                 .unwrap()
         );
-        let state = tollgate_ingest::AppState {
-            gate: gate.clone(),
-            control: ledger::control::ControlCache::new(db.pool().clone()),
-        };
+        let control = ledger::control::ControlCache::new(db.pool().clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        tokio::spawn(tollgate_ingest::serve_on(state, listener, shutdown.clone()));
-        // The ledger and projector consumers run too, as in `tollgate up`.
-        ledger::consumers::spawn(
-            ledger::consumers::Consumers::all(nats.url(), db.url()),
-            shutdown.clone(),
-        )
-        .unwrap();
+        // Served as `tollgate up` serves it: HTTP_THREADS threads, each with
+        // its own runtime, NATS connection and handle on the one gate.
+        let (url, main_gate) = (nats.url(), gate.clone());
+        let setup = move |_: tollgate_ingest::threads::Worker| {
+            let (url, gate, control) = (url.clone(), main_gate.clone(), control.clone());
+            async move {
+                let client = ledger::stream::connect(&url).await?;
+                let gate = gate.on_connection(client).await?;
+                Ok(vec![tollgate_ingest::router(tollgate_ingest::AppState {
+                    gate,
+                    control,
+                })])
+            }
+        };
+        let served =
+            tollgate_ingest::threads::serve(vec![listener], HTTP_THREADS, setup, shutdown.clone())
+                .await
+                .unwrap();
+        tokio::spawn(served);
+        if consumers {
+            // The ledger and projector consumers run too, as in `tollgate up`.
+            ledger::consumers::spawn(
+                ledger::consumers::Consumers::all(nats.url(), db.url()),
+                shutdown.clone(),
+            )
+            .unwrap();
+        }
         Harness {
             nats,
             db,

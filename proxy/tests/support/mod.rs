@@ -10,7 +10,6 @@ use testkit::mock_providers::{MockKind, MockProvider};
 use testkit::nats::NatsServer;
 use testkit::pg::TestDb;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tollgate_proxy::providers::BaseUrls;
 use tollgate_proxy::server::{ProxyState, Settings};
 
@@ -26,7 +25,6 @@ pub struct Proxy {
     pub anthropic: MockProvider,
     pub gemini: MockProvider,
     pub xai: MockProvider,
-    pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
 
@@ -74,20 +72,34 @@ impl Proxy {
             },
             ..Settings::default()
         };
-        let tracker = TaskTracker::new();
         let control = ledger::control::ControlCache::new(db.pool().clone());
         let configs =
             tollgate_proxy::project_config::ProjectConfigCache::new(db.pool().clone(), enc);
-        let state =
-            ProxyState::new(gate.clone(), control, configs, tracker.clone(), settings).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        tokio::spawn(tollgate_proxy::server::serve_on(
-            state,
-            listener,
-            shutdown.clone(),
-        ));
+        // Served as `tollgate up` serves it: two threads, each with its own
+        // runtime, NATS connection and handle on the one gate.
+        let (url, main_gate) = (nats.url(), gate.clone());
+        let setup = move |worker: ingest::threads::Worker| {
+            let (url, gate, control, configs, settings) = (
+                url.clone(),
+                main_gate.clone(),
+                control.clone(),
+                configs.clone(),
+                settings.clone(),
+            );
+            async move {
+                let client = ledger::stream::connect(&url).await?;
+                let gate = gate.on_connection(client).await?;
+                let state = ProxyState::new(gate, control, configs, worker.tracker, settings)?;
+                Ok(vec![tollgate_proxy::server::router(state)])
+            }
+        };
+        let served = ingest::threads::serve(vec![listener], 2, setup, shutdown.clone())
+            .await
+            .unwrap();
+        tokio::spawn(served);
         ledger::consumers::spawn(
             ledger::consumers::Consumers::all(nats.url(), db.url()),
             shutdown.clone(),
@@ -105,7 +117,6 @@ impl Proxy {
             anthropic,
             gemini,
             xai,
-            tracker,
             shutdown,
         }
     }

@@ -1,0 +1,272 @@
+//! Thread-per-core HTTP serving, for the ingest API and the proxy.
+//!
+//! On tokio's multi-threaded runtime one request hops between workers: the
+//! handler, the NATS connection's task that writes the append and the task
+//! that reads its ack can each land on a different core, and every hop that
+//! wakes a parked worker costs a futex and, on a VM, an inter-processor
+//! interrupt. Measured with `tollgate-bench ingest` on 2 cores, that was a
+//! third of the reserve latency at 1 client. Here each thread runs its own
+//! current-thread runtime with its own NATS connection (its own [`Gate`]
+//! handle, HTTP client…), built by the caller's `setup` on that thread; one
+//! acceptor task hands accepted connections to the threads in turn, so a
+//! connection's requests are served start to end on one thread. Threads share
+//! the account state (one [`Gate`]), so per-account order does not depend on
+//! which thread a request lands on.
+//!
+//! [`Gate`]: ledger::Gate
+
+use anyhow::Context as _;
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a thread waits, after its connections drained, for the work its
+/// requests left running (the proxy's settlements) before it stops.
+const DRAIN_TASKS_FOR: Duration = Duration::from_secs(10);
+
+/// What `setup` gets on each thread.
+pub struct Worker {
+    /// 0-based, for thread names and logs.
+    pub index: usize,
+    /// Background work started by requests on this thread (settlements):
+    /// the thread waits for it before its runtime stops.
+    pub tracker: TaskTracker,
+}
+
+/// The number of threads when `TOLLGATE_HTTP_THREADS` is unset: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+/// Serves `listeners` on `threads` threads until `shutdown`. `setup` runs on
+/// each thread, inside its runtime, and returns one router per listener (in
+/// the same order). Returns once every thread has set up (the first error
+/// fails the whole start and stops the others); the returned future ends when
+/// every thread has drained and stopped.
+pub async fn serve<F, Fut>(
+    listeners: Vec<TcpListener>,
+    threads: usize,
+    setup: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static>
+where
+    F: Fn(Worker) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<Vec<Router>>> + 'static,
+{
+    let threads = threads.max(1);
+    let addrs = listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let setup = Arc::new(setup);
+    // A failed start must not leave the other threads serving.
+    let stop = shutdown.child_token();
+    // senders[listener][thread]
+    let mut senders: Vec<Vec<mpsc::UnboundedSender<std::net::TcpStream>>> =
+        addrs.iter().map(|_| Vec::new()).collect();
+    let mut ready = Vec::new();
+    let mut done = Vec::new();
+    for index in 0..threads {
+        let mut inboxes = Vec::new();
+        for (per_listener, addr) in senders.iter_mut().zip(&addrs) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            per_listener.push(tx);
+            inboxes.push(Handed { rx, addr: *addr });
+        }
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let (setup, stop) = (setup.clone(), stop.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building an HTTP thread's runtime")?;
+        std::thread::Builder::new()
+            .name(format!("tg-http-{index}"))
+            .spawn(move || {
+                runtime.block_on(run_thread(index, inboxes, setup, ready_tx, stop));
+                drop(done_tx);
+            })
+            .context("starting an HTTP thread")?;
+        ready.push(ready_rx);
+        done.push(done_rx);
+    }
+    for ready_rx in ready {
+        let started = match ready_rx.await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!("an HTTP thread stopped while setting up")),
+        };
+        if let Err(e) = started {
+            stop.cancel();
+            return Err(e);
+        }
+    }
+    for (listener, per_listener) in listeners.into_iter().zip(senders) {
+        tokio::spawn(accept(listener, per_listener, stop.clone()));
+    }
+    Ok(async move {
+        for done_rx in done {
+            // Err means the thread ended (its sender dropped): what we wait for.
+            let _ = done_rx.await;
+        }
+    })
+}
+
+async fn run_thread<F, Fut>(
+    index: usize,
+    inboxes: Vec<Handed>,
+    setup: Arc<F>,
+    ready: oneshot::Sender<anyhow::Result<()>>,
+    stop: CancellationToken,
+) where
+    F: Fn(Worker) -> Fut,
+    Fut: Future<Output = anyhow::Result<Vec<Router>>>,
+{
+    let tracker = TaskTracker::new();
+    let routers = match setup(Worker {
+        index,
+        tracker: tracker.clone(),
+    })
+    .await
+    {
+        Ok(routers) if routers.len() == inboxes.len() => routers,
+        Ok(routers) => {
+            let why = format!(
+                "setup made {} routers for {} listeners",
+                routers.len(),
+                inboxes.len()
+            );
+            let _ = ready.send(Err(anyhow::anyhow!(why)));
+            return;
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.context(format!("setting up HTTP thread {index}"))));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let servers: Vec<_> = routers
+        .into_iter()
+        .zip(inboxes)
+        .map(|(router, inbox)| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(inbox, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(thread = index, error = %e, "HTTP server stopped");
+                }
+            })
+        })
+        .collect();
+    for server in servers {
+        let _ = server.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TASKS_FOR, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            thread = index,
+            tasks = tracker.len(),
+            "background work still running after the connections drained; stopping anyway"
+        );
+    }
+}
+
+/// Accepts connections on `listener` and hands them to the threads in turn.
+async fn accept(
+    listener: TcpListener,
+    threads: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    stop: CancellationToken,
+) {
+    let mut next = 0usize;
+    loop {
+        let tcp = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not hand over a connection");
+                continue;
+            }
+        };
+        // A thread whose server stopped drops its inbox: try the next one.
+        let mut tcp = Some(tcp);
+        for _ in 0..threads.len() {
+            let Some(stream) = tcp.take() else { break };
+            let thread = &threads[next % threads.len()];
+            next = next.wrapping_add(1);
+            if let Err(mpsc::error::SendError(back)) = thread.send(stream) {
+                tcp = Some(back);
+            }
+        }
+        if tcp.is_some() {
+            tracing::error!("no HTTP thread is serving; closing the connection");
+        }
+    }
+}
+
+/// A thread's share of one listener's connections.
+struct Handed {
+    rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for Handed {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            let Some(tcp) = self.rx.recv().await else {
+                // The acceptor stopped (shutdown): wait for the graceful end.
+                return std::future::pending().await;
+            };
+            // Registers the socket with this thread's runtime.
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => {
+                    let peer = tcp.peer_addr().unwrap_or(self.addr);
+                    return (tcp, peer);
+                }
+                Err(e) => tracing::debug!(error = %e, "could not take over a connection"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// As axum's own accept loop: per-connection errors are skipped; anything
+/// else (out of file descriptors) is logged and retried after a pause.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
