@@ -32,8 +32,10 @@ pub struct Snapshot {
     at: Instant,
     machine_busy: u64,
     machine_total: u64,
-    service: u64,
-    loadgen: u64,
+    /// tid → ticks: a thread that exits between two snapshots (the previous
+    /// row's load generator) must not make the sum go down.
+    service: BTreeMap<u32, u64>,
+    loadgen: BTreeMap<u32, u64>,
     /// pid → ticks, per external bucket.
     nats: BTreeMap<u32, u64>,
     postgres: BTreeMap<u32, u64>,
@@ -86,9 +88,16 @@ fn machine() -> (u64, u64) {
 
 pub fn snapshot(probe: &Probe) -> Snapshot {
     let (machine_busy, machine_total) = machine();
-    let (mut service, mut loadgen) = (0, 0);
+    let (mut service, mut loadgen) = (BTreeMap::new(), BTreeMap::new());
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
             let path = task.path().join("stat");
             let Some((comm, ticks)) = std::fs::read_to_string(path)
                 .ok()
@@ -97,9 +106,9 @@ pub fn snapshot(probe: &Probe) -> Snapshot {
                 continue;
             };
             if comm.starts_with(LOADGEN_THREAD) {
-                loadgen += ticks;
+                loadgen.insert(tid, ticks);
             } else {
-                service += ticks;
+                service.insert(tid, ticks);
             }
         }
     }
@@ -162,8 +171,8 @@ fn grown(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> u64 {
 pub fn usage(a: &Snapshot, b: &Snapshot) -> Usage {
     let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-3);
     let pct = |ticks: u64| ticks as f64 / TICKS_PER_SEC / secs * 100.0;
-    let service = pct(b.service.saturating_sub(a.service));
-    let loadgen = pct(b.loadgen.saturating_sub(a.loadgen));
+    let service = pct(grown(&a.service, &b.service));
+    let loadgen = pct(grown(&a.loadgen, &b.loadgen));
     let nats = pct(grown(&a.nats, &b.nats));
     let postgres = pct(grown(&a.postgres, &b.postgres));
     let busy = pct(b.machine_busy.saturating_sub(a.machine_busy));

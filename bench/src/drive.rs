@@ -113,6 +113,19 @@ pub async fn drive<P: Pair>(
     let before = cpu::snapshot(probe);
     tokio::time::sleep_until(until).await;
     let after = cpu::snapshot(probe);
+    let mut results = Vec::new();
+    for handle in handles {
+        results.push(handle.await??);
+    }
+    merge(clients, measure, cpu::usage(&before, &after), results)
+}
+
+fn merge(
+    clients: usize,
+    measure: Duration,
+    cpu: cpu::Usage,
+    results: Vec<WorkerResult>,
+) -> anyhow::Result<Outcome> {
     let mut out = Outcome {
         clients,
         pairs: 0,
@@ -121,10 +134,9 @@ pub async fn drive<P: Pair>(
         second: histogram()?,
         errors: 0,
         first_error: None,
-        cpu: cpu::usage(&before, &after),
+        cpu,
     };
-    for handle in handles {
-        let w = handle.await??;
+    for w in results {
         out.first.add(&w.first).map_err(|e| anyhow!("{e:?}"))?;
         out.second.add(&w.second).map_err(|e| anyhow!("{e:?}"))?;
         out.pairs += w.pairs;
@@ -136,32 +148,70 @@ pub async fn drive<P: Pair>(
     Ok(out)
 }
 
-/// Runs `make()`'s future on a separate multi-threaded runtime whose threads
-/// are named [`cpu::LOADGEN_THREAD`], as a separate load-generator process
-/// would: its own scheduler, sharing only the machine's cores.
-pub async fn on_loadgen<T, F, Fut>(threads: usize, make: F) -> anyhow::Result<T>
+/// Like [`drive`], with the workers on `threads` load-generator threads
+/// (named [`cpu::LOADGEN_THREAD`]), each a current-thread runtime running
+/// every `threads`-th worker, as a separate event-loop-per-thread load
+/// generator (wrk) would: a client's connection and its requests stay on
+/// one thread. `make(i)` builds worker `i` on its thread.
+pub async fn drive_on_loadgen<P, F>(
+    threads: usize,
+    clients: usize,
+    make: F,
+    warmup: Duration,
+    measure: Duration,
+    probe: &cpu::Probe,
+) -> anyhow::Result<Outcome>
 where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+    P: Pair,
+    F: Fn(usize) -> anyhow::Result<P> + Send + Sync + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(cpu::LOADGEN_THREAD.into())
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads.max(1))
-                .thread_name(cpu::LOADGEN_THREAD)
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| {
-                    let out = rt.block_on(make());
-                    rt.shutdown_timeout(Duration::from_secs(5));
-                    out
+    let threads = threads.clamp(1, clients.max(1));
+    let from = Instant::now() + warmup;
+    let until = from + measure;
+    let make = std::sync::Arc::new(make);
+    let mut done = Vec::new();
+    // A thread stays until the window's CPU has been read: one that exited
+    // before would take its ticks with it.
+    let mut releases = Vec::new();
+    for t in 0..threads {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        releases.push(release);
+        let make = make.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(cpu::LOADGEN_THREAD.into())
+            .spawn(move || {
+                let result = runtime.block_on(async move {
+                    let handles = (t..clients)
+                        .step_by(threads)
+                        .map(|i| Ok(tokio::spawn(run_worker(make(i)?, from, until))))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    let mut results = Vec::new();
+                    for handle in handles {
+                        results.push(handle.await??);
+                    }
+                    Ok::<_, anyhow::Error>(results)
                 });
-            let _ = tx.send(result);
-        })?;
-    rx.await
-        .map_err(|_| anyhow!("the load generator thread died"))?
+                let _ = tx.send(result);
+                // Returns when `releases` is dropped.
+                let _ = released.recv();
+            })?;
+        done.push(rx);
+    }
+    tokio::time::sleep_until(from).await;
+    let before = cpu::snapshot(probe);
+    tokio::time::sleep_until(until).await;
+    let after = cpu::snapshot(probe);
+    drop(releases);
+    let mut results = Vec::new();
+    for rx in done {
+        results.extend(
+            rx.await
+                .map_err(|_| anyhow!("a load generator thread died"))??,
+        );
+    }
+    merge(clients, measure, cpu::usage(&before, &after), results)
 }

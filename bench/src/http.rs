@@ -140,12 +140,15 @@ pub async fn serve_empty(
         .with_state(canned);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    });
-    Ok((base, task))
+    // Served as the ingest service is (`ingest::threads`), so the row
+    // isolates what the handlers and the gate add.
+    let setup = move |_: ingest::threads::Worker| {
+        let router = router.clone();
+        async move { Ok(vec![router]) }
+    };
+    let served =
+        ingest::threads::serve(vec![listener], crate::env::http_threads(), setup, shutdown).await?;
+    Ok((base, tokio::spawn(served)))
 }
 
 /// One real reserve + commit, returning the reserve response body.

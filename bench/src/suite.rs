@@ -55,18 +55,16 @@ async fn run_on(services: &Services, args: &IngestArgs) -> anyhow::Result<Vec<Ro
 
     for &clients in &args.clients {
         eprintln!("ingest: {clients} client(s) over HTTP…");
-        let (base, secret, probe2) = (
-            services.base.clone(),
-            services.secret.clone(),
-            probe.clone(),
-        );
+        let (base, secret) = (services.base.clone(), services.secret.clone());
         let id = run_id.clone();
-        let outcome = drive::on_loadgen(args.loadgen_threads, move || async move {
-            let workers = (0..clients)
-                .map(|i| IngestPair::new(&base, &secret, &format!("bench-{id}-c{clients}-w{i}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            drive::drive(workers, warmup, measure, &probe2).await
-        })
+        let outcome = drive::drive_on_loadgen(
+            args.loadgen_threads,
+            clients,
+            move |i| IngestPair::new(&base, &secret, &format!("bench-{id}-c{clients}-w{i}")),
+            warmup,
+            measure,
+            &probe,
+        )
         .await?;
         let settled = services.settle_projections().await?;
         rows.push(Row {
@@ -133,13 +131,15 @@ async fn run_on(services: &Services, args: &IngestArgs) -> anyhow::Result<Vec<Ro
     let (empty_base, empty_task) = http::serve_empty(canned, stop_empty.clone()).await?;
     for &clients in &args.clients {
         eprintln!("reference: empty axum handler, {clients} client(s)…");
-        let (base, probe2) = (empty_base.clone(), probe.clone());
-        let outcome = drive::on_loadgen(args.loadgen_threads, move || async move {
-            let workers = (0..clients)
-                .map(|i| IngestPair::new(&base, "sk_unused", &format!("empty-w{i}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            drive::drive(workers, warmup, measure, &probe2).await
-        })
+        let base = empty_base.clone();
+        let outcome = drive::drive_on_loadgen(
+            args.loadgen_threads,
+            clients,
+            move |i| IngestPair::new(&base, "sk_unused", &format!("empty-w{i}")),
+            warmup,
+            measure,
+            &probe,
+        )
         .await?;
         rows.push(Row {
             scenario: EMPTY_ROW,
