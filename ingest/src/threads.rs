@@ -65,8 +65,10 @@ where
         .map(TcpListener::local_addr)
         .collect::<std::io::Result<Vec<_>>>()?;
     let setup = Arc::new(setup);
-    // A failed start must not leave the other threads serving.
+    // A failed start must not leave the other threads serving: `stop` is
+    // cancelled on every early return until the guard is disarmed.
     let stop = shutdown.child_token();
+    let failed_start = stop.clone().drop_guard();
     // senders[listener][thread]
     let mut senders: Vec<Vec<mpsc::UnboundedSender<std::net::TcpStream>>> =
         addrs.iter().map(|_| Vec::new()).collect();
@@ -101,11 +103,9 @@ where
             Ok(result) => result,
             Err(_) => Err(anyhow::anyhow!("an HTTP thread stopped while setting up")),
         };
-        if let Err(e) = started {
-            stop.cancel();
-            return Err(e);
-        }
+        started?;
     }
+    failed_start.disarm();
     for (listener, per_listener) in listeners.into_iter().zip(senders) {
         tokio::spawn(accept(listener, per_listener, stop.clone()));
     }
