@@ -160,9 +160,9 @@ async fn main() -> anyhow::Result<()> {
             settings.clone(),
         );
         async move {
-            let client = ledger::stream::connect(&url).await?;
-            let gate = gate.on_connection(client).await?;
-            let state = ProxyState::new(gate, control, configs, worker.tracker, settings)?;
+            let state =
+                ProxyState::on_this_thread(&url, &gate, control, configs, worker.tracker, settings)
+                    .await?;
             Ok(vec![proxy::server::router(state)])
         }
     };

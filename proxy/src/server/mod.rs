@@ -90,6 +90,24 @@ impl ProxyState {
     }
 }
 
+impl ProxyState {
+    /// The state for one HTTP thread (`ingest::threads`): a NATS connection
+    /// made on this thread, a handle on the process's one gate over it, and
+    /// this thread's upstream client and task tracker.
+    pub async fn on_this_thread(
+        nats_url: &str,
+        gate: &Gate,
+        control: ControlCache,
+        configs: ProjectConfigCache,
+        tracker: TaskTracker,
+        settings: Settings,
+    ) -> anyhow::Result<ProxyState> {
+        let client = ledger::stream::connect(nats_url).await?;
+        let gate = gate.on_connection(client).await?;
+        ProxyState::new(gate, control, configs, tracker, settings)
+    }
+}
+
 pub fn router(state: ProxyState) -> Router {
     let router = Router::new()
         .route(

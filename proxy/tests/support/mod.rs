@@ -90,9 +90,15 @@ impl Proxy {
                 settings.clone(),
             );
             async move {
-                let client = ledger::stream::connect(&url).await?;
-                let gate = gate.on_connection(client).await?;
-                let state = ProxyState::new(gate, control, configs, worker.tracker, settings)?;
+                let state = ProxyState::on_this_thread(
+                    &url,
+                    &gate,
+                    control,
+                    configs,
+                    worker.tracker,
+                    settings,
+                )
+                .await?;
                 Ok(vec![tollgate_proxy::server::router(state)])
             }
         };
