@@ -37,6 +37,8 @@ pub struct Envelope {
     /// UUID v7 chosen by the producer, reused on retry; also the `Nats-Msg-Id`.
     pub event_id: EventId,
     pub schema_version: u32,
+    #[serde(with = "crate::timestamp")]
+    #[schemars(with = "DateTime<Utc>")]
     pub occurred_at: DateTime<Utc>,
     pub project_id: ProjectId,
     pub account: Account,
@@ -63,6 +65,8 @@ pub struct Reserved {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub amounts: Amounts,
+    #[serde(with = "crate::timestamp")]
+    #[schemars(with = "DateTime<Utc>")]
     pub expires_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
@@ -73,6 +77,8 @@ pub struct Reserved {
 pub struct HoldRef {
     pub reservation_id: ReservationId,
     /// When the hold was taken: usage is counted in the periods of this instant.
+    #[serde(with = "crate::timestamp")]
+    #[schemars(with = "DateTime<Utc>")]
     pub reserved_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -101,6 +107,8 @@ pub struct Released {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Expired {
     pub hold: HoldRef,
+    #[serde(with = "crate::timestamp")]
+    #[schemars(with = "DateTime<Utc>")]
     pub expires_at: DateTime<Utc>,
 }
 

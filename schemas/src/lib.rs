@@ -13,6 +13,7 @@ pub mod ids;
 pub mod money;
 pub mod plan;
 pub mod subjects;
+pub mod timestamp;
 pub mod units;
 pub mod window;
 
