@@ -23,7 +23,10 @@ pub struct LimitView {
     #[serde(with = "rust_decimal::serde::str")]
     pub remaining: Decimal,
     /// When the current period ends; absent for `lifetime`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "schemas::timestamp::option::serialize"
+    )]
     pub resets_at: Option<DateTime<Utc>>,
 }
 

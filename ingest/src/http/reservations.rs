@@ -138,6 +138,7 @@ struct AdmittedBody<'a> {
     allowed: bool,
     status: &'static str,
     replayed: bool,
+    #[serde(serialize_with = "schemas::timestamp::serialize")]
     expires_at: DateTime<Utc>,
     limits: &'a [projector::LimitView],
 }
