@@ -167,13 +167,13 @@ async fn serve_http(
     }
     let mut listeners = Vec::new();
     for service in http {
-        let (addr, what) = match service {
-            Service::Proxy => (config.proxy_addr, "the proxy to {} (TOLLGATE_PROXY_ADDR)"),
-            _ => (config.ingest_addr, "ingest to {} (TOLLGATE_INGEST_ADDR)"),
+        let (addr, name, variable) = match service {
+            Service::Proxy => (config.proxy_addr, "the proxy", "TOLLGATE_PROXY_ADDR"),
+            _ => (config.ingest_addr, "ingest", "TOLLGATE_INGEST_ADDR"),
         };
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("binding {}", what.replace("{}", &addr.to_string())))?;
+            .with_context(|| format!("binding {name} to {addr} ({variable})"))?;
         tracing::info!(%addr, service = ?service, "listening");
         listeners.push(listener);
     }
