@@ -193,8 +193,7 @@ async fn serve_http(
             settings.clone(),
         );
         async move {
-            let client = ledger::stream::connect(&nats_url).await?;
-            let gate = gate.on_connection(client).await?;
+            let gate = gate.on_this_thread(&nats_url).await?;
             let mut routers = Vec::new();
             for service in http {
                 routers.push(match service {

@@ -105,19 +105,34 @@ pub async fn drive<P: Pair>(
     let clients = workers.len();
     let from = Instant::now() + warmup;
     let until = from + measure;
+    let running = tokio::spawn(run_all(workers, from, until));
+    let cpu = window_cpu(from, until, probe).await;
+    merge(clients, measure, cpu, running.await??)
+}
+
+/// Runs every worker as its own task on the current runtime; their results.
+async fn run_all<P: Pair>(
+    workers: impl IntoIterator<Item = P>,
+    from: Instant,
+    until: Instant,
+) -> anyhow::Result<Vec<WorkerResult>> {
     let handles: Vec<_> = workers
         .into_iter()
         .map(|w| tokio::spawn(run_worker(w, from, until)))
         .collect();
-    tokio::time::sleep_until(from).await;
-    let before = cpu::snapshot(probe);
-    tokio::time::sleep_until(until).await;
-    let after = cpu::snapshot(probe);
     let mut results = Vec::new();
     for handle in handles {
         results.push(handle.await??);
     }
-    merge(clients, measure, cpu::usage(&before, &after), results)
+    Ok(results)
+}
+
+/// CPU use over the measured window `from..until` (waits for its end).
+async fn window_cpu(from: Instant, until: Instant, probe: &cpu::Probe) -> cpu::Usage {
+    tokio::time::sleep_until(from).await;
+    let before = cpu::snapshot(probe);
+    tokio::time::sleep_until(until).await;
+    cpu::usage(&before, &cpu::snapshot(probe))
 }
 
 fn merge(
@@ -185,15 +200,11 @@ where
             .name(cpu::LOADGEN_THREAD.into())
             .spawn(move || {
                 let result = runtime.block_on(async move {
-                    let handles = (t..clients)
+                    let workers = (t..clients)
                         .step_by(threads)
-                        .map(|i| Ok(tokio::spawn(run_worker(make(i)?, from, until))))
+                        .map(|i| make(i))
                         .collect::<anyhow::Result<Vec<_>>>()?;
-                    let mut results = Vec::new();
-                    for handle in handles {
-                        results.push(handle.await??);
-                    }
-                    Ok::<_, anyhow::Error>(results)
+                    run_all(workers, from, until).await
                 });
                 let _ = tx.send(result);
                 // Returns when `releases` is dropped.
@@ -201,10 +212,7 @@ where
             })?;
         done.push(rx);
     }
-    tokio::time::sleep_until(from).await;
-    let before = cpu::snapshot(probe);
-    tokio::time::sleep_until(until).await;
-    let after = cpu::snapshot(probe);
+    let cpu = window_cpu(from, until, probe).await;
     drop(releases);
     let mut results = Vec::new();
     for rx in done {
@@ -213,5 +221,5 @@ where
                 .map_err(|_| anyhow!("a load generator thread died"))??,
         );
     }
-    merge(clients, measure, cpu::usage(&before, &after), results)
+    merge(clients, measure, cpu, results)
 }

@@ -171,8 +171,7 @@ async fn run_services(
     let setup = move |_: ingest::threads::Worker| {
         let (url, gate, control) = (url.clone(), main_gate.clone(), control.clone());
         async move {
-            let client = ledger::stream::connect(&url).await?;
-            let gate = gate.on_connection(client).await?;
+            let gate = gate.on_this_thread(&url).await?;
             Ok(vec![ingest::router(ingest::AppState { gate, control })])
         }
     };

@@ -66,8 +66,7 @@ impl Harness {
         let setup = move |_: tollgate_ingest::threads::Worker| {
             let (url, gate, control) = (url.clone(), main_gate.clone(), control.clone());
             async move {
-                let client = ledger::stream::connect(&url).await?;
-                let gate = gate.on_connection(client).await?;
+                let gate = gate.on_this_thread(&url).await?;
                 Ok(vec![tollgate_ingest::router(tollgate_ingest::AppState {
                     gate,
                     control,

@@ -110,7 +110,7 @@ struct Io {
 }
 
 /// Cheap to clone; one per process, or one handle per runtime thread sharing
-/// the same accounts (see [`Gate::on_connection`]).
+/// the same accounts (see [`Gate::on_this_thread`]).
 #[derive(Clone)]
 pub struct Gate {
     shared: Arc<Shared>,
@@ -144,12 +144,14 @@ impl Gate {
         })
     }
 
-    /// The same gate (accounts, holds, reservation index) appending over
-    /// `client`. A thread-per-core server gives each thread its own handle on
-    /// a connection made on that thread, so a request, its append and the
-    /// append's ack are handled on one thread with no cross-thread wake-up.
-    /// Per-account order is unchanged: every handle locks the same account slot.
-    pub async fn on_connection(&self, client: async_nats::Client) -> anyhow::Result<Gate> {
+    /// The same gate (accounts, holds, reservation index) appending over a
+    /// new connection to `nats_url`, made on the calling thread. A
+    /// thread-per-core server gives each thread such a handle, so a request,
+    /// its append and the append's ack are handled on one thread with no
+    /// cross-thread wake-up. Per-account order is unchanged: every handle
+    /// locks the same account slot.
+    pub async fn on_this_thread(&self, nats_url: &str) -> anyhow::Result<Gate> {
+        let client = crate::stream::connect(nats_url).await?;
         Ok(Gate {
             shared: self.shared.clone(),
             io: Arc::new(Io::new(client).await?),

@@ -102,8 +102,7 @@ impl ProxyState {
         tracker: TaskTracker,
         settings: Settings,
     ) -> anyhow::Result<ProxyState> {
-        let client = ledger::stream::connect(nats_url).await?;
-        let gate = gate.on_connection(client).await?;
+        let gate = gate.on_this_thread(nats_url).await?;
         ProxyState::new(gate, control, configs, tracker, settings)
     }
 }
