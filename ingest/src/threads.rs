@@ -199,6 +199,8 @@ async fn accept(
                 }
             },
         };
+        // Small writes (SSE events, short JSON answers) go out at once: without
+        // TCP_NODELAY, Nagle's algorithm and delayed ACKs hold them for ~40 ms.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }

@@ -2,7 +2,8 @@
 //! every path — committed with the measured usage, released on upstream
 //! error, committed with what was consumed when the client goes away. A
 //! handle dropped unsettled releases its hold. Settlement runs on the
-//! process's task tracker and is retried until it lands (a commit that lands
+//! task tracker of the HTTP thread that served the request (`ingest::threads`)
+//! and is retried until it lands (a commit that lands
 //! after the hold expired is recorded as late usage, never lost), so shutdown
 //! waits for it.
 

@@ -19,7 +19,6 @@ use ledger::control::ControlCache;
 use ledger::Gate;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
@@ -118,13 +117,4 @@ pub fn router(state: ProxyState) -> Router {
         .fallback(|| async { ProxyError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     ingest::http::with_request_ids(router).with_state(state)
-}
-
-/// Serves until `shutdown`, then drains requests; settlements in flight stay on the tracker.
-pub async fn serve_on(
-    state: ProxyState,
-    listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    ingest::serve_router(router(state), listener, shutdown).await
 }
