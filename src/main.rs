@@ -49,6 +49,11 @@ struct Addrs {
     /// Threads serving HTTP, each with its own runtime and NATS connection (default: one per core).
     #[arg(long, env = "TOLLGATE_HTTP_THREADS")]
     http_threads: Option<usize>,
+    /// How long an account stays in a process's memory after its last use
+    /// (with no hold still within its TTL); it is read back from the stream
+    /// when used again.
+    #[arg(long, env = "TOLLGATE_ACCOUNT_IDLE_SECS", default_value_t = 600)]
+    account_idle_secs: u64,
     /// Output tokens the proxy holds for a request that sets no max_tokens.
     #[arg(
         long,
@@ -82,6 +87,9 @@ impl Addrs {
                 .http_threads
                 .unwrap_or_else(ingest::threads::default_threads)
                 .clamp(1, 256),
+            account_idle: std::time::Duration::from_secs(
+                self.account_idle_secs.clamp(1, 366 * 24 * 3600),
+            ),
             services,
             proxy: proxy::server::Settings {
                 default_max_output_tokens: self.default_max_output_tokens.max(1),

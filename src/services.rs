@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub projection_window: Duration,
     /// Threads serving HTTP (`ingest::threads`).
     pub http_threads: usize,
+    /// How long an unused account stays in memory (`Gate::forget_idle`).
+    pub account_idle: Duration,
     pub services: BTreeSet<Service>,
     pub proxy: proxy::server::Settings,
     /// Decrypts stored provider keys; without it only pass-through keys work.
@@ -95,6 +97,11 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     let client = ledger::stream::connect(&config.nats_url).await?;
     let gate = Gate::new(client.clone(), Arc::new(SystemClock), Some(pool.clone())).await?;
     let tracker = TaskTracker::new();
+    tracker.spawn(gate.clone().forget_idle_every(
+        (config.account_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        config.account_idle,
+        shutdown.clone(),
+    ));
     // The projection consumers pull batches of thousands of events: on their
     // own thread, NATS connection and pool, so the request path never queues
     // behind a batch (ledger/src/consumers.rs).

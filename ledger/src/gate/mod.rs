@@ -92,6 +92,8 @@ enum Step<T> {
 
 struct Slot {
     state: Option<AccountState>,
+    /// When a task last took this slot (the gate's clock).
+    touched: DateTime<Utc>,
 }
 
 /// What every handle of one process's gate shares.
@@ -405,9 +407,15 @@ impl Gate {
             .shared
             .accounts
             .entry(subject.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(Slot { state: None })))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(Slot {
+                    state: None,
+                    touched: DateTime::<Utc>::MIN_UTC,
+                }))
+            })
             .clone();
         let mut slot = slot.lock().await;
+        slot.touched = self.shared.clock.now();
         if self.io.client.connection_state() != async_nats::connection::State::Connected {
             slot.state = None;
             return Err(GateError::Unavailable("not connected to NATS".into()));
@@ -460,6 +468,74 @@ impl Gate {
             }
         }
         Err(GateError::Contention)
+    }
+
+    /// Forgets the accounts no task has used for `idle` and that hold
+    /// nothing still within its TTL, so memory follows the accounts in use
+    /// rather than every account this process ever saw. A forgotten account
+    /// is read back from its subject on its next use, as after a restart, so
+    /// no decision changes. (An open hold past its TTL does not keep its
+    /// account: the ledger expires it, possibly from another process, and
+    /// this copy would not see that until its next use anyway.)
+    /// Returns how many accounts were forgotten.
+    pub fn forget_idle(&self, idle: chrono::Duration) -> usize {
+        let now = self.shared.clock.now();
+        let horizon = now
+            .checked_sub_signed(idle)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut forgotten = 0;
+        self.shared.accounts.retain(|_, slot| {
+            // Tasks clone a slot only under its shard's lock, which `retain`
+            // holds: a single reference means nobody uses it or waits for it.
+            if Arc::strong_count(slot) > 1 {
+                return true;
+            }
+            let Ok(slot) = slot.try_lock() else {
+                return true;
+            };
+            let keep = match &slot.state {
+                None => false,
+                Some(state) => {
+                    slot.touched > horizon
+                        || state.open_holds().any(|(_, hold)| hold.expires_at > now)
+                }
+            };
+            if !keep {
+                forgotten += 1;
+            }
+            keep
+        });
+        forgotten
+    }
+
+    /// How many accounts this process keeps in memory.
+    pub fn cached_accounts(&self) -> usize {
+        self.shared.accounts.len()
+    }
+
+    /// Runs [`Gate::forget_idle`] every `every` until `shutdown`.
+    pub async fn forget_idle_every(
+        self,
+        every: std::time::Duration,
+        idle: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let idle = chrono::Duration::from_std(idle).unwrap_or(chrono::Duration::MAX);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let forgotten = self.forget_idle(idle);
+            tracing::debug!(
+                forgotten,
+                kept = self.cached_accounts(),
+                "forgot idle accounts"
+            );
+        }
     }
 
     /// Which account holds reservation `id`.
