@@ -150,8 +150,29 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     {
         tracing::warn!("some tasks did not stop within 10 s");
     }
-    client.flush().await.ok();
+    close_nats(&client).await;
     Ok(())
+}
+
+/// Flushes and closes `client`, waiting (at most 2 s) until it is closed, so
+/// a nats-server stopped right after (`tollgate up`) does not leave it
+/// trying to reconnect, and logging so, until the process exits. The
+/// caches' change subscriptions hold clones of it: draining ends them too.
+async fn close_nats(client: &async_nats::Client) {
+    client.flush().await.ok();
+    if client.drain().await.is_err() {
+        return;
+    }
+    // async-nats (0.42) finishes a drain the next time its connection task
+    // wakes up, and a command wakes it: flush until the client refuses
+    // because it has closed.
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if client.flush().await.is_err() {
+            return;
+        }
+    }
+    tracing::debug!("the NATS connection did not close within 2 s");
 }
 
 /// Serves the HTTP services in `http` (ingest, proxy) on
