@@ -1,8 +1,10 @@
 //! Where the CPU went during a measurement, read cheaply from `/proc`.
 //!
-//! Buckets: `service` (this process's threads except the load generator's:
-//! the HTTP server, the gate, the consumers, and the in-process reference
-//! workers), `loadgen` (threads named [`LOADGEN_THREAD`]), `nats` (our
+//! Buckets: `service` (this process's threads except the load generator's
+//! and the mock's: the HTTP server, the gate, the consumers, and the
+//! in-process reference workers), `loadgen` (threads named
+//! [`LOADGEN_THREAD`]), `mock` (a mock provider's thread, named
+//! [`MOCK_THREAD`]), `nats` (our
 //! nats-server), `postgres` (backends connected to our database), `other`
 //! (everything else that ran on the machine: PostgreSQL's background writers,
 //! other users' compiles, …) and `idle`. Figures are percent of one core, so
@@ -13,6 +15,8 @@ use std::time::Instant;
 
 /// Name of the load generator runtime's threads.
 pub const LOADGEN_THREAD: &str = "tg-loadgen";
+/// Name of the thread a benchmark runs its mock provider on.
+pub const MOCK_THREAD: &str = "tg-mock";
 /// Name of the services runtime's threads.
 pub const SERVICE_THREAD: &str = "tg-service";
 /// Linux reports process times in USER_HZ, which is 100 on every mainstream architecture.
@@ -36,6 +40,7 @@ pub struct Snapshot {
     /// row's load generator) must not make the sum go down.
     service: BTreeMap<u32, u64>,
     loadgen: BTreeMap<u32, u64>,
+    mock: BTreeMap<u32, u64>,
     /// pid → ticks, per external bucket.
     nats: BTreeMap<u32, u64>,
     postgres: BTreeMap<u32, u64>,
@@ -46,6 +51,8 @@ pub struct Snapshot {
 pub struct Usage {
     pub service: f64,
     pub loadgen: f64,
+    /// A mock provider's thread in this process (`proxy-bench`).
+    pub mock: f64,
     pub nats: f64,
     pub postgres: f64,
     pub other: f64,
@@ -88,7 +95,7 @@ fn machine() -> (u64, u64) {
 
 pub fn snapshot(probe: &Probe) -> Snapshot {
     let (machine_busy, machine_total) = machine();
-    let (mut service, mut loadgen) = (BTreeMap::new(), BTreeMap::new());
+    let (mut service, mut loadgen, mut mock) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let Some(tid) = task
@@ -107,6 +114,8 @@ pub fn snapshot(probe: &Probe) -> Snapshot {
             };
             if comm.starts_with(LOADGEN_THREAD) {
                 loadgen.insert(tid, ticks);
+            } else if comm.starts_with(MOCK_THREAD) {
+                mock.insert(tid, ticks);
             } else {
                 service.insert(tid, ticks);
             }
@@ -155,6 +164,7 @@ pub fn snapshot(probe: &Probe) -> Snapshot {
         machine_total,
         service,
         loadgen,
+        mock,
         nats,
         postgres,
     }
@@ -173,6 +183,7 @@ pub fn usage(a: &Snapshot, b: &Snapshot) -> Usage {
     let pct = |ticks: u64| ticks as f64 / TICKS_PER_SEC / secs * 100.0;
     let service = pct(grown(&a.service, &b.service));
     let loadgen = pct(grown(&a.loadgen, &b.loadgen));
+    let mock = pct(grown(&a.mock, &b.mock));
     let nats = pct(grown(&a.nats, &b.nats));
     let postgres = pct(grown(&a.postgres, &b.postgres));
     let busy = pct(b.machine_busy.saturating_sub(a.machine_busy));
@@ -180,9 +191,10 @@ pub fn usage(a: &Snapshot, b: &Snapshot) -> Usage {
     Usage {
         service,
         loadgen,
+        mock,
         nats,
         postgres,
-        other: (busy - service - loadgen - nats - postgres).max(0.0),
+        other: (busy - service - loadgen - mock - nats - postgres).max(0.0),
         idle: (total - busy).max(0.0),
     }
 }

@@ -2,8 +2,9 @@
 //! reference server: an empty axum handler answering the same routes with a
 //! canned body, so the same client code measures bare HTTP cost.
 
+use crate::client::Client;
 use crate::drive::Pair;
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::routing::post;
@@ -31,32 +32,10 @@ struct Reserved {
     reservation_id: String,
 }
 
-/// A keep-alive HTTP/1.1 connection of one load-generator worker.
-struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> anyhow::Result<Conn> {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Conn { sender })
-    }
-}
-
 /// A client reserving then committing for its own identity, on its own
 /// connection (opened on first use, on the load generator's runtime).
 pub struct IngestPair {
-    addr: String,
-    conn: Option<Conn>,
-    auth: axum::http::HeaderValue,
+    client: Client,
     reserve: Bytes,
     commit: Bytes,
     pending: Option<String>,
@@ -65,13 +44,10 @@ pub struct IngestPair {
 impl IngestPair {
     pub fn new(base: &str, secret: &str, identity: &str) -> anyhow::Result<IngestPair> {
         Ok(IngestPair {
-            addr: base
-                .strip_prefix("http://")
-                .context("the bench talks plain http")?
-                .trim_end_matches('/')
-                .to_owned(),
-            conn: None,
-            auth: format!("Bearer {secret}").parse()?,
+            client: Client::new(
+                base,
+                vec![(AUTHORIZATION, format!("Bearer {secret}").parse()?)],
+            )?,
             reserve: Bytes::from(reserve_body(identity)),
             commit: Bytes::from(commit_body()),
             pending: None,
@@ -79,29 +55,7 @@ impl IngestPair {
     }
 
     async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
-        use http_body_util::BodyExt as _;
-        if self.conn.is_none() {
-            self.conn = Some(Conn::open(&self.addr).await?);
-        }
-        let conn = self.conn.as_mut().context("connection")?;
-        let request = axum::http::Request::post(path)
-            .header(axum::http::header::HOST, self.addr.as_str())
-            .header(AUTHORIZATION, self.auth.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(body))?;
-        let response = match conn.sender.send_request(request).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.conn = None; // reconnect on the next call
-                return Err(e.into());
-            }
-        };
-        let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!("{path}: {status}: {}", String::from_utf8_lossy(&bytes));
-        }
-        Ok(bytes)
+        self.client.post(path, body).await
     }
 }
 

@@ -4,8 +4,6 @@
 //! them. Reference rows split the HTTP numbers by layer. See bench/README.md.
 #![allow(clippy::print_stdout)]
 
-mod cpu;
-mod drive;
 mod env;
 mod http;
 mod refs;
@@ -15,6 +13,7 @@ mod report;
 mod suite;
 
 use clap::{Args, Parser, Subcommand};
+use tollgate_bench::{client, cpu, drive};
 
 /// The allocator `tollgate` uses (src/main.rs).
 #[global_allocator]

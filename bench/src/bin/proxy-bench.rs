@@ -9,17 +9,24 @@
 #![allow(clippy::print_stdout)]
 
 use anyhow::Context as _;
-use hdrhistogram::Histogram;
+use axum::http::{HeaderName, HeaderValue};
+use bytes::Bytes;
 use proxy::server::{ProxyState, Settings};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::mock_providers::{MockBehavior, MockKind, MockProvider};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tollgate_bench::client::Client;
+use tollgate_bench::cpu;
+use tollgate_bench::drive::{self, Pair};
 
 /// The allocator `tollgate` uses (src/main.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Threads of the load generator (the proxy gets one per core, as in `tollgate up`).
+const LOADGEN_THREADS: usize = 2;
 
 const PLAN: &str = r#"
 default_tier: bench
@@ -31,15 +38,12 @@ tiers:
       - { unit: usd, window: month, cap: "1000000000" }
 "#;
 
+/// Where a load-generator worker sends its chat requests.
+#[derive(Clone)]
 struct Target {
-    url: String,
-    headers: Vec<(&'static str, String)>,
-}
-
-struct Row {
-    rps: f64,
-    p50_us: u64,
-    p99_us: u64,
+    base: String,
+    path: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 fn body(stream: bool) -> serde_json::Value {
@@ -47,54 +51,95 @@ fn body(stream: bool) -> serde_json::Value {
         "messages": [{"role": "user", "content": "Say hello in five words."}]})
 }
 
-/// `clients` workers, each with its own keep-alive connection and identity, for `secs`.
-async fn drive(target: &Target, clients: usize, secs: f64, stream: bool) -> anyhow::Result<Row> {
-    let payload = bytes::Bytes::from(serde_json::to_vec(&body(stream))?);
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .tcp_nodelay(true)
-            .build()?;
-        let mut req = http
-            .post(&target.url)
-            .header("content-type", "application/json")
-            .header("x-identity", format!("bench-{c}"));
-        for (k, v) in &target.headers {
-            req = req.header(*k, v);
-        }
-        let (req, payload) = (req.body(payload.clone()), payload.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let mut errors = 0u64;
-            while Instant::now() < deadline {
-                let Some(r) = req.try_clone() else {
-                    anyhow::bail!("request not clonable")
+/// One client: a chat request per loop on its own keep-alive connection and
+/// identity, reading the whole answer (every chunk of a stream). The
+/// driver's second call is empty.
+struct Chat {
+    client: Client,
+    path: String,
+    body: Bytes,
+}
+
+impl Pair for Chat {
+    async fn first(&mut self) -> anyhow::Result<()> {
+        self.client.post(&self.path, self.body.clone()).await?;
+        Ok(())
+    }
+
+    async fn second(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// `clients` closed-loop clients on the load generator's threads (one
+/// current-thread runtime each, as `tollgate-bench ingest` drives).
+async fn measure(
+    target: &Target,
+    clients: usize,
+    stream: bool,
+    secs: f64,
+    probe: &cpu::Probe,
+) -> anyhow::Result<drive::Outcome> {
+    let payload = Bytes::from(serde_json::to_vec(&body(stream))?);
+    let target = target.clone();
+    let outcome = drive::drive_on_loadgen(
+        LOADGEN_THREADS,
+        clients,
+        move |i| {
+            let mut headers = target.headers.clone();
+            headers.push((
+                HeaderName::from_static("x-identity"),
+                HeaderValue::from_str(&format!("bench-{clients}-{i}"))?,
+            ));
+            Ok(Chat {
+                client: Client::new(&target.base, headers)?,
+                path: target.path.clone(),
+                body: payload.clone(),
+            })
+        },
+        Duration::from_millis(500),
+        Duration::from_secs_f64(secs),
+        probe,
+    )
+    .await?;
+    anyhow::ensure!(
+        outcome.errors == 0,
+        "{} requests failed, the first: {}",
+        outcome.errors,
+        outcome.first_error.as_deref().unwrap_or("?")
+    );
+    Ok(outcome)
+}
+
+/// Starts the mock provider on its own thread and runtime, as a separate
+/// server would run; it stops when the returned sender is dropped.
+fn start_mock() -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (started, base) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(cpu::MOCK_THREAD.into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let behavior = MockBehavior {
+                    input_tokens: Some(12),
+                    ..MockBehavior::default()
                 };
-                let started = Instant::now();
-                let resp = r.body(payload.clone()).send().await?;
-                let ok = resp.status().is_success();
-                let _ = resp.bytes().await?;
-                if ok {
-                    hist.record(started.elapsed().as_micros().max(1) as u64)?;
-                } else {
-                    errors += 1;
+                match MockProvider::start_with(MockKind::OpenAi, behavior).await {
+                    Ok(mock) => {
+                        let _ = started.send(Ok(mock.base_url()));
+                        let _ = stopped.await;
+                    }
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                    }
                 }
-            }
-            anyhow::ensure!(errors == 0, "{errors} requests failed");
-            Ok(hist)
-        }));
-    }
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        all.add(t.await??)?;
-    }
-    Ok(Row {
-        rps: all.len() as f64 / secs,
-        p50_us: all.value_at_quantile(0.5),
-        p99_us: all.value_at_quantile(0.99),
-    })
+            })
+        })?;
+    let base = base.recv().context("the mock's thread died")??;
+    Ok((base, stop))
 }
 
 #[tokio::main]
@@ -107,14 +152,7 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(vec![1, 16, 64]);
 
-    let mock = MockProvider::start_with(
-        MockKind::OpenAi,
-        MockBehavior {
-            input_tokens: Some(12),
-            ..MockBehavior::default()
-        },
-    )
-    .await?;
+    let (mock_base, _stop_mock) = start_mock()?;
     let nats = testkit::nats::NatsServer::start().await?;
     let db = testkit::pg::fresh_database().await?;
     let client = ledger::stream::connect(&nats.url()).await?;
@@ -139,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
     )?);
     let settings = Settings {
         base_urls: proxy::providers::BaseUrls {
-            openai: mock.base_url(),
+            openai: mock_base.clone(),
             ..Default::default()
         },
         ..Settings::default()
@@ -147,7 +185,7 @@ async fn main() -> anyhow::Result<()> {
     let control = ledger::control::ControlCache::new(db.pool().clone());
     let configs = proxy::project_config::ProjectConfigCache::new(db.pool().clone(), None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let proxy_url = format!("http://{}/v1/chat/completions", listener.local_addr()?);
+    let proxy_addr = listener.local_addr()?;
     // One runtime, NATS connection and gate handle per HTTP thread, as
     // `tollgate up` serves the proxy (`ingest::threads`).
     let nats_url = nats.url();
@@ -173,23 +211,38 @@ async fn main() -> anyhow::Result<()> {
     let served = ingest::threads::serve(vec![listener], threads, setup, shutdown.clone()).await?;
     tracker.spawn(served);
 
+    let probe = cpu::Probe {
+        nats_port: Some(nats.port()),
+        db_name: Some(db.name().to_owned()),
+    };
+    let auth = (
+        HeaderName::from_static("authorization"),
+        HeaderValue::from_static("Bearer sk-bench"),
+    );
+    let (mock_host, mock_path) = split_url(&format!("{mock_base}/chat/completions"))?;
     let direct = Target {
-        url: format!("{}/chat/completions", mock.base_url()),
-        headers: vec![("authorization", "Bearer sk-bench".into())],
+        base: mock_host,
+        path: mock_path,
+        headers: vec![auth.clone()],
     };
     let proxied = Target {
-        url: proxy_url,
+        base: format!("http://{proxy_addr}"),
+        path: "/v1/chat/completions".into(),
         headers: vec![
-            ("authorization", "Bearer sk-bench".into()),
-            ("x-project-key", project.project_key.clone()),
+            auth,
+            (
+                HeaderName::from_static("x-project-key"),
+                HeaderValue::from_str(&project.project_key)?,
+            ),
         ],
     };
     // Warm-up: connections, the tokenizer, cold accounts.
-    drive(&proxied, 4, 1.0, false)
+    measure(&proxied, 4, false, 1.0, &probe)
         .await
         .context("warm-up through the proxy")?;
 
-    println!("proxy-bench: {secs} s per row, mock OpenAI answering instantly, {} cores; load generator in this process", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("proxy-bench: {secs} s per row after 0.5 s of warm-up, mock OpenAI answering instantly on its own thread, {cores} cores; load generator in this process ({LOADGEN_THREADS} threads, one runtime each)");
     println!(
         "{:<9} {:>7} | {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} | {:>11} {:>11}",
         "mode",
@@ -203,29 +256,62 @@ async fn main() -> anyhow::Result<()> {
         "added p50",
         "added p99"
     );
+    let mut cpu_rows = Vec::new();
     for stream in [false, true] {
+        let mode = if stream { "streamed" } else { "json" };
         for &n in &clients {
-            let d = drive(&direct, n, secs, stream).await?;
-            let p = drive(&proxied, n, secs, stream).await?;
+            let d = measure(&direct, n, stream, secs, &probe).await?;
+            let p = measure(&proxied, n, stream, secs, &probe).await?;
             let ms = |us: u64| us as f64 / 1000.0;
-            println!(
-                "{:<9} {:>7} | {:>10.0} {:>9.3} {:>9.3} | {:>10.0} {:>9.3} {:>9.3} | {:>9.3}ms {:>9.3}ms",
-                if stream { "streamed" } else { "json" },
-                n,
-                d.rps,
-                ms(d.p50_us),
-                ms(d.p99_us),
-                p.rps,
-                ms(p.p50_us),
-                ms(p.p99_us),
-                ms(p.p50_us) - ms(d.p50_us),
-                ms(p.p99_us) - ms(d.p99_us)
+            let (d50, d99) = (
+                d.first.value_at_quantile(0.5),
+                d.first.value_at_quantile(0.99),
             );
+            let (p50, p99) = (
+                p.first.value_at_quantile(0.5),
+                p.first.value_at_quantile(0.99),
+            );
+            println!(
+                "{mode:<9} {n:>7} | {:>10.0} {:>9.3} {:>9.3} | {:>10.0} {:>9.3} {:>9.3} | {:>9.3}ms {:>9.3}ms",
+                d.pairs_per_sec(),
+                ms(d50),
+                ms(d99),
+                p.pairs_per_sec(),
+                ms(p50),
+                ms(p99),
+                ms(p50) - ms(d50),
+                ms(p99) - ms(d99),
+            );
+            cpu_rows.push((mode, n, p.cpu));
         }
+    }
+    println!();
+    println!("where the CPU went while proxying (% of one core; 100 x nproc = all cores busy; proxy = this process minus load generator and mock)");
+    println!(
+        "{:<9} {:>7} | {:>6} {:>8} {:>6} {:>6} {:>9} {:>6} {:>6}",
+        "mode", "clients", "proxy", "loadgen", "mock", "nats", "postgres", "other", "idle"
+    );
+    for (mode, n, c) in cpu_rows {
+        println!(
+            "{mode:<9} {n:>7} | {:>6.0} {:>8.0} {:>6.0} {:>6.0} {:>9.0} {:>6.0} {:>6.0}",
+            c.service, c.loadgen, c.mock, c.nats, c.postgres, c.other, c.idle
+        );
     }
     println!("targets: added p50 <= 0.2 ms and p99 <= 1 ms at 1 client; >= 8000 proxied requests/s at 16 and 64 clients");
     shutdown.cancel();
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     Ok(())
+}
+
+/// `http://host:port/path` → (`http://host:port`, `/path`).
+fn split_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("the bench talks plain http")?;
+    let slash = rest.find('/').unwrap_or(rest.len());
+    Ok((
+        format!("http://{}", &rest[..slash]),
+        rest[slash..].to_owned(),
+    ))
 }
