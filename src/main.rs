@@ -61,18 +61,31 @@ struct Addrs {
         default_value_t = 4096
     )]
     default_max_output_tokens: u64,
+    /// PEM file of root certificates the proxy trusts for provider
+    /// connections besides Mozilla's (a private OpenAI-compatible server).
+    #[arg(long, env = "TOLLGATE_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<std::path::PathBuf>,
     /// How long a proxy hold lives if its process dies before settling it.
     #[arg(long, env = "TOLLGATE_HOLD_TTL_MS", default_value_t = 600_000)]
     hold_ttl_ms: u64,
 }
 
 impl Addrs {
+    /// The certificates of `TOLLGATE_UPSTREAM_CA_FILE`, if set.
+    fn extra_roots(&self) -> anyhow::Result<Vec<proxy::upstream::CertificateDer<'static>>> {
+        match &self.upstream_ca_file {
+            Some(path) => proxy::upstream::read_roots(path).context("TOLLGATE_UPSTREAM_CA_FILE"),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn config(
         &self,
         nats_url: String,
         database_url: String,
         services: std::collections::BTreeSet<Service>,
         encryption_key: Option<proxy::keys::EncryptionKey>,
+        extra_roots: Vec<proxy::upstream::CertificateDer<'static>>,
     ) -> ServeConfig {
         ServeConfig {
             nats_url,
@@ -95,6 +108,7 @@ impl Addrs {
                 default_max_output_tokens: self.default_max_output_tokens.max(1),
                 hold_ttl: std::time::Duration::from_millis(self.hold_ttl_ms.max(1000)),
                 base_urls: proxy::providers::BaseUrls::from_env(),
+                extra_roots,
             },
             encryption_key,
         }
@@ -334,12 +348,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Up { conn, addrs } => {
             let shutdown = CancellationToken::new();
             services::cancel_on_signals(shutdown.clone());
+            let extra_roots = addrs.extra_roots()?;
             let local = tollgate::local::start(conn.nats_url, conn.database_url).await?;
             let config = addrs.config(
                 local.nats_url.clone(),
                 local.database_url.clone(),
                 Service::ALL.into_iter().collect(),
                 encryption_key(true)?,
+                extra_roots,
             );
             let result = services::run(config, shutdown).await;
             local.stop().await;
@@ -356,7 +372,13 @@ async fn main() -> anyhow::Result<()> {
             };
             let shutdown = CancellationToken::new();
             services::cancel_on_signals(shutdown.clone());
-            let config = addrs.config(nats_url, database_url, services, encryption_key(false)?);
+            let config = addrs.config(
+                nats_url,
+                database_url,
+                services,
+                encryption_key(false)?,
+                addrs.extra_roots()?,
+            );
             services::run(config, shutdown).await
         }
         Command::Migrate { conn } => {

@@ -13,3 +13,4 @@ pub mod pricing;
 pub mod project_config;
 pub mod providers;
 pub mod server;
+pub mod upstream;

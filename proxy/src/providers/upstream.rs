@@ -37,7 +37,7 @@ impl fmt::Debug for ProviderKey {
     }
 }
 
-/// A request ready for any HTTP client (reqwest 0.12 takes these `http` types).
+/// A request ready for any HTTP client (`crate::upstream` sends these `http` types).
 /// `Debug` shows the body's size only: it holds the prompt.
 #[derive(Clone)]
 pub struct UpstreamRequest {

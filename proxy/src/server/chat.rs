@@ -202,22 +202,11 @@ pub async fn completions(
             return Err(ProxyError::BadRequest(e.to_string()));
         }
     };
-    let sent = inner
-        .http
-        .request(upstream.method.clone(), &upstream.url)
-        .headers(upstream.headers.clone())
-        .body(upstream.body.clone())
-        .send()
-        .await;
-    let response = match sent {
+    let response = match inner.http.send(&upstream).await {
         Ok(r) => r,
         Err(e) => {
             hold.release("upstream_unreachable");
-            return Err(ProxyError::Upstream(format!(
-                "{}: {}",
-                route.provider,
-                e.without_url()
-            )));
+            return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
         }
     };
     let status = response.status();
@@ -225,7 +214,7 @@ pub async fn completions(
     if upstream.stream && status.is_success() {
         let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
         let stream = MeteredStream::new(
-            response.bytes_stream(),
+            crate::upstream::body_stream(response),
             translator,
             hold,
             price,
@@ -241,16 +230,12 @@ pub async fn completions(
         rate_limit_headers(h, &admitted.limits, now);
         return Ok(out);
     }
-    let bytes = match response.bytes().await {
+    let bytes = match crate::upstream::read_all(response).await {
         Ok(b) => b,
         Err(e) => {
             // The provider may have done the work: charge what was held rather than $0.
             hold.commit(admitted.held.clone());
-            return Err(ProxyError::Upstream(format!(
-                "{}: {}",
-                route.provider,
-                e.without_url()
-            )));
+            return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
         }
     };
     let translated = if upstream.stream {

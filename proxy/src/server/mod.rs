@@ -36,6 +36,9 @@ pub struct Settings {
     /// How long a hold lives if the proxy never settles it (crash).
     pub hold_ttl: Duration,
     pub base_urls: BaseUrls,
+    /// Root certificates trusted for provider connections besides Mozilla's
+    /// (`TOLLGATE_UPSTREAM_CA_FILE`, `crate::upstream`).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Default for Settings {
@@ -44,6 +47,7 @@ impl Default for Settings {
             default_max_output_tokens: 4096,
             hold_ttl: Duration::from_secs(600),
             base_urls: BaseUrls::default(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -53,7 +57,7 @@ pub struct Inner {
     pub control: ControlCache,
     pub configs: ProjectConfigCache,
     pub prices: PriceTable,
-    pub http: reqwest::Client,
+    pub http: crate::upstream::UpstreamClient,
     pub tracker: TaskTracker,
     pub settings: Settings,
 }
@@ -71,11 +75,7 @@ impl ProxyState {
         settings: Settings,
     ) -> anyhow::Result<ProxyState> {
         let prices = PriceTable::bundled()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()?;
+        let http = crate::upstream::UpstreamClient::new(&settings.extra_roots)?;
         crate::estimate::warm_up();
         Ok(ProxyState(Arc::new(Inner {
             gate,

@@ -13,7 +13,7 @@ use futures::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 pub struct MeteredStream {
     upstream: Upstream,
@@ -27,7 +27,7 @@ pub struct MeteredStream {
 
 impl MeteredStream {
     pub fn new(
-        upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+        upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
         translator: StreamTranslator,
         hold: Hold,
         price: Option<ModelPrice>,
@@ -84,7 +84,7 @@ impl Stream for MeteredStream {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(error = %e.without_url(), "upstream stream broke");
+                    tracing::warn!(error = %e, "upstream stream broke");
                     if let Some(tail) = this.finish() {
                         return Poll::Ready(Some(Ok(tail)));
                     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use testkit::mock_providers::{MockKind, MockProvider};
 use testkit::nats::NatsServer;
 use testkit::pg::TestDb;
+use testkit::tls::TlsFront;
 use tokio_util::sync::CancellationToken;
 use tollgate_proxy::providers::BaseUrls;
 use tollgate_proxy::server::{ProxyState, Settings};
@@ -25,6 +26,8 @@ pub struct Proxy {
     pub anthropic: MockProvider,
     pub gemini: MockProvider,
     pub xai: MockProvider,
+    /// HTTPS in front of `openai`, when started with [`Proxy::start_tls`].
+    pub openai_tls: Option<TlsFront>,
     pub shutdown: CancellationToken,
 }
 
@@ -37,6 +40,20 @@ impl Proxy {
     pub async fn start_with(
         plan_yaml: &str,
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
+    ) -> Proxy {
+        Self::start_inner(plan_yaml, enc, None).await
+    }
+
+    /// With the OpenAI mock behind HTTPS (a certificate of the test
+    /// authority, `testkit::tls`), which the proxy trusts if `trust`.
+    pub async fn start_tls(plan_yaml: &str, trust: bool) -> Proxy {
+        Self::start_inner(plan_yaml, None, Some(trust)).await
+    }
+
+    async fn start_inner(
+        plan_yaml: &str,
+        enc: Option<tollgate_proxy::keys::EncryptionKey>,
+        tls: Option<bool>,
     ) -> Proxy {
         let nats = NatsServer::start().await.unwrap();
         let db = testkit::pg::fresh_database().await.unwrap();
@@ -63,13 +80,25 @@ impl Proxy {
             MockProvider::start(MockKind::Gemini).await.unwrap(),
             MockProvider::start(MockKind::OpenAi).await.unwrap(),
         );
+        let openai_tls = match tls {
+            Some(_) => Some(TlsFront::start(openai.addr()).await.unwrap()),
+            None => None,
+        };
+        let extra_roots = match tls {
+            Some(true) => tollgate_proxy::upstream::read_roots(&testkit::tls::ca_file()).unwrap(),
+            _ => Vec::new(),
+        };
         let settings = Settings {
             base_urls: BaseUrls {
-                openai: openai.base_url(),
+                openai: match &openai_tls {
+                    Some(front) => format!("{}/v1", front.origin()),
+                    None => openai.base_url(),
+                },
                 anthropic: anthropic.base_url(),
                 gemini: gemini.base_url(),
                 xai: xai.base_url(),
             },
+            extra_roots,
             ..Settings::default()
         };
         let control = ledger::control::ControlCache::new(db.pool().clone());
@@ -123,6 +152,7 @@ impl Proxy {
             anthropic,
             gemini,
             xai,
+            openai_tls,
             shutdown,
         }
     }

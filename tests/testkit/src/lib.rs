@@ -5,6 +5,8 @@
 //! - [`pg::fresh_database`]: a new, migrated PostgreSQL database per test, on the
 //!   cluster named by `TOLLGATE_TEST_DATABASE_URL` (what `scripts/test.sh` sets) or on
 //!   a private cluster this process starts once through `scripts/pg.sh`.
+//! - [`tls::TlsFront`]: HTTPS in front of a plain server (a mock provider), with a
+//!   test certificate authority the client under test must be told to trust.
 //! - [`ports::free_port`] and [`wait::until`]: free loopback ports and bounded polling
 //!   (tests wait for conditions, never for a fixed sleep).
 //!
@@ -14,6 +16,7 @@ pub mod mock_providers;
 pub mod nats;
 pub mod pg;
 pub mod ports;
+pub mod tls;
 pub mod wait;
 
 use std::path::PathBuf;

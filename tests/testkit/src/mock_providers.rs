@@ -159,6 +159,11 @@ impl MockProvider {
         Ok(MockProvider { addr, shared, task })
     }
 
+    /// Where it listens (plain HTTP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn kind(&self) -> MockKind {
         self.shared.kind
     }

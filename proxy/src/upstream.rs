@@ -1,0 +1,171 @@
+//! The client the proxy calls AI providers with: hyper-util's pooled client
+//! (HTTP/1.1 and HTTP/2, what reqwest is built on) over TLS. TLS is rustls
+//! with ring (the rustls and ring async-nats already builds) and Mozilla's
+//! root certificates (`webpki-roots`), so `https://api.openai.com` is
+//! verified the same way on every machine, with or without a system CA
+//! bundle. Certificates of a private authority (an OpenAI-compatible server
+//! inside a company network) are added with `TOLLGATE_UPSTREAM_CA_FILE`.
+//! Plain `http://` stays allowed for local servers and tests.
+//!
+//! Errors are described from their causes only: no URL (Gemini's may carry
+//! a key) and no header ever appears in them.
+
+use crate::providers::UpstreamRequest;
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyDataStream, BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+pub use rustls::pki_types::CertificateDer;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a connection to a provider may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A provider's answer: status, headers, and a body read as it arrives.
+pub type Response = hyper::Response<Incoming>;
+
+/// Cheap to clone; one per HTTP thread.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// Why a provider could not be called or read, with every cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UpstreamError(String);
+
+impl UpstreamError {
+    fn from_chain(err: &(dyn std::error::Error + 'static)) -> UpstreamError {
+        let mut text = err.to_string();
+        let mut source = err.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        UpstreamError(text)
+    }
+}
+
+impl UpstreamClient {
+    /// Trusts Mozilla's roots and `extra_roots`.
+    pub fn new(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<UpstreamClient> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(extra_roots)?)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .build(https);
+        Ok(UpstreamClient { client })
+    }
+
+    /// Sends `req`; returns once the provider's status and headers arrived.
+    pub async fn send(&self, req: &UpstreamRequest) -> Result<Response, UpstreamError> {
+        let uri: hyper::Uri = req
+            .url
+            .parse()
+            .map_err(|_| UpstreamError("the provider's base URL is not a valid URL".into()))?;
+        let mut request = hyper::Request::new(Full::new(req.body.clone()));
+        *request.method_mut() = req.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = req.headers.clone();
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| UpstreamError::from_chain(&e))
+    }
+}
+
+/// The whole body of a (JSON) answer.
+pub async fn read_all(response: Response) -> Result<Bytes, UpstreamError> {
+    response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| UpstreamError::from_chain(&e))
+}
+
+/// The body of a (streamed) answer, chunk by chunk as it arrives.
+pub fn body_stream(response: Response) -> BodyDataStream<Incoming> {
+    BodyDataStream::new(response.into_body())
+}
+
+/// Mozilla's roots plus `extra_roots`, with ring. ALPN is set by the
+/// connector (HTTP/2, then HTTP/1.1).
+fn tls_config(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra_roots {
+        roots
+            .add(cert.clone())
+            .context("an extra root certificate is not a usable authority")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Every certificate in the PEM file at `path` (`TOLLGATE_UPSTREAM_CA_FILE`);
+/// an error names the file.
+pub fn read_roots(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: not a PEM certificate file: {e}", path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{}: no certificate (-----BEGIN CERTIFICATE-----) found",
+        path.display()
+    );
+    tls_config(&certs).with_context(|| path.display().to_string())?;
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusts_the_public_authorities() {
+        assert!(webpki_roots::TLS_SERVER_ROOTS.len() > 100);
+        tls_config(&[]).unwrap();
+    }
+
+    #[test]
+    fn a_file_without_certificates_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("tollgate-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("empty.pem");
+        std::fs::write(&file, "not a certificate\n").unwrap();
+        let err = format!("{:#}", read_roots(&file).unwrap_err());
+        assert!(
+            err.contains("empty.pem") && err.contains("no certificate"),
+            "{err}"
+        );
+        let err = format!("{:#}", read_roots(&dir.join("missing.pem")).unwrap_err());
+        assert!(err.contains("missing.pem"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,74 @@
+//! HTTPS in front of a plain loopback server: [`TlsFront`] terminates TLS
+//! with a test certificate for `localhost` and `127.0.0.1` (issued by the
+//! test authority in `tests/testkit/tls/ca.pem`, valid until 2126) and
+//! forwards the bytes to the server behind it. Tests use it to check that a
+//! client really speaks TLS to a provider and verifies its certificate.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The PEM file of the test certificate authority.
+pub fn ca_file() -> PathBuf {
+    crate::repo_root()
+        .join("tests")
+        .join("testkit")
+        .join("tls")
+        .join("ca.pem")
+}
+
+/// A running TLS front; stops when dropped.
+pub struct TlsFront {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TlsFront {
+    /// Listens on a free loopback port and forwards every connection, once
+    /// its TLS handshake succeeded, to `backend` in plain text.
+    pub async fn start(backend: SocketAddr) -> anyhow::Result<TlsFront> {
+        let dir = ca_file().with_file_name("");
+        let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return; // the client refused our certificate, or spoke no TLS
+                    };
+                    let Ok(mut plain) = TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        Ok(TlsFront { addr, task })
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn origin(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
