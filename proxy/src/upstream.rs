@@ -28,6 +28,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// What the proxy calls itself: some provider front ends refuse requests
+/// without any user agent.
+const USER_AGENT: &str = concat!("tollgate/", env!("CARGO_PKG_VERSION"));
+
 /// A provider's answer: status, headers, and a body read as it arrives.
 pub type Response = hyper::Response<Incoming>;
 
@@ -87,6 +91,10 @@ impl UpstreamClient {
         *request.method_mut() = req.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = req.headers.clone();
+        request
+            .headers_mut()
+            .entry(hyper::header::USER_AGENT)
+            .or_insert(hyper::header::HeaderValue::from_static(USER_AGENT));
         self.client
             .request(request)
             .await

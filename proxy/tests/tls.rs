@@ -53,6 +53,12 @@ async fn a_provider_behind_https_is_called_once_its_authority_is_trusted() {
         seen.header("authorization"),
         Some("Bearer sk-provider-test-key")
     );
+    assert!(
+        seen.header("user-agent")
+            .is_some_and(|ua| ua.starts_with("tollgate/")),
+        "{:?}",
+        seen.header("user-agent")
+    );
     let settled = p.settled("alice", 2).await;
     assert!(settled.iter().all(|(t, _)| t == "committed"), "{settled:?}");
 }
