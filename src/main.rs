@@ -109,6 +109,7 @@ impl Addrs {
                 hold_ttl: std::time::Duration::from_millis(self.hold_ttl_ms.max(1000)),
                 base_urls: proxy::providers::BaseUrls::from_env(),
                 extra_roots,
+                egress: proxy::upstream::Egress::from_env(),
             },
             encryption_key,
         }

@@ -7,6 +7,11 @@
 //! inside a company network) are added with `TOLLGATE_UPSTREAM_CA_FILE`.
 //! Plain `http://` stays allowed for local servers and tests.
 //!
+//! Behind an egress proxy, `HTTPS_PROXY` (or `ALL_PROXY`, lower case too)
+//! names an `http://` proxy that `https://` calls tunnel through with
+//! `CONNECT`, except to hosts in `NO_PROXY`, as curl reads them
+//! ([`Egress::from_env`]). Plain `http://` calls always go direct.
+//!
 //! Errors are described from their causes only: no URL (Gemini's may carry
 //! a key) and no header ever appears in them.
 
@@ -15,13 +20,19 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyDataStream, BodyExt as _, Full};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 pub use rustls::pki_types::CertificateDer;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// How long a connection to a provider may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,7 +49,90 @@ pub type Response = hyper::Response<Incoming>;
 /// Cheap to clone; one per HTTP thread.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<hyper_rustls::HttpsConnector<EgressConnector>, Full<Bytes>>,
+}
+
+/// Which `https://` calls go through an egress proxy, and which one.
+#[derive(Clone, Default)]
+pub struct Egress(Option<Arc<Matcher>>);
+
+impl Egress {
+    /// Direct connections only.
+    pub fn direct() -> Egress {
+        Egress(None)
+    }
+
+    /// From `HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY` (either case), as curl reads them.
+    pub fn from_env() -> Egress {
+        Egress(Some(Arc::new(Matcher::from_env())))
+    }
+
+    /// Every `https://` call through the `http://` proxy at `proxy_url`.
+    pub fn via(proxy_url: &str) -> Egress {
+        Egress(Some(Arc::new(Matcher::builder().https(proxy_url).build())))
+    }
+
+    /// The proxy a call to `dst` goes through, if any.
+    fn intercept(
+        &self,
+        dst: &hyper::Uri,
+    ) -> Option<(hyper::Uri, Option<hyper::header::HeaderValue>)> {
+        if dst.scheme_str() != Some("https") {
+            return None;
+        }
+        let intercept = self.0.as_ref()?.intercept(dst)?;
+        Some((intercept.uri().clone(), intercept.basic_auth().cloned()))
+    }
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The matcher's own Debug would print proxy credentials.
+        f.write_str(if self.0.is_some() {
+            "Egress(proxy rules)"
+        } else {
+            "Egress(direct)"
+        })
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Opens the TCP connection under TLS: straight to the provider, or a
+/// `CONNECT` tunnel through the egress proxy.
+#[derive(Clone)]
+pub struct EgressConnector {
+    http: HttpConnector,
+    egress: Egress,
+}
+
+impl tower_service::Service<hyper::Uri> for EgressConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: hyper::Uri) -> Self::Future {
+        let mut http = self.http.clone();
+        let intercept = self.egress.intercept(&dst);
+        Box::pin(async move {
+            let Some((proxy, auth)) = intercept else {
+                return http.call(dst).await.map_err(Into::into);
+            };
+            let mut tunnel = Tunnel::new(proxy, http);
+            if let Some(auth) = auth {
+                tunnel = tunnel.with_auth(auth);
+            }
+            std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+            tunnel
+                .call(dst)
+                .await
+                .map_err(|e| BoxError::from(format!("through the egress proxy (HTTPS_PROXY): {e}")))
+        })
+    }
 }
 
 /// Why a provider could not be called or read, with every cause.
@@ -63,8 +157,11 @@ impl UpstreamError {
 }
 
 impl UpstreamClient {
-    /// Trusts Mozilla's roots and `extra_roots`.
-    pub fn new(extra_roots: &[CertificateDer<'static>]) -> anyhow::Result<UpstreamClient> {
+    /// Trusts Mozilla's roots and `extra_roots`; connects as `egress` says.
+    pub fn new(
+        extra_roots: &[CertificateDer<'static>],
+        egress: Egress,
+    ) -> anyhow::Result<UpstreamClient> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -73,7 +170,7 @@ impl UpstreamClient {
             .with_tls_config(tls_config(extra_roots)?)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(http);
+            .wrap_connector(EgressConnector { http, egress });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE_TIMEOUT)

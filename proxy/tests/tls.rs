@@ -1,6 +1,6 @@
 //! Providers are called over HTTPS (every real one is): the proxy speaks TLS,
 //! verifies the provider's certificate, and charges nothing when it cannot
-//! reach a provider it can trust. The OpenAI mock sits behind a TLS front
+//! reach a provider it can trust; behind an egress proxy it tunnels there. The OpenAI mock sits behind a TLS front
 //! with a certificate of the test authority (`testkit::tls`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -78,4 +78,30 @@ async fn an_untrusted_certificate_is_refused_and_nothing_is_charged() {
     let settled = p.settled("bob", 1).await;
     assert_eq!(settled[0].0, "released", "{settled:?}");
     assert_eq!(settled[0].1["reason"], "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn behind_an_egress_proxy_calls_tunnel_through_it() {
+    let egress = testkit::tls::ConnectProxy::start().await.unwrap();
+    let p = Proxy::start_tls_via(PLAN, &egress.url()).await;
+    let (status, _, answer) = p.chat("carol", body(false)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(p.openai.request_count(), 1);
+    let front = p.openai_tls.as_ref().unwrap().origin();
+    assert_eq!(
+        egress.targets(),
+        vec![front.trim_start_matches("https://").to_owned()],
+        "the call must be tunnelled to the provider through the egress proxy"
+    );
+    // Plain http:// providers (local servers) are called directly.
+    let (status, _, answer) = p
+        .chat("carol", {
+            let mut b = body(false);
+            b["model"] = json!("claude-3-5-sonnet-20240620");
+            b
+        })
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(egress.targets().len(), 1);
+    assert_eq!(p.anthropic.request_count(), 1);
 }

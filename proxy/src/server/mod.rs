@@ -39,6 +39,8 @@ pub struct Settings {
     /// Root certificates trusted for provider connections besides Mozilla's
     /// (`TOLLGATE_UPSTREAM_CA_FILE`, `crate::upstream`).
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Egress proxy rules for provider calls (`HTTPS_PROXY`, `NO_PROXY`).
+    pub egress: crate::upstream::Egress,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
             hold_ttl: Duration::from_secs(600),
             base_urls: BaseUrls::default(),
             extra_roots: Vec::new(),
+            egress: crate::upstream::Egress::direct(),
         }
     }
 }
@@ -75,7 +78,8 @@ impl ProxyState {
         settings: Settings,
     ) -> anyhow::Result<ProxyState> {
         let prices = PriceTable::bundled()?;
-        let http = crate::upstream::UpstreamClient::new(&settings.extra_roots)?;
+        let http =
+            crate::upstream::UpstreamClient::new(&settings.extra_roots, settings.egress.clone())?;
         crate::estimate::warm_up();
         Ok(ProxyState(Arc::new(Inner {
             gate,

@@ -41,19 +41,26 @@ impl Proxy {
         plan_yaml: &str,
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
     ) -> Proxy {
-        Self::start_inner(plan_yaml, enc, None).await
+        Self::start_inner(plan_yaml, enc, None, None).await
     }
 
     /// With the OpenAI mock behind HTTPS (a certificate of the test
     /// authority, `testkit::tls`), which the proxy trusts if `trust`.
     pub async fn start_tls(plan_yaml: &str, trust: bool) -> Proxy {
-        Self::start_inner(plan_yaml, None, Some(trust)).await
+        Self::start_inner(plan_yaml, None, Some(trust), None).await
+    }
+
+    /// Like [`Proxy::start_tls`] with the authority trusted, and every
+    /// `https://` call made through the egress proxy at `egress_url`.
+    pub async fn start_tls_via(plan_yaml: &str, egress_url: &str) -> Proxy {
+        Self::start_inner(plan_yaml, None, Some(true), Some(egress_url)).await
     }
 
     async fn start_inner(
         plan_yaml: &str,
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
         tls: Option<bool>,
+        egress_url: Option<&str>,
     ) -> Proxy {
         let nats = NatsServer::start().await.unwrap();
         let db = testkit::pg::fresh_database().await.unwrap();
@@ -99,6 +106,10 @@ impl Proxy {
                 xai: xai.base_url(),
             },
             extra_roots,
+            egress: match egress_url {
+                Some(url) => tollgate_proxy::upstream::Egress::via(url),
+                None => tollgate_proxy::upstream::Egress::direct(),
+            },
             ..Settings::default()
         };
         let control = ledger::control::ControlCache::new(db.pool().clone());

@@ -6,7 +6,8 @@
 //!   cluster named by `TOLLGATE_TEST_DATABASE_URL` (what `scripts/test.sh` sets) or on
 //!   a private cluster this process starts once through `scripts/pg.sh`.
 //! - [`tls::TlsFront`]: HTTPS in front of a plain server (a mock provider), with a
-//!   test certificate authority the client under test must be told to trust.
+//!   test certificate authority the client under test must be told to trust;
+//!   [`tls::ConnectProxy`], an egress proxy that tunnels `CONNECT` requests.
 //! - [`ports::free_port`] and [`wait::until`]: free loopback ports and bounded polling
 //!   (tests wait for conditions, never for a fixed sleep).
 //!

@@ -72,3 +72,89 @@ impl Drop for TlsFront {
         self.task.abort();
     }
 }
+
+/// A minimal egress proxy: answers `CONNECT host:port` with 200 and then
+/// relays bytes both ways, remembering every target it was asked for.
+pub struct ConnectProxy {
+    addr: SocketAddr,
+    targets: Arc<parking_lot::Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl ConnectProxy {
+    pub async fn start() -> anyhow::Result<ConnectProxy> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let targets = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = targets.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut client = BufReader::new(stream);
+                    let mut line = String::new();
+                    if client.read_line(&mut line).await.is_err() {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (Some("CONNECT"), Some(target)) = (parts.next(), parts.next()) else {
+                        let _ = client
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    let target = target.to_owned();
+                    // The rest of the request head.
+                    loop {
+                        let mut header = String::new();
+                        match client.read_line(&mut header).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if header == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    seen.lock().push(target.clone());
+                    let Ok(mut upstream) = TcpStream::connect(&target).await else {
+                        let _ = client
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+                            .await;
+                        return;
+                    };
+                    if client
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        Ok(ConnectProxy {
+            addr,
+            targets,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, what `HTTPS_PROXY` would say.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every `host:port` a client asked to be connected to.
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().clone()
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
