@@ -1,7 +1,8 @@
 //! Providers are called over HTTPS (every real one is): the proxy speaks TLS,
 //! verifies the provider's certificate, and charges nothing when it cannot
-//! reach a provider it can trust; behind an egress proxy it tunnels there. The OpenAI mock sits behind a TLS front
-//! with a certificate of the test authority (`testkit::tls`).
+//! reach a provider it can trust; behind an egress proxy it tunnels there.
+//! The OpenAI mock sits behind a TLS front with a certificate of the test
+//! authority (`testkit::tls`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
