@@ -175,8 +175,13 @@ async fn run_services(
             Ok(vec![ingest::router(ingest::AppState { gate, control })])
         }
     };
-    let served =
-        ingest::threads::serve(vec![listener], http_threads(), setup, shutdown.clone()).await?;
+    let served = ingest::threads::serve(
+        vec![listener],
+        tollgate_bench::http_threads(),
+        setup,
+        shutdown.clone(),
+    )
+    .await?;
     tracker.spawn(served);
     if !consumers {
         return Ok(tracker);
@@ -205,12 +210,4 @@ async fn wait_healthy(base: &str) -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-}
-
-/// `TOLLGATE_HTTP_THREADS`, else one per core: what `tollgate` uses.
-pub fn http_threads() -> usize {
-    std::env::var("TOLLGATE_HTTP_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(ingest::threads::default_threads)
 }

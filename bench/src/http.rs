@@ -53,15 +53,14 @@ impl IngestPair {
             pending: None,
         })
     }
-
-    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
-        self.client.post(path, body).await
-    }
 }
 
 impl Pair for IngestPair {
     async fn first(&mut self) -> anyhow::Result<()> {
-        let bytes = self.post("/v1/reservations", self.reserve.clone()).await?;
+        let bytes = self
+            .client
+            .post("/v1/reservations", self.reserve.clone())
+            .await?;
         let r: Reserved = serde_json::from_slice(&bytes).context("reserve response")?;
         self.pending = Some(r.reservation_id);
         Ok(())
@@ -71,7 +70,7 @@ impl Pair for IngestPair {
         let id = self.pending.take().context("no reservation to commit")?;
         let path = format!("/v1/reservations/{id}/commit");
         let body = self.commit.clone();
-        self.post(&path, body).await?;
+        self.client.post(&path, body).await?;
         Ok(())
     }
 }
@@ -100,8 +99,13 @@ pub async fn serve_empty(
         let router = router.clone();
         async move { Ok(vec![router]) }
     };
-    let served =
-        ingest::threads::serve(vec![listener], crate::env::http_threads(), setup, shutdown).await?;
+    let served = ingest::threads::serve(
+        vec![listener],
+        tollgate_bench::http_threads(),
+        setup,
+        shutdown,
+    )
+    .await?;
     Ok((base, tokio::spawn(served)))
 }
 
@@ -109,7 +113,7 @@ pub async fn serve_empty(
 pub async fn sample_response(base: &str, secret: &str) -> anyhow::Result<Bytes> {
     let mut pair = IngestPair::new(base, secret, "bench-sample")?;
     let body = pair.reserve.clone();
-    let bytes = pair.post("/v1/reservations", body).await?;
+    let bytes = pair.client.post("/v1/reservations", body).await?;
     let r: Reserved = serde_json::from_slice(&bytes)?;
     pair.pending = Some(r.reservation_id);
     pair.second().await?;

@@ -4,3 +4,12 @@
 pub mod client;
 pub mod cpu;
 pub mod drive;
+
+/// `TOLLGATE_HTTP_THREADS`, else one per core: the HTTP threads `tollgate`
+/// serves on, which both benches serve on too.
+pub fn http_threads() -> usize {
+    std::env::var("TOLLGATE_HTTP_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(ingest::threads::default_threads)
+}

@@ -204,11 +204,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(vec![proxy::server::router(state)])
         }
     };
-    let threads = std::env::var("TOLLGATE_HTTP_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(ingest::threads::default_threads);
-    let served = ingest::threads::serve(vec![listener], threads, setup, shutdown.clone()).await?;
+    let served = ingest::threads::serve(
+        vec![listener],
+        tollgate_bench::http_threads(),
+        setup,
+        shutdown.clone(),
+    )
+    .await?;
     tracker.spawn(served);
 
     let probe = cpu::Probe {

@@ -91,9 +91,7 @@ impl ProxyState {
             settings,
         })))
     }
-}
 
-impl ProxyState {
     /// The state for one HTTP thread (`ingest::threads`): a NATS connection
     /// made on this thread, a handle on the process's one gate over it, and
     /// this thread's upstream client and task tracker.
