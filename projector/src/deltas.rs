@@ -11,7 +11,9 @@ use schemas::events::{Envelope, Event};
 use schemas::{period, Amounts, Unit, Window};
 
 /// One per-period usage counter of an account.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct CounterKey {
     pub window: Window,
     /// Unix seconds of the period start (see [`schemas::window::period`]).

@@ -10,7 +10,8 @@ use crate::deltas::{usage_deltas, CounterKey};
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use schemas::events::{Envelope, Event, HoldRef};
-use schemas::{Amounts, ReservationId};
+use schemas::{Amounts, EventId, ReservationId};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -18,7 +19,7 @@ use uuid::Uuid;
 pub const IDEMPOTENCY_HORIZON_HOURS: i64 = 24;
 
 /// A hold that is neither committed, released nor expired.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpenHold {
     pub reserved_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -39,7 +40,8 @@ impl OpenHold {
 }
 
 /// How a reservation ended.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
 pub enum Settlement {
     Committed { actual: Amounts, overage: Amounts },
     Released { reason: Option<String> },
@@ -57,7 +59,7 @@ impl Settlement {
 }
 
 /// A reservation that was settled, kept for idempotent answers.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Settled {
     pub hold: HoldRef,
     pub expires_at: DateTime<Utc>,
@@ -76,16 +78,18 @@ pub enum Applied {
     AlreadyApplied,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct AccountState {
     /// Stream sequence of the last event applied (0: none).
     pub last_seq: u64,
-    open: HashMap<ReservationId, OpenHold>,
-    settled: HashMap<ReservationId, Settled>,
-    usage_ids: HashMap<Uuid, DateTime<Utc>>,
-    used: HashMap<CounterKey, Decimal>,
-    latest_at: Option<DateTime<Utc>>,
-    applied_since_prune: u32,
+    /// Id of the event at `last_seq` (what a snapshot is checked against).
+    pub(crate) last_event: Option<EventId>,
+    pub(crate) open: HashMap<ReservationId, OpenHold>,
+    pub(crate) settled: HashMap<ReservationId, Settled>,
+    pub(crate) usage_ids: HashMap<Uuid, DateTime<Utc>>,
+    pub(crate) used: HashMap<CounterKey, Decimal>,
+    pub(crate) latest_at: Option<DateTime<Utc>>,
+    pub(crate) applied_since_prune: u32,
 }
 
 impl AccountState {
@@ -117,12 +121,21 @@ impl AccountState {
         self.used.iter()
     }
 
+    /// Id of the event at [`AccountState::last_seq`] (None before any event
+    /// with a stream sequence).
+    pub fn last_event(&self) -> Option<EventId> {
+        self.last_event
+    }
+
     /// Applies the event stored at stream sequence `seq`.
     pub fn apply(&mut self, seq: u64, env: &Envelope) -> Applied {
         if seq != 0 && seq <= self.last_seq {
             return Applied::AlreadyApplied;
         }
-        self.last_seq = self.last_seq.max(seq);
+        if seq != 0 {
+            self.last_seq = seq;
+            self.last_event = Some(env.event_id);
+        }
         self.latest_at = Some(
             self.latest_at
                 .map_or(env.occurred_at, |t| t.max(env.occurred_at)),

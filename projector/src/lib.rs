@@ -11,6 +11,7 @@ pub mod deltas;
 pub mod fold;
 pub mod rebuild;
 pub mod service;
+pub mod snapshot;
 pub mod view;
 
 pub use fold::{AccountState, Applied, OpenHold, Settlement};
