@@ -54,6 +54,11 @@ struct Addrs {
     /// when used again.
     #[arg(long, env = "TOLLGATE_ACCOUNT_IDLE_SECS", default_value_t = 600)]
     account_idle_secs: u64,
+    /// Save an account's state as a snapshot (in PostgreSQL) after this many
+    /// events, so a process reading it back reads only the events since;
+    /// 0 turns snapshots off.
+    #[arg(long, env = "TOLLGATE_SNAPSHOT_EVERY", default_value_t = ledger::gate::SNAPSHOT_EVERY)]
+    snapshot_every: u64,
     /// Output tokens the proxy holds for a request that sets no max_tokens.
     #[arg(
         long,
@@ -103,6 +108,7 @@ impl Addrs {
             account_idle: std::time::Duration::from_secs(
                 self.account_idle_secs.clamp(1, 366 * 24 * 3600),
             ),
+            snapshot_every: self.snapshot_every,
             services,
             proxy: proxy::server::Settings {
                 default_max_output_tokens: self.default_max_output_tokens.max(1),

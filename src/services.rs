@@ -68,6 +68,8 @@ pub struct ServeConfig {
     pub http_threads: usize,
     /// How long an unused account stays in memory (`Gate::forget_idle`).
     pub account_idle: Duration,
+    /// See `ledger::gate::SNAPSHOT_EVERY` (0: no snapshots).
+    pub snapshot_every: u64,
     pub services: BTreeSet<Service>,
     pub proxy: proxy::server::Settings,
     /// Decrypts stored provider keys; without it only pass-through keys work.
@@ -96,6 +98,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
     migrate(&pool).await?;
     let client = ledger::stream::connect(&config.nats_url).await?;
     let gate = Gate::new(client.clone(), Arc::new(SystemClock), Some(pool.clone())).await?;
+    gate.set_snapshot_every(config.snapshot_every);
     let tracker = TaskTracker::new();
     tracker.spawn(gate.clone().forget_idle_every(
         (config.account_idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
@@ -149,6 +152,11 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
         .is_err()
     {
         tracing::warn!("some tasks did not stop within 10 s");
+    }
+    // The accounts in memory, saved so the next process reads less of them.
+    match tokio::time::timeout(Duration::from_secs(5), gate.save_snapshots()).await {
+        Ok(saved) => tracing::debug!(saved, "saved account snapshots"),
+        Err(_) => tracing::warn!("saving account snapshots took more than 5 s; stopped"),
     }
     close_nats(&client).await;
     Ok(())

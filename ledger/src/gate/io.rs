@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use std::time::Duration;
 
 /// Events read one by one before switching to a consumer when loading an account.
-const SHORT_HISTORY: usize = 32;
+pub(super) const SHORT_HISTORY: usize = 32;
 
 pub(super) enum AppendError {
     /// Another process appended to the subject first.
@@ -113,21 +113,30 @@ async fn catch_up_at_most(
     Ok(applied)
 }
 
-/// Folds every event of `subject` into a fresh state.
-pub(super) async fn load(
+/// The last message on `subject`, `None` if it has none.
+pub(super) async fn last_message(
     stream: &jetstream::stream::Stream,
     subject: &str,
-) -> Result<AccountState, GateError> {
-    let mut state = AccountState::new();
-    let last = match stream.direct_get_last_for_subject(subject).await {
-        Ok(msg) => msg.sequence,
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(state),
-        Err(e) => return Err(unavailable(e)),
-    };
+) -> Result<Option<jetstream::message::StreamMessage>, GateError> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(msg) => Ok(Some(msg)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Folds the events of `subject` after `state.last_seq` into `state`, up to
+/// `last` at least (and whatever was appended meanwhile); returns how many.
+pub(super) async fn fold_to(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    state: &mut AccountState,
+    last: u64,
+) -> Result<usize, GateError> {
     // A short history is cheaper to read with direct gets than with a consumer.
-    catch_up_at_most(stream, subject, &mut state, SHORT_HISTORY).await?;
+    let mut applied = catch_up_at_most(stream, subject, state, SHORT_HISTORY).await?;
     if state.last_seq >= last {
-        return Ok(state);
+        return Ok(applied);
     }
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
@@ -149,10 +158,11 @@ pub(super) async fn load(
         let seq = msg.info().map_err(unavailable)?.stream_sequence;
         let envelope = decode(seq, &msg.payload)?;
         state.apply(seq, &envelope);
+        applied += 1;
     }
     // Events appended while loading are picked up too.
-    catch_up(stream, subject, &mut state).await?;
-    Ok(state)
+    applied += catch_up(stream, subject, state).await?;
+    Ok(applied)
 }
 
 /// Finds the account of a reservation taken by another process, via the

@@ -11,6 +11,7 @@
 pub mod decide;
 mod io;
 pub mod message;
+mod snapshots;
 
 use crate::clock::Clock;
 use async_nats::jetstream;
@@ -22,6 +23,7 @@ use schemas::events::{Envelope, Event, UsageRecorded};
 use schemas::plan::Tier;
 use schemas::{subjects, Account, Amounts, EventId, ProjectId, ReservationId, SCHEMA_VERSION};
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 
@@ -29,6 +31,13 @@ use tokio::sync::Mutex;
 const MAX_ATTEMPTS: usize = 64;
 /// Most reservation → account entries remembered in memory before starting over.
 const MAX_INDEX_ENTRIES: usize = 1_000_000;
+/// By default an account's state is saved as a snapshot (when the gate has
+/// a database) after this many events folded since its last one, and when
+/// it is forgotten or the process stops with at least
+/// [`io::SHORT_HISTORY`] events unsaved (fewer are as cheap to read again).
+pub const SNAPSHOT_EVERY: u64 = 1_000;
+/// How long reading an account back waits for its snapshot.
+const SNAPSHOT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GateError {
@@ -91,9 +100,35 @@ enum Step<T> {
 }
 
 struct Slot {
+    project: ProjectId,
     state: Option<AccountState>,
     /// When a task last took this slot (the gate's clock).
     touched: DateTime<Utc>,
+    /// Events folded into `state` since it was last saved as, or read
+    /// from, a snapshot.
+    unsaved: u64,
+}
+
+/// How this process's gate has been reading accounts back from the stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Accounts read into memory (first use, after being forgotten, or
+    /// after a failed append).
+    pub loads: u64,
+    /// Of those, how many started from a snapshot.
+    pub from_snapshot: u64,
+    /// Events read from the stream while loading.
+    pub events_read: u64,
+    /// Snapshots written.
+    pub snapshots_saved: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    loads: AtomicU64,
+    from_snapshot: AtomicU64,
+    events_read: AtomicU64,
+    snapshots_saved: AtomicU64,
 }
 
 /// What every handle of one process's gate shares.
@@ -102,6 +137,9 @@ struct Shared {
     accounts: DashMap<String, Arc<Mutex<Slot>>>,
     index: DashMap<(ProjectId, ReservationId), Account>,
     pool: Option<PgPool>,
+    /// See [`SNAPSHOT_EVERY`]; 0 turns snapshots off.
+    snapshot_every: AtomicU64,
+    counters: Counters,
 }
 
 /// The NATS connection one handle appends and reads over.
@@ -128,7 +166,8 @@ impl Io {
 }
 
 impl Gate {
-    /// `pool` lets the gate find reservations taken by other processes.
+    /// `pool` lets the gate find reservations taken by other processes,
+    /// and keep snapshots of account states (`account_snapshots`).
     pub async fn new(
         client: async_nats::Client,
         clock: Arc<dyn Clock>,
@@ -139,6 +178,8 @@ impl Gate {
             accounts: DashMap::new(),
             index: DashMap::new(),
             pool,
+            snapshot_every: AtomicU64::new(SNAPSHOT_EVERY),
+            counters: Counters::default(),
         };
         Ok(Gate {
             shared: Arc::new(shared),
@@ -166,6 +207,170 @@ impl Gate {
 
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.io.js
+    }
+
+    /// Saves an account's snapshot after `every` events folded since its
+    /// last one (default [`SNAPSHOT_EVERY`]); 0 turns snapshots off, both
+    /// saving and reading them. For every handle of this gate.
+    pub fn set_snapshot_every(&self, every: u64) {
+        self.shared.snapshot_every.store(every, Ordering::Relaxed);
+    }
+
+    /// How accounts have been read back so far (all handles of this gate).
+    pub fn load_stats(&self) -> LoadStats {
+        let c = &self.shared.counters;
+        LoadStats {
+            loads: c.loads.load(Ordering::Relaxed),
+            from_snapshot: c.from_snapshot.load(Ordering::Relaxed),
+            events_read: c.events_read.load(Ordering::Relaxed),
+            snapshots_saved: c.snapshots_saved.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The database snapshots are kept in, if they are on.
+    fn snapshot_pool(&self) -> Option<&PgPool> {
+        match self.shared.snapshot_every.load(Ordering::Relaxed) {
+            0 => None,
+            _ => self.shared.pool.as_ref(),
+        }
+    }
+
+    /// Reads an account into memory: from its snapshot, if there is a usable
+    /// one, then the events after it. Returns the state and how many events
+    /// were read.
+    async fn load(&self, subject: &str) -> Result<(AccountState, u64), GateError> {
+        let counters = &self.shared.counters;
+        counters.loads.fetch_add(1, Ordering::Relaxed);
+        let Some(last) = io::last_message(&self.io.stream, subject).await? else {
+            return Ok((AccountState::new(), 0));
+        };
+        let Some(pool) = self.snapshot_pool() else {
+            return self
+                .fold_from(subject, AccountState::new(), last.sequence)
+                .await;
+        };
+        // Asked only once the account is known to have events (a new
+        // account never waits for PostgreSQL), and not for long: without
+        // its snapshot an account is read whole, as before.
+        let stored = match tokio::time::timeout(
+            SNAPSHOT_READ_TIMEOUT,
+            snapshots::read(pool, subject),
+        )
+        .await
+        {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read account snapshots; reading the whole history");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "account snapshots did not answer in time; reading the whole history"
+                );
+                None
+            }
+        };
+        let mut state = AccountState::new();
+        if let Some(stored) = stored {
+            match snapshots::restore(&self.io.stream, subject, &stored, &last).await {
+                Ok(restored) => {
+                    state = restored;
+                    counters.from_snapshot.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(snapshots::Unusable::Invalid(why)) => {
+                    tracing::info!(subject, why, "account snapshot not usable; deleted");
+                    if let Err(e) = snapshots::delete(pool, subject, stored.seq()).await {
+                        tracing::warn!(error = %e, "could not delete an unusable account snapshot");
+                    }
+                }
+                Err(snapshots::Unusable::Unavailable(e)) => return Err(e),
+            }
+        }
+        self.fold_from(subject, state, last.sequence).await
+    }
+
+    /// Folds the events of `subject` after `state` up to `last` at least.
+    async fn fold_from(
+        &self,
+        subject: &str,
+        mut state: AccountState,
+        last: u64,
+    ) -> Result<(AccountState, u64), GateError> {
+        let read = io::fold_to(&self.io.stream, subject, &mut state, last).await? as u64;
+        self.shared
+            .counters
+            .events_read
+            .fetch_add(read, Ordering::Relaxed);
+        Ok((state, read))
+    }
+
+    /// Saves `state` as the snapshot of `subject` in the background.
+    fn save_later(&self, project: ProjectId, subject: String, state: AccountState) {
+        let (Some(pool), Ok(runtime)) = (
+            self.snapshot_pool().cloned(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        runtime.spawn(async move {
+            match snapshots::write(&pool, project, &subject, &state).await {
+                Ok(true) => {
+                    shared
+                        .counters
+                        .snapshots_saved
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not save an account snapshot")
+                }
+            }
+        });
+    }
+
+    /// Saves a snapshot of every account in memory with at least
+    /// [`io::SHORT_HISTORY`] events unsaved, so that the next process reads
+    /// less (as `serve` does when it stops). Returns how many were saved.
+    pub async fn save_snapshots(&self) -> usize {
+        let Some(pool) = self.snapshot_pool() else {
+            return 0;
+        };
+        let slots: Vec<(String, Arc<Mutex<Slot>>)> = self
+            .shared
+            .accounts
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        let mut saved = 0;
+        for (subject, slot) in slots {
+            let (project, state) = {
+                let mut slot = slot.lock().await;
+                match &slot.state {
+                    Some(state) if slot.unsaved >= io::SHORT_HISTORY as u64 => {
+                        let state = state.clone();
+                        slot.unsaved = 0;
+                        (slot.project, state)
+                    }
+                    _ => continue,
+                }
+            };
+            match snapshots::write(pool, project, &subject, &state).await {
+                Ok(true) => {
+                    saved += 1;
+                    self.shared
+                        .counters
+                        .snapshots_saved
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not save an account snapshot");
+                    break;
+                }
+            }
+        }
+        saved
     }
 
     /// Takes a hold if every limit of `tier` allows it.
@@ -409,12 +614,15 @@ impl Gate {
             .entry(subject.clone())
             .or_insert_with(|| {
                 Arc::new(Mutex::new(Slot {
+                    project,
                     state: None,
                     touched: DateTime::<Utc>::MIN_UTC,
+                    unsaved: 0,
                 }))
             })
             .clone();
-        let mut slot = slot.lock().await;
+        let mut guard = slot.lock().await;
+        let slot = &mut *guard;
         slot.touched = self.shared.clock.now();
         if self.io.client.connection_state() != async_nats::connection::State::Connected {
             slot.state = None;
@@ -426,15 +634,21 @@ impl Gate {
                 Some(state) => state,
                 None => {
                     fresh = true;
-                    slot.state
-                        .insert(io::load(&self.io.stream, &subject).await?)
+                    let (state, read) = self.load(&subject).await?;
+                    slot.unsaved = read;
+                    slot.state.insert(state)
                 }
             };
             let now = self.shared.clock.now();
             match decide(state, now) {
                 Step::Done(t) => return Ok(t),
                 Step::DoneIfFresh(t) => {
-                    if fresh || io::catch_up(&self.io.stream, &subject, state).await? == 0 {
+                    if fresh {
+                        return Ok(t);
+                    }
+                    let read = io::catch_up(&self.io.stream, &subject, state).await?;
+                    slot.unsaved += read as u64;
+                    if read == 0 {
                         return Ok(t);
                     }
                     fresh = true;
@@ -452,10 +666,17 @@ impl Gate {
                     match io::append(&self.io.js, &subject, &envelope, state.last_seq).await {
                         Ok(seq) => {
                             state.apply(seq, &envelope);
+                            slot.unsaved += 1;
+                            let every = self.shared.snapshot_every.load(Ordering::Relaxed);
+                            if every > 0 && slot.unsaved >= every {
+                                slot.unsaved = 0;
+                                self.save_later(project, subject, state.clone());
+                            }
                             return Ok(finish(state));
                         }
                         Err(io::AppendError::Conflict) => {
-                            io::catch_up(&self.io.stream, &subject, state).await?;
+                            let read = io::catch_up(&self.io.stream, &subject, state).await?;
+                            slot.unsaved += read as u64;
                             fresh = true;
                         }
                         Err(io::AppendError::Unavailable(why)) => {
@@ -474,7 +695,9 @@ impl Gate {
     /// nothing still within its TTL, so memory follows the accounts in use
     /// rather than every account this process ever saw. A forgotten account
     /// is read back from its subject on its next use, as after a restart, so
-    /// no decision changes. (An open hold past its TTL does not keep its
+    /// no decision changes; with a database, an account with a long history
+    /// is saved as a snapshot first, so reading it back is short. (An open
+    /// hold past its TTL does not keep its
     /// account: the ledger expires it, possibly from another process, and
     /// this copy would not see that until its next use anyway.)
     /// Returns how many accounts were forgotten.
@@ -484,13 +707,14 @@ impl Gate {
             .checked_sub_signed(idle)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut forgotten = 0;
-        self.shared.accounts.retain(|_, slot| {
+        let mut save = Vec::new();
+        self.shared.accounts.retain(|subject, slot| {
             // Tasks clone a slot only under its shard's lock, which `retain`
             // holds: a single reference means nobody uses it or waits for it.
             if Arc::strong_count(slot) > 1 {
                 return true;
             }
-            let Ok(slot) = slot.try_lock() else {
+            let Ok(mut slot) = slot.try_lock() else {
                 return true;
             };
             let keep = match &slot.state {
@@ -502,9 +726,17 @@ impl Gate {
             };
             if !keep {
                 forgotten += 1;
+                if slot.unsaved >= io::SHORT_HISTORY as u64 {
+                    if let Some(state) = slot.state.take() {
+                        save.push((slot.project, subject.clone(), state));
+                    }
+                }
             }
             keep
         });
+        for (project, subject, state) in save {
+            self.save_later(project, subject, state);
+        }
         forgotten
     }
 

@@ -1,0 +1,135 @@
+//! Snapshots of account states in PostgreSQL (`account_snapshots`), so that
+//! reading back an account a gate does not hold in memory (after a restart,
+//! or after [`super::Gate::forget_idle`]) costs the events since the
+//! snapshot, not the account's whole history.
+//!
+//! A snapshot is only a shortcut: it is used only when the stream still
+//! holds, at the snapshot's sequence and on the account's subject, the event
+//! the snapshot says it ends with; otherwise (another stream, a restored
+//! database, another format, unreadable bytes) it is deleted and the
+//! account is folded from its events, as without snapshots.
+
+use super::GateError;
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use projector::snapshot::SNAPSHOT_FORMAT;
+use projector::AccountState;
+use schemas::events::Envelope;
+use schemas::ProjectId;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A row of `account_snapshots`.
+#[derive(sqlx::FromRow)]
+pub(super) struct Stored {
+    seq: i64,
+    event_id: Uuid,
+    format: i32,
+    state: Vec<u8>,
+}
+
+/// Why a stored snapshot was not used.
+pub(super) enum Unusable {
+    /// It does not match the stream or cannot be read: delete it.
+    Invalid(String),
+    /// The stream could not be asked; the snapshot may be fine.
+    Unavailable(GateError),
+}
+
+pub(super) async fn read(pool: &PgPool, subject: &str) -> sqlx::Result<Option<Stored>> {
+    sqlx::query_as("SELECT seq, event_id, format, state FROM account_snapshots WHERE subject = $1")
+        .bind(subject)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The state `stored` holds, if the stream agrees with it. `last` is the
+/// subject's last message (most snapshots end with it, which saves a read).
+pub(super) async fn restore(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    stored: &Stored,
+    last: &jetstream::message::StreamMessage,
+) -> Result<AccountState, Unusable> {
+    let invalid = |why: &str| Unusable::Invalid(why.to_owned());
+    if stored.format != SNAPSHOT_FORMAT {
+        return Err(invalid("written in another format"));
+    }
+    let seq = u64::try_from(stored.seq).map_err(|_| invalid("negative sequence"))?;
+    if seq > last.sequence {
+        return Err(invalid("ends after the subject's last event"));
+    }
+    let fetched;
+    let at = if seq == last.sequence {
+        last
+    } else {
+        fetched = match stream.direct_get(seq).await {
+            Ok(msg) => msg,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                return Err(invalid("its last event is not in the stream"))
+            }
+            Err(e) => return Err(Unusable::Unavailable(GateError::Unavailable(e.to_string()))),
+        };
+        &fetched
+    };
+    if at.subject.as_str() != subject {
+        return Err(invalid("its sequence holds another account's event"));
+    }
+    let event =
+        Envelope::from_slice(&at.payload).map_err(|_| invalid("its last event cannot be read"))?;
+    if event.event_id.0 != stored.event_id {
+        return Err(invalid("its sequence holds another event"));
+    }
+    let state = AccountState::from_snapshot(&stored.state)
+        .map_err(|e| Unusable::Invalid(format!("unreadable state: {e}")))?;
+    if state.last_seq != seq || state.last_event() != Some(event.event_id) {
+        return Err(invalid("its state does not end with its event"));
+    }
+    Ok(state)
+}
+
+/// Stores `state` as the snapshot of `subject` unless a later one is stored.
+/// Returns whether it was stored.
+pub(super) async fn write(
+    pool: &PgPool,
+    project: ProjectId,
+    subject: &str,
+    state: &AccountState,
+) -> anyhow::Result<bool> {
+    let Some(event) = state.last_event() else {
+        return Ok(false);
+    };
+    let bytes = state.to_snapshot()?;
+    let written = sqlx::query(
+        "INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state, saved_at)
+         VALUES ($1, $2, $3, $4, $5, $6, now())
+         ON CONFLICT (subject) DO UPDATE
+            SET seq = EXCLUDED.seq, event_id = EXCLUDED.event_id, format = EXCLUDED.format,
+                state = EXCLUDED.state, saved_at = EXCLUDED.saved_at
+          WHERE account_snapshots.seq < EXCLUDED.seq OR account_snapshots.format <> EXCLUDED.format",
+    )
+    .bind(subject)
+    .bind(project.0)
+    .bind(i64::try_from(state.last_seq)?)
+    .bind(event.0)
+    .bind(SNAPSHOT_FORMAT)
+    .bind(bytes)
+    .execute(pool)
+    .await?;
+    Ok(written.rows_affected() == 1)
+}
+
+/// Deletes the snapshot of `subject` if it is still the one at `seq`.
+pub(super) async fn delete(pool: &PgPool, subject: &str, seq: i64) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM account_snapshots WHERE subject = $1 AND seq = $2")
+        .bind(subject)
+        .bind(seq)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+impl Stored {
+    pub(super) fn seq(&self) -> i64 {
+        self.seq
+    }
+}

@@ -1,0 +1,479 @@
+//! Account snapshots: a gate reading back an account it does not hold in
+//! memory starts from the account's snapshot and reads only the events after
+//! it, and decides exactly as if it had folded the whole history; a snapshot
+//! the stream does not agree with is deleted and never used.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use chrono::{DateTime, Duration, Utc};
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use schemas::plan::{Plan, Tier};
+use schemas::{subjects, Account, Amounts, ProjectId, ReservationId, Unit};
+use sqlx::PgPool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use testkit::nats::NatsServer;
+use testkit::pg::fresh_database;
+use tollgate_ledger::gate::decide::ReserveRequest;
+use tollgate_ledger::gate::{Admitted, LoadStats, ReserveOutcome};
+use tollgate_ledger::{Clock, Gate, ManualClock};
+
+const PLAN: &str = "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 50 }\n      - { unit: tokens, window: lifetime, cap: 1000000 }\n";
+
+async fn gate(nats: &NatsServer, clock: &ManualClock, pool: Option<&PgPool>) -> Gate {
+    Gate::new(
+        tollgate_ledger::stream::connect(&nats.url()).await.unwrap(),
+        Arc::new(clock.clone()),
+        pool.cloned(),
+    )
+    .await
+    .unwrap()
+}
+
+fn tier() -> Tier {
+    Plan::from_yaml(PLAN).unwrap().tier(None).unwrap().1.clone()
+}
+
+fn account(name: &str) -> Account {
+    Account::Identity {
+        identity: name.into(),
+    }
+}
+
+fn request(expires_at: DateTime<Utc>) -> ReserveRequest {
+    ReserveRequest {
+        reservation_id: ReservationId::new(),
+        model: Some("gpt-4o".into()),
+        amounts: Amounts::new()
+            .with(Unit::Requests, Decimal::ONE)
+            .with(Unit::Tokens, Decimal::from(100)),
+        expires_at,
+        tier: "free".into(),
+        flex: None,
+    }
+}
+
+fn used_tokens(n: i64) -> Amounts {
+    Amounts::new()
+        .with(Unit::Requests, Decimal::ONE)
+        .with(Unit::Tokens, Decimal::from(n))
+}
+
+async fn admit(gate: &Gate, project: ProjectId, who: &Account, req: ReserveRequest) -> Admitted {
+    match gate
+        .reserve(project, who, &tier(), req, None)
+        .await
+        .unwrap()
+    {
+        ReserveOutcome::Admitted(a) => a,
+        ReserveOutcome::Denied(d) => panic!("denied: {d:?}"),
+    }
+}
+
+/// `pairs` reserve → commit pairs on `who`; returns the first reservation.
+async fn pairs(
+    gate: &Gate,
+    clock: &ManualClock,
+    project: ProjectId,
+    who: &Account,
+    pairs: usize,
+) -> ReservationId {
+    let mut first = None;
+    for i in 0..pairs {
+        let a = admit(
+            gate,
+            project,
+            who,
+            request(clock.now() + Duration::minutes(1)),
+        )
+        .await;
+        gate.commit(
+            project,
+            a.reservation_id,
+            Some(who),
+            used_tokens(i as i64 + 1),
+            None,
+        )
+        .await
+        .unwrap();
+        first.get_or_insert(a.reservation_id);
+    }
+    first.unwrap()
+}
+
+async fn view_json(gate: &Gate, project: ProjectId, who: &Account) -> serde_json::Value {
+    serde_json::to_value(gate.view(project, who, &tier()).await.unwrap()).unwrap()
+}
+
+async fn last_seq(gate: &Gate, subject: &str) -> u64 {
+    gate.jetstream()
+        .get_stream(subjects::LEDGER_STREAM)
+        .await
+        .unwrap()
+        .direct_get_last_for_subject(subject)
+        .await
+        .unwrap()
+        .sequence
+}
+
+async fn snapshot_seq(pool: &PgPool, subject: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT seq FROM account_snapshots WHERE subject = $1")
+        .bind(subject)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+/// Waits (bounded) until `gate` has saved `n` snapshots in all.
+async fn saved(gate: &Gate, n: u64) {
+    for _ in 0..500 {
+        if gate.load_stats().snapshots_saved >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{n} snapshots were not saved: {:?}", gate.load_stats());
+}
+
+fn delta(after: LoadStats, before: LoadStats) -> (u64, u64, u64) {
+    (
+        after.loads - before.loads,
+        after.from_snapshot - before.from_snapshot,
+        after.events_read - before.events_read,
+    )
+}
+
+#[tokio::test]
+async fn a_forgotten_account_comes_back_from_its_snapshot_and_the_events_after_it() {
+    let nats = NatsServer::start().await.unwrap();
+    let db = fresh_database().await.unwrap();
+    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let gate_a = gate(&nats, &clock, Some(db.pool())).await;
+    let project = ProjectId::new();
+    let who = account("long-history");
+    let subject = subjects::account_subject(project, &who);
+
+    // 40 settled holds and one whose one-minute TTL will have passed: 81 events.
+    let first = pairs(&gate_a, &clock, project, &who, 40).await;
+    let stale = admit(
+        &gate_a,
+        project,
+        &who,
+        request(clock.now() + Duration::minutes(1)),
+    )
+    .await;
+    clock.advance(Duration::minutes(11));
+    assert_eq!(gate_a.forget_idle(Duration::minutes(10)), 1);
+    saved(&gate_a, 1).await;
+    let at = last_seq(&gate_a, &subject).await;
+    assert_eq!(
+        snapshot_seq(db.pool(), &subject).await,
+        Some(at as i64),
+        "saved when forgotten, at the subject's last event"
+    );
+
+    // Another process appends three events after the snapshot.
+    let gate_b = gate(&nats, &clock, Some(db.pool())).await;
+    let other = admit(
+        &gate_b,
+        project,
+        &who,
+        request(clock.now() + Duration::minutes(1)),
+    )
+    .await;
+    gate_b
+        .commit(
+            project,
+            other.reservation_id,
+            Some(&who),
+            used_tokens(7),
+            None,
+        )
+        .await
+        .unwrap();
+    admit(
+        &gate_b,
+        project,
+        &who,
+        request(clock.now() + Duration::minutes(30)),
+    )
+    .await;
+
+    // Back in process A: the snapshot plus the three events, nothing more.
+    let before = gate_a.load_stats();
+    let view = view_json(&gate_a, project, &who).await;
+    assert_eq!(delta(gate_a.load_stats(), before), (1, 1, 3));
+
+    // A process without snapshots folds all 84 events and sees the same.
+    let gate_c = gate(&nats, &clock, None).await;
+    assert_eq!(view_json(&gate_c, project, &who).await, view);
+    assert_eq!(delta(gate_c.load_stats(), LoadStats::default()), (1, 0, 84));
+    let requests = view
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["unit"] == "requests")
+        .unwrap();
+    assert_eq!(
+        (&requests["used"], &requests["held"]),
+        (&serde_json::json!("41"), &serde_json::json!("2")),
+        "41 committed; the stale hold and the new one held"
+    );
+
+    // Settlements came back with it: a repeated commit is a replay, a
+    // different one a conflict; the stale hold expires exactly once.
+    let again = gate_a
+        .commit(project, first, Some(&who), used_tokens(1), None)
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert!(gate_a
+        .commit(project, first, Some(&who), used_tokens(2), None)
+        .await
+        .is_err());
+    assert!(gate_a
+        .expire(project, &who, stale.reservation_id)
+        .await
+        .unwrap());
+    assert!(!gate_c
+        .expire(project, &who, stale.reservation_id)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn long_histories_are_saved_every_n_events() {
+    let nats = NatsServer::start().await.unwrap();
+    let db = fresh_database().await.unwrap();
+    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let gate_a = gate(&nats, &clock, Some(db.pool())).await;
+    gate_a.set_snapshot_every(50);
+    let project = ProjectId::new();
+    let who = account("busy");
+    let subject = subjects::account_subject(project, &who);
+
+    // 45 pairs = 90 events: saved after the 50th, never forgotten.
+    pairs(&gate_a, &clock, project, &who, 45).await;
+    saved(&gate_a, 1).await;
+    assert_eq!(gate_a.cached_accounts(), 1);
+
+    // A restarted process reads the 40 events after the 50th.
+    let gate_b = gate(&nats, &clock, Some(db.pool())).await;
+    let view = view_json(&gate_b, project, &who).await;
+    assert_eq!(delta(gate_b.load_stats(), LoadStats::default()), (1, 1, 40));
+    assert_eq!(view, view_json(&gate_a, project, &who).await);
+
+    // Stopping saves what is left, so the next one reads nothing.
+    assert_eq!(gate_a.save_snapshots().await, 1);
+    assert_eq!(gate_a.save_snapshots().await, 0, "nothing new to save");
+    assert_eq!(
+        snapshot_seq(db.pool(), &subject).await,
+        Some(last_seq(&gate_a, &subject).await as i64)
+    );
+    let gate_c = gate(&nats, &clock, Some(db.pool())).await;
+    assert_eq!(view_json(&gate_c, project, &who).await, view);
+    assert_eq!(delta(gate_c.load_stats(), LoadStats::default()), (1, 1, 0));
+
+    // Turned off, snapshots are neither read nor written.
+    let gate_d = gate(&nats, &clock, Some(db.pool())).await;
+    gate_d.set_snapshot_every(0);
+    assert_eq!(view_json(&gate_d, project, &who).await, view);
+    assert_eq!(delta(gate_d.load_stats(), LoadStats::default()), (1, 0, 90));
+    assert_eq!(gate_d.save_snapshots().await, 0);
+}
+
+#[tokio::test]
+async fn snapshots_the_stream_does_not_agree_with_are_deleted_and_not_used() {
+    let nats = NatsServer::start().await.unwrap();
+    let db = fresh_database().await.unwrap();
+    let pool = db.pool();
+    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let gate_a = gate(&nats, &clock, Some(pool)).await;
+    let project = ProjectId::new();
+    let who = account("checked");
+    let subject = subjects::account_subject(project, &who);
+    // Another account's event, earlier in the stream.
+    pairs(&gate_a, &clock, project, &account("neighbour"), 1).await;
+    pairs(&gate_a, &clock, project, &who, 20).await;
+    let neighbour_seq = last_seq(
+        &gate_a,
+        &subjects::account_subject(project, &account("neighbour")),
+    )
+    .await as i64;
+    assert_eq!(gate_a.save_snapshots().await, 1);
+    let view = view_json(&gate_a, project, &who).await;
+    let good: (i64, uuid::Uuid, Vec<u8>) =
+        sqlx::query_as("SELECT seq, event_id, state FROM account_snapshots WHERE subject = $1")
+            .bind(&subject)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+
+    let spoilers = [
+        ("another event id", "UPDATE account_snapshots SET event_id = gen_random_uuid()"),
+        ("another account's sequence", "UPDATE account_snapshots SET seq = $1"),
+        ("past the stream's end", "UPDATE account_snapshots SET seq = $1 + 1000"),
+        ("an unknown format", "UPDATE account_snapshots SET format = 99"),
+        ("unreadable state", "UPDATE account_snapshots SET state = '\\x7b7d'::bytea"),
+        (
+            "a state that ends elsewhere",
+            "UPDATE account_snapshots SET state = convert_to(replace(convert_from(state, 'UTF8'), '\"last_seq\":', '\"last_seq\":1'), 'UTF8')",
+        ),
+    ];
+    for (what, spoil) in spoilers {
+        sqlx::query("DELETE FROM account_snapshots")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state) VALUES ($1, $2, $3, $4, 1, $5)")
+            .bind(&subject)
+            .bind(project.0)
+            .bind(good.0)
+            .bind(good.1)
+            .bind(&good.2)
+            .execute(pool)
+            .await
+            .unwrap();
+        let query = sqlx::query(spoil);
+        let query = if spoil.contains("$1") {
+            query.bind(neighbour_seq)
+        } else {
+            query
+        };
+        query.execute(pool).await.unwrap();
+
+        let fresh = gate(&nats, &clock, Some(pool)).await;
+        assert_eq!(view_json(&fresh, project, &who).await, view, "{what}");
+        assert_eq!(
+            delta(fresh.load_stats(), LoadStats::default()),
+            (1, 0, 40),
+            "{what}: the whole history was read"
+        );
+        assert_eq!(snapshot_seq(pool, &subject).await, None, "{what}: deleted");
+    }
+
+    // The unspoiled snapshot is used.
+    sqlx::query("INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state) VALUES ($1, $2, $3, $4, 1, $5)")
+        .bind(&subject)
+        .bind(project.0)
+        .bind(good.0)
+        .bind(good.1)
+        .bind(&good.2)
+        .execute(pool)
+        .await
+        .unwrap();
+    let fresh = gate(&nats, &clock, Some(pool)).await;
+    assert_eq!(view_json(&fresh, project, &who).await, view);
+    assert_eq!(delta(fresh.load_stats(), LoadStats::default()), (1, 1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_saved_all_the_time_never_change_admission() {
+    let nats = NatsServer::start().await.unwrap();
+    let db = fresh_database().await.unwrap();
+    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    // Two processes on one account, each saving a snapshot every 3 events
+    // and forgetting the account whenever it is not in use.
+    let gates = [
+        gate(&nats, &clock, Some(db.pool())).await,
+        gate(&nats, &clock, Some(db.pool())).await,
+    ];
+    for g in &gates {
+        g.set_snapshot_every(3);
+    }
+    let project = ProjectId::new();
+    let who = account("hot");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweepers: Vec<_> = gates
+        .iter()
+        .map(|g| {
+            let (gate, stop) = (g.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    gate.forget_idle(Duration::zero());
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    // Four waves of 40 reserve → commit pairs against a cap of 50 requests.
+    let mut admitted = 0;
+    for _ in 0..4 {
+        let outcomes: Vec<bool> = futures::stream::iter(0..40)
+            .map(|i| {
+                let (gate, who) = (gates[i % 2].clone(), who.clone());
+                let expires_at = clock.now() + Duration::minutes(1);
+                async move {
+                    let outcome = gate
+                        .reserve(project, &who, &tier(), request(expires_at), None)
+                        .await
+                        .unwrap();
+                    let ReserveOutcome::Admitted(a) = outcome else {
+                        return false;
+                    };
+                    gate.commit(project, a.reservation_id, Some(&who), used_tokens(1), None)
+                        .await
+                        .unwrap();
+                    true
+                }
+            })
+            .buffer_unordered(40)
+            .collect()
+            .await;
+        admitted += outcomes.iter().filter(|a| **a).count();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in sweepers {
+        s.await.unwrap();
+    }
+    assert_eq!(admitted, 50, "exactly the cap");
+    let stats: Vec<LoadStats> = gates.iter().map(|g| g.load_stats()).collect();
+    assert!(
+        stats.iter().map(|s| s.from_snapshot).sum::<u64>() > 0,
+        "snapshots were used: {stats:?}"
+    );
+    for g in &gates {
+        let view = g.view(project, &who, &tier()).await.unwrap();
+        let requests = view.iter().find(|l| l.unit == Unit::Requests).unwrap();
+        assert_eq!(
+            (requests.used, requests.held),
+            (Decimal::from(50), Decimal::ZERO)
+        );
+    }
+    let info = gates[0]
+        .jetstream()
+        .get_stream(subjects::LEDGER_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(info.state.messages, 100);
+}
+
+#[tokio::test]
+async fn without_a_reachable_database_the_whole_history_is_read() {
+    let nats = NatsServer::start().await.unwrap();
+    let db = fresh_database().await.unwrap();
+    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let gate_a = gate(&nats, &clock, Some(db.pool())).await;
+    let project = ProjectId::new();
+    let who = account("offline");
+    pairs(&gate_a, &clock, project, &who, 20).await;
+    assert_eq!(gate_a.save_snapshots().await, 1);
+    let view = view_json(&gate_a, project, &who).await;
+
+    // Nothing listens on this port, and the pool would keep trying for an
+    // hour: admission must not wait for it.
+    let unreachable = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(3600))
+        .connect_lazy(&format!(
+            "postgres://postgres@127.0.0.1:{}/none",
+            testkit::ports::free_port()
+        ))
+        .unwrap();
+    let fresh = gate(&nats, &clock, Some(&unreachable)).await;
+    assert_eq!(view_json(&fresh, project, &who).await, view);
+    assert_eq!(delta(fresh.load_stats(), LoadStats::default()), (1, 0, 40));
+}
