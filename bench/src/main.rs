@@ -6,6 +6,7 @@
 
 mod env;
 mod http;
+mod load;
 mod refs;
 mod replay;
 mod replay_ref;
@@ -35,6 +36,8 @@ enum Command {
     Ingest(IngestArgs),
     /// Publish N events to a fresh ledger stream and time `ledger::replay::replay`.
     Replay(ReplayArgs),
+    /// Cold account loads by history length, with and without a snapshot.
+    Load(LoadArgs),
     /// `ingest` then `replay`.
     All {
         #[command(flatten)]
@@ -79,6 +82,20 @@ pub struct ReplayArgs {
     pub replay_limit: u64,
 }
 
+#[derive(Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// Events in the account's history, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub history: Vec<u64>,
+    /// Other accounts' events on the stream per event of the account.
+    #[arg(long, default_value_t = 3)]
+    pub noise: u64,
+    /// Days the account's events are spread over (settlements of the last
+    /// day are kept in its state, for idempotent retries).
+    #[arg(long, default_value_t = 30)]
+    pub days: u64,
+}
+
 impl ReplayArgs {
     async fn run(&self) -> anyhow::Result<replay::ReplayResult> {
         let limit = std::time::Duration::from_secs(self.replay_limit.max(1));
@@ -115,6 +132,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let replay = args.run().await?;
             report::replay(&replay);
             report::targets(None, Some(&replay));
+        }
+        Command::Load(args) => {
+            let rows = load::run(&args.history, args.noise, args.days).await?;
+            load::report(&rows, args.noise, args.days);
         }
         Command::All { ingest, replay } => {
             let ingest_report = suite::run(&ingest).await?;
