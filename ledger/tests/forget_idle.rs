@@ -6,8 +6,8 @@
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use rust_decimal::Decimal;
-use schemas::plan::{Plan, Tier};
-use schemas::{Account, Amounts, ProjectId, ReservationId, Unit};
+use schemas::plan::Tier;
+use schemas::{Account, Amounts, ProjectId, Unit};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use testkit::nats::NatsServer;
@@ -17,46 +17,26 @@ use tollgate_ledger::{Clock, Gate, ManualClock};
 
 const PLAN: &str = "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 50 }\n";
 
+mod support;
+use support::account;
+
 async fn gate(nats: &NatsServer, clock: &ManualClock) -> Gate {
-    Gate::new(
-        tollgate_ledger::stream::connect(&nats.url()).await.unwrap(),
-        Arc::new(clock.clone()),
-        None,
-    )
-    .await
-    .unwrap()
+    support::gate(nats, clock, None).await
 }
 
 fn tier() -> Tier {
-    Plan::from_yaml(PLAN).unwrap().tier(None).unwrap().1.clone()
-}
-
-fn account(name: &str) -> Account {
-    Account::Identity {
-        identity: name.into(),
-    }
+    support::tier(PLAN)
 }
 
 fn request(expires_at: DateTime<Utc>) -> ReserveRequest {
-    ReserveRequest {
-        reservation_id: ReservationId::new(),
-        model: Some("gpt-4o".into()),
-        amounts: Amounts::new().with(Unit::Requests, Decimal::ONE),
+    support::request(
         expires_at,
-        tier: "free".into(),
-        flex: None,
-    }
+        Amounts::new().with(Unit::Requests, Decimal::ONE),
+    )
 }
 
 async fn admit(gate: &Gate, project: ProjectId, who: &Account, req: ReserveRequest) -> Admitted {
-    match gate
-        .reserve(project, who, &tier(), req, None)
-        .await
-        .unwrap()
-    {
-        ReserveOutcome::Admitted(a) => a,
-        ReserveOutcome::Denied(d) => panic!("denied: {d:?}"),
-    }
+    support::admit(gate, project, who, &tier(), req).await
 }
 
 fn requests_used_held(a: &Admitted) -> (Decimal, Decimal) {

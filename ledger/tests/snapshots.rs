@@ -7,7 +7,7 @@
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use rust_decimal::Decimal;
-use schemas::plan::{Plan, Tier};
+use schemas::plan::Tier;
 use schemas::{subjects, Account, Amounts, ProjectId, ReservationId, Unit};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,54 +20,30 @@ use tollgate_ledger::{Clock, Gate, ManualClock};
 
 const PLAN: &str = "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 50 }\n      - { unit: tokens, window: lifetime, cap: 1000000 }\n";
 
-async fn gate(nats: &NatsServer, clock: &ManualClock, pool: Option<&PgPool>) -> Gate {
-    Gate::new(
-        tollgate_ledger::stream::connect(&nats.url()).await.unwrap(),
-        Arc::new(clock.clone()),
-        pool.cloned(),
-    )
-    .await
-    .unwrap()
-}
+mod support;
+use support::{account, gate};
 
 fn tier() -> Tier {
-    Plan::from_yaml(PLAN).unwrap().tier(None).unwrap().1.clone()
-}
-
-fn account(name: &str) -> Account {
-    Account::Identity {
-        identity: name.into(),
-    }
+    support::tier(PLAN)
 }
 
 fn request(expires_at: DateTime<Utc>) -> ReserveRequest {
-    ReserveRequest {
-        reservation_id: ReservationId::new(),
-        model: Some("gpt-4o".into()),
-        amounts: Amounts::new()
+    support::request(
+        expires_at,
+        Amounts::new()
             .with(Unit::Requests, Decimal::ONE)
             .with(Unit::Tokens, Decimal::from(100)),
-        expires_at,
-        tier: "free".into(),
-        flex: None,
-    }
+    )
+}
+
+async fn admit(gate: &Gate, project: ProjectId, who: &Account, req: ReserveRequest) -> Admitted {
+    support::admit(gate, project, who, &tier(), req).await
 }
 
 fn used_tokens(n: i64) -> Amounts {
     Amounts::new()
         .with(Unit::Requests, Decimal::ONE)
         .with(Unit::Tokens, Decimal::from(n))
-}
-
-async fn admit(gate: &Gate, project: ProjectId, who: &Account, req: ReserveRequest) -> Admitted {
-    match gate
-        .reserve(project, who, &tier(), req, None)
-        .await
-        .unwrap()
-    {
-        ReserveOutcome::Admitted(a) => a,
-        ReserveOutcome::Denied(d) => panic!("denied: {d:?}"),
-    }
 }
 
 /// `pairs` reserve → commit pairs on `who`; returns the first reservation.
@@ -282,6 +258,29 @@ async fn long_histories_are_saved_every_n_events() {
     assert_eq!(gate_d.save_snapshots().await, 0);
 }
 
+/// Replaces the snapshot of `subject` with `row` (seq, event id, state).
+async fn put_snapshot(
+    pool: &PgPool,
+    subject: &str,
+    project: ProjectId,
+    row: &(i64, uuid::Uuid, Vec<u8>),
+) {
+    sqlx::query("DELETE FROM account_snapshots WHERE subject = $1")
+        .bind(subject)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state) VALUES ($1, $2, $3, $4, 1, $5)")
+        .bind(subject)
+        .bind(project.0)
+        .bind(row.0)
+        .bind(row.1)
+        .bind(&row.2)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn snapshots_the_stream_does_not_agree_with_are_deleted_and_not_used() {
     let nats = NatsServer::start().await.unwrap();
@@ -321,19 +320,7 @@ async fn snapshots_the_stream_does_not_agree_with_are_deleted_and_not_used() {
         ),
     ];
     for (what, spoil) in spoilers {
-        sqlx::query("DELETE FROM account_snapshots")
-            .execute(pool)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state) VALUES ($1, $2, $3, $4, 1, $5)")
-            .bind(&subject)
-            .bind(project.0)
-            .bind(good.0)
-            .bind(good.1)
-            .bind(&good.2)
-            .execute(pool)
-            .await
-            .unwrap();
+        put_snapshot(pool, &subject, project, &good).await;
         let query = sqlx::query(spoil);
         let query = if spoil.contains("$1") {
             query.bind(neighbour_seq)
@@ -353,15 +340,7 @@ async fn snapshots_the_stream_does_not_agree_with_are_deleted_and_not_used() {
     }
 
     // The unspoiled snapshot is used.
-    sqlx::query("INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state) VALUES ($1, $2, $3, $4, 1, $5)")
-        .bind(&subject)
-        .bind(project.0)
-        .bind(good.0)
-        .bind(good.1)
-        .bind(&good.2)
-        .execute(pool)
-        .await
-        .unwrap();
+    put_snapshot(pool, &subject, project, &good).await;
     let fresh = gate(&nats, &clock, Some(pool)).await;
     assert_eq!(view_json(&fresh, project, &who).await, view);
     assert_eq!(delta(fresh.load_stats(), LoadStats::default()), (1, 1, 0));
