@@ -695,11 +695,11 @@ impl Gate {
     /// nothing still within its TTL, so memory follows the accounts in use
     /// rather than every account this process ever saw. A forgotten account
     /// is read back from its subject on its next use, as after a restart, so
-    /// no decision changes; with a database, an account with a long history
-    /// is saved as a snapshot first, so reading it back is short. (An open
-    /// hold past its TTL does not keep its
-    /// account: the ledger expires it, possibly from another process, and
-    /// this copy would not see that until its next use anyway.)
+    /// no decision changes; with a database, an account with at least
+    /// [`io::SHORT_HISTORY`] events unsaved is saved as a snapshot first, so
+    /// reading it back is short. (An open hold past its TTL does not keep
+    /// its account: the ledger expires it, possibly from another process,
+    /// and this copy would not see that until its next use anyway.)
     /// Returns how many accounts were forgotten.
     pub fn forget_idle(&self, idle: chrono::Duration) -> usize {
         let now = self.shared.clock.now();
