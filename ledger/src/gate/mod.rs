@@ -142,6 +142,32 @@ struct Shared {
     counters: Counters,
 }
 
+impl Shared {
+    /// Writes the snapshot of `subject` and counts it; `None` if it failed (logged).
+    async fn save(
+        &self,
+        pool: &PgPool,
+        project: ProjectId,
+        subject: &str,
+        state: &AccountState,
+    ) -> Option<bool> {
+        match snapshots::write(pool, project, subject, state).await {
+            Ok(written) => {
+                if written {
+                    self.counters
+                        .snapshots_saved
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Some(written)
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not save an account snapshot");
+                None
+            }
+        }
+    }
+}
+
 /// The NATS connection one handle appends and reads over.
 struct Io {
     client: async_nats::Client,
@@ -313,20 +339,7 @@ impl Gate {
             return;
         };
         let shared = self.shared.clone();
-        runtime.spawn(async move {
-            match snapshots::write(&pool, project, &subject, &state).await {
-                Ok(true) => {
-                    shared
-                        .counters
-                        .snapshots_saved
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "could not save an account snapshot")
-                }
-            }
-        });
+        runtime.spawn(async move { shared.save(&pool, project, &subject, &state).await });
     }
 
     /// Saves a snapshot of every account in memory with at least
@@ -355,19 +368,10 @@ impl Gate {
                     _ => continue,
                 }
             };
-            match snapshots::write(pool, project, &subject, &state).await {
-                Ok(true) => {
-                    saved += 1;
-                    self.shared
-                        .counters
-                        .snapshots_saved
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "could not save an account snapshot");
-                    break;
-                }
+            match self.shared.save(pool, project, &subject, &state).await {
+                Some(true) => saved += 1,
+                Some(false) => {}
+                None => break,
             }
         }
         saved
