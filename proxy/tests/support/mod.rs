@@ -14,6 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tollgate_proxy::providers::BaseUrls;
 use tollgate_proxy::server::{ProxyState, Settings};
 
+/// How the OpenAI mock is put behind HTTPS.
+#[derive(Clone, Copy)]
+struct Tls {
+    /// The proxy trusts the test authority.
+    trust: bool,
+    /// The front offers HTTP/2 (and HTTP/1.1).
+    h2: bool,
+}
+
 pub struct Proxy {
     pub nats: NatsServer,
     pub db: TestDb,
@@ -45,21 +54,36 @@ impl Proxy {
     }
 
     /// With the OpenAI mock behind HTTPS (a certificate of the test
-    /// authority, `testkit::tls`), which the proxy trusts if `trust`.
+    /// authority, `testkit::tls`) offering HTTP/2 and HTTP/1.1 as the
+    /// providers' front ends do; the proxy trusts it if `trust`.
     pub async fn start_tls(plan_yaml: &str, trust: bool) -> Proxy {
-        Self::start_inner(plan_yaml, None, Some(trust), None).await
+        let tls = Tls { trust, h2: true };
+        Self::start_inner(plan_yaml, None, Some(tls), None).await
+    }
+
+    /// Like [`Proxy::start_tls`] (trusted), the front offering HTTP/1.1 only.
+    pub async fn start_tls_http1(plan_yaml: &str) -> Proxy {
+        let tls = Tls {
+            trust: true,
+            h2: false,
+        };
+        Self::start_inner(plan_yaml, None, Some(tls), None).await
     }
 
     /// Like [`Proxy::start_tls`] with the authority trusted, and every
     /// `https://` call made through the egress proxy at `egress_url`.
     pub async fn start_tls_via(plan_yaml: &str, egress_url: &str) -> Proxy {
-        Self::start_inner(plan_yaml, None, Some(true), Some(egress_url)).await
+        let tls = Tls {
+            trust: true,
+            h2: true,
+        };
+        Self::start_inner(plan_yaml, None, Some(tls), Some(egress_url)).await
     }
 
     async fn start_inner(
         plan_yaml: &str,
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
-        tls: Option<bool>,
+        tls: Option<Tls>,
         egress_url: Option<&str>,
     ) -> Proxy {
         let nats = NatsServer::start().await.unwrap();
@@ -88,11 +112,14 @@ impl Proxy {
             MockProvider::start(MockKind::OpenAi).await.unwrap(),
         );
         let openai_tls = match tls {
-            Some(_) => Some(TlsFront::start(openai.addr()).await.unwrap()),
+            Some(Tls { h2: true, .. }) => Some(TlsFront::start_h2(openai.addr()).await.unwrap()),
+            Some(Tls { h2: false, .. }) => Some(TlsFront::start(openai.addr()).await.unwrap()),
             None => None,
         };
         let extra_roots = match tls {
-            Some(true) => tollgate_proxy::upstream::read_roots(&testkit::tls::ca_file()).unwrap(),
+            Some(Tls { trust: true, .. }) => {
+                tollgate_proxy::upstream::read_roots(&testkit::tls::ca_file()).unwrap()
+            }
             _ => Vec::new(),
         };
         let settings = Settings {

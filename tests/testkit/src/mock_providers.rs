@@ -91,6 +91,8 @@ pub struct MockError {
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
     pub method: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub path: String,
     pub query: Option<String>,
     /// Lower-case names, in arrival order.
@@ -218,12 +220,14 @@ impl Drop for MockProvider {
 async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
+    version: axum::http::Version,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let request = RecordedRequest {
         method: method.to_string(),
+        version: format!("{version:?}"),
         path: uri.path().to_owned(),
         query: uri.query().map(str::to_owned),
         headers: headers

@@ -8,6 +8,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -25,12 +26,25 @@ pub fn ca_file() -> PathBuf {
 pub struct TlsFront {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    handshakes: Arc<AtomicUsize>,
 }
 
 impl TlsFront {
     /// Listens on a free loopback port and forwards every connection, once
-    /// its TLS handshake succeeded, to `backend` in plain text.
+    /// its TLS handshake succeeded, to `backend` in plain text. Offers
+    /// HTTP/1.1 only.
     pub async fn start(backend: SocketAddr) -> anyhow::Result<TlsFront> {
+        Self::start_offering(backend, &[b"http/1.1"]).await
+    }
+
+    /// Like [`TlsFront::start`], offering HTTP/2 first and HTTP/1.1 (ALPN),
+    /// as the providers' front ends do. `backend` must then speak both
+    /// (the mocks do: `axum::serve` tells them apart by the HTTP/2 preface).
+    pub async fn start_h2(backend: SocketAddr) -> anyhow::Result<TlsFront> {
+        Self::start_offering(backend, &[b"h2", b"http/1.1"]).await
+    }
+
+    async fn start_offering(backend: SocketAddr, alpn: &[&[u8]]) -> anyhow::Result<TlsFront> {
         let dir = ca_file().with_file_name("");
         let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -40,17 +54,20 @@ impl TlsFront {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let counter = handshakes.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
+                let (acceptor, counter) = (acceptor.clone(), counter.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(stream).await else {
                         return; // the client refused our certificate, or spoke no TLS
                     };
+                    counter.fetch_add(1, Ordering::SeqCst);
                     let Ok(mut plain) = TcpStream::connect(backend).await else {
                         return;
                     };
@@ -58,12 +75,21 @@ impl TlsFront {
                 });
             }
         });
-        Ok(TlsFront { addr, task })
+        Ok(TlsFront {
+            addr,
+            task,
+            handshakes,
+        })
     }
 
     /// `https://127.0.0.1:PORT`.
     pub fn origin(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// How many connections completed their TLS handshake so far.
+    pub fn connections(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
     }
 }
 
