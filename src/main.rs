@@ -55,8 +55,9 @@ struct Addrs {
     #[arg(long, env = "TOLLGATE_ACCOUNT_IDLE_SECS", default_value_t = 600)]
     account_idle_secs: u64,
     /// Save an account's state as a snapshot (in PostgreSQL) after this many
-    /// events, so a process reading it back reads only the events since;
-    /// 0 turns snapshots off.
+    /// events (or as many as its last snapshot had entries, if more), so a
+    /// process reading it back reads only the events since; 0 turns
+    /// snapshots off.
     #[arg(long, env = "TOLLGATE_SNAPSHOT_EVERY", default_value_t = ledger::gate::SNAPSHOT_EVERY)]
     snapshot_every: u64,
     /// Output tokens the proxy holds for a request that sets no max_tokens.

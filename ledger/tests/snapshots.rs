@@ -352,7 +352,8 @@ async fn snapshots_saved_all_the_time_never_change_admission() {
     let db = fresh_database().await.unwrap();
     let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
     // Two processes on one account, each saving a snapshot every 3 events
-    // and forgetting the account whenever it is not in use.
+    // (or as many as its last snapshot had entries) and forgetting the
+    // account whenever it is not in use.
     let gates = [
         gate(&nats, &clock, Some(db.pool())).await,
         gate(&nats, &clock, Some(db.pool())).await,

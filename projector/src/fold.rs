@@ -121,6 +121,12 @@ impl AccountState {
         self.used.iter()
     }
 
+    /// How many entries the state keeps (open holds, settled holds, usage
+    /// ids and counters): what its size, and its snapshot's, grows with.
+    pub fn entries(&self) -> usize {
+        self.open.len() + self.settled.len() + self.usage_ids.len() + self.used.len()
+    }
+
     /// Id of the event at [`AccountState::last_seq`] (None before any event
     /// with a stream sequence).
     pub fn last_event(&self) -> Option<EventId> {
