@@ -29,6 +29,15 @@ fn body(stream: bool) -> serde_json::Value {
         "messages": [{"role": "user", "content": "Hello over TLS"}]})
 }
 
+/// The HTTP version of each request the OpenAI mock received, in order.
+fn versions(p: &Proxy) -> Vec<String> {
+    p.openai
+        .requests_seen()
+        .into_iter()
+        .map(|r| r.version)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_provider_behind_https_is_called_once_its_authority_is_trusted() {
     let p = Proxy::start_tls(PLAN, true).await;
@@ -54,13 +63,7 @@ async fn a_provider_behind_https_is_called_once_its_authority_is_trusted() {
     // Both calls went through TLS to the provider, over the HTTP/2 it
     // offered, the key included.
     assert_eq!(p.openai.request_count(), 2);
-    let versions: Vec<String> = p
-        .openai
-        .requests_seen()
-        .into_iter()
-        .map(|r| r.version)
-        .collect();
-    assert_eq!(versions, ["HTTP/2.0", "HTTP/2.0"]);
+    assert_eq!(versions(&p), ["HTTP/2.0", "HTTP/2.0"]);
     let seen = p.openai.last_request().unwrap();
     assert_eq!(
         seen.header("authorization"),
@@ -128,13 +131,7 @@ async fn a_provider_offering_only_http1_is_called_over_http1() {
     assert_eq!(streamed.status(), 200);
     let text = streamed.text().await.unwrap();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    let versions: Vec<String> = p
-        .openai
-        .requests_seen()
-        .into_iter()
-        .map(|r| r.version)
-        .collect();
-    assert_eq!(versions, ["HTTP/1.1", "HTTP/1.1"]);
+    assert_eq!(versions(&p), ["HTTP/1.1", "HTTP/1.1"]);
     let settled = p.settled("dave", 2).await;
     assert!(settled.iter().all(|(t, _)| t == "committed"), "{settled:?}");
 }
@@ -205,9 +202,7 @@ async fn over_http2_a_cancelled_stream_is_charged_and_the_connection_keeps_servi
             .all(|&(input, output)| input > 0 && output == 4),
         "{charged:?}"
     );
-    let seen = p.openai.requests_seen();
-    assert_eq!(seen.len(), 11);
-    assert!(seen.iter().all(|r| r.version == "HTTP/2.0"));
+    assert_eq!(versions(&p), ["HTTP/2.0"; 11]);
     assert_eq!(
         front.connections(),
         2,
