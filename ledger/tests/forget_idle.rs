@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use testkit::nats::NatsServer;
 use tollgate_ledger::gate::decide::ReserveRequest;
-use tollgate_ledger::gate::{Admitted, ReserveOutcome};
+use tollgate_ledger::gate::Admitted;
 use tollgate_ledger::{Clock, Gate, ManualClock};
 
 const PLAN: &str = "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 50 }\n";
 
 mod support;
-use support::account;
+use support::{account, expires_exactly_once, reserve_and_commit};
 
 async fn gate(nats: &NatsServer, clock: &ManualClock) -> Gate {
     support::gate(nats, clock, None).await
@@ -126,14 +126,7 @@ async fn idle_accounts_are_forgotten_and_read_back_unchanged() {
         "one committed before forgetting, one held now"
     );
     // The stale hold was read back open, and expires exactly once.
-    assert!(gate
-        .expire(project, &stale, stale_hold.reservation_id)
-        .await
-        .unwrap());
-    assert!(!gate
-        .expire(project, &stale, stale_hold.reservation_id)
-        .await
-        .unwrap());
+    expires_exactly_once(&gate, &gate, project, &stale, stale_hold.reservation_id).await;
     assert_eq!(gate.cached_accounts(), 3);
 }
 
@@ -166,18 +159,9 @@ async fn forgetting_all_the_time_never_changes_admission() {
                 let (gate, who) = (gate.clone(), who.clone());
                 let expires_at = clock.now() + Duration::minutes(1);
                 async move {
-                    let outcome = gate
-                        .reserve(project, &who, &tier(), request(expires_at), None)
-                        .await
-                        .unwrap();
-                    let ReserveOutcome::Admitted(a) = outcome else {
-                        return false;
-                    };
                     let actual = Amounts::new().with(Unit::Requests, Decimal::ONE);
-                    gate.commit(project, a.reservation_id, Some(&who), actual, None)
-                        .await
-                        .unwrap();
-                    true
+                    let req = request(expires_at);
+                    reserve_and_commit(&gate, project, &who, &tier(), req, actual).await
                 }
             })
             .buffer_unordered(30)

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use testkit::nats::NatsServer;
 use testkit::pg::fresh_database;
 use tollgate_ledger::gate::decide::ReserveRequest;
-use tollgate_ledger::gate::{Admitted, LoadStats, ReserveOutcome};
+use tollgate_ledger::gate::{Admitted, LoadStats};
 use tollgate_ledger::{Clock, Gate, ManualClock};
 
 const PLAN: &str = "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 50 }\n      - { unit: tokens, window: lifetime, cap: 1000000 }\n";
 
 mod support;
-use support::{account, gate};
+use support::{account, expires_exactly_once, gate, reserve_and_commit};
 
 fn tier() -> Tier {
     support::tier(PLAN)
@@ -207,14 +207,7 @@ async fn a_forgotten_account_comes_back_from_its_snapshot_and_the_events_after_i
         .commit(project, first, Some(&who), used_tokens(2), None)
         .await
         .is_err());
-    assert!(gate_a
-        .expire(project, &who, stale.reservation_id)
-        .await
-        .unwrap());
-    assert!(!gate_c
-        .expire(project, &who, stale.reservation_id)
-        .await
-        .unwrap());
+    expires_exactly_once(&gate_a, &gate_c, project, &who, stale.reservation_id).await;
 }
 
 #[tokio::test]
@@ -384,17 +377,8 @@ async fn snapshots_saved_all_the_time_never_change_admission() {
                 let (gate, who) = (gates[i % 2].clone(), who.clone());
                 let expires_at = clock.now() + Duration::minutes(1);
                 async move {
-                    let outcome = gate
-                        .reserve(project, &who, &tier(), request(expires_at), None)
-                        .await
-                        .unwrap();
-                    let ReserveOutcome::Admitted(a) = outcome else {
-                        return false;
-                    };
-                    gate.commit(project, a.reservation_id, Some(&who), used_tokens(1), None)
-                        .await
-                        .unwrap();
-                    true
+                    let req = request(expires_at);
+                    reserve_and_commit(&gate, project, &who, &tier(), req, used_tokens(1)).await
                 }
             })
             .buffer_unordered(40)

@@ -58,3 +58,39 @@ pub async fn admit(
         ReserveOutcome::Denied(d) => panic!("denied: {d:?}"),
     }
 }
+
+/// Hold `id` of `who` expires on `first`, and expiring it again on `again`
+/// (the same gate, or another process's) does nothing.
+pub async fn expires_exactly_once(
+    first: &Gate,
+    again: &Gate,
+    project: ProjectId,
+    who: &Account,
+    id: ReservationId,
+) {
+    assert!(first.expire(project, who, id).await.unwrap(), "expired");
+    assert!(
+        !again.expire(project, who, id).await.unwrap(),
+        "expired only once"
+    );
+}
+
+/// Reserves `req`; if admitted, commits `actual` and returns true.
+pub async fn reserve_and_commit(
+    gate: &Gate,
+    project: ProjectId,
+    who: &Account,
+    tier: &Tier,
+    req: ReserveRequest,
+    actual: Amounts,
+) -> bool {
+    match gate.reserve(project, who, tier, req, None).await.unwrap() {
+        ReserveOutcome::Admitted(a) => {
+            gate.commit(project, a.reservation_id, Some(who), actual, None)
+                .await
+                .unwrap();
+            true
+        }
+        ReserveOutcome::Denied(_) => false,
+    }
+}
