@@ -79,11 +79,17 @@ pub fn estimate(
         .or(model_max.map(|m| m.min(default_max_output_tokens)))
         .unwrap_or(default_max_output_tokens)
         .max(1);
+    // With `n` choices the provider writes up to `max_output` tokens for each.
+    let choices = u64::from(req.n.unwrap_or(1).max(1));
+    let all_output = max_output.saturating_mul(choices);
     let mut amounts = Amounts::new()
         .with(Unit::Requests, Decimal::ONE)
         .with(Unit::InputTokens, Decimal::from(input))
-        .with(Unit::OutputTokens, Decimal::from(max_output))
-        .with(Unit::Tokens, Decimal::from(input + max_output));
+        .with(Unit::OutputTokens, Decimal::from(all_output))
+        .with(
+            Unit::Tokens,
+            Decimal::from(input.saturating_add(all_output)),
+        );
     let (input_usd, usd_per_output_token) = match price {
         Some(p) => {
             let input_usd = cost(
@@ -99,7 +105,7 @@ pub fn estimate(
             amounts.set(
                 Unit::Usd,
                 round_usd(
-                    input_usd + Decimal::from(max_output) * per_output,
+                    input_usd + Decimal::from(all_output) * per_output,
                     Rounding::Charge,
                 ),
             );
@@ -111,6 +117,7 @@ pub fn estimate(
         input_tokens: input,
         max_output_tokens: max_output,
         min_output_tokens: max_output.min(MIN_OUTPUT_TOKENS),
+        choices,
         input_usd,
         usd_per_output_token,
     };

@@ -97,6 +97,44 @@ async fn two_hundred_concurrent_streams_never_spend_past_the_cap() {
 }
 
 #[tokio::test]
+async fn a_hold_covers_every_choice_when_n_asks_for_several() {
+    let p = Proxy::start(CAP_PLAN).await;
+    // Eight choices of up to 10,000 tokens at $0.00001 could cost $0.80: more than the $0.50 cap.
+    let body = json!({"model": "gpt-4o", "n": 8, "max_tokens": 10000, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, v) = p.chat("u", body).await;
+    assert_eq!(status, 200, "{v}");
+    let sent = p.openai.last_request().unwrap().json().unwrap();
+    let per_choice = sent["max_completion_tokens"]
+        .as_u64()
+        .or(sent["max_tokens"].as_u64())
+        .unwrap();
+    assert!(
+        per_choice < 10_000 / 8 * 5,
+        "each choice must be clamped to its share of the budget, sent {per_choice}"
+    );
+    let events = p.events("u").await;
+    let (kind, reserved) = &events[0];
+    assert_eq!(kind, "reserved");
+    assert_eq!(
+        dec(&reserved["amounts"]["output_tokens"]),
+        Decimal::from(per_choice * 8),
+        "the hold covers all eight choices: {reserved}"
+    );
+    let held = dec(&reserved["amounts"]["usd"]);
+    assert!(held <= Decimal::from_str("0.50").unwrap(), "{held}");
+    assert!(held > Decimal::from_str("0.49").unwrap(), "{held}");
+    // OpenAI refuses more than 128 choices; so does the proxy, before any hold.
+    let (status, _, v) = p
+        .chat(
+            "u",
+            json!({"model": "gpt-4o", "n": 129, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "n", "{v}");
+}
+
+#[tokio::test]
 async fn nats_down_is_a_503_and_nothing_is_forwarded() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn,tollgate=debug")

@@ -32,24 +32,27 @@ pub struct ReserveRequest {
 }
 
 /// How a request's output can shrink: `amounts` hold the cost of
-/// `max_output_tokens`; the gate may lower it (never below
-/// `min_output_tokens`) so the hold fits the remaining budget (the proxy then
-/// clamps `max_tokens` upstream).
+/// `max_output_tokens` for each of `choices` answers; the gate may lower it
+/// (never below `min_output_tokens`) so the hold fits the remaining budget
+/// (the proxy then clamps `max_tokens` upstream, which caps each choice).
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutputFlex {
     pub input_tokens: u64,
+    /// Output cap of one choice.
     pub max_output_tokens: u64,
     pub min_output_tokens: u64,
+    /// How many answers the provider writes (OpenAI's `n`), each up to the cap.
+    pub choices: u64,
     /// USD of the input part (already inside `amounts.usd`).
     pub input_usd: Decimal,
     pub usd_per_output_token: Decimal,
 }
 
 impl OutputFlex {
-    /// The amounts for `output` tokens of output.
+    /// The amounts for `output` tokens of output per choice.
     pub fn amounts_for(&self, base: &Amounts, output: u64) -> Amounts {
         let mut a = base.clone();
-        let out = Decimal::from(output);
+        let out = Decimal::from(output) * Decimal::from(self.choices.max(1));
         if a.contains(&Unit::OutputTokens) {
             a.set(Unit::OutputTokens, out);
         }
@@ -79,7 +82,7 @@ impl OutputFlex {
             _ => return None,
         };
         Some(
-            room_for_output
+            (room_for_output / Decimal::from(self.choices.max(1)))
                 .floor()
                 .max(Decimal::ZERO)
                 .to_u64()

@@ -8,6 +8,9 @@
 
 use super::openai::{ChatRequest, ErrorBody, ErrorDetail, Role};
 
+/// Most choices (`n`) one request may ask for, as OpenAI allows.
+pub const MAX_CHOICES: u32 = 128;
+
 /// Why a request body was refused. Maps to HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -66,7 +69,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, RequestError> {
 }
 
 /// Checks what serde cannot: a non-empty `model` and `messages`, a
-/// `tool_call_id` on every tool message, and `n` of at least 1.
+/// `tool_call_id` on every tool message, and `n` from 1 to [`MAX_CHOICES`].
 pub fn validate_request(request: &ChatRequest) -> Result<(), RequestError> {
     if request.model.trim().is_empty() {
         return Err(RequestError::MissingField {
@@ -85,10 +88,10 @@ pub fn validate_request(request: &ChatRequest) -> Result<(), RequestError> {
             });
         }
     }
-    if request.n == Some(0) {
+    if let Some(n) = request.n.filter(|n| !(1..=MAX_CHOICES).contains(n)) {
         return Err(RequestError::InvalidField {
             field: "n".to_owned(),
-            message: "must be at least 1".to_owned(),
+            message: format!("must be between 1 and {MAX_CHOICES}, got {n}"),
         });
     }
     Ok(())
