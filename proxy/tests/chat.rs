@@ -211,6 +211,71 @@ async fn upstream_errors_release_the_hold_and_keep_the_provider_status() {
     );
     let settled = p.settled("err", 1).await;
     assert_eq!(settled[0].0, "released");
+    // A provider's rate limit keeps its advice on when to retry, and the answer still
+    // carries Tollgate's own rate-limit headers.
+    p.anthropic.fail_with(
+        429,
+        "Number of request tokens has exceeded your per-minute rate limit",
+    );
+    let r = p
+        .request("err", &chat_body("claude-3-5-sonnet-20240620", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "7");
+    assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
+    let settled = p.settled("err", 2).await;
+    assert_eq!(settled[1].0, "released");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_is_charged_what_the_provider_reported() {
+    let p = Proxy::start(PLAN).await;
+    p.openai.update_behavior(|b| {
+        b.input_tokens = Some(300);
+        b.output_tokens = Some(40);
+        b.answer_delay = std::time::Duration::from_millis(400);
+    });
+    // The client gives up while the provider is still writing its answer.
+    let gave_up = p
+        .request("impatient", &chat_body("gpt-4o", false))
+        .timeout(std::time::Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(gave_up.unwrap_err().is_timeout());
+    let settled = p.settled("impatient", 1).await;
+    assert_eq!(settled[0].0, "committed", "{settled:?}");
+    let actual = &settled[0].1["actual"];
+    assert_eq!(
+        (actual["input_tokens"].as_str(), actual["output_tokens"].as_str()),
+        (Some("300"), Some("40")),
+        "the answer is read to its end and charged in full: {actual}"
+    );
+    assert_eq!(dec(&actual["usd"]), expected_usd("gpt-4o", 300, 40));
+}
+
+#[tokio::test]
+async fn an_answer_without_usage_is_charged_the_counted_prompt_and_estimated_output() {
+    let p = Proxy::start(PLAN).await;
+    for mock in [&p.openai, &p.gemini] {
+        mock.update_behavior(|b| b.omit_usage = true);
+    }
+    for (i, model) in ["gpt-4o", "gemini-2.0-flash"].into_iter().enumerate() {
+        let identity = format!("no-usage-{i}");
+        let (status, _, body) = p.chat(&identity, chat_body(model, false)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let settled = p.settled(&identity, 1).await;
+        assert_eq!(settled[0].0, "committed", "{model}");
+        let actual = &settled[0].1["actual"];
+        // The prompt counted with the tokenizer, as held; the reply's 9 words
+        // (47 characters) estimated at 4 characters a token.
+        let held = &p.events(&identity).await[0].1["amounts"];
+        assert_eq!(actual["input_tokens"], held["input_tokens"], "{model}");
+        assert!(dec(&actual["input_tokens"]) > Decimal::ZERO, "{model}");
+        assert_eq!(actual["output_tokens"], "12", "{model}: {actual}");
+        assert!(dec(&actual["usd"]) > Decimal::ZERO, "{model}: {actual}");
+    }
 }
 
 #[tokio::test]

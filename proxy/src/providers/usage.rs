@@ -9,6 +9,12 @@
 //! Per provider:
 //! - OpenAI: `prompt_tokens` already includes `cached_tokens`, and
 //!   `completion_tokens` already includes `reasoning_tokens`.
+//! - xAI (and any OpenAI-compatible server that does the same): the same
+//!   fields, but `completion_tokens` leaves out `reasoning_tokens`, which
+//!   `total_tokens` counts. Detected from the totals: when `total_tokens` is
+//!   prompt + completion + reasoning, reasoning is added to the output
+//!   (with OpenAI's convention that sum exceeds its total whenever there is
+//!   reasoning, so the two cannot be confused).
 //! - Anthropic: `input_tokens` *excludes* `cache_read_input_tokens` and
 //!   `cache_creation_input_tokens`, so the three are added. Thinking is inside
 //!   `output_tokens` and not reported apart (`reasoning_tokens` stays 0).
@@ -46,20 +52,31 @@ impl Usage {
 
     /// From OpenAI's `usage` block.
     pub fn from_openai(usage: &OpenAiUsage) -> Usage {
+        let reasoning = usage
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0);
+        let reasoning_outside = reasoning > 0
+            && Some(usage.total_tokens)
+                == usage
+                    .prompt_tokens
+                    .checked_add(usage.completion_tokens)
+                    .and_then(|s| s.checked_add(reasoning));
         Usage {
             input_tokens: usage.prompt_tokens,
-            output_tokens: usage.completion_tokens,
+            output_tokens: if reasoning_outside {
+                usage.completion_tokens.saturating_add(reasoning)
+            } else {
+                usage.completion_tokens
+            },
             cached_input_tokens: usage
                 .prompt_tokens_details
                 .as_ref()
                 .and_then(|d| d.cached_tokens)
                 .unwrap_or(0),
             cache_creation_input_tokens: 0,
-            reasoning_tokens: usage
-                .completion_tokens_details
-                .as_ref()
-                .and_then(|d| d.reasoning_tokens)
-                .unwrap_or(0),
+            reasoning_tokens: reasoning,
             estimated: false,
         }
     }
@@ -176,6 +193,32 @@ pub fn estimate_output_tokens(completion_chars: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn openai_usage(prompt: u64, completion: u64, total: u64, reasoning: u64) -> OpenAiUsage {
+        OpenAiUsage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: total,
+            prompt_tokens_details: None,
+            completion_tokens_details: Some(CompletionTokensDetails {
+                reasoning_tokens: Some(reasoning),
+            }),
+        }
+    }
+
+    #[test]
+    fn reasoning_counts_once_in_openais_convention_and_in_xais() {
+        // OpenAI: reasoning is inside completion_tokens.
+        let u = Usage::from_openai(&openai_usage(32, 103, 135, 94));
+        assert_eq!((u.output_tokens, u.reasoning_tokens), (103, 94));
+        // xAI's documented example: 32 + 9 + 94 = 135, reasoning outside completion_tokens.
+        let u = Usage::from_openai(&openai_usage(32, 9, 135, 94));
+        assert_eq!((u.output_tokens, u.reasoning_tokens), (103, 94));
+        assert_eq!(u.total_tokens(), 135);
+        // No total reported: OpenAI's convention.
+        let u = Usage::from_openai(&openai_usage(32, 9, 0, 94));
+        assert_eq!(u.output_tokens, 9);
+    }
 
     #[test]
     fn anthropic_input_excludes_cache() {

@@ -8,12 +8,13 @@ use super::error::openai_error;
 use super::headers::rate_limit_headers;
 use super::stream::MeteredStream;
 use super::{ProxyError, ProxyState};
-use crate::estimate::{actual, estimate};
+use crate::estimate::{actual, estimate, Estimate};
 use crate::hold::Hold;
 use crate::pricing::ModelPrice;
+use crate::providers::openai::ChatRequest;
 use crate::providers::{
     parse_request, prepare_upstream, route, translate_error, translate_response, ProviderError,
-    ProviderKey, StreamTranslator,
+    ProviderKey, Route, StreamTranslator,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -25,8 +26,13 @@ use ledger::gate::decide::ReserveRequest;
 use ledger::gate::message::{denial_message, retry_after_secs};
 use ledger::gate::{Denied, ReserveOutcome};
 use schemas::plan::{scope_matches, Tier};
-use schemas::{Account, ReservationId, Unit};
+use schemas::{Account, ProjectId, ReservationId, Unit};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Headers of a provider's error answer passed on to the client: when to
+/// retry (OpenAI's SDKs read both).
+const RETRY_HEADERS: [&str; 2] = ["retry-after", "retry-after-ms"];
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -172,109 +178,191 @@ pub async fn completions(
         tier: tier_name,
         flex: Some(est.flex.clone()),
     };
-    let admitted = match inner
-        .gate
-        .reserve(
-            project.project_id,
-            &account,
-            &tier,
-            reserve,
-            request_id.clone(),
-        )
-        .await?
-    {
-        ReserveOutcome::Denied(d) => return Ok(denied_response(&tier, &d)),
-        ReserveOutcome::Admitted(a) => a,
-    };
-    let hold = Hold::new(
-        inner.gate.clone(),
-        inner.tracker.clone(),
-        project.project_id,
+    let call = Call {
+        state: state.clone(),
+        project_id: project.project_id,
         account,
-        admitted.reservation_id,
+        tier,
+        reserve,
         request_id,
-    );
-    let max_tokens = admitted.output_tokens.unwrap_or(est.max_output_tokens);
-    let upstream = match prepare_upstream(&route, &req, &key, Some(max_tokens)) {
-        Ok(u) => u,
-        Err(e) => {
-            hold.release("invalid_request");
-            return Err(ProxyError::BadRequest(e.to_string()));
-        }
+        route,
+        req,
+        key,
+        price,
+        est,
+        model,
     };
-    let response = match inner.http.send(&upstream).await {
-        Ok(r) => r,
-        Err(e) => {
-            hold.release("upstream_unreachable");
-            return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
-        }
-    };
-    let status = response.status();
-    let now = Utc::now();
-    if upstream.stream && status.is_success() {
-        let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
-        let stream = MeteredStream::new(
-            crate::upstream::body_stream(response),
-            translator,
-            hold,
+    // From the hold on, the call runs on its own task to its end even if the
+    // client goes away: a hold that lands after the client left is settled,
+    // and an answer the provider is already writing is read to learn what it
+    // cost, never billed $0.
+    let client = CancellationToken::new();
+    let _client_gone = client.clone().drop_guard();
+    inner
+        .tracker
+        .spawn(call.run(client))
+        .await
+        .map_err(|e| ProxyError::Internal(anyhow::anyhow!("the call's task failed: {e}")))?
+}
+
+/// A request that passed every check before its hold, and what it needs
+/// until it is settled.
+struct Call {
+    state: ProxyState,
+    project_id: ProjectId,
+    account: Account,
+    tier: Tier,
+    reserve: ReserveRequest,
+    request_id: Option<String>,
+    route: Route,
+    req: ChatRequest,
+    key: ProviderKey,
+    price: Option<ModelPrice>,
+    est: Estimate,
+    model: String,
+}
+
+impl Call {
+    /// Hold → forward → measure → settle. `client` is cancelled when the
+    /// client has gone away: nothing is forwarded after that.
+    async fn run(self, client: CancellationToken) -> Result<Response, ProxyError> {
+        let Call {
+            state,
+            project_id,
+            account,
+            tier,
+            reserve,
+            request_id,
+            route,
+            req,
+            key,
             price,
-            est.input_tokens,
+            est,
+            model,
+        } = self;
+        let inner = &state.0;
+        let admitted = match inner
+            .gate
+            .reserve(project_id, &account, &tier, reserve, request_id.clone())
+            .await?
+        {
+            ReserveOutcome::Denied(d) => return Ok(denied_response(&tier, &d)),
+            ReserveOutcome::Admitted(a) => a,
+        };
+        let hold = Hold::new(
+            inner.gate.clone(),
+            inner.tracker.clone(),
+            project_id,
+            account,
+            admitted.reservation_id,
+            request_id,
         );
-        let mut out = Response::new(Body::from_stream(stream));
-        let h = out.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        rate_limit_headers(h, &admitted.limits, now);
-        return Ok(out);
-    }
-    let bytes = match crate::upstream::read_all(response).await {
-        Ok(b) => b,
-        Err(e) => {
-            // The provider may have done the work: charge what was held rather than $0.
-            hold.commit(admitted.held.clone());
-            return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
+        if client.is_cancelled() {
+            hold.release("client_gone");
+            return Err(ProxyError::BadRequest("the client went away".into()));
         }
-    };
-    let translated = if upstream.stream {
-        Err(translate_error(route.kind, status, &bytes))
-    } else {
-        translate_response(route.kind, status, &bytes, &model)
-    };
-    match translated {
-        Ok((json_bytes, usage)) => {
-            hold.commit(actual(&usage, price.as_ref()));
-            let mut out = Response::new(Body::from(json_bytes));
-            out.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+        let max_tokens = admitted.output_tokens.unwrap_or(est.max_output_tokens);
+        let upstream = match prepare_upstream(&route, &req, &key, Some(max_tokens)) {
+            Ok(u) => u,
+            Err(e) => {
+                hold.release("invalid_request");
+                return Err(ProxyError::BadRequest(e.to_string()));
+            }
+        };
+        let response = match inner.http.send(&upstream).await {
+            Ok(r) => r,
+            Err(e) => {
+                hold.release("upstream_unreachable");
+                return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
+            }
+        };
+        let status = response.status();
+        // A provider's advice on when to retry, kept for its error answers.
+        let retry_headers: Vec<(header::HeaderName, HeaderValue)> = if status.is_success() {
+            Vec::new()
+        } else {
+            RETRY_HEADERS
+                .iter()
+                .filter_map(|name| {
+                    let name = header::HeaderName::from_static(name);
+                    response.headers().get(&name).map(|v| (name, v.clone()))
+                })
+                .collect()
+        };
+        let now = Utc::now();
+        if upstream.stream && status.is_success() {
+            let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
+            let stream = MeteredStream::new(
+                crate::upstream::body_stream(response),
+                translator,
+                hold,
+                price,
+                est.input_tokens,
             );
-            rate_limit_headers(out.headers_mut(), &admitted.limits, now);
-            Ok(out)
-        }
-        Err(ProviderError::Malformed { reason }) if status.is_success() => {
-            hold.commit(admitted.held.clone());
-            tracing::warn!(provider = %route.provider, reason = %reason, "provider answered 2xx with an unreadable body; charged the hold");
-            Ok(openai_error(
-                StatusCode::BAD_GATEWAY,
-                "api_error",
-                "upstream_malformed",
-                "the provider's answer could not be read",
-                None,
-            ))
-        }
-        Err(e) => {
-            hold.release("upstream_error");
-            let status = e.status();
-            let mut out = Response::new(Body::from(e.body_bytes()));
-            *out.status_mut() = status;
-            out.headers_mut().insert(
+            let mut out = Response::new(Body::from_stream(stream));
+            let h = out.headers_mut();
+            h.insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+                HeaderValue::from_static("text/event-stream"),
             );
-            Ok(out)
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            rate_limit_headers(h, &admitted.limits, now);
+            return Ok(out);
+        }
+        let bytes = match crate::upstream::read_all(response).await {
+            Ok(b) => b,
+            Err(e) => {
+                // The provider may have done the work: charge what was held rather than $0.
+                hold.commit(admitted.held.clone());
+                return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
+            }
+        };
+        let translated = if upstream.stream {
+            Err(translate_error(route.kind, status, &bytes))
+        } else {
+            translate_response(route.kind, status, &bytes, &model)
+        };
+        match translated {
+            Ok((json_bytes, mut usage)) => {
+                if usage.input_tokens == 0 {
+                    // The provider reported no usage: the prompt was still read.
+                    usage.input_tokens = est.input_tokens;
+                    usage.estimated = true;
+                }
+                hold.commit(actual(&usage, price.as_ref()));
+                let mut out = Response::new(Body::from(json_bytes));
+                out.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                rate_limit_headers(out.headers_mut(), &admitted.limits, now);
+                Ok(out)
+            }
+            Err(ProviderError::Malformed { reason }) if status.is_success() => {
+                hold.commit(admitted.held.clone());
+                tracing::warn!(provider = %route.provider, reason = %reason, "provider answered 2xx with an unreadable body; charged the hold");
+                Ok(openai_error(
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    "upstream_malformed",
+                    "the provider's answer could not be read",
+                    None,
+                ))
+            }
+            Err(e) => {
+                hold.release("upstream_error");
+                let status = e.status();
+                let mut out = Response::new(Body::from(e.body_bytes()));
+                *out.status_mut() = status;
+                let h = out.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                rate_limit_headers(h, &admitted.limits, now);
+                h.extend(retry_headers);
+                Ok(out)
+            }
         }
     }
 }

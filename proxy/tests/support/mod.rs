@@ -109,7 +109,7 @@ impl Proxy {
             MockProvider::start(MockKind::OpenAi).await.unwrap(),
             MockProvider::start(MockKind::Anthropic).await.unwrap(),
             MockProvider::start(MockKind::Gemini).await.unwrap(),
-            MockProvider::start(MockKind::OpenAi).await.unwrap(),
+            MockProvider::start(MockKind::Xai).await.unwrap(),
         );
         let openai_tls = match tls {
             Some(Tls { h2: true, .. }) => Some(TlsFront::start_h2(openai.addr()).await.unwrap()),

@@ -43,6 +43,9 @@ pub enum MockKind {
     OpenAi,
     Anthropic,
     Gemini,
+    /// xAI: OpenAI's wire format, except that `completion_tokens` leaves out
+    /// the reasoning tokens, which `total_tokens` counts.
+    Xai,
 }
 
 /// How the mock answers. Changeable while it runs.
@@ -63,6 +66,11 @@ pub struct MockBehavior {
     pub error: Option<MockError>,
     /// Streams: drop the connection after this many writes.
     pub cut_after_writes: Option<usize>,
+    /// Wait this long before answering (a model still thinking).
+    pub answer_delay: Duration,
+    /// Non-streamed OpenAI-style and Gemini answers: leave out the usage
+    /// block, as some OpenAI-compatible servers do.
+    pub omit_usage: bool,
 }
 
 impl Default for MockBehavior {
@@ -76,6 +84,8 @@ impl Default for MockBehavior {
             chunk_delay: Duration::ZERO,
             error: None,
             cut_after_writes: None,
+            answer_delay: Duration::ZERO,
+            omit_usage: false,
         }
     }
 }
@@ -171,10 +181,10 @@ impl MockProvider {
     }
 
     /// What to configure as the provider's base URL: includes `/v1` for
-    /// OpenAI (like `https://api.openai.com/v1`), bare host otherwise.
+    /// OpenAI and xAI (like `https://api.openai.com/v1`), bare host otherwise.
     pub fn base_url(&self) -> String {
         match self.shared.kind {
-            MockKind::OpenAi => format!("http://{}/v1", self.addr),
+            MockKind::OpenAi | MockKind::Xai => format!("http://{}/v1", self.addr),
             MockKind::Anthropic | MockKind::Gemini => format!("http://{}", self.addr),
         }
     }
@@ -243,8 +253,12 @@ async fn handle(
     };
     shared.requests.lock().push(request.clone());
     let behavior = shared.behavior.lock().clone();
+    if !behavior.answer_delay.is_zero() {
+        tokio::time::sleep(behavior.answer_delay).await;
+    }
     match shared.kind {
-        MockKind::OpenAi => openai::handle(&request, &behavior),
+        MockKind::OpenAi => openai::handle(&request, &behavior, openai::Convention::OpenAi),
+        MockKind::Xai => openai::handle(&request, &behavior, openai::Convention::Xai),
         MockKind::Anthropic => anthropic::handle(&request, &behavior),
         MockKind::Gemini => gemini::handle(&request, &behavior),
     }

@@ -9,7 +9,7 @@ use super::super::openai::{
     ChatResponse, Choice, FinishReason, FunctionCall, ResponseMessage, ToolCall,
 };
 use super::super::response::ResponseMeta;
-use super::super::usage::Usage;
+use super::super::usage::{estimate_output_tokens, Usage};
 use super::{finish_reason, tool_call_id, GenerateContentResponse};
 
 pub(crate) fn translate(
@@ -54,10 +54,23 @@ pub(crate) fn translate(
         None if !calls.is_empty() => FinishReason::ToolCalls,
         None => FinishReason::Stop,
     };
-    let usage = answer
-        .usage_metadata
-        .map(|u| u.normalise())
-        .unwrap_or_default();
+    let usage = match answer.usage_metadata {
+        Some(u) => u.normalise(),
+        // No usage reported: estimate the output from what was written
+        // (the proxy fills in its own count of the input).
+        None => {
+            let written: usize = text.chars().count()
+                + calls
+                    .iter()
+                    .map(|c| c.function.name.chars().count() + c.function.arguments.chars().count())
+                    .sum::<usize>();
+            Usage {
+                output_tokens: estimate_output_tokens(u64::try_from(written).unwrap_or(u64::MAX)),
+                estimated: true,
+                ..Usage::default()
+            }
+        }
+    };
     let response = ChatResponse {
         id,
         object: "chat.completion".to_owned(),

@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let gemini = start(MockKind::Gemini)
         .await
         .context("starting Gemini mock")?;
-    let xai = start(MockKind::OpenAi).await.context("starting xAI mock")?;
+    let xai = start(MockKind::Xai).await.context("starting xAI mock")?;
 
     let line = serde_json::json!({
         "openai": openai.base_url(),

@@ -108,11 +108,20 @@ fn validate(body: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// An error in Anthropic's shape; rate-limit (429) and overload (529)
+/// answers carry `retry-after` in seconds, as Anthropic's do.
 fn error(status: u16, kind: &str, message: &str) -> Response {
-    json_response(
+    let mut response = json_response(
         status,
         &json!({"type": "error", "error": {"type": kind, "message": message}}),
-    )
+    );
+    if matches!(status, 429 | 529) {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("7"),
+        );
+    }
+    response
 }
 
 fn stop_reason(reply: &Reply) -> &'static str {

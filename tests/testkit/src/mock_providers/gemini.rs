@@ -65,7 +65,13 @@ pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Resp
         cap,
     );
     match (method, request.query_param("alt")) {
-        ("generateContent", _) => json_response(200, &answer(&reply, &model, &reply.text(), true)),
+        ("generateContent", _) => {
+            let mut answer = answer(&reply, &model, &reply.text(), true);
+            if behavior.omit_usage {
+                answer.as_object_mut().map(|a| a.remove("usageMetadata"));
+            }
+            json_response(200, &answer)
+        }
         (_, Some("sse")) => stream_reply(&reply, &model, behavior),
         _ => {
             let events: Vec<Value> = events(&reply, &model);

@@ -22,7 +22,20 @@ const ROLES: [&str; 6] = [
     "function",
 ];
 
-pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Response {
+/// How `usage` counts reasoning tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Convention {
+    /// Inside `completion_tokens` (`completion_tokens_details` splits them out).
+    OpenAi,
+    /// Outside `completion_tokens`, inside `total_tokens` (xAI's documented usage).
+    Xai,
+}
+
+pub(super) fn handle(
+    request: &RecordedRequest,
+    behavior: &MockBehavior,
+    convention: Convention,
+) -> Response {
     if request.method != "POST" || request.path != "/v1/chat/completions" {
         let message = format!("Invalid URL ({} {})", request.method, request.path);
         return error(404, &message, "invalid_request_error", None, None);
@@ -73,9 +86,13 @@ pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Resp
     let reply = Reply::plan(behavior, &body["messages"], cap);
     let model = body["model"].as_str().unwrap_or_default();
     if stream {
-        stream_reply(&reply, model, include_usage, behavior)
+        stream_reply(&reply, model, include_usage, behavior, convention)
     } else {
-        json_response(200, &completion(&reply, model))
+        let mut answer = completion(&reply, model, convention);
+        if behavior.omit_usage {
+            answer.as_object_mut().map(|a| a.remove("usage"));
+        }
+        json_response(200, &answer)
     }
 }
 
@@ -157,12 +174,16 @@ fn finish_reason(reply: &Reply) -> &'static str {
     }
 }
 
-fn usage(reply: &Reply) -> Value {
-    let completion = reply.output_tokens.saturating_add(reply.reasoning_tokens);
+fn usage(reply: &Reply, convention: Convention) -> Value {
+    let all_output = reply.output_tokens.saturating_add(reply.reasoning_tokens);
+    let completion = match convention {
+        Convention::OpenAi => all_output,
+        Convention::Xai => reply.output_tokens,
+    };
     json!({
         "prompt_tokens": reply.input_tokens,
         "completion_tokens": completion,
-        "total_tokens": reply.input_tokens.saturating_add(completion),
+        "total_tokens": reply.input_tokens.saturating_add(all_output),
         "prompt_tokens_details": {"cached_tokens": reply.cached_input_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": reply.reasoning_tokens, "audio_tokens": 0,
@@ -171,7 +192,7 @@ fn usage(reply: &Reply) -> Value {
     })
 }
 
-fn completion(reply: &Reply, model: &str) -> Value {
+fn completion(reply: &Reply, model: &str, convention: Convention) -> Value {
     json!({
         "id": format!("chatcmpl-mock{}", answer_id()),
         "object": "chat.completion",
@@ -183,7 +204,7 @@ fn completion(reply: &Reply, model: &str) -> Value {
             "logprobs": null,
             "finish_reason": finish_reason(reply)
         }],
-        "usage": usage(reply),
+        "usage": usage(reply, convention),
         "service_tier": "default",
         "system_fingerprint": "fp_mock"
     })
@@ -194,6 +215,7 @@ fn stream_reply(
     model: &str,
     include_usage: bool,
     behavior: &MockBehavior,
+    convention: Convention,
 ) -> Response {
     let id = format!("chatcmpl-mock{}", answer_id());
     let created = now_unix_s();
@@ -226,7 +248,7 @@ fn stream_reply(
     // The end arrives in one write, as real servers often coalesce it.
     let mut end = delta(json!({}), json!(finish_reason(reply)));
     if include_usage {
-        end.push_str(&chunk(json!([]), Some(usage(reply))));
+        end.push_str(&chunk(json!([]), Some(usage(reply, convention))));
     }
     end.push_str("data: [DONE]\n\n");
     writes.push(end);
