@@ -230,6 +230,51 @@ async fn upstream_errors_release_the_hold_and_keep_the_provider_status() {
 }
 
 #[tokio::test]
+async fn a_projects_price_overrides_match_like_the_price_table() {
+    let p = Proxy::start(PLAN).await;
+    let price = |input: i64, output: i64| tollgate_proxy::pricing::ModelPrice {
+        provider: String::new(),
+        input_cost_per_token: Decimal::new(input, 6),
+        output_cost_per_token: Decimal::new(output, 6),
+        cache_read_input_token_cost: None,
+        cache_creation_input_token_cost: None,
+        output_cost_per_reasoning_token: None,
+        max_input_tokens: None,
+        max_output_tokens: None,
+    };
+    // Under the price table's own id (prefixed), and undated: both must win
+    // over the bundled entries for the model the client names.
+    for (key, input, output) in [("gemini/gemini-2.0-flash", 3, 7), ("gpt-4o", 5, 11)] {
+        tollgate_proxy::project_config::set_price_override(
+            &p.db.pool,
+            p.project_id,
+            key,
+            &price(input, output),
+        )
+        .await
+        .unwrap();
+    }
+    for mock in [&p.openai, &p.gemini] {
+        mock.update_behavior(|b| {
+            b.input_tokens = Some(100);
+            b.output_tokens = Some(10);
+        });
+    }
+    for (i, (model, input, output)) in [("gemini-2.0-flash", 3, 7), ("gpt-4o-2024-08-06", 5, 11)]
+        .into_iter()
+        .enumerate()
+    {
+        let identity = format!("priced-{i}");
+        let (status, _, body) = p.chat(&identity, chat_body(model, false)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let settled = p.settled(&identity, 1).await;
+        let usd = dec(&settled[0].1["actual"]["usd"]);
+        let want = Decimal::new(100 * input + 10 * output, 6);
+        assert_eq!(usd, want, "{model} is priced by the project's override");
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_before_the_answer_is_charged_what_the_provider_reported() {
     let p = Proxy::start(PLAN).await;
     p.openai.update_behavior(|b| {
@@ -248,7 +293,10 @@ async fn a_client_that_leaves_before_the_answer_is_charged_what_the_provider_rep
     assert_eq!(settled[0].0, "committed", "{settled:?}");
     let actual = &settled[0].1["actual"];
     assert_eq!(
-        (actual["input_tokens"].as_str(), actual["output_tokens"].as_str()),
+        (
+            actual["input_tokens"].as_str(),
+            actual["output_tokens"].as_str()
+        ),
         (Some("300"), Some("40")),
         "the answer is read to its end and charged in full: {actual}"
     );

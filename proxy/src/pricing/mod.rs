@@ -24,7 +24,7 @@
 
 mod table;
 
-pub use table::{ModelPrice, PriceTable, PriceTableError};
+pub use table::{lookup_override, ModelPrice, PriceTable, PriceTableError};
 
 use crate::providers::Usage;
 use rust_decimal::Decimal;

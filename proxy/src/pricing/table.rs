@@ -92,12 +92,7 @@ impl PriceTable {
     /// Price of `model` as served by `provider` (a `Route`'s `provider` and
     /// `upstream_model`); see the module doc for the order tried.
     pub fn lookup(&self, provider: &str, model: &str) -> Option<&ModelPrice> {
-        let undated = without_date_suffix(model);
-        [Some(model), undated].into_iter().flatten().find_map(|m| {
-            self.models
-                .get(&format!("{provider}/{m}"))
-                .or_else(|| self.models.get(m))
-        })
+        lookup_keys(provider, model).find_map(|k| self.models.get(&k))
     }
 
     pub fn len(&self) -> usize {
@@ -107,6 +102,31 @@ impl PriceTable {
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }
+}
+
+/// A project's price of `model` from `provider` among its `overrides`
+/// (price-table keys), tried in [`PriceTable::lookup`]'s order. Any override
+/// that matches wins over the bundled table, even an undated one over a
+/// dated bundled entry.
+pub fn lookup_override<'a>(
+    overrides: &'a [(String, ModelPrice)],
+    provider: &str,
+    model: &str,
+) -> Option<&'a ModelPrice> {
+    if overrides.is_empty() {
+        return None;
+    }
+    lookup_keys(provider, model)
+        .find_map(|k| overrides.iter().find(|(key, _)| *key == k))
+        .map(|(_, price)| price)
+}
+
+/// The keys tried for `model` from `provider`, in order (see the module doc).
+fn lookup_keys<'a>(provider: &'a str, model: &'a str) -> impl Iterator<Item = String> + 'a {
+    [Some(model), without_date_suffix(model)]
+        .into_iter()
+        .flatten()
+        .flat_map(move |m| [format!("{provider}/{m}"), m.to_owned()])
 }
 
 /// `claude-3-5-sonnet-20241022` → `claude-3-5-sonnet`,
@@ -138,6 +158,30 @@ mod tests {
         assert_eq!(without_date_suffix("gpt-4o"), None);
         assert_eq!(without_date_suffix("gemini-2.0-flash-001"), None);
         assert_eq!(without_date_suffix("x-1234-56-789"), None);
+    }
+
+    #[test]
+    fn overrides_match_under_every_key_lookup_tries() {
+        let price = |n: i64| ModelPrice {
+            provider: String::new(),
+            input_cost_per_token: Decimal::new(n, 6),
+            output_cost_per_token: Decimal::new(n, 6),
+            cache_read_input_token_cost: None,
+            cache_creation_input_token_cost: None,
+            output_cost_per_reasoning_token: None,
+            max_input_tokens: None,
+            max_output_tokens: None,
+        };
+        let overrides = vec![
+            ("xai/grok-3".to_owned(), price(1)),
+            ("gpt-4o".to_owned(), price(2)),
+        ];
+        let found = |provider, model| lookup_override(&overrides, provider, model).cloned();
+        assert_eq!(found("xai", "grok-3"), Some(price(1)));
+        assert_eq!(found("openai", "gpt-4o-2024-08-06"), Some(price(2)));
+        assert_eq!(found("openai", "gpt-4o"), Some(price(2)));
+        assert_eq!(found("openai", "grok-3"), None);
+        assert_eq!(lookup_override(&[], "openai", "gpt-4o"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::stream::MeteredStream;
 use super::{ProxyError, ProxyState};
 use crate::estimate::{actual, estimate, Estimate};
 use crate::hold::Hold;
-use crate::pricing::ModelPrice;
+use crate::pricing::{lookup_override, ModelPrice};
 use crate::providers::openai::ChatRequest;
 use crate::providers::{
     parse_request, prepare_upstream, route, translate_error, translate_response, ProviderError,
@@ -145,12 +145,16 @@ pub async fn completions(
     if ledger::control::check_model(&tier_name, &tier, Some(&model)).is_err() {
         ledger::control::check_model(&tier_name, &tier, Some(&req.model)).map_err(tier_error)?;
     }
-    let price: Option<ModelPrice> = config
-        .price_overrides
-        .iter()
-        .find(|(m, _)| *m == req.model || *m == model)
-        .map(|(_, p)| p.clone())
-        .or_else(|| inner.prices.lookup(&route.provider, &model).cloned());
+    // The project's own price first, under any key the table would match
+    // (or the model exactly as the client named it), then the bundled table.
+    let price: Option<ModelPrice> =
+        lookup_override(&config.price_overrides, &route.provider, &model)
+            .or_else(|| {
+                let named = config.price_overrides.iter().find(|(m, _)| *m == req.model);
+                named.map(|(_, p)| p)
+            })
+            .or_else(|| inner.prices.lookup(&route.provider, &model))
+            .cloned();
     if price.is_none() && limits_usd(&tier, &model) {
         return Err(ProxyError::UnknownPrice(req.model.clone()));
     }
