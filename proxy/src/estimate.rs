@@ -5,7 +5,7 @@
 //! output to what the budget affords ([`ledger::gate::decide::OutputFlex`]).
 
 use crate::pricing::{cost, ModelPrice};
-use crate::providers::openai::ChatRequest;
+use crate::providers::openai::{ChatRequest, ContentPart, MessageContent};
 use crate::providers::Usage;
 use ledger::gate::decide::OutputFlex;
 use rust_decimal::Decimal;
@@ -16,6 +16,14 @@ use tiktoken_rs::CoreBPE;
 /// Tokens OpenAI adds per message (role and separators) and to prime the reply.
 const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_REPLY: u64 = 3;
+/// An image part at `detail: "low"`: OpenAI's fixed 85 tokens.
+const LOW_DETAIL_IMAGE_TOKENS: u64 = 85;
+/// Any other image part, whose size is not known before the call: the most
+/// OpenAI's tiling can charge (85 + 170 per 512-px tile, 8 tiles for an image
+/// scaled to 768 × 2048). Anthropic's largest image (≈ 1,600 tokens) and
+/// Gemini's tiles (258 each) land near it; the commit records what the
+/// provider reports.
+const IMAGE_TOKENS: u64 = 85 + 170 * 8;
 /// Smallest answer worth sending when the budget is nearly spent.
 pub const MIN_OUTPUT_TOKENS: u64 = 16;
 
@@ -43,11 +51,28 @@ fn count(text: &str) -> u64 {
     }
 }
 
-/// Input tokens of a request: every message's text and the tool declarations.
+/// Tokens an image part may cost at most.
+fn image_tokens(part: &ContentPart) -> u64 {
+    match part.image_url.as_ref().and_then(|i| i.detail.as_deref()) {
+        Some("low") => LOW_DETAIL_IMAGE_TOKENS,
+        _ => IMAGE_TOKENS,
+    }
+}
+
+/// Input tokens of a request: every message's text and images, and the
+/// tool declarations. (Audio and file parts are not counted before the call;
+/// the commit charges what the provider reports for them.)
 pub fn input_tokens(req: &ChatRequest) -> u64 {
     let mut total = TOKENS_PER_REPLY;
     for m in &req.messages {
         total += TOKENS_PER_MESSAGE + count(&m.text_content());
+        if let Some(MessageContent::Parts(parts)) = &m.content {
+            total += parts
+                .iter()
+                .filter(|p| p.kind == "image_url")
+                .map(image_tokens)
+                .sum::<u64>();
+        }
         if let Some(calls) = &m.tool_calls {
             total += count(&serde_json::to_string(calls).unwrap_or_default());
         }
@@ -177,5 +202,16 @@ mod tests {
             e.max_output_tokens, 4096,
             "no max_tokens: the configured default, capped by the model's own maximum"
         );
+    }
+
+    #[test]
+    fn images_are_held_at_what_they_may_cost() {
+        let req = parse_request(br#"{"model":"gpt-4o","messages":[{"role":"user","content":[
+            {"type":"text","text":"Hello, world!"},
+            {"type":"image_url","image_url":{"url":"https://example.com/a.png"}},
+            {"type":"image_url","image_url":{"url":"https://example.com/b.png","detail":"low"}},
+            {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"high"}}]}]}"#).unwrap();
+        // 10 for the text as above, 1,445 for each image of unknown size, 85 at low detail.
+        assert_eq!(input_tokens(&req), 10 + 1_445 + 85 + 1_445);
     }
 }
