@@ -22,6 +22,7 @@ PRICE_FIELDS = [
     "output_cost_per_token",
     "cache_read_input_token_cost",
     "cache_creation_input_token_cost",
+    "cache_creation_input_token_cost_above_1hr",
     "output_cost_per_reasoning_token",
 ]
 LIMIT_FIELDS = ["max_input_tokens", "max_output_tokens"]

@@ -208,6 +208,7 @@ pub async fn prices_set(
         output_cost_per_token: output_usd_per_token,
         cache_read_input_token_cost: None,
         cache_creation_input_token_cost: None,
+        cache_creation_input_token_cost_above_1hr: None,
         output_cost_per_reasoning_token: None,
         max_input_tokens: None,
         max_output_tokens: None,

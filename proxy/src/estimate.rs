@@ -183,6 +183,7 @@ mod tests {
             output_cost_per_token: Decimal::new(1, 5),
             cache_read_input_token_cost: None,
             cache_creation_input_token_cost: None,
+            cache_creation_input_token_cost_above_1hr: None,
             output_cost_per_reasoning_token: None,
             max_input_tokens: None,
             max_output_tokens: Some(16384),

@@ -269,7 +269,7 @@ pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), Co
     if !model_ok {
         return Err(ConfigInputError::Model);
     }
-    let amounts: [(&'static str, Option<Decimal>); 5] = [
+    let amounts: [(&'static str, Option<Decimal>); 6] = [
         ("input_cost_per_token", Some(price.input_cost_per_token)),
         ("output_cost_per_token", Some(price.output_cost_per_token)),
         (
@@ -279,6 +279,10 @@ pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), Co
         (
             "cache_creation_input_token_cost",
             price.cache_creation_input_token_cost,
+        ),
+        (
+            "cache_creation_input_token_cost_above_1hr",
+            price.cache_creation_input_token_cost_above_1hr,
         ),
         (
             "output_cost_per_reasoning_token",
@@ -427,6 +431,7 @@ mod tests {
             output_cost_per_token: Decimal::new(output, 6),
             cache_read_input_token_cost: None,
             cache_creation_input_token_cost: None,
+            cache_creation_input_token_cost_above_1hr: None,
             output_cost_per_reasoning_token: None,
             max_input_tokens: None,
             max_output_tokens: None,

@@ -238,6 +238,7 @@ async fn a_projects_price_overrides_match_like_the_price_table() {
         output_cost_per_token: Decimal::new(output, 6),
         cache_read_input_token_cost: None,
         cache_creation_input_token_cost: None,
+        cache_creation_input_token_cost_above_1hr: None,
         output_cost_per_reasoning_token: None,
         max_input_tokens: None,
         max_output_tokens: None,
@@ -271,6 +272,40 @@ async fn a_projects_price_overrides_match_like_the_price_table() {
         let usd = dec(&settled[0].1["actual"]["usd"]);
         let want = Decimal::new(100 * input + 10 * output, 6);
         assert_eq!(usd, want, "{model} is priced by the project's override");
+    }
+}
+
+#[tokio::test]
+async fn anthropic_cache_reads_and_one_hour_writes_are_priced_as_billed() {
+    let p = Proxy::start(PLAN).await;
+    p.anthropic.update_behavior(|b| {
+        b.input_tokens = Some(1000);
+        b.cached_input_tokens = 100;
+        b.cache_write_1h_input_tokens = 400;
+        b.output_tokens = Some(50);
+    });
+    let table: Value = serde_json::from_str(include_str!("../prices/model_prices.json")).unwrap();
+    let price = &table["models"]["claude-3-5-sonnet-20240620"];
+    // 500 fresh + 100 read from cache + 400 written to the 1-hour cache, 50 out.
+    let want = Decimal::from(500) * dec(&price["input_cost_per_token"])
+        + Decimal::from(100) * dec(&price["cache_read_input_token_cost"])
+        + Decimal::from(400) * dec(&price["cache_creation_input_token_cost_above_1hr"])
+        + Decimal::from(50) * dec(&price["output_cost_per_token"]);
+    assert_eq!(
+        dec(&price["cache_creation_input_token_cost_above_1hr"]),
+        dec(&price["input_cost_per_token"]) * Decimal::TWO,
+        "Anthropic bills 1-hour writes at twice the input price"
+    );
+    for (i, stream) in [false, true].into_iter().enumerate() {
+        let identity = format!("cached-{i}");
+        let (status, _, body) = p
+            .chat(&identity, chat_body("claude-3-5-sonnet-20240620", stream))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let settled = p.settled(&identity, 1).await;
+        let actual = &settled[0].1["actual"];
+        assert_eq!(actual["input_tokens"], "1000", "stream {stream}: {actual}");
+        assert_eq!(dec(&actual["usd"]), want, "stream {stream}: {actual}");
     }
 }
 

@@ -42,6 +42,7 @@ fn price(input: rust_decimal::Decimal, output: rust_decimal::Decimal) -> ModelPr
         output_cost_per_token: output,
         cache_read_input_token_cost: None,
         cache_creation_input_token_cost: None,
+        cache_creation_input_token_cost_above_1hr: None,
         output_cost_per_reasoning_token: None,
         max_input_tokens: None,
         max_output_tokens: None,

@@ -135,6 +135,7 @@ fn overrides_replace_and_add() {
         output_cost_per_token: dec!(0.000002),
         cache_read_input_token_cost: None,
         cache_creation_input_token_cost: None,
+        cache_creation_input_token_cost_above_1hr: None,
         output_cost_per_reasoning_token: None,
         max_input_tokens: None,
         max_output_tokens: None,

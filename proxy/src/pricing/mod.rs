@@ -10,10 +10,13 @@
 //!
 //! ```text
 //! fresh input  = input − cached − cache_creation
-//! cost = fresh input   × input_cost_per_token
-//!      + cached        × (cache_read_input_token_cost     or input_cost_per_token)
-//!      + cache_creation× (cache_creation_input_token_cost or input_cost_per_token)
-//!      + output        × output_cost_per_token
+//! 5-minute writes = cache_creation − 1-hour writes
+//! cost = fresh input     × input_cost_per_token
+//!      + cached          × (cache_read_input_token_cost     or input_cost_per_token)
+//!      + 5-minute writes × (cache_creation_input_token_cost or input_cost_per_token)
+//!      + 1-hour writes   × (cache_creation_input_token_cost_above_1hr
+//!                           or 2 × input_cost_per_token, Anthropic's rule)
+//!      + output          × output_cost_per_token
 //! ```
 //! Reasoning tokens are part of `output` and priced as output, unless the
 //! model has `output_cost_per_reasoning_token`: then they are taken out of
@@ -37,6 +40,7 @@ pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
         .cache_creation_input_tokens
         .min(usage.input_tokens - cached);
     let fresh = usage.input_tokens - cached - creation;
+    let creation_1h = usage.cache_creation_1h_input_tokens.min(creation);
     let (output, reasoning) = match price.output_cost_per_reasoning_token {
         Some(_) => {
             let reasoning = usage.reasoning_tokens.min(usage.output_tokens);
@@ -53,8 +57,14 @@ pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
             price.cache_read_input_token_cost.unwrap_or(input_price),
         ),
         (
-            creation,
+            creation - creation_1h,
             price.cache_creation_input_token_cost.unwrap_or(input_price),
+        ),
+        (
+            creation_1h,
+            price
+                .cache_creation_input_token_cost_above_1hr
+                .unwrap_or(input_price * Decimal::TWO),
         ),
         (output, output_price),
         (
@@ -82,6 +92,7 @@ mod tests {
             output_cost_per_token: dec!(0.000015),
             cache_read_input_token_cost: Some(dec!(0.0000003)),
             cache_creation_input_token_cost: Some(dec!(0.00000375)),
+            cache_creation_input_token_cost_above_1hr: None,
             output_cost_per_reasoning_token: None,
             max_input_tokens: None,
             max_output_tokens: None,

@@ -27,6 +27,9 @@ pub struct ModelPrice {
     pub cache_read_input_token_cost: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_creation_input_token_cost: Option<Decimal>,
+    /// Writing to a cache kept for an hour (Anthropic's `ttl: "1h"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation_input_token_cost_above_1hr: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_cost_per_reasoning_token: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +171,7 @@ mod tests {
             output_cost_per_token: Decimal::new(n, 6),
             cache_read_input_token_cost: None,
             cache_creation_input_token_cost: None,
+            cache_creation_input_token_cost_above_1hr: None,
             output_cost_per_reasoning_token: None,
             max_input_tokens: None,
             max_output_tokens: None,

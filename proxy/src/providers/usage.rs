@@ -38,6 +38,10 @@ pub struct Usage {
     pub cached_input_tokens: u64,
     /// Part of `input_tokens` written to the provider's prompt cache.
     pub cache_creation_input_tokens: u64,
+    /// Part of `cache_creation_input_tokens` written to a cache kept for an
+    /// hour (Anthropic's `ttl: "1h"`, billed higher than 5-minute writes).
+    #[serde(default)]
+    pub cache_creation_1h_input_tokens: u64,
     /// Part of `output_tokens` spent on reasoning.
     pub reasoning_tokens: u64,
     /// True when some count is an estimate, not the provider's report.
@@ -76,6 +80,7 @@ impl Usage {
                 .and_then(|d| d.cached_tokens)
                 .unwrap_or(0),
             cache_creation_input_tokens: 0,
+            cache_creation_1h_input_tokens: 0,
             reasoning_tokens: reasoning,
             estimated: false,
         }
@@ -108,6 +113,16 @@ pub(crate) struct AnthropicUsage {
     pub cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     pub cache_read_input_tokens: Option<u64>,
+    /// The split of `cache_creation_input_tokens` by cache lifetime.
+    #[serde(default)]
+    pub cache_creation: Option<AnthropicCacheCreation>,
+}
+
+/// `usage.cache_creation`: cache writes by lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub(crate) struct AnthropicCacheCreation {
+    #[serde(default)]
+    pub ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl AnthropicUsage {
@@ -128,6 +143,12 @@ impl AnthropicUsage {
         );
         self.cache_read_input_tokens =
             max(self.cache_read_input_tokens, later.cache_read_input_tokens);
+        let hour = |u: &AnthropicUsage| u.cache_creation.and_then(|c| c.ephemeral_1h_input_tokens);
+        if let Some(tokens) = max(hour(self), hour(later)) {
+            self.cache_creation = Some(AnthropicCacheCreation {
+                ephemeral_1h_input_tokens: Some(tokens),
+            });
+        }
     }
 
     pub fn normalise(&self) -> Usage {
@@ -142,6 +163,11 @@ impl AnthropicUsage {
             output_tokens: self.output_tokens.unwrap_or(0),
             cached_input_tokens: read,
             cache_creation_input_tokens: created,
+            cache_creation_1h_input_tokens: self
+                .cache_creation
+                .and_then(|c| c.ephemeral_1h_input_tokens)
+                .unwrap_or(0)
+                .min(created),
             reasoning_tokens: 0,
             estimated: false,
         }
@@ -178,6 +204,7 @@ impl GeminiUsage {
                 .saturating_add(thoughts),
             cached_input_tokens: self.cached_content_token_count.unwrap_or(0),
             cache_creation_input_tokens: 0,
+            cache_creation_1h_input_tokens: 0,
             reasoning_tokens: thoughts,
             estimated: false,
         }
@@ -227,6 +254,7 @@ mod tests {
             output_tokens: Some(5),
             cache_creation_input_tokens: Some(100),
             cache_read_input_tokens: Some(1000),
+            cache_creation: None,
         }
         .normalise();
         assert_eq!(

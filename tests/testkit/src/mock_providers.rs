@@ -58,6 +58,9 @@ pub struct MockBehavior {
     pub output_tokens: Option<u64>,
     /// Part of the input reported as read from cache.
     pub cached_input_tokens: u64,
+    /// Part of the input reported by the Anthropic mock as written to a
+    /// 1-hour cache (`cache_creation.ephemeral_1h_input_tokens`).
+    pub cache_write_1h_input_tokens: u64,
     /// Reasoning tokens, reported on top of the output.
     pub reasoning_tokens: u64,
     /// Pause before each streamed write after the first.
@@ -80,6 +83,7 @@ impl Default for MockBehavior {
             input_tokens: None,
             output_tokens: None,
             cached_input_tokens: 0,
+            cache_write_1h_input_tokens: 0,
             reasoning_tokens: 0,
             chunk_delay: Duration::ZERO,
             error: None,
@@ -271,6 +275,7 @@ struct Reply {
     input_tokens: u64,
     output_tokens: u64,
     cached_input_tokens: u64,
+    cache_write_1h_input_tokens: u64,
     reasoning_tokens: u64,
 }
 
@@ -301,6 +306,9 @@ impl Reply {
             input_tokens: input,
             output_tokens: output,
             cached_input_tokens: behavior.cached_input_tokens.min(input),
+            cache_write_1h_input_tokens: behavior
+                .cache_write_1h_input_tokens
+                .min(input.saturating_sub(behavior.cached_input_tokens)),
             reasoning_tokens: behavior.reasoning_tokens,
         }
     }

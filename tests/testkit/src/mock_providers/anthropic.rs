@@ -132,20 +132,23 @@ fn stop_reason(reply: &Reply) -> &'static str {
     }
 }
 
-/// Anthropic's `input_tokens` excludes cache reads; thinking is inside output.
+/// Anthropic's `input_tokens` excludes cache reads and writes; thinking is
+/// inside output.
 fn usage(reply: &Reply) -> Value {
+    let written = reply.cache_write_1h_input_tokens;
     json!({
-        "input_tokens": reply.input_tokens.saturating_sub(reply.cached_input_tokens),
-        "cache_creation_input_tokens": 0,
+        "input_tokens": reply.input_tokens
+            .saturating_sub(reply.cached_input_tokens)
+            .saturating_sub(written),
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": reply.cached_input_tokens,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": written},
         "output_tokens": reply.output_tokens.saturating_add(reply.reasoning_tokens),
     })
 }
 
 fn message(reply: &Reply, model: &str) -> Value {
     let mut usage = usage(reply);
-    usage["cache_creation"] =
-        json!({"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0});
     usage["service_tier"] = json!("standard");
     json!({
         "id": format!("msg_mock{}", answer_id()),
