@@ -215,3 +215,33 @@ async fn keys_paths_and_sizes_are_checked() {
     let (s, v) = h.get("/v1/nothing-here").await;
     assert_eq!(s, 404, "{v}");
 }
+
+#[tokio::test]
+async fn release_reasons_must_be_printable_text() {
+    let h = Harness::start_without_consumers(PLAN).await;
+    let (s, r) = h.reserve(json!({"identity": "u", "model": "gpt-4o"})).await;
+    assert_eq!(s, 200, "{r}");
+    let release = format!(
+        "/v1/reservations/{}/release",
+        r["reservation_id"].as_str().unwrap()
+    );
+    for reason in [
+        "a\u{0}b",
+        "line\nbreak",
+        "tab\there",
+        "\u{1b}[31m",
+        &"x".repeat(201),
+    ] {
+        let (s, v) = h.post(&release, json!({ "reason": reason })).await;
+        assert_error(s, &v, 400, "invalid_reason", Some("reason"));
+    }
+    assert_eq!(
+        h.events("u").await.len(),
+        1,
+        "a refused release changes nothing: the hold stays open"
+    );
+    let (s, v) = h
+        .post(&release, json!({"reason": "client gone — retried ✓"}))
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("released")), "{v}");
+}

@@ -70,6 +70,22 @@ pub(super) fn amounts(amounts: Amounts, field: &str) -> Result<Amounts, ApiError
         })
 }
 
+/// Longest release reason accepted, in bytes.
+pub const MAX_REASON_BYTES: usize = 200;
+
+/// A release reason is stored and shown as text: no control characters
+/// (PostgreSQL cannot even store NUL), and short.
+fn reason_text(reason: &str) -> Result<(), ApiError> {
+    if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_reason",
+            Some("reason".into()),
+            format!("`reason` must be at most {MAX_REASON_BYTES} bytes of printable text (no control characters)"),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_id(id: &str) -> Result<ReservationId, ApiError> {
     id.parse().map_err(|_| {
         ApiError::bad(
@@ -213,12 +229,8 @@ pub async fn release(
     } else {
         super::parse_json(&body)?
     };
-    if body.reason.as_ref().is_some_and(|r| r.len() > 200) {
-        return Err(ApiError::bad(
-            "invalid_reason",
-            Some("reason".into()),
-            "`reason` must be at most 200 characters",
-        ));
+    if let Some(reason) = &body.reason {
+        reason_text(reason)?;
     }
     let account = body.identity.as_deref().map(tier::account).transpose()?;
     let outcome = state
