@@ -8,6 +8,7 @@
 //! only after the transaction committed, and backs off on transient failures.
 //! A message that can never decode is recorded in `dead_letters` and skipped.
 
+use crate::pg_text::pg_string;
 use anyhow::Context as _;
 use async_nats::jetstream::{
     self,
@@ -97,8 +98,8 @@ pub async fn decode_batch(
                     sqlx::query("INSERT INTO dead_letters (projection, seq, subject, error) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                         .bind(projection)
                         .bind(i64::try_from(raw.seq).unwrap_or(i64::MAX))
-                        .bind(&raw.subject)
-                        .bind(err.to_string())
+                        .bind(pg_string(&raw.subject))
+                        .bind(pg_string(&err.to_string()))
                         .execute(&mut *conn)
                         .await?;
                 }
