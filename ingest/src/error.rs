@@ -23,8 +23,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("request body is too large (at most {0} bytes)")]
     TooLarge(usize),
     #[error("the ledger is unavailable; nothing was recorded, retry later")]
@@ -55,9 +55,16 @@ impl From<GateError> for ApiError {
                 ApiError::Unavailable("too many concurrent writers on one account".into())
             }
             GateError::NotFound => ApiError::NotFound("no such reservation in this project".into()),
-            GateError::Conflict { status } => ApiError::Conflict(format!(
-                "the reservation is already {status}; a different settlement is refused"
-            )),
+            GateError::Conflict { status } => ApiError::Conflict {
+                code: "reservation_already_settled",
+                message: format!(
+                    "the reservation is already {status}; a different settlement is refused"
+                ),
+            },
+            GateError::ReservationIdInUse => ApiError::Conflict {
+                code: "reservation_id_in_use",
+                message: "`reservation_id` already names a reservation of another identity in this project: choose a new id".into(),
+            },
             GateError::Internal(e) => ApiError::Internal(e),
         }
     }
@@ -96,12 +103,9 @@ impl IntoResponse for ApiError {
                 "reservation_not_found",
                 None,
             ),
-            ApiError::Conflict(_) => (
-                StatusCode::CONFLICT,
-                "conflict_error",
-                "reservation_already_settled",
-                None,
-            ),
+            ApiError::Conflict { code, .. } => {
+                (StatusCode::CONFLICT, "conflict_error", *code, None)
+            }
             ApiError::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",

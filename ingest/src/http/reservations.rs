@@ -128,11 +128,19 @@ pub async fn reserve(
         tier: tier_name,
         flex: None,
     };
-    match state
-        .gate
-        .reserve(project.project_id, &account, &tier, req, rid)
-        .await?
-    {
+    let outcome = if body.reservation_id.is_some() {
+        // The client's id may already name another identity's hold.
+        state
+            .gate
+            .reserve_client_id(project.project_id, &account, &tier, req, rid)
+            .await?
+    } else {
+        state
+            .gate
+            .reserve(project.project_id, &account, &tier, req, rid)
+            .await?
+    };
+    match outcome {
         ReserveOutcome::Admitted(a) => Ok(Json(AdmittedBody {
             reservation_id: a.reservation_id,
             allowed: true,
