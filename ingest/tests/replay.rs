@@ -261,3 +261,46 @@ async fn nul_characters_on_the_stream_do_not_stop_the_projections() {
         .unwrap();
     assert_eq!(live_rows, projection_rows(&h).await);
 }
+
+/// Events purged from the stream before the projections applied them no
+/// longer exist: the projections start at the stream's first event, as
+/// replay does, instead of waiting for the purged ones forever.
+#[tokio::test]
+async fn projections_start_at_the_first_event_of_a_purged_stream() {
+    let h = Harness::start_without_consumers(PLAN).await;
+    let reserve = |who: &'static str| h.reserve(json!({"identity": who, "model": "gpt-4o"}));
+    for _ in 0..3 {
+        assert_eq!(reserve("purged").await.0, 200);
+    }
+    let stream = h
+        .gate
+        .jetstream()
+        .get_stream(schemas::subjects::LEDGER_STREAM)
+        .await
+        .unwrap();
+    stream.purge().await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(reserve("kept").await.0, 200);
+    }
+    ledger::consumers::spawn(
+        ledger::consumers::Consumers::all(h.nats.url(), h.db.url().to_owned()),
+        h.shutdown.clone(),
+    )
+    .unwrap();
+    testkit::wait::until(Duration::from_secs(30), Duration::from_millis(20), || {
+        caught_up(&h)
+    })
+    .await
+    .unwrap();
+    let identities: Vec<String> =
+        sqlx::query_scalar("SELECT identity FROM reservations ORDER BY reserved_seq")
+            .fetch_all(h.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(identities, ["kept", "kept"]);
+    let live_rows = projection_rows(&h).await;
+    ledger::replay::replay(h.gate.jetstream(), h.db.pool(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(live_rows, projection_rows(&h).await);
+}
