@@ -202,6 +202,31 @@ async fn commit_after_expiry_records_the_usage_instead_of_losing_it() {
         )
         .await;
     assert_eq!((s, again["replayed"].as_bool()), (200, Some(true)));
+    // Units left out are committed as held, as the first time: the same commit.
+    let (s, again) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"requests": 1, "usd": "0.04"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, again["replayed"].as_bool()),
+        (200, Some(true)),
+        "{again}"
+    );
+    for different in [
+        json!({"usd": "0.05"}),
+        json!({"usd": "0.04", "requests": 2}),
+    ] {
+        let (s, conflict) = h
+            .post(
+                &format!("/v1/reservations/{id}/commit"),
+                json!({"amounts": different}),
+            )
+            .await;
+        assert_eq!(s, 409, "{conflict}");
+        assert_eq!(conflict["error"]["code"], "reservation_already_settled");
+    }
     let types: Vec<_> = h.events("erin").await.into_iter().map(|e| e.0).collect();
     assert_eq!(types, vec!["reserved", "expired", "usage_recorded"]);
     let (_, view) = h.get("/v1/usage?identity=erin").await;
