@@ -23,6 +23,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("this endpoint does not accept this method; the `Allow` header lists those it does")]
+    MethodNotAllowed,
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("request body is too large (at most {0} bytes)")]
@@ -101,6 +103,12 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 "not_found_error",
                 "reservation_not_found",
+                None,
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
                 None,
             ),
             ApiError::Conflict { code, .. } => {

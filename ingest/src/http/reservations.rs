@@ -1,10 +1,10 @@
 //! `POST /v1/reservations`, `…/{id}/commit`, `…/{id}/release`.
 
-use super::extract::{Authed, JsonBody, RequestId};
+use super::extract::{Authed, JsonBody, OptionalJsonBody, RequestId, ReservationPath};
 use super::tier;
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -84,16 +84,6 @@ fn reason_text(reason: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-fn parse_id(id: &str) -> Result<ReservationId, ApiError> {
-    id.parse().map_err(|_| {
-        ApiError::bad(
-            "invalid_reservation_id",
-            Some("reservation_id".into()),
-            format!("`{id}` is not a reservation id (a UUID)"),
-        )
-    })
 }
 
 pub async fn reserve(
@@ -211,10 +201,9 @@ pub async fn commit(
     State(state): State<AppState>,
     Authed(project): Authed,
     RequestId(rid): RequestId,
-    Path(id): Path<String>,
+    ReservationPath(id): ReservationPath,
     JsonBody(body): JsonBody<CommitBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = parse_id(&id)?;
     let actual = amounts(body.amounts, "amounts")?;
     let account = body.identity.as_deref().map(tier::account).transpose()?;
     let outcome = state
@@ -228,15 +217,9 @@ pub async fn release(
     State(state): State<AppState>,
     Authed(project): Authed,
     RequestId(rid): RequestId,
-    Path(id): Path<String>,
-    body: bytes::Bytes,
+    ReservationPath(id): ReservationPath,
+    OptionalJsonBody(body): OptionalJsonBody<ReleaseBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let body: ReleaseBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReleaseBody::default()
-    } else {
-        super::parse_json(&body)?
-    };
     if let Some(reason) = &body.reason {
         reason_text(reason)?;
     }
