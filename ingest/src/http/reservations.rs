@@ -2,7 +2,7 @@
 
 use super::extract::{Authed, JsonBody, OptionalJsonBody, RequestId, ReservationPath};
 use super::tier;
-use crate::error::ApiError;
+use crate::error::{ApiError, Pending};
 use crate::AppState;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
@@ -110,8 +110,9 @@ pub async fn reserve(
     tier::check_model(&tier_name, &tier, model.as_deref())?;
     let now = state.gate.now();
     let ttl = Duration::milliseconds(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+    let reservation_id = body.reservation_id.unwrap_or_default();
     let req = ReserveRequest {
-        reservation_id: body.reservation_id.unwrap_or_default(),
+        reservation_id,
         model,
         amounts,
         expires_at: now + ttl,
@@ -123,13 +124,14 @@ pub async fn reserve(
         state
             .gate
             .reserve_client_id(project.project_id, &account, &tier, req, rid)
-            .await?
+            .await
     } else {
         state
             .gate
             .reserve(project.project_id, &account, &tier, req, rid)
-            .await?
-    };
+            .await
+    }
+    .map_err(|e| ApiError::from(e).pending(Pending::Reservation(reservation_id)))?;
     match outcome {
         ReserveOutcome::Admitted(a) => Ok(Json(AdmittedBody {
             reservation_id: a.reservation_id,
