@@ -215,3 +215,80 @@ async fn keys_paths_and_sizes_are_checked() {
     let (s, v) = h.get("/v1/nothing-here").await;
     assert_eq!(s, 404, "{v}");
 }
+
+#[tokio::test]
+async fn release_reasons_must_be_printable_text() {
+    let h = Harness::start_without_consumers(PLAN).await;
+    let (s, r) = h.reserve(json!({"identity": "u", "model": "gpt-4o"})).await;
+    assert_eq!(s, 200, "{r}");
+    let release = format!(
+        "/v1/reservations/{}/release",
+        r["reservation_id"].as_str().unwrap()
+    );
+    for reason in [
+        "a\u{0}b",
+        "line\nbreak",
+        "tab\there",
+        "\u{1b}[31m",
+        &"x".repeat(201),
+    ] {
+        let (s, v) = h.post(&release, json!({ "reason": reason })).await;
+        assert_error(s, &v, 400, "invalid_reason", Some("reason"));
+    }
+    assert_eq!(
+        h.events("u").await.len(),
+        1,
+        "a refused release changes nothing: the hold stays open"
+    );
+    let (s, v) = h
+        .post(&release, json!({"reason": "client gone — retried ✓"}))
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("released")), "{v}");
+}
+
+/// Rejections made before a handler runs (body size, path, method) are
+/// answered in the same JSON error shape as every other error.
+#[tokio::test]
+async fn rejections_before_the_handler_are_json_too() {
+    let h = Harness::start_without_consumers(PLAN).await;
+    let release = format!("/v1/reservations/{}/release", uuid::Uuid::now_v7());
+    let huge = json!({"reason": "x".repeat(100_000)}).to_string();
+    let (s, v) = h.post_raw(&release, huge).await;
+    assert_error(s, &v, 413, "body_too_large", None);
+
+    for verb in ["commit", "release"] {
+        let (s, v) = h
+            .post(&format!("/v1/reservations/%FF/{verb}"), json!({}))
+            .await;
+        assert_error(s, &v, 400, "invalid_reservation_id", Some("reservation_id"));
+    }
+
+    for (method, path, allowed) in [
+        (reqwest::Method::GET, "/v1/reservations", "POST"),
+        (reqwest::Method::DELETE, "/v1/usage", "GET,POST"),
+        (reqwest::Method::PUT, &*release, "POST"),
+    ] {
+        let r = h
+            .http
+            .request(method.clone(), format!("{}{path}", h.base))
+            .bearer_auth(&h.secret)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let allow = r
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_error(status, &body, 405, "method_not_allowed", None);
+        let mut allow: Vec<String> = allow
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| m != "HEAD")
+            .collect();
+        allow.sort();
+        assert_eq!(allow.join(","), allowed, "{method} {path}");
+    }
+}

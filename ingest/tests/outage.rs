@@ -139,3 +139,57 @@ async fn nats_outage_fails_closed_and_recovers_without_double_counting() {
         .as_str()
         .is_some());
 }
+
+/// A 503 does not claim that nothing was recorded (an append whose ack was
+/// lost may be stored), and names the id Tollgate chose, so the client can
+/// retry with it: the retry returns the first outcome, never a second hold.
+#[tokio::test]
+async fn a_503_names_the_id_tollgate_chose_so_a_retry_is_idempotent() {
+    let mut h = Harness::start_without_consumers(PLAN).await;
+    h.nats.stop().await;
+    let (s, v) = h
+        .reserve(json!({"identity": "una", "amounts": {"tokens": 10}}))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("ledger_unavailable")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("nothing was recorded"), "{message}");
+    assert!(message.contains("release"), "{message}");
+    let id: uuid::Uuid = v["reservation_id"].as_str().unwrap().parse().unwrap();
+    let (s, u) = h
+        .post(
+            "/v1/usage",
+            json!({"identity": "una", "amounts": {"images": 1}}),
+        )
+        .await;
+    assert_eq!(s, 503, "{u}");
+    let usage_id: uuid::Uuid = u["usage_id"].as_str().unwrap().parse().unwrap();
+
+    h.nats.restart().await.unwrap();
+    let retry = json!({"identity": "una", "reservation_id": id, "amounts": {"tokens": 10}});
+    let (s, r) = testkit::wait::until_ok(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let (s, r) = h.reserve(retry.clone()).await;
+            (s == 200)
+                .then_some((s, r))
+                .ok_or_else(|| anyhow::anyhow!("not yet"))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (s, r["reservation_id"].as_str()),
+        (200, Some(&*id.to_string()))
+    );
+    let body = json!({"identity": "una", "usage_id": usage_id, "amounts": {"images": 1}});
+    assert_eq!(h.post("/v1/usage", body.clone()).await.0, 200);
+    let (_, again) = h.post("/v1/usage", body).await;
+    assert_eq!(again["recorded"].as_bool(), Some(false));
+    let types: Vec<_> = h.events("una").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(types, vec!["reserved", "usage_recorded"]);
+}

@@ -154,3 +154,153 @@ async fn replaying_the_stream_rebuilds_identical_balances_and_counters() {
             .unwrap();
     assert_eq!(open_rows, 0);
 }
+
+/// Publishes `event` of `identity` straight to the stream, as another
+/// producer could, bypassing the ingest API's checks.
+async fn publish_raw(h: &Harness, identity: &str, event: serde_json::Value) {
+    let account = schemas::Account::Identity {
+        identity: identity.into(),
+    };
+    let envelope = json!({
+        "event_id": uuid::Uuid::now_v7(),
+        "schema_version": 1,
+        "occurred_at": "2026-11-21T20:15:03Z",
+        "project_id": h.project_id,
+        "account": {"kind": "identity", "identity": identity},
+        "event": event,
+    });
+    h.gate
+        .jetstream()
+        .publish(
+            schemas::subjects::account_subject(h.project_id, &account),
+            serde_json::to_vec(&envelope).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// PostgreSQL cannot store NUL in text. Events on the stream that carry it
+/// (in a reason, identity, model or tier, or in an undecodable event's
+/// error) must not stop the projections, and replay must store them as the
+/// live consumers do.
+#[tokio::test]
+async fn nul_characters_on_the_stream_do_not_stop_the_projections() {
+    let h = Harness::start(PLAN).await;
+    let id = uuid::Uuid::now_v7();
+    let held = json!({"requests": "1", "usd": "0.01"});
+    let hold = json!({"reservation_id": id, "reserved_at": "2026-11-21T20:15:03Z", "model": "m\u{0}1", "held": held});
+    let who = "nul\u{0}user";
+    publish_raw(&h, who, json!({"type": "reserved", "reservation_id": id, "model": "m\u{0}1", "amounts": held, "expires_at": "2026-11-21T20:16:03Z", "tier": "t\u{0}"})).await;
+    publish_raw(
+        &h,
+        who,
+        json!({"type": "released", "hold": hold, "reason": "a\u{0}b"}),
+    )
+    .await;
+    // Two models that are stored alike add to one counter row.
+    for model in ["m\u{0}2", "m\u{FFFD}2"] {
+        publish_raw(&h, "u", json!({"type": "usage_recorded", "usage_id": uuid::Uuid::now_v7(), "model": model, "amounts": {"requests": "1"}})).await;
+    }
+    publish_raw(&h, "u", json!({"type": "no\u{0}such_type"})).await;
+    // An ordinary reservation after them is projected too.
+    let (s, r) = h
+        .reserve(json!({"identity": "after", "model": "gpt-4o"}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    testkit::wait::until(Duration::from_secs(30), Duration::from_millis(20), || {
+        caught_up(&h)
+    })
+    .await
+    .unwrap();
+
+    let row: (String, String, String, String) = sqlx::query_as(
+        "SELECT identity, model, tier, reason FROM reservations WHERE reservation_id = $1",
+    )
+    .bind(id)
+    .fetch_one(h.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        row,
+        (
+            "nul\u{FFFD}user".into(),
+            "m\u{FFFD}1".into(),
+            "t\u{FFFD}".into(),
+            "a\u{FFFD}b".into()
+        )
+    );
+    let after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM reservations WHERE identity = 'after'")
+            .fetch_one(h.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(after, 1);
+    let merged: Vec<rust_decimal::Decimal> = sqlx::query_scalar(
+        "SELECT amount FROM usage_counters WHERE identity = 'u' AND window_kind = 'day'",
+    )
+    .fetch_all(h.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(merged, vec![rust_decimal::Decimal::from(2)]);
+    let dead: Vec<String> = sqlx::query_scalar("SELECT error FROM dead_letters")
+        .fetch_all(h.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2, "one per projection: {dead:?}");
+    assert!(
+        dead.iter().all(|e| e.contains("no\u{FFFD}such_type")),
+        "{dead:?}"
+    );
+
+    // Replay stores the same rows.
+    let live_rows = projection_rows(&h).await;
+    ledger::replay::replay(h.gate.jetstream(), h.db.pool(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(live_rows, projection_rows(&h).await);
+}
+
+/// Events purged from the stream before the projections applied them no
+/// longer exist: the projections start at the stream's first event, as
+/// replay does, instead of waiting for the purged ones forever.
+#[tokio::test]
+async fn projections_start_at_the_first_event_of_a_purged_stream() {
+    let h = Harness::start_without_consumers(PLAN).await;
+    let reserve = |who: &'static str| h.reserve(json!({"identity": who, "model": "gpt-4o"}));
+    for _ in 0..3 {
+        assert_eq!(reserve("purged").await.0, 200);
+    }
+    let stream = h
+        .gate
+        .jetstream()
+        .get_stream(schemas::subjects::LEDGER_STREAM)
+        .await
+        .unwrap();
+    stream.purge().await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(reserve("kept").await.0, 200);
+    }
+    ledger::consumers::spawn(
+        ledger::consumers::Consumers::all(h.nats.url(), h.db.url().to_owned()),
+        h.shutdown.clone(),
+    )
+    .unwrap();
+    testkit::wait::until(Duration::from_secs(30), Duration::from_millis(20), || {
+        caught_up(&h)
+    })
+    .await
+    .unwrap();
+    let identities: Vec<String> =
+        sqlx::query_scalar("SELECT identity FROM reservations ORDER BY reserved_seq")
+            .fetch_all(h.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(identities, ["kept", "kept"]);
+    let live_rows = projection_rows(&h).await;
+    ledger::replay::replay(h.gate.jetstream(), h.db.pool(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(live_rows, projection_rows(&h).await);
+}

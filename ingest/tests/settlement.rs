@@ -202,6 +202,31 @@ async fn commit_after_expiry_records_the_usage_instead_of_losing_it() {
         )
         .await;
     assert_eq!((s, again["replayed"].as_bool()), (200, Some(true)));
+    // Units left out are committed as held, as the first time: the same commit.
+    let (s, again) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"requests": 1, "usd": "0.04"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, again["replayed"].as_bool()),
+        (200, Some(true)),
+        "{again}"
+    );
+    for different in [
+        json!({"usd": "0.05"}),
+        json!({"usd": "0.04", "requests": 2}),
+    ] {
+        let (s, conflict) = h
+            .post(
+                &format!("/v1/reservations/{id}/commit"),
+                json!({"amounts": different}),
+            )
+            .await;
+        assert_eq!(s, 409, "{conflict}");
+        assert_eq!(conflict["error"]["code"], "reservation_already_settled");
+    }
     let types: Vec<_> = h.events("erin").await.into_iter().map(|e| e.0).collect();
     assert_eq!(types, vec!["reserved", "expired", "usage_recorded"]);
     let (_, view) = h.get("/v1/usage?identity=erin").await;
@@ -227,4 +252,120 @@ async fn usage_without_a_hold_is_recorded_once_per_usage_id() {
     let (_, second) = h.post("/v1/usage", body).await;
     assert_eq!(second["recorded"].as_bool(), Some(false));
     assert_eq!(h.events("fay").await.len(), 1);
+}
+
+/// A reservation is named by (project, reservation_id): the same id for a
+/// second identity is refused, so a commit that names no identity settles
+/// the one hold there is.
+#[tokio::test]
+async fn a_reservation_id_names_one_hold_per_project() {
+    let h = Harness::start(PLAN).await;
+    let id = uuid::Uuid::now_v7();
+    let body =
+        |who: &str| json!({"identity": who, "reservation_id": id, "amounts": {"tokens": 100}});
+    assert_eq!(h.reserve(body("gus")).await.0, 200);
+    let (s, refused) = h.reserve(body("hal")).await;
+    assert_eq!(s, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "reservation_id_in_use");
+    let (s, again) = h.reserve(body("gus")).await;
+    assert_eq!((s, again["replayed"].as_bool()), (200, Some(true)));
+    let (s, c) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"tokens": 40}}),
+        )
+        .await;
+    assert_eq!((s, c["status"].as_str()), (200, Some("committed")), "{c}");
+    let types: Vec<_> = h.events("gus").await.into_iter().map(|e| e.0).collect();
+    assert_eq!(types, vec!["reserved", "committed"]);
+    assert!(h.events("hal").await.is_empty(), "no second hold");
+
+    // A denied reservation does not keep the id from another identity.
+    let full = json!({"identity": "ida", "reservation_id": uuid::Uuid::now_v7(), "amounts": {"tokens": 10001}});
+    let (s, _) = h.reserve(full.clone()).await;
+    assert_eq!(s, 429);
+    let mut other = full;
+    other["identity"] = json!("jo");
+    other["amounts"] = json!({"tokens": 1});
+    assert_eq!(h.reserve(other).await.0, 200);
+}
+
+/// Requests racing for one id with different identities: one hold.
+#[tokio::test]
+async fn racing_identities_for_one_reservation_id_get_one_hold() {
+    let h = Harness::start_without_consumers(PLAN).await;
+    let id = uuid::Uuid::now_v7();
+    let racers = (0..16).map(|n| {
+        let h = &h;
+        async move {
+            let body = json!({"identity": format!("racer-{n}"), "reservation_id": id, "amounts": {"tokens": 1}});
+            h.reserve(body).await.0
+        }
+    });
+    let mut statuses = futures::future::join_all(racers).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [vec![200], vec![409; 15]].concat());
+}
+
+/// An id taken through another process (here: another gate, so not in this
+/// process's memory) is found in the ledger's `reservations` table.
+#[tokio::test]
+async fn a_reservation_id_taken_by_another_process_is_refused() {
+    let h = Harness::start(PLAN).await;
+    let id = uuid::Uuid::now_v7();
+    let other = ledger::Gate::new(
+        ledger::stream::connect(&h.nats.url()).await.unwrap(),
+        std::sync::Arc::new(ledger::SystemClock),
+        Some(h.db.pool().clone()),
+    )
+    .await
+    .unwrap();
+    let tier = schemas::plan::Plan::from_yaml(PLAN)
+        .unwrap()
+        .tier(None)
+        .unwrap()
+        .1
+        .clone();
+    let who = schemas::Account::Identity {
+        identity: "kim".into(),
+    };
+    let req = ledger::gate::decide::ReserveRequest {
+        reservation_id: schemas::ReservationId(id),
+        model: None,
+        amounts: schemas::Amounts::default(),
+        expires_at: other.now() + chrono::Duration::minutes(1),
+        tier: "free".into(),
+        flex: None,
+    };
+    let outcome = other
+        .reserve(h.project_id, &who, &tier, req, None)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, ledger::gate::ReserveOutcome::Admitted(_)));
+    testkit::wait::until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(20),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM reservations WHERE reservation_id = $1",
+            )
+            .bind(id)
+            .fetch_one(h.db.pool())
+            .await
+            .unwrap()
+                == 1
+        },
+    )
+    .await
+    .unwrap();
+    let (s, refused) = h
+        .reserve(json!({"identity": "lee", "reservation_id": id, "amounts": {"tokens": 1}}))
+        .await;
+    assert_eq!(s, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "reservation_id_in_use");
+    assert!(h.events("lee").await.is_empty());
+    let (s, same) = h
+        .reserve(json!({"identity": "kim", "reservation_id": id, "amounts": {"tokens": 1}}))
+        .await;
+    assert_eq!((s, same["replayed"].as_bool()), (200, Some(true)), "{same}");
 }

@@ -1,13 +1,15 @@
 //! The ledger's PostgreSQL projection: one row per reservation (status,
 //! held, actual) and each account's lifetime balance per unit. Written by
 //! the ledger's durable consumer through [`projector::consumer::apply_batch`],
-//! so each event takes effect exactly once.
+//! so each event takes effect exactly once. Text taken from events is
+//! stored through [`pg_string`], as `tollgate replay`'s COPY rows store it.
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use projector::consumer::{Decoded, Projection};
 use projector::copy::CopyRows;
 use projector::deltas::balance_deltas;
+use projector::pg_text::pg_string;
 use projector::rebuild::Accounts;
 use rust_decimal::Decimal;
 use schemas::events::{Envelope, Event, HoldRef};
@@ -173,9 +175,9 @@ async fn insert_rows(
         project.push(env.project_id.0);
         id.push(r.reservation_id.0);
         token.push(account_token(env.project_id, &env.account));
-        identity.push(env.identity().to_owned());
-        model.push(r.model.clone());
-        tier.push(r.tier.clone());
+        identity.push(pg_string(env.identity()));
+        model.push(r.model.as_deref().map(pg_string));
+        tier.push(r.tier.as_deref().map(pg_string));
         held.push(json(&r.amounts));
         reserved_at.push(env.occurred_at);
         expires_at.push(r.expires_at);
@@ -184,7 +186,7 @@ async fn insert_rows(
         status.push(s.map_or("open", |s| s.status).to_owned());
         actual.push(s.and_then(|s| s.actual).map(json));
         overage.push(s.and_then(|s| s.overage).map(json));
-        reason.push(s.and_then(|s| s.reason).map(str::to_owned));
+        reason.push(s.and_then(|s| s.reason).map(pg_string));
         settled_at.push(s.map(|s| s.at));
         settled_seq.push(s.map(|s| seq_i64(s.seq)));
     }
@@ -238,7 +240,7 @@ async fn settle_rows(
         status.push(s.status.to_owned());
         actual.push(s.actual.map(json));
         overage.push(s.overage.map(json));
-        reason.push(s.reason.map(str::to_owned));
+        reason.push(s.reason.map(pg_string));
         at.push(s.at);
         seq.push(seq_i64(s.seq));
     }
@@ -271,7 +273,7 @@ async fn update_balances(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Re
                 .entry((
                     env.project_id.0,
                     token.clone(),
-                    env.identity().to_owned(),
+                    pg_string(env.identity()),
                     unit.to_string(),
                 ))
                 .or_default();

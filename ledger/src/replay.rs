@@ -15,6 +15,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::{FutureExt as _, StreamExt as _};
 use projector::consumer::{lock_checkpoint, store_checkpoint, Projection};
 use projector::copy::copy_into;
+use projector::pg_text::pg_string;
 use projector::rebuild::{Accounts, CountersRebuild, COUNTER_COLUMNS};
 use projector::service::CountersProjection;
 use schemas::events::Envelope;
@@ -135,8 +136,8 @@ pub async fn replay(
                 sqlx::query("INSERT INTO dead_letters (projection, seq, subject, error) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                     .bind(p.name())
                     .bind(i64::try_from(*seq).unwrap_or(i64::MAX))
-                    .bind(subject)
-                    .bind(error)
+                    .bind(pg_string(subject))
+                    .bind(pg_string(error))
                     .execute(&mut *tx)
                     .await?;
             }

@@ -180,3 +180,46 @@ async fn batching_changes_nothing_and_rebuild_equals_live() {
     drop(conn);
     assert_eq!(one_by_one, rows(db.pool()).await, "rebuild");
 }
+
+/// A batch that does not continue where the checkpoint stands is refused
+/// and changes nothing, from checkpoint 0 too (a first batch that failed,
+/// then a fetch that returned later events): acking it would skip events
+/// for good. Events a purge removed from the stream are not waited for.
+#[tokio::test]
+async fn batches_that_skip_events_are_refused_from_the_first_one() {
+    use projector::consumer::{apply_batch_to, ApplyError};
+    let db = testkit::pg::fresh_database().await.unwrap();
+    let all = raws(&stream());
+    let gap = |r: Result<usize, ApplyError>| match r {
+        Err(ApplyError::Gap {
+            after_next, first, ..
+        }) => (after_next, first),
+        other => panic!("expected a gap, got {other:?}"),
+    };
+    assert_eq!(
+        gap(apply_batch(db.pool(), &LedgerProjection, &all[2..]).await),
+        (1, 3)
+    );
+    assert!(rows(db.pool()).await.is_empty(), "nothing applied");
+    apply_batch(db.pool(), &LedgerProjection, &all[..2])
+        .await
+        .unwrap();
+    assert_eq!(
+        gap(apply_batch(db.pool(), &LedgerProjection, &all[3..]).await),
+        (3, 4)
+    );
+    // The stream was purged up to sequence 5: 3 and 4 no longer exist.
+    apply_batch_to(db.pool(), &[&LedgerProjection], &all[4..], 5)
+        .await
+        .unwrap();
+
+    // From checkpoint 0 on a stream purged up to sequence 3.
+    let db = testkit::pg::fresh_database().await.unwrap();
+    assert_eq!(
+        gap(apply_batch_to(db.pool(), &[&LedgerProjection], &all[3..], 3).await),
+        (3, 4)
+    );
+    apply_batch_to(db.pool(), &[&LedgerProjection], &all[2..], 3)
+        .await
+        .unwrap();
+}

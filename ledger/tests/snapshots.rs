@@ -263,11 +263,12 @@ async fn put_snapshot(
         .execute(pool)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state) VALUES ($1, $2, $3, $4, 1, $5)")
+    sqlx::query("INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(subject)
         .bind(project.0)
         .bind(row.0)
         .bind(row.1)
+        .bind(projector::snapshot::SNAPSHOT_FORMAT)
         .bind(&row.2)
         .execute(pool)
         .await

@@ -8,6 +8,7 @@
 //! only after the transaction committed, and backs off on transient failures.
 //! A message that can never decode is recorded in `dead_letters` and skipped.
 
+use crate::pg_text::pg_string;
 use anyhow::Context as _;
 use async_nats::jetstream::{
     self,
@@ -97,8 +98,8 @@ pub async fn decode_batch(
                     sqlx::query("INSERT INTO dead_letters (projection, seq, subject, error) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
                         .bind(projection)
                         .bind(i64::try_from(raw.seq).unwrap_or(i64::MAX))
-                        .bind(&raw.subject)
-                        .bind(err.to_string())
+                        .bind(pg_string(&raw.subject))
+                        .bind(pg_string(&err.to_string()))
                         .execute(&mut *conn)
                         .await?;
                 }
@@ -124,23 +125,39 @@ pub enum ApplyError {
     },
 }
 
-/// The step function: applies one batch of raw messages exactly once.
-/// Returns how many events took effect (0 when all were already applied).
+/// The step function: applies one batch of raw messages of a stream that
+/// starts at sequence 1, exactly once. Returns how many events took effect
+/// (0 when all were already applied).
 pub async fn apply_batch(
     pool: &PgPool,
     projection: &dyn Projection,
     raws: &[Raw],
 ) -> Result<usize, ApplyError> {
-    apply_batch_to(pool, &[projection], raws).await
+    apply_batch_to(pool, &[projection], raws, 1).await
 }
 
-/// [`apply_batch`] for several projections at once: each event is decoded
+/// The first sequence a projection that has applied up to `applied` must
+/// be given next, when the stream's first message is `stream_first`.
+///
+/// Normally the one after its checkpoint, also from checkpoint 0: a batch
+/// starting later would skip events for good, since acking it acks them.
+/// Events a purge removed from the stream before they were applied no
+/// longer exist, so nothing can be waited for there: the projection goes
+/// on from the stream's first event, which is also where `tollgate replay`
+/// starts, so live and replay stay equal.
+pub fn next_expected(applied: u64, stream_first: u64) -> u64 {
+    (applied + 1).max(stream_first)
+}
+
+/// [`apply_batch`] for several projections at once, on a stream whose
+/// first message (after any purge) is `stream_first`: each event is decoded
 /// once, and every projection gets the events above its own checkpoint, all
 /// in one transaction. Returns how many events took effect in at least one.
 pub async fn apply_batch_to(
     pool: &PgPool,
     projections: &[&dyn Projection],
     raws: &[Raw],
+    stream_first: u64,
 ) -> Result<usize, ApplyError> {
     let (Some(min_seq), Some(max_seq)) = (
         raws.iter().map(|r| r.seq).min(),
@@ -153,14 +170,22 @@ pub async fn apply_batch_to(
     for projection in projections {
         let name = projection.name();
         let applied = lock_checkpoint(&mut tx, name).await?;
-        // The ledger stream has no gaps (nothing is ever deleted), so a batch
-        // must continue exactly where each checkpoint stands.
-        if applied > 0 && min_seq > applied + 1 {
+        // A batch must continue exactly where each checkpoint stands.
+        let next = next_expected(applied, stream_first);
+        if min_seq > next {
             return Err(ApplyError::Gap {
                 projection: name,
-                after_next: applied + 1,
+                after_next: next,
                 first: min_seq,
             });
+        }
+        if next > applied + 1 {
+            tracing::warn!(
+                projection = name,
+                applied,
+                stream_first,
+                "events after this projection's checkpoint were purged from the stream before it applied them; going on from the stream's first event"
+            );
         }
         after.push((name, applied));
     }
@@ -300,6 +325,16 @@ pub async fn durable_consumer(
         .context("recreating durable consumer")
 }
 
+/// The sequence of the ledger stream's first message (1 unless purged).
+async fn stream_first_sequence(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let mut stream = js
+        .get_stream(subjects::LEDGER_STREAM)
+        .await
+        .context("ledger stream missing")?;
+    let info = stream.info().await.context("reading ledger stream info")?;
+    Ok(info.state.first_sequence.max(1))
+}
+
 /// Fetches what the consumer has pending now, at most `max` (no waiting).
 async fn fetch_pending(
     consumer: &jetstream::consumer::PullConsumer,
@@ -373,6 +408,9 @@ async fn run_once(
             start = start.min(applied.and_then(|s| u64::try_from(s).ok()).unwrap_or(0) + 1);
         }
         let consumer = durable_consumer(js, &led_names, start).await?;
+        // Read once per turn: a purge while running makes the next batch
+        // look like a gap, the turn fails and the next one reads it again.
+        let stream_first = stream_first_sequence(js).await?;
         tracing::info!(projections = ?led_names, "applying projections");
         let mut lock_checked = std::time::Instant::now();
         loop {
@@ -413,7 +451,7 @@ async fn run_once(
                         payload: msg.payload.clone(),
                     });
                 }
-                apply_batch_to(pool, &projections, &raws)
+                apply_batch_to(pool, &projections, &raws, stream_first)
                     .await
                     .context("applying batch")?;
                 if let Some(msg) = chunk.last() {

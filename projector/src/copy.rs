@@ -3,6 +3,8 @@
 //!
 //! Columns are tab-separated, rows end with a newline, `\N` is NULL, and
 //! backslash, tab, newline and carriage return inside a value are escaped.
+//! A NUL character, which no `text` value can hold, is written as
+//! [`crate::pg_text::NUL_REPLACEMENT`], as the live projections store it.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::fmt::Write as _;
@@ -30,9 +32,10 @@ impl CopyRows {
         self.at_line_start = false;
     }
 
-    /// A text value, escaped.
+    /// A text value, escaped (and NUL replaced, see [`crate::pg_text`]).
     pub fn text(&mut self, value: &str) -> &mut Self {
         self.sep();
+        let value = crate::pg_text::pg_text(value);
         for &b in value.as_bytes() {
             match b {
                 b'\\' => self.buf.extend_from_slice(b"\\\\"),
@@ -161,12 +164,12 @@ mod tests {
             .opt_text(None)
             .json(&serde_json::json!({"k": "v\t"}));
         rows.end_row();
-        rows.text("x");
+        rows.text("x\0y");
         rows.end_row();
         assert_eq!(rows.rows(), 2);
         assert_eq!(
             String::from_utf8(rows.take()).unwrap(),
-            "a\\tb\\\\c\\nd\\re\t\\N\t42\t\\N\t{\"k\":\"v\\\\t\"}\nx\n"
+            "a\\tb\\\\c\\nd\\re\t\\N\t42\t\\N\t{\"k\":\"v\\\\t\"}\nx\u{FFFD}y\n"
         );
         assert_eq!(rows.rows(), 0);
     }

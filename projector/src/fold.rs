@@ -65,6 +65,11 @@ pub struct Settled {
     pub expires_at: DateTime<Utc>,
     pub settled_at: DateTime<Utc>,
     pub settlement: Settlement,
+    /// For an expired hold: the usage a commit after its expiry recorded
+    /// (`usage_recorded` with the reservation id as usage id), so a repeat
+    /// of that commit is told from a different one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_actual: Option<Amounts>,
 }
 
 /// What applying one event did.
@@ -197,6 +202,11 @@ impl AccountState {
                 if self.usage_ids.insert(u.usage_id, env.occurred_at).is_some() {
                     return Applied::Duplicate;
                 }
+                if let Some(settled) = self.settled.get_mut(&ReservationId(u.usage_id)) {
+                    if settled.settlement == Settlement::Expired && settled.late_actual.is_none() {
+                        settled.late_actual = Some(u.amounts.clone());
+                    }
+                }
                 Applied::Changed
             }
         }
@@ -211,6 +221,7 @@ impl AccountState {
             expires_at: open.expires_at,
             settled_at: env.occurred_at,
             settlement,
+            late_actual: None,
         };
         self.settled.insert(hold.reservation_id, settled);
         Applied::Changed
@@ -222,7 +233,14 @@ impl AccountState {
         self.applied_since_prune = 0;
         let Some(latest) = self.latest_at else { return };
         let horizon = latest - Duration::hours(IDEMPOTENCY_HORIZON_HOURS);
-        self.settled.retain(|_, s| s.settled_at >= horizon);
+        // An expired hold committed late is kept as long as that usage's
+        // id, so a repeat of the late commit is still told from another.
+        let usage_ids = &self.usage_ids;
+        self.settled.retain(|id, s| {
+            s.settled_at >= horizon
+                || (s.late_actual.is_some()
+                    && usage_ids.get(&id.0).is_some_and(|at| *at >= horizon))
+        });
         self.usage_ids.retain(|_, at| *at >= horizon);
         self.used.retain(|key, _| {
             let end = schemas::period(

@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod copy;
 pub mod deltas;
 pub mod fold;
+pub mod pg_text;
 pub mod rebuild;
 pub mod service;
 pub mod snapshot;

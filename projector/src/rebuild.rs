@@ -4,6 +4,7 @@
 //! consumers write (checked by the replay-equality tests).
 
 use crate::copy::CopyRows;
+use crate::pg_text::pg_text;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::events::{Envelope, Event};
@@ -70,8 +71,11 @@ impl CountersRebuild {
             Event::UsageRecorded(u) => (env.occurred_at, &u.model, &u.amounts),
             Event::Reserved(_) | Event::Released(_) | Event::Expired(_) => return,
         };
-        // The live projection keys a counter without model by ''.
-        let name = model.as_deref().unwrap_or("");
+        // The live projection keys a counter without model by '', and by
+        // the model as stored (a NUL replaced), so two names that store
+        // alike share a row there too.
+        let name = pg_text(model.as_deref().unwrap_or(""));
+        let name: &str = &name;
         let model = match self.models.get(name) {
             Some(&id) => id,
             None => {

@@ -4,6 +4,7 @@
 
 use crate::consumer::{Decoded, Projection};
 use crate::deltas::usage_deltas;
+use crate::pg_text::pg_string;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use rust_decimal::Decimal;
@@ -36,11 +37,13 @@ impl Projection for CountersProjection {
                     let key = (
                         env.project_id.0,
                         token.clone(),
-                        env.identity().to_owned(),
+                        pg_string(env.identity()),
                         k.window.as_str(),
                         k.period_start,
                         k.unit.to_string(),
-                        k.model.unwrap_or_default(),
+                        // As stored: two names that differ only where a NUL
+                        // was replaced must add to one row, not conflict.
+                        k.model.as_deref().map(pg_string).unwrap_or_default(),
                     );
                     *sums.entry(key).or_default() += amount;
                 }

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The layout of [`AccountState::to_snapshot`]'s bytes.
-pub const SNAPSHOT_FORMAT: i32 = 1;
+/// 2: settled holds carry `late_actual`.
+pub const SNAPSHOT_FORMAT: i32 = 2;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

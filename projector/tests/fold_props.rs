@@ -35,6 +35,11 @@ enum Op {
         account: u8,
         images: u8,
     },
+    /// A commit after the hold expired: usage under the reservation's id.
+    LateCommit {
+        nth_expired: u8,
+        tokens: u32,
+    },
     Tick {
         minutes: u16,
     },
@@ -47,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|nth_open| Op::Release { nth_open }),
         1 => any::<u8>().prop_map(|nth_open| Op::Expire { nth_open }),
         1 => (0u8..3, 0u8..5).prop_map(|(account, images)| Op::Usage { account, images }),
+        1 => (any::<u8>(), 0u32..6000).prop_map(|(nth_expired, tokens)| Op::LateCommit { nth_expired, tokens }),
         1 => (0u16..3000).prop_map(|minutes| Op::Tick { minutes }),
     ]
 }
@@ -63,6 +69,7 @@ fn history(ops: &[Op]) -> Vec<Envelope> {
     let project = ProjectId::new();
     let mut now: DateTime<Utc> = DateTime::from_timestamp(1_790_000_000, 0).unwrap();
     let mut open: Vec<(u8, schemas::events::HoldRef)> = Vec::new();
+    let mut expired: Vec<(u8, schemas::events::HoldRef)> = Vec::new();
     let mut out = Vec::new();
     let env = |account: u8, at: DateTime<Utc>, event: Event| Envelope {
         event_id: EventId::new(),
@@ -130,12 +137,28 @@ fn history(ops: &[Op]) -> Vec<Envelope> {
             }
             Op::Expire { nth_open } if !open.is_empty() => {
                 let (account, hold) = open.remove(usize::from(*nth_open) % open.len());
+                expired.push((account, hold.clone()));
                 out.push(env(
                     account,
                     now,
                     Event::Expired(Expired {
                         expires_at: hold.reserved_at + Duration::seconds(60),
                         hold,
+                    }),
+                ));
+            }
+            Op::LateCommit {
+                nth_expired,
+                tokens,
+            } if !expired.is_empty() => {
+                let (account, hold) = expired.remove(usize::from(*nth_expired) % expired.len());
+                out.push(env(
+                    account,
+                    now,
+                    Event::UsageRecorded(UsageRecorded {
+                        usage_id: hold.reservation_id.0,
+                        model: hold.model,
+                        amounts: Amounts::new().with(Unit::Tokens, Decimal::from(*tokens)),
                     }),
                 ));
             }

@@ -1,12 +1,17 @@
 //! Input extraction: the project from the secret key, JSON bodies parsed with
-//! the failing field's path in the error, and the request id.
+//! the failing field's path in the error, the reservation id of a path, and
+//! the request id. Every rejection is an [`ApiError`], so it is answered in
+//! the API's JSON error shape (axum's own rejections are plain text).
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use bytes::Bytes;
 use ledger::control::Project;
+use schemas::ReservationId;
 use serde::de::DeserializeOwned;
 
 /// Largest request body accepted.
@@ -61,10 +66,62 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
+        let bytes = body_bytes(req, state).await?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A JSON body that may be left out: an empty (or all-whitespace) body
+/// reads as `T::default()`.
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        parse_json(&bytes).map(OptionalJsonBody)
+    }
+}
+
+/// The whole body, at most [`MAX_BODY_BYTES`].
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e: BytesRejection| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(MAX_BODY_BYTES),
+            _ => ApiError::bad(
+                "invalid_body",
+                None,
+                format!("the request body could not be read: {}", e.body_text()),
+            ),
+        })
+}
+
+/// The `{id}` of a `/v1/reservations/{id}/…` path.
+pub struct ReservationPath(pub ReservationId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ReservationPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let invalid = |shown: &str| {
+            ApiError::bad(
+                "invalid_reservation_id",
+                Some("reservation_id".into()),
+                format!("{shown} is not a reservation id (a UUID)"),
+            )
+        };
+        // A path segment that is not UTF-8 (`%FF`) cannot even be shown.
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| invalid("the path's reservation id"))?;
+        id.parse()
+            .map(ReservationPath)
+            .map_err(|_| invalid(&format!("`{}`", id.chars().take(64).collect::<String>())))
     }
 }
 

@@ -40,6 +40,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reservations/{id}/commit", post(reservations::commit))
         .route("/v1/reservations/{id}/release", post(reservations::release))
         .route("/v1/usage", post(usage::record).get(usage::view))
+        // (After the routes: it applies to the routes added before it.)
+        .method_not_allowed_fallback(|| async { crate::error::ApiError::MethodNotAllowed })
         .fallback(|| async { crate::error::ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     with_request_ids(router).with_state(state)

@@ -1,10 +1,10 @@
 //! `POST /v1/reservations`, `…/{id}/commit`, `…/{id}/release`.
 
-use super::extract::{Authed, JsonBody, RequestId};
+use super::extract::{Authed, JsonBody, OptionalJsonBody, RequestId, ReservationPath};
 use super::tier;
-use crate::error::ApiError;
+use crate::error::{ApiError, Pending};
 use crate::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -70,14 +70,20 @@ pub(super) fn amounts(amounts: Amounts, field: &str) -> Result<Amounts, ApiError
         })
 }
 
-fn parse_id(id: &str) -> Result<ReservationId, ApiError> {
-    id.parse().map_err(|_| {
-        ApiError::bad(
-            "invalid_reservation_id",
-            Some("reservation_id".into()),
-            format!("`{id}` is not a reservation id (a UUID)"),
-        )
-    })
+/// Longest release reason accepted, in bytes.
+pub const MAX_REASON_BYTES: usize = 200;
+
+/// A release reason is stored and shown as text: no control characters
+/// (PostgreSQL cannot even store NUL), and short.
+fn reason_text(reason: &str) -> Result<(), ApiError> {
+    if reason.len() > MAX_REASON_BYTES || reason.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_reason",
+            Some("reason".into()),
+            format!("`reason` must be at most {MAX_REASON_BYTES} bytes of printable text (no control characters)"),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn reserve(
@@ -104,19 +110,29 @@ pub async fn reserve(
     tier::check_model(&tier_name, &tier, model.as_deref())?;
     let now = state.gate.now();
     let ttl = Duration::milliseconds(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
+    let reservation_id = body.reservation_id.unwrap_or_default();
     let req = ReserveRequest {
-        reservation_id: body.reservation_id.unwrap_or_default(),
+        reservation_id,
         model,
         amounts,
         expires_at: now + ttl,
         tier: tier_name,
         flex: None,
     };
-    match state
-        .gate
-        .reserve(project.project_id, &account, &tier, req, rid)
-        .await?
-    {
+    let outcome = if body.reservation_id.is_some() {
+        // The client's id may already name another identity's hold.
+        state
+            .gate
+            .reserve_client_id(project.project_id, &account, &tier, req, rid)
+            .await
+    } else {
+        state
+            .gate
+            .reserve(project.project_id, &account, &tier, req, rid)
+            .await
+    }
+    .map_err(|e| ApiError::from(e).pending(Pending::Reservation(reservation_id)))?;
+    match outcome {
         ReserveOutcome::Admitted(a) => Ok(Json(AdmittedBody {
             reservation_id: a.reservation_id,
             allowed: true,
@@ -187,10 +203,9 @@ pub async fn commit(
     State(state): State<AppState>,
     Authed(project): Authed,
     RequestId(rid): RequestId,
-    Path(id): Path<String>,
+    ReservationPath(id): ReservationPath,
     JsonBody(body): JsonBody<CommitBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = parse_id(&id)?;
     let actual = amounts(body.amounts, "amounts")?;
     let account = body.identity.as_deref().map(tier::account).transpose()?;
     let outcome = state
@@ -204,21 +219,11 @@ pub async fn release(
     State(state): State<AppState>,
     Authed(project): Authed,
     RequestId(rid): RequestId,
-    Path(id): Path<String>,
-    body: bytes::Bytes,
+    ReservationPath(id): ReservationPath,
+    OptionalJsonBody(body): OptionalJsonBody<ReleaseBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let body: ReleaseBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ReleaseBody::default()
-    } else {
-        super::parse_json(&body)?
-    };
-    if body.reason.as_ref().is_some_and(|r| r.len() > 200) {
-        return Err(ApiError::bad(
-            "invalid_reason",
-            Some("reason".into()),
-            "`reason` must be at most 200 characters",
-        ));
+    if let Some(reason) = &body.reason {
+        reason_text(reason)?;
     }
     let account = body.identity.as_deref().map(tier::account).transpose()?;
     let outcome = state

@@ -2,7 +2,7 @@
 
 use super::extract::{Authed, JsonBody, RequestId};
 use super::tier;
-use crate::error::ApiError;
+use crate::error::{ApiError, Pending};
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::Json;
@@ -53,7 +53,8 @@ pub async fn record(
             },
             rid,
         )
-        .await?;
+        .await
+        .map_err(|e| ApiError::from(e).pending(Pending::Usage(usage_id)))?;
     Ok(Json(
         json!({"usage_id": usage_id, "recorded": recorded, "replayed": !recorded, "limits": limits}),
     ))

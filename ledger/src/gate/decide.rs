@@ -270,9 +270,15 @@ pub fn decide_commit(state: &AccountState, id: ReservationId, actual: &Amounts) 
             {
                 SettleDecision::Repeat(s.settlement.clone())
             }
-            Settlement::Expired if state.has_usage_id(&id.0) => {
-                SettleDecision::Repeat(s.settlement.clone())
-            }
+            Settlement::Expired if state.has_usage_id(&id.0) => match &s.late_actual {
+                // Committed late before with other amounts.
+                Some(first) if *first != complete_actual(&s.hold.held, actual) => {
+                    SettleDecision::Conflict {
+                        status: "committed_late",
+                    }
+                }
+                _ => SettleDecision::Repeat(s.settlement.clone()),
+            },
             Settlement::Expired => {
                 // The hold timed out but the usage happened: record it, never bill $0.
                 SettleDecision::Append(Event::UsageRecorded(UsageRecorded {

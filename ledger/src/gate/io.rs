@@ -165,6 +165,23 @@ pub(super) async fn fold_to(
     Ok(applied)
 }
 
+/// The account whose hold `id` is, as far as the ledger has projected.
+pub(super) async fn owner_in_ledger(
+    pool: &PgPool,
+    project: ProjectId,
+    id: ReservationId,
+) -> Result<Option<Account>, GateError> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT identity FROM reservations WHERE project_id = $1 AND reservation_id = $2",
+    )
+    .bind(project.0)
+    .bind(id.0)
+    .fetch_optional(pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(row.map(|(identity,)| Account::Identity { identity }))
+}
+
 /// Finds the account of a reservation taken by another process, via the
 /// ledger's `reservations` table; waits (bounded) while the ledger lags.
 pub(super) async fn locate_in_ledger(
@@ -181,16 +198,8 @@ pub(super) async fn locate_in_ledger(
         .state
         .last_sequence;
     for _ in 0..100 {
-        let row: Option<(String,)> = sqlx::query_as(
-            "SELECT identity FROM reservations WHERE project_id = $1 AND reservation_id = $2",
-        )
-        .bind(project.0)
-        .bind(id.0)
-        .fetch_optional(pool)
-        .await
-        .map_err(unavailable)?;
-        if let Some((identity,)) = row {
-            return Ok(Account::Identity { identity });
+        if let Some(account) = owner_in_ledger(pool, project, id).await? {
+            return Ok(account);
         }
         let applied: Option<i64> =
             sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE projection = $1")

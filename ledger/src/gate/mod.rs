@@ -64,6 +64,9 @@ pub enum GateError {
     NotFound,
     #[error("reservation is already {status}")]
     Conflict { status: &'static str },
+    /// The reservation id names a hold of another account of the project.
+    #[error("reservation id is already used by another account of this project")]
+    ReservationIdInUse,
     #[error("account is too contended; retry")]
     Contention,
     #[error("internal error")]
@@ -405,7 +408,9 @@ impl Gate {
         saved
     }
 
-    /// Takes a hold if every limit of `tier` allows it.
+    /// Takes a hold if every limit of `tier` allows it. For a reservation
+    /// id this gate made (fresh, so never used before); see
+    /// [`Gate::reserve_client_id`] for one a client chose.
     pub async fn reserve(
         &self,
         project: ProjectId,
@@ -414,69 +419,157 @@ impl Gate {
         req: ReserveRequest,
         request_id: Option<String>,
     ) -> Result<ReserveOutcome, GateError> {
-        let tier = tier.clone();
-        let outcome = self
-            .with_account(project, account, request_id, move |state, now| {
-                match decide::decide_reserve(state, &tier, &req, now) {
-                    ReserveDecision::Existing { expires_at, status } => {
-                        Step::Done(ReserveOutcome::Admitted(Admitted {
-                            reservation_id: req.reservation_id,
-                            expires_at,
-                            status,
-                            replayed: true,
-                            limits: decide::views(state, &tier, now),
-                            output_tokens: None,
-                            held: state
-                                .open_hold(&req.reservation_id)
-                                .map(|h| h.amounts.clone())
-                                .unwrap_or_default(),
-                        }))
-                    }
-                    ReserveDecision::Deny {
-                        violation,
-                        retry_after,
-                    } => Step::DoneIfFresh(ReserveOutcome::Denied(Denied {
-                        violation,
-                        retry_after,
-                        limits: decide::views(state, &tier, now),
-                    })),
-                    ReserveDecision::Admit {
-                        event,
-                        output_tokens,
-                    } => {
-                        let (id, expires_at, tier) =
-                            (req.reservation_id, req.expires_at, tier.clone());
-                        Step::Append(
-                            event,
-                            Box::new(move |state: &AccountState| {
-                                let held = state
-                                    .open_hold(&id)
-                                    .map(|h| h.amounts.clone())
-                                    .unwrap_or_default();
-                                ReserveOutcome::Admitted(Admitted {
-                                    reservation_id: id,
-                                    expires_at,
-                                    status: "open",
-                                    replayed: false,
-                                    limits: decide::views(state, &tier, now),
-                                    output_tokens,
-                                    held,
-                                })
-                            }),
-                        )
-                    }
+        self.reserve_as(project, account, tier, req, request_id, false)
+            .await
+    }
+
+    /// [`Gate::reserve`] for a reservation id the client chose, which it
+    /// may have used before, for any account. Reservations are named by
+    /// (project, id): settling one without naming its account finds it by
+    /// that pair alone. So an id that already names a hold of another
+    /// account of the project is refused ([`GateError::ReservationIdInUse`])
+    /// rather than becoming a second hold under the same name. Besides this
+    /// process's own index, the ledger's `reservations` table is asked (for
+    /// ids other processes took); an id another process took so recently
+    /// that the ledger has not projected it yet is not seen there.
+    pub async fn reserve_client_id(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        tier: &Tier,
+        req: ReserveRequest,
+        request_id: Option<String>,
+    ) -> Result<ReserveOutcome, GateError> {
+        self.reserve_as(project, account, tier, req, request_id, true)
+            .await
+    }
+
+    async fn reserve_as(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        tier: &Tier,
+        req: ReserveRequest,
+        request_id: Option<String>,
+        client_id: bool,
+    ) -> Result<ReserveOutcome, GateError> {
+        let key = (project, req.reservation_id);
+        // Claimed before deciding, so two requests of this process naming
+        // the same id for different accounts cannot both take a hold.
+        let claimed = self.claim_id(key, account)?;
+        let outcome = match self
+            .reserve_claimed(project, account, tier, req, request_id, client_id)
+            .await
+        {
+            Ok(outcome @ ReserveOutcome::Admitted(_)) => {
+                if !claimed {
+                    // (An entry cleared meanwhile is put back.)
+                    self.shared.index.insert(key, account.clone());
                 }
-            })
-            .await?;
-        if let ReserveOutcome::Admitted(a) = &outcome {
-            if self.shared.index.len() >= MAX_INDEX_ENTRIES {
-                self.shared.index.clear();
+                return Ok(outcome);
             }
+            other => other,
+        };
+        if claimed {
             self.shared
                 .index
-                .insert((project, a.reservation_id), account.clone());
+                .remove_if(&key, |_, owner| owner == account);
         }
-        Ok(outcome)
+        outcome
+    }
+
+    /// Records that `account` is taking reservation `key`; `Ok(true)` if
+    /// this call made the entry, `Ok(false)` if it was already there.
+    fn claim_id(
+        &self,
+        key: (ProjectId, ReservationId),
+        account: &Account,
+    ) -> Result<bool, GateError> {
+        if self.shared.index.len() >= MAX_INDEX_ENTRIES {
+            self.shared.index.clear();
+        }
+        match self.shared.index.entry(key) {
+            dashmap::Entry::Occupied(owner) if owner.get() != account => {
+                Err(GateError::ReservationIdInUse)
+            }
+            dashmap::Entry::Occupied(_) => Ok(false),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(account.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    async fn reserve_claimed(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        tier: &Tier,
+        req: ReserveRequest,
+        request_id: Option<String>,
+        client_id: bool,
+    ) -> Result<ReserveOutcome, GateError> {
+        if client_id {
+            if let Some(pool) = &self.shared.pool {
+                if let Some(owner) = io::owner_in_ledger(pool, project, req.reservation_id).await? {
+                    if owner != *account {
+                        return Err(GateError::ReservationIdInUse);
+                    }
+                }
+            }
+        }
+        let tier = tier.clone();
+        self.with_account(project, account, request_id, move |state, now| {
+            match decide::decide_reserve(state, &tier, &req, now) {
+                ReserveDecision::Existing { expires_at, status } => {
+                    Step::Done(ReserveOutcome::Admitted(Admitted {
+                        reservation_id: req.reservation_id,
+                        expires_at,
+                        status,
+                        replayed: true,
+                        limits: decide::views(state, &tier, now),
+                        output_tokens: None,
+                        held: state
+                            .open_hold(&req.reservation_id)
+                            .map(|h| h.amounts.clone())
+                            .unwrap_or_default(),
+                    }))
+                }
+                ReserveDecision::Deny {
+                    violation,
+                    retry_after,
+                } => Step::DoneIfFresh(ReserveOutcome::Denied(Denied {
+                    violation,
+                    retry_after,
+                    limits: decide::views(state, &tier, now),
+                })),
+                ReserveDecision::Admit {
+                    event,
+                    output_tokens,
+                } => {
+                    let (id, expires_at, tier) = (req.reservation_id, req.expires_at, tier.clone());
+                    Step::Append(
+                        event,
+                        Box::new(move |state: &AccountState| {
+                            let held = state
+                                .open_hold(&id)
+                                .map(|h| h.amounts.clone())
+                                .unwrap_or_default();
+                            ReserveOutcome::Admitted(Admitted {
+                                reservation_id: id,
+                                expires_at,
+                                status: "open",
+                                replayed: false,
+                                limits: decide::views(state, &tier, now),
+                                output_tokens,
+                                held,
+                            })
+                        }),
+                    )
+                }
+            }
+        })
+        .await
     }
 
     /// Settles a hold with the actual usage (units left out are committed as held).
