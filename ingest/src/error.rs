@@ -92,7 +92,7 @@ impl ApiError {
 impl From<GateError> for ApiError {
     fn from(e: GateError) -> Self {
         match e {
-            GateError::Unavailable(detail) => ApiError::LedgerUnavailable {
+            GateError::Unavailable(detail) | GateError::Unconfirmed(detail) => ApiError::LedgerUnavailable {
                 detail,
                 pending: None,
             },

@@ -135,6 +135,60 @@ async fn a_hold_covers_every_choice_when_n_asks_for_several() {
 }
 
 #[tokio::test]
+async fn a_reserve_whose_ack_was_lost_is_released_if_it_landed() {
+    use ledger::gate::decide::ReserveRequest;
+    use schemas::{Account, Amounts, ReservationId, Unit};
+    let p = Proxy::start(CAP_PLAN).await;
+    let tier = schemas::plan::Plan::from_yaml(CAP_PLAN)
+        .unwrap()
+        .tier(None)
+        .unwrap()
+        .1
+        .clone();
+    let account = Account::Identity {
+        identity: "lost-ack".into(),
+    };
+    let landed = ReservationId::new();
+    let reserve = ReserveRequest {
+        reservation_id: landed,
+        model: Some("gpt-4o".into()),
+        amounts: Amounts::new()
+            .with(Unit::Requests, Decimal::ONE)
+            .with(Unit::Usd, Decimal::new(10, 2)),
+        expires_at: p.gate.now() + chrono::Duration::minutes(10),
+        tier: "free".into(),
+        flex: None,
+    };
+    p.gate
+        .reserve(p.project_id, &account, &tier, reserve, None)
+        .await
+        .unwrap();
+    // The proxy never learnt of either hold: one landed, one did not.
+    let tracker = tokio_util::task::TaskTracker::new();
+    for id in [landed, ReservationId::new()] {
+        tollgate_proxy::hold::Hold::release_unconfirmed(
+            p.gate.clone(),
+            tracker.clone(),
+            p.project_id,
+            account.clone(),
+            id,
+            None,
+        );
+    }
+    tracker.close();
+    // Both settle at once: the one that landed is released, the other is
+    // found missing (not retried for minutes).
+    tokio::time::timeout(std::time::Duration::from_secs(30), tracker.wait())
+        .await
+        .expect("settling an unconfirmed hold must not retry a hold that never landed");
+    let events = p.events("lost-ack").await;
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["reserved", "released"]);
+    assert_eq!(events[1].1["reason"], "unconfirmed");
+    assert_eq!(events[1].1["hold"]["reservation_id"], landed.to_string());
+}
+
+#[tokio::test]
 async fn nats_down_is_a_503_and_nothing_is_forwarded() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn,tollgate=debug")

@@ -60,6 +60,10 @@ const SNAPSHOT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_mil
 pub enum GateError {
     #[error("the ledger is unavailable: {0}")]
     Unavailable(String),
+    /// The event was sent but its acknowledgement did not arrive: it may or
+    /// may not be stored (the ledger is unavailable all the same).
+    #[error("the ledger is unavailable: {0}")]
+    Unconfirmed(String),
     #[error("reservation not found")]
     NotFound,
     #[error("reservation is already {status}")]
@@ -811,7 +815,7 @@ impl Gate {
                         Err(io::AppendError::Unavailable(why)) => {
                             // The event may or may not be stored: forget the view, reload next time.
                             slot.state = None;
-                            return Err(GateError::Unavailable(why));
+                            return Err(GateError::Unconfirmed(why));
                         }
                     }
                 }

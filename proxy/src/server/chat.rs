@@ -24,7 +24,7 @@ use chrono::Utc;
 use ledger::control::{Project, TierError};
 use ledger::gate::decide::ReserveRequest;
 use ledger::gate::message::{denial_message, retry_after_secs};
-use ledger::gate::{Denied, ReserveOutcome};
+use ledger::gate::{Denied, GateError, ReserveOutcome};
 use schemas::plan::{scope_matches, Tier};
 use schemas::{Account, ProjectId, ReservationId, Unit};
 use serde_json::json;
@@ -245,13 +245,26 @@ impl Call {
             model,
         } = self;
         let inner = &state.0;
+        let reservation_id = reserve.reservation_id;
         let admitted = match inner
             .gate
             .reserve(project_id, &account, &tier, reserve, request_id.clone())
-            .await?
+            .await
         {
-            ReserveOutcome::Denied(d) => return Ok(denied_response(&tier, &d)),
-            ReserveOutcome::Admitted(a) => a,
+            Ok(ReserveOutcome::Denied(d)) => return Ok(denied_response(&tier, &d)),
+            Ok(ReserveOutcome::Admitted(a)) => a,
+            Err(e @ GateError::Unconfirmed(_)) => {
+                Hold::release_unconfirmed(
+                    inner.gate.clone(),
+                    inner.tracker.clone(),
+                    project_id,
+                    account,
+                    reservation_id,
+                    request_id,
+                );
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
         };
         let hold = Hold::new(
             inner.gate.clone(),

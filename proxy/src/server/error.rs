@@ -43,7 +43,9 @@ pub enum ProxyError {
 impl From<GateError> for ProxyError {
     fn from(e: GateError) -> Self {
         match e {
-            GateError::Unavailable(why) => ProxyError::Unavailable(why),
+            GateError::Unavailable(why) | GateError::Unconfirmed(why) => {
+                ProxyError::Unavailable(why)
+            }
             GateError::Contention => ProxyError::Unavailable("account contended".into()),
             other => ProxyError::Internal(anyhow::anyhow!(other)),
         }
