@@ -1,6 +1,7 @@
-//! `tollgate keys add` as the built binary: the provider key goes in on
-//! standard input, is stored encrypted, and its plaintext shows up in neither
-//! stdout, stderr nor any column of `provider_keys`.
+//! The control-plane commands as the built binary. `tollgate keys add`: the
+//! provider key goes in on standard input, is stored encrypted, and its
+//! plaintext shows up in neither stdout, stderr nor any column of
+//! `provider_keys`. Every such command finishes when NATS is down.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -264,4 +265,60 @@ async fn providers_add_and_prices_set_print_what_they_stored() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn control_plane_commands_finish_when_nats_is_down() {
+    let db = testkit::pg::fresh_database().await.unwrap();
+    let mut nats = NatsServer::start().await.unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let env = Env {
+        db: &db,
+        nats: &nats,
+        cwd: cwd.path(),
+    };
+    let created = env
+        .run(&["project", "create", "--name", "offline"], None, None)
+        .await;
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let pk = created["project_key"].as_str().unwrap().to_owned();
+    let plan = cwd.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 7 }\n",
+    )
+    .unwrap();
+    nats.stop().await;
+    let env = Env {
+        db: &db,
+        nats: &nats,
+        cwd: cwd.path(),
+    };
+    // The plan is stored; announcing it to running processes cannot be, and
+    // the command says so instead of waiting for NATS for ever.
+    let applied = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        env.run(
+            &["plans", "apply", "--project", &pk, plan.to_str().unwrap()],
+            None,
+            None,
+        ),
+    )
+    .await
+    .expect("`plans apply` must finish while NATS is down");
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    assert!(
+        text(&applied.stderr).contains("could not announce"),
+        "{}",
+        text(&applied.stderr)
+    );
+    let (stored,): (serde_json::Value,) =
+        sqlx::query_as("SELECT plan FROM projects WHERE public_key = $1")
+            .bind(&pk)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    let cap = stored["tiers"]["free"]["limits"][0]["cap"].to_string();
+    assert_eq!(cap.trim_matches('"'), "7", "{stored}");
 }

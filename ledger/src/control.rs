@@ -119,15 +119,27 @@ pub async fn apply_plan(pool: &PgPool, public_key: &str, plan: &Plan) -> anyhow:
     Ok(done.rows_affected() == 1)
 }
 
-/// Tells every running process that the control plane changed.
+/// How long announcing a change waits for NATS.
+const ANNOUNCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Tells every running process that the control plane changed. Gives up
+/// after [`ANNOUNCE_TIMEOUT`] (a client that keeps retrying its first
+/// connection would otherwise wait for ever): the change is already stored,
+/// and caches refresh on their own within [`CACHE_TTL`].
 pub async fn announce_change(client: &async_nats::Client) {
-    if let Err(e) = client
-        .publish(schemas::subjects::CONTROL_CHANGED, bytes::Bytes::new())
-        .await
-    {
-        tracing::warn!(error = %e, "could not announce a control-plane change; caches refresh within {CACHE_TTL:?}");
-    }
-    let _ = client.flush().await;
+    let announce = async {
+        client
+            .publish(schemas::subjects::CONTROL_CHANGED, bytes::Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        client.flush().await.map_err(|e| e.to_string())
+    };
+    let error = match tokio::time::timeout(ANNOUNCE_TIMEOUT, announce).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(_) => format!("NATS did not answer within {ANNOUNCE_TIMEOUT:?}"),
+    };
+    tracing::warn!(error = %error, "could not announce a control-plane change; running processes pick it up within {CACHE_TTL:?}");
 }
 
 /// Calls `forget` whenever a control-plane change is announced, until the client closes.
