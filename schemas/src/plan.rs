@@ -141,6 +141,34 @@ fn line_of(text: &str, needle: &str) -> String {
     }
 }
 
+/// "line N: " of the second limit of tier `tier` whose line names both
+/// `unit` and `window` (a repeated limit), else of the tier's header.
+fn line_of_repeat(text: &str, tier: &str, unit: &str, window: &str) -> String {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines.iter().position(|l| {
+        let t = l.trim_start();
+        t.strip_prefix(tier)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    });
+    let Some(header) = header else {
+        return String::new();
+    };
+    let mut names = lines[header + 1..]
+        .iter()
+        .enumerate()
+        .take_while(|(_, l)| l.trim().is_empty() || indent(l) > indent(lines[header]))
+        .filter(|(_, l)| {
+            let words: Vec<&str> = l
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+                .collect();
+            words.contains(&unit) && words.contains(&window)
+        })
+        .map(|(i, _)| header + 1 + i);
+    let line = names.nth(1).unwrap_or(header);
+    format!("line {}: ", line + 1)
+}
+
 impl Plan {
     /// Parses and validates a YAML plan.
     pub fn from_yaml(text: &str) -> Result<Plan, PlanError> {
@@ -181,7 +209,13 @@ impl Plan {
                 if !seen.insert((&limit.unit, limit.window, limit.model.as_ref())) {
                     return Err(PlanError {
                         message: format!(
-                            "tier `{name}`: two limits on {} per {}{}; keep one",
+                            "{}tier `{name}`: two limits on {} per {}{}; keep one",
+                            line_of_repeat(
+                                text,
+                                name,
+                                &limit.unit.to_string(),
+                                &limit.window.to_string()
+                            ),
                             limit.unit,
                             limit.window,
                             limit
@@ -255,6 +289,13 @@ tiers:
             .unwrap_err()
             .message
             .contains("line 5"));
+        // A repeated limit: the line of the repeat.
+        let bad = GOOD.replace("window: minute, cap: 5", "window: day, cap: 5");
+        let err = Plan::from_yaml(&bad).unwrap_err().message;
+        assert!(
+            err.starts_with("line 8:") && err.contains("two limits on requests per day"),
+            "{err}"
+        );
     }
 
     #[test]
