@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 #! A private nats-server with JetStream, in the background, for local development.
 #!
-#!   scripts/nats.sh start DIR PORT   start (no-op if already running on PORT), wait until it accepts
+#!   scripts/nats.sh start DIR PORT   start (no-op if already running on PORT; restarted if running
+#!                                    on another port), wait until it accepts
 #!   scripts/nats.sh stop  DIR        SIGTERM, then SIGKILL after 10 s (no-op when not running)
 #!
 #! Store: DIR/js. Pid file: DIR/nats.pid. Log: DIR/nats.log. Listens on 127.0.0.1:PORT only.
@@ -39,9 +40,13 @@ cmd_start() {
   [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -gt 0 ] && [ "$port" -lt 65536 ] || die "bad port: $port"
   mkdir -p "$DIR/js"
   DIR=$(cd "$DIR" && pwd -P)
+  if pid=$(live_pid) && [ "$(cat "$DIR/nats.port" 2>/dev/null || true)" != "$port" ]; then
+    # Left running by an earlier start (a crash, a closed terminal): restart it on PORT.
+    echo "nats.sh: restarting the nats-server left running in $DIR (pid $pid) on port $port" >&2
+    cmd_stop "$DIR"
+  fi
   if pid=$(live_pid); then
-    [ "$(cat "$DIR/nats.port" 2>/dev/null || true)" = "$port" ] ||
-      die "already running in $DIR (pid $pid) on another port; run: scripts/nats.sh stop $DIR"
+    :
   else
     bin=$(find_nats)
     echo "$port" >"$DIR/nats.port"

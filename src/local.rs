@@ -97,27 +97,37 @@ pub async fn start(
             format!("nats://127.0.0.1:{port}")
         }
     };
-    local.database_url = match database_url {
-        Some(url) => url,
-        None => {
-            let port = pick_port(54329)?;
-            let dir = base.join("pg");
-            script(
-                &base,
-                "pg.sh",
-                PG_SH,
-                &["start", &dir.to_string_lossy(), &port.to_string()],
-            )
-            .await?;
-            local.started_pg = true;
-            tracing::info!(port, data = %dir.display(), "started PostgreSQL");
-            format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    // What fails from here on stops the nats-server started above.
+    let rest = async {
+        local.database_url = match database_url {
+            Some(url) => url,
+            None => {
+                let port = pick_port(54329)?;
+                let dir = base.join("pg");
+                script(
+                    &base,
+                    "pg.sh",
+                    PG_SH,
+                    &["start", &dir.to_string_lossy(), &port.to_string()],
+                )
+                .await?;
+                local.started_pg = true;
+                tracing::info!(port, data = %dir.display(), "started PostgreSQL");
+                format!("postgres://postgres@127.0.0.1:{port}/postgres")
+            }
+        };
+        let urls = serde_json::json!({"nats_url": local.nats_url, "database_url": local.database_url, "pid": std::process::id()});
+        std::fs::write(base.join("urls.json"), urls.to_string())
+            .context("writing .tollgate/urls.json")
+    }
+    .await;
+    match rest {
+        Ok(()) => Ok(local),
+        Err(e) => {
+            local.stop().await;
+            Err(e)
         }
-    };
-    let urls = serde_json::json!({"nats_url": local.nats_url, "database_url": local.database_url, "pid": std::process::id()});
-    std::fs::write(base.join("urls.json"), urls.to_string())
-        .context("writing .tollgate/urls.json")?;
-    Ok(local)
+    }
 }
 
 impl Local {

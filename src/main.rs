@@ -356,13 +356,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Up { conn, addrs } => {
             let shutdown = CancellationToken::new();
             services::cancel_on_signals(shutdown.clone());
+            // Everything that can refuse to start is checked before anything is started.
             let extra_roots = addrs.extra_roots()?;
+            let encryption = encryption_key(true)?;
             let local = tollgate::local::start(conn.nats_url, conn.database_url).await?;
             let config = addrs.config(
                 local.nats_url.clone(),
                 local.database_url.clone(),
                 Service::ALL.into_iter().collect(),
-                encryption_key(true)?,
+                encryption,
                 extra_roots,
             );
             let result = services::run(config, shutdown).await;

@@ -238,6 +238,7 @@ async fn serve_http(
                         control.clone(),
                         configs.clone(),
                         worker.tracker.clone(),
+                        worker.cut_off.clone(),
                         settings.clone(),
                     )?),
                     _ => ingest::router(ingest::AppState {
@@ -256,13 +257,22 @@ async fn serve_http(
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
+        // SIGTERM (a service manager) and SIGHUP (the terminal closed): stop
+        // the same way as Ctrl-C, so `up` stops what it started.
         #[cfg(unix)]
         let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(mut term), Ok(mut hup)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = hup.recv() => {}
+                    }
                 }
-                Err(_) => std::future::pending::<()>().await,
+                _ => std::future::pending::<()>().await,
             }
         };
         #[cfg(not(unix))]
