@@ -30,6 +30,10 @@ use tokio_util::task::TaskTracker;
 /// requests left running (the proxy's settlements) before it stops.
 const DRAIN_TASKS_FOR: Duration = Duration::from_secs(10);
 
+/// How long requests still running at shutdown may go on before they are
+/// cut short ([`Worker::cut_off`]).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// What `setup` gets on each thread.
 pub struct Worker {
     /// 0-based, for thread names and logs.
@@ -37,6 +41,11 @@ pub struct Worker {
     /// Background work started by requests on this thread (settlements):
     /// the thread waits for it before its runtime stops.
     pub tracker: TaskTracker,
+    /// Cancelled a grace period after shutdown began: a request still
+    /// running then (a long stream) must end and settle what it consumed
+    /// now, while the thread can still record it, rather than be dropped
+    /// with the runtime.
+    pub cut_off: CancellationToken,
 }
 
 /// The number of threads when `TOLLGATE_HTTP_THREADS` is unset: one per core.
@@ -54,6 +63,21 @@ pub async fn serve<F, Fut>(
     threads: usize,
     setup: F,
     shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static>
+where
+    F: Fn(Worker) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<Vec<Router>>> + 'static,
+{
+    serve_with_grace(listeners, threads, setup, shutdown, SHUTDOWN_GRACE).await
+}
+
+/// [`serve`], cutting requests short `grace` after `shutdown` (tests use a short one).
+pub async fn serve_with_grace<F, Fut>(
+    listeners: Vec<TcpListener>,
+    threads: usize,
+    setup: F,
+    shutdown: CancellationToken,
+    grace: Duration,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static>
 where
     F: Fn(Worker) -> Fut + Send + Sync + 'static,
@@ -91,7 +115,7 @@ where
         std::thread::Builder::new()
             .name(format!("tg-http-{index}"))
             .spawn(move || {
-                runtime.block_on(run_thread(index, inboxes, setup, ready_tx, stop));
+                runtime.block_on(run_thread(index, inboxes, setup, ready_tx, stop, grace));
                 drop(done_tx);
             })
             .context("starting an HTTP thread")?;
@@ -123,14 +147,25 @@ async fn run_thread<F, Fut>(
     setup: Arc<F>,
     ready: oneshot::Sender<anyhow::Result<()>>,
     stop: CancellationToken,
+    grace: Duration,
 ) where
     F: Fn(Worker) -> Fut,
     Fut: Future<Output = anyhow::Result<Vec<Router>>>,
 {
     let tracker = TaskTracker::new();
+    let cut_off = CancellationToken::new();
+    tokio::spawn({
+        let (stop, cut_off) = (stop.clone(), cut_off.clone());
+        async move {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+            cut_off.cancel();
+        }
+    });
     let routers = match setup(Worker {
         index,
         tracker: tracker.clone(),
+        cut_off,
     })
     .await
     {

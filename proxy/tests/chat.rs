@@ -25,6 +25,13 @@ tiers:
   tiny:
     limits:
       - { unit: requests, window: minute, cap: 2 }
+  groq_once:
+    limits:
+      - { unit: requests, window: day, cap: 1, model: "groq/*" }
+  gpt4o_only:
+    models: ["gpt-4o*"]
+    limits:
+      - { unit: requests, window: day, cap: 10 }
 "#;
 
 /// (model as the client names it, price-table key) for each provider.
@@ -192,6 +199,59 @@ async fn a_cancelled_stream_commits_what_was_consumed_never_zero() {
         );
         assert!(dec(&actual["usd"]) > Decimal::ZERO, "{model}");
     }
+}
+
+#[tokio::test]
+async fn calls_still_running_at_shutdown_are_settled_before_the_proxy_stops() {
+    let mut p = Proxy::start(PLAN).await;
+    // A stream that would take 20 s, and a JSON answer that would take 20 s.
+    p.anthropic.update_behavior(|b| {
+        b.reply_text = "word ".repeat(200);
+        b.chunk_delay = Duration::from_millis(100);
+    });
+    p.openai.update_behavior(|b| {
+        b.answer_delay = Duration::from_secs(20);
+    });
+    let r = p
+        .request("streaming", &chat_body("claude-3-5-sonnet-20240620", true))
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    for _ in 0..3 {
+        body.next().await.unwrap().unwrap();
+    }
+    let waiting = tokio::spawn(p.request("waiting", &chat_body("gpt-4o", false)).send());
+    while p.openai.request_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.shutdown.cancel();
+    // The stream ends after the grace period, well before its 20 s.
+    while let Some(chunk) = body.next().await {
+        if chunk.is_err() {
+            break;
+        }
+    }
+    let _ = waiting.await;
+    tokio::time::timeout(Duration::from_secs(30), &mut p.served)
+        .await
+        .expect("the proxy stops after its grace period")
+        .unwrap();
+    // Both were settled before the proxy's threads stopped: the stream with
+    // what it consumed, the JSON call with its hold (its usage is unknown).
+    let streamed = p.events("streaming").await;
+    assert_eq!(streamed.len(), 2, "{streamed:?}");
+    assert_eq!(streamed[1].0, "committed");
+    let output: u64 = streamed[1].1["actual"]["output_tokens"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(output > 0 && output < 200, "partial output {output}");
+    let waited = p.events("waiting").await;
+    assert_eq!(waited.len(), 2, "{waited:?}");
+    assert_eq!(waited[1].0, "committed");
+    assert_eq!(waited[1].1["actual"], waited[0].1["amounts"], "charged the hold");
 }
 
 #[tokio::test]
@@ -456,6 +516,86 @@ async fn a_project_can_point_a_builtin_provider_or_a_custom_one_at_its_own_base_
         compatible.last_request().unwrap().json().unwrap()["model"],
         "llama-3.1-8b-instant"
     );
+    // A custom provider's models are named with its prefix, in limits and in the ledger.
+    let once = |model: &str| {
+        p.request("groq-user", &chat_body(model, false))
+            .header("x-tier", "groq_once")
+            .send()
+    };
+    assert_eq!(
+        once("groq/llama-3.1-8b-instant").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        once("groq/llama-3.1-8b-instant").await.unwrap().status(),
+        429
+    );
+    assert_eq!(
+        once("gpt-4o").await.unwrap().status(),
+        200,
+        "the limit is on groq/* only"
+    );
+    let events = p.events("groq-user").await;
+    assert_eq!(events[0].1["model"], "groq/llama-3.1-8b-instant");
+}
+
+#[tokio::test]
+async fn the_model_list_holds_what_the_project_can_call() {
+    let p = Proxy::start(PLAN).await;
+    tollgate_proxy::project_config::add_custom_provider(
+        p.db.pool(),
+        p.project_id,
+        "groq",
+        "http://127.0.0.1:9/v1",
+    )
+    .await
+    .unwrap();
+    let list = |tier: &'static str| {
+        let url = format!("{}/v1/models", p.base);
+        let request = p.http.get(url).header("x-project-key", &p.project_key);
+        async move {
+            let r = request.header("x-tier", tier).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.unwrap();
+            body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<String>>()
+        }
+    };
+    let all = list("free").await;
+    for callable in [
+        "gpt-4o",
+        "claude-3-5-sonnet-20240620",
+        "gemini/gemini-2.0-flash",
+        "xai/grok-2-1212",
+        "groq/llama-3.1-8b-instant",
+    ] {
+        assert!(all.iter().any(|m| m == callable), "{callable} is missing");
+    }
+    // Every id listed routes to a provider Tollgate calls; ids priced for
+    // other platforms (Azure, Bedrock, Vertex AI) are not offered.
+    let routes = |id: &str| {
+        tollgate_proxy::providers::route(
+            id,
+            &[tollgate_proxy::providers::CustomProvider {
+                name: "groq".into(),
+                base_url: "http://127.0.0.1:9/v1".into(),
+            }],
+            &tollgate_proxy::providers::BaseUrls::default(),
+        )
+        .is_ok()
+    };
+    assert!(all.iter().all(|m| routes(m)), "an unroutable id is listed");
+    for elsewhere in ["azure/gpt-4o", "anthropic.claude-v2:1"] {
+        assert!(!all.iter().any(|m| m == elsewhere), "{elsewhere} is listed");
+    }
+    // A tier that allows some models lists only those.
+    let some = list("gpt4o_only").await;
+    assert!(some.iter().any(|m| m == "gpt-4o"));
+    assert!(some.iter().all(|m| m.starts_with("gpt-4o")), "{some:?}");
 }
 
 #[tokio::test]

@@ -199,8 +199,7 @@ async fn main() -> anyhow::Result<()> {
         );
         async move {
             let state =
-                ProxyState::on_this_thread(&url, &gate, control, configs, worker.tracker, settings)
-                    .await?;
+                ProxyState::on_this_thread(&url, &gate, control, configs, worker, settings).await?;
             Ok(vec![proxy::server::router(state)])
         }
     };

@@ -14,7 +14,7 @@ use crate::pricing::{lookup_override, ModelPrice};
 use crate::providers::openai::ChatRequest;
 use crate::providers::{
     parse_request, prepare_upstream, route, translate_error, translate_response, ProviderError,
-    ProviderKey, Route, StreamTranslator,
+    ProviderKey, ProviderKind, Route, StreamTranslator,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -29,6 +29,9 @@ use schemas::plan::{scope_matches, Tier};
 use schemas::{Account, ProjectId, ReservationId, Unit};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+/// Why a call still running when the proxy's shutdown grace ran out failed.
+const SHUTTING_DOWN: &str = "the proxy is shutting down";
 
 /// Headers of a provider's error answer passed on to the client: when to
 /// retry (OpenAI's SDKs read both).
@@ -142,7 +145,14 @@ pub async fn completions(
     let route = route(&req.model, &config.custom_providers, &base_urls)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let model = route.upstream_model.clone();
-    if ledger::control::check_model(&tier_name, &tier, Some(&model)).is_err() {
+    // The model as limits, plans and the ledger name it: a custom provider's
+    // keeps its prefix (`groq/llama-3.1-8b-instant`, matched by `groq/*`); a
+    // built-in provider's is the bare id (`gpt-4o`, however it was asked for).
+    let ledger_model = match route.kind {
+        ProviderKind::Custom => format!("{}/{}", route.provider, model),
+        _ => model.clone(),
+    };
+    if ledger::control::check_model(&tier_name, &tier, Some(&ledger_model)).is_err() {
         ledger::control::check_model(&tier_name, &tier, Some(&req.model)).map_err(tier_error)?;
     }
     // The project's own price first, under any key the table would match
@@ -155,7 +165,7 @@ pub async fn completions(
             })
             .or_else(|| inner.prices.lookup(&route.provider, &model))
             .cloned();
-    if price.is_none() && limits_usd(&tier, &model) {
+    if price.is_none() && limits_usd(&tier, &ledger_model) {
         return Err(ProxyError::UnknownPrice(req.model.clone()));
     }
     let key = match config.key(&route.provider) {
@@ -176,7 +186,7 @@ pub async fn completions(
         .unwrap_or(chrono::Duration::minutes(10));
     let reserve = ReserveRequest {
         reservation_id: ReservationId::new(),
-        model: Some(model.clone()),
+        model: Some(ledger_model),
         amounts: est.amounts.clone(),
         expires_at: inner.gate.now() + ttl,
         tier: tier_name,
@@ -286,7 +296,16 @@ impl Call {
                 return Err(ProxyError::BadRequest(e.to_string()));
             }
         };
-        let response = match inner.http.send(&upstream).await {
+        let sent = tokio::select! {
+            sent = inner.http.send(&upstream) => sent,
+            () = inner.cut_off.cancelled() => {
+                // Shutting down with the provider still working: what it did is
+                // unknown, so the hold is charged rather than $0.
+                hold.commit(admitted.held.clone());
+                return Err(ProxyError::Unavailable(SHUTTING_DOWN.into()));
+            }
+        };
+        let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 hold.release("upstream_unreachable");
@@ -315,6 +334,7 @@ impl Call {
                 hold,
                 price,
                 est.input_tokens,
+                inner.cut_off.clone(),
             );
             let mut out = Response::new(Body::from_stream(stream));
             let h = out.headers_mut();
@@ -326,7 +346,14 @@ impl Call {
             rate_limit_headers(h, &admitted.limits, now);
             return Ok(out);
         }
-        let bytes = match crate::upstream::read_all(response).await {
+        let read = tokio::select! {
+            read = crate::upstream::read_all(response) => read,
+            () = inner.cut_off.cancelled() => {
+                hold.commit(admitted.held.clone());
+                return Err(ProxyError::Unavailable(SHUTTING_DOWN.into()));
+            }
+        };
+        let bytes = match read {
             Ok(b) => b,
             Err(e) => {
                 // The provider may have done the work: charge what was held rather than $0.

@@ -19,6 +19,7 @@ use ledger::control::ControlCache;
 use ledger::Gate;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::ProxyError;
@@ -62,6 +63,9 @@ pub struct Inner {
     pub prices: PriceTable,
     pub http: crate::upstream::UpstreamClient,
     pub tracker: TaskTracker,
+    /// Cancelled when calls still running at shutdown must end and settle
+    /// (`ingest::threads::Worker::cut_off`).
+    pub cut_off: CancellationToken,
     pub settings: Settings,
 }
 
@@ -75,6 +79,7 @@ impl ProxyState {
         control: ControlCache,
         configs: ProjectConfigCache,
         tracker: TaskTracker,
+        cut_off: CancellationToken,
         settings: Settings,
     ) -> anyhow::Result<ProxyState> {
         let prices = PriceTable::bundled()?;
@@ -88,23 +93,31 @@ impl ProxyState {
             prices,
             http,
             tracker,
+            cut_off,
             settings,
         })))
     }
 
     /// The state for one HTTP thread (`ingest::threads`): a NATS connection
     /// made on this thread, a handle on the process's one gate over it, and
-    /// this thread's upstream client and task tracker.
+    /// this thread's upstream client, task tracker and cut-off.
     pub async fn on_this_thread(
         nats_url: &str,
         gate: &Gate,
         control: ControlCache,
         configs: ProjectConfigCache,
-        tracker: TaskTracker,
+        worker: ingest::threads::Worker,
         settings: Settings,
     ) -> anyhow::Result<ProxyState> {
         let gate = gate.on_this_thread(nats_url).await?;
-        ProxyState::new(gate, control, configs, tracker, settings)
+        ProxyState::new(
+            gate,
+            control,
+            configs,
+            worker.tracker,
+            worker.cut_off,
+            settings,
+        )
     }
 }
 

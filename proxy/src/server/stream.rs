@@ -2,7 +2,9 @@
 //! [`StreamTranslator`] to the client, and the hold is committed with the
 //! usage when the stream ends — or, if the client goes away first, with what
 //! was consumed so far (dropping this stream also drops the upstream
-//! connection, aborting the call). Never $0 for work that happened.
+//! connection, aborting the call). Never $0 for work that happened. A stream
+//! still running when the proxy's shutdown grace runs out ends there and is
+//! committed with what was consumed, while its thread can still record it.
 
 use crate::estimate::actual;
 use crate::hold::Hold;
@@ -10,8 +12,10 @@ use crate::pricing::ModelPrice;
 use crate::providers::StreamTranslator;
 use bytes::Bytes;
 use futures::Stream;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
@@ -22,6 +26,8 @@ pub struct MeteredStream {
     price: Option<ModelPrice>,
     /// Our own prompt count, for streams cut before the provider reported usage.
     input_estimate: u64,
+    /// Ready when the stream must end now (shutdown).
+    cut_off: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
 }
 
@@ -32,6 +38,7 @@ impl MeteredStream {
         hold: Hold,
         price: Option<ModelPrice>,
         input_estimate: u64,
+        cut_off: CancellationToken,
     ) -> Self {
         MeteredStream {
             upstream: Box::pin(upstream),
@@ -39,6 +46,7 @@ impl MeteredStream {
             hold: Some(hold),
             price,
             input_estimate,
+            cut_off: Box::pin(cut_off.cancelled_owned()),
             done: false,
         }
     }
@@ -75,6 +83,15 @@ impl Stream for MeteredStream {
         loop {
             if this.done {
                 return Poll::Ready(None);
+            }
+            if this.cut_off.as_mut().poll(cx).is_ready() {
+                tracing::warn!(
+                    "shutting down: a stream still running ends here, charged what it consumed"
+                );
+                if let Some(tail) = this.finish() {
+                    return Poll::Ready(Some(Ok(tail)));
+                }
+                continue;
             }
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {

@@ -38,7 +38,12 @@ pub struct Proxy {
     /// HTTPS in front of `openai`, when started with [`Proxy::start_tls`].
     pub openai_tls: Option<TlsFront>,
     pub shutdown: CancellationToken,
+    /// Ends when the proxy's threads have stopped (after `shutdown`).
+    pub served: tokio::task::JoinHandle<()>,
 }
+
+/// How long calls still running at shutdown go on before they are cut short.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
 
 impl Proxy {
     pub async fn start(plan_yaml: &str) -> Proxy {
@@ -157,22 +162,22 @@ impl Proxy {
                 settings.clone(),
             );
             async move {
-                let state = ProxyState::on_this_thread(
-                    &url,
-                    &gate,
-                    control,
-                    configs,
-                    worker.tracker,
-                    settings,
-                )
-                .await?;
+                let state =
+                    ProxyState::on_this_thread(&url, &gate, control, configs, worker, settings)
+                        .await?;
                 Ok(vec![tollgate_proxy::server::router(state)])
             }
         };
-        let served = ingest::threads::serve(vec![listener], 2, setup, shutdown.clone())
-            .await
-            .unwrap();
-        tokio::spawn(served);
+        let served = ingest::threads::serve_with_grace(
+            vec![listener],
+            2,
+            setup,
+            shutdown.clone(),
+            SHUTDOWN_GRACE,
+        )
+        .await
+        .unwrap();
+        let served = tokio::spawn(served);
         ledger::consumers::spawn(
             ledger::consumers::Consumers::all(nats.url(), db.url()),
             shutdown.clone(),
@@ -192,6 +197,7 @@ impl Proxy {
             xai,
             openai_tls,
             shutdown,
+            served,
         }
     }
 
