@@ -204,14 +204,7 @@ pub async fn prices_set(
             .split_once('/')
             .map(|(p, _)| p.to_owned())
             .unwrap_or_default(),
-        input_cost_per_token: input_usd_per_token,
-        output_cost_per_token: output_usd_per_token,
-        cache_read_input_token_cost: None,
-        cache_creation_input_token_cost: None,
-        cache_creation_input_token_cost_above_1hr: None,
-        output_cost_per_reasoning_token: None,
-        max_input_tokens: None,
-        max_output_tokens: None,
+        ..proxy::pricing::ModelPrice::per_token(input_usd_per_token, output_usd_per_token)
     };
     proxy::project_config::set_price_override(pool, project.project_id, model, &price).await?;
     ledger::control::announce_change(client).await;

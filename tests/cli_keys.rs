@@ -44,6 +44,15 @@ impl Env<'_> {
         drop(input);
         child.wait_with_output().await.unwrap()
     }
+
+    /// `tollgate project create --name NAME`: what it printed.
+    async fn create_project(&self, name: &str) -> serde_json::Value {
+        let created = self
+            .run(&["project", "create", "--name", name], None, None)
+            .await;
+        assert!(created.status.success(), "{}", text(&created.stderr));
+        serde_json::from_slice(&created.stdout).unwrap()
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -72,11 +81,7 @@ async fn keys_add_stores_the_key_encrypted_and_prints_only_its_hint() {
     };
     let enc = EncryptionKey::generate();
 
-    let created = env
-        .run(&["project", "create", "--name", "keys"], None, None)
-        .await;
-    assert!(created.status.success(), "{}", text(&created.stderr));
-    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let created = env.create_project("keys").await;
     let pk = created["project_key"].as_str().unwrap().to_owned();
     let project: ProjectId = created["project_id"].as_str().unwrap().parse().unwrap();
     let add = [
@@ -191,11 +196,7 @@ async fn providers_add_and_prices_set_print_what_they_stored() {
         nats: &nats,
         cwd: cwd.path(),
     };
-    let created = env
-        .run(&["project", "create", "--name", "cfg"], None, None)
-        .await;
-    assert!(created.status.success(), "{}", text(&created.stderr));
-    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let created = env.create_project("cfg").await;
     let pk = created["project_key"].as_str().unwrap().to_owned();
 
     let out = env
@@ -277,11 +278,7 @@ async fn control_plane_commands_finish_when_nats_is_down() {
         nats: &nats,
         cwd: cwd.path(),
     };
-    let created = env
-        .run(&["project", "create", "--name", "offline"], None, None)
-        .await;
-    assert!(created.status.success(), "{}", text(&created.stderr));
-    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let created = env.create_project("offline").await;
     let pk = created["project_key"].as_str().unwrap().to_owned();
     let plan = cwd.path().join("plan.yaml");
     std::fs::write(

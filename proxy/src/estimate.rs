@@ -178,15 +178,8 @@ mod tests {
         // "Hello, world!" is 4 tokens in o200k_base; + 3 per message + 3 for the reply.
         assert_eq!(input_tokens(&req), 10);
         let price = ModelPrice {
-            provider: "openai".into(),
-            input_cost_per_token: Decimal::new(25, 7),
-            output_cost_per_token: Decimal::new(1, 5),
-            cache_read_input_token_cost: None,
-            cache_creation_input_token_cost: None,
-            cache_creation_input_token_cost_above_1hr: None,
-            output_cost_per_reasoning_token: None,
-            max_input_tokens: None,
             max_output_tokens: Some(16384),
+            ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
         };
         let e = estimate(&req, Some(&price), 4096);
         assert_eq!(e.max_output_tokens, 100);

@@ -61,22 +61,6 @@ impl Hold {
         self.spawn(Settle::Commit(actual));
     }
 
-    /// For a reserve whose acknowledgement was lost ([`GateError::Unconfirmed`]):
-    /// the hold may exist although nobody was told, so it is released (once
-    /// the ledger answers again) rather than left to hold the budget and a
-    /// concurrency slot until its TTL. If it never landed, this does nothing.
-    pub fn release_unconfirmed(
-        gate: Gate,
-        tracker: TaskTracker,
-        project: ProjectId,
-        account: Account,
-        reservation_id: ReservationId,
-        request_id: Option<String>,
-    ) {
-        Hold::new(gate, tracker, project, account, reservation_id, request_id)
-            .release("unconfirmed");
-    }
-
     /// Releases the hold in the background.
     pub fn release(mut self, reason: &'static str) {
         self.settled = true;

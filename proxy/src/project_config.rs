@@ -425,16 +425,8 @@ mod tests {
 
     #[test]
     fn price_overrides_refuse_negative_amounts_and_bad_models() {
-        let price = |input: i64, output: i64| ModelPrice {
-            provider: String::new(),
-            input_cost_per_token: Decimal::new(input, 6),
-            output_cost_per_token: Decimal::new(output, 6),
-            cache_read_input_token_cost: None,
-            cache_creation_input_token_cost: None,
-            cache_creation_input_token_cost_above_1hr: None,
-            output_cost_per_reasoning_token: None,
-            max_input_tokens: None,
-            max_output_tokens: None,
+        let price = |input: i64, output: i64| {
+            ModelPrice::per_token(Decimal::new(input, 6), Decimal::new(output, 6))
         };
         assert_eq!(validate_price_override("m", &price(0, 3)), Ok(()));
         assert_eq!(

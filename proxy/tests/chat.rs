@@ -251,7 +251,10 @@ async fn calls_still_running_at_shutdown_are_settled_before_the_proxy_stops() {
     let waited = p.events("waiting").await;
     assert_eq!(waited.len(), 2, "{waited:?}");
     assert_eq!(waited[1].0, "committed");
-    assert_eq!(waited[1].1["actual"], waited[0].1["amounts"], "charged the hold");
+    assert_eq!(
+        waited[1].1["actual"], waited[0].1["amounts"],
+        "charged the hold"
+    );
 }
 
 #[tokio::test]
@@ -292,16 +295,11 @@ async fn upstream_errors_release_the_hold_and_keep_the_provider_status() {
 #[tokio::test]
 async fn a_projects_price_overrides_match_like_the_price_table() {
     let p = Proxy::start(PLAN).await;
-    let price = |input: i64, output: i64| tollgate_proxy::pricing::ModelPrice {
-        provider: String::new(),
-        input_cost_per_token: Decimal::new(input, 6),
-        output_cost_per_token: Decimal::new(output, 6),
-        cache_read_input_token_cost: None,
-        cache_creation_input_token_cost: None,
-        cache_creation_input_token_cost_above_1hr: None,
-        output_cost_per_reasoning_token: None,
-        max_input_tokens: None,
-        max_output_tokens: None,
+    let price = |input: i64, output: i64| {
+        tollgate_proxy::pricing::ModelPrice::per_token(
+            Decimal::new(input, 6),
+            Decimal::new(output, 6),
+        )
     };
     // Under the price table's own id (prefixed), and undated: both must win
     // over the bundled entries for the model the client names.

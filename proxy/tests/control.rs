@@ -36,17 +36,7 @@ async fn project(pool: &PgPool) -> ProjectId {
 }
 
 fn price(input: rust_decimal::Decimal, output: rust_decimal::Decimal) -> ModelPrice {
-    ModelPrice {
-        provider: String::new(),
-        input_cost_per_token: input,
-        output_cost_per_token: output,
-        cache_read_input_token_cost: None,
-        cache_creation_input_token_cost: None,
-        cache_creation_input_token_cost_above_1hr: None,
-        output_cost_per_reasoning_token: None,
-        max_input_tokens: None,
-        max_output_tokens: None,
-    }
+    ModelPrice::per_token(input, output)
 }
 
 #[tokio::test]

@@ -166,14 +166,15 @@ async fn a_reserve_whose_ack_was_lost_is_released_if_it_landed() {
     // The proxy never learnt of either hold: one landed, one did not.
     let tracker = tokio_util::task::TaskTracker::new();
     for id in [landed, ReservationId::new()] {
-        tollgate_proxy::hold::Hold::release_unconfirmed(
+        tollgate_proxy::hold::Hold::new(
             p.gate.clone(),
             tracker.clone(),
             p.project_id,
             account.clone(),
             id,
             None,
-        );
+        )
+        .release("unconfirmed");
     }
     tracker.close();
     // Both settle at once: the one that landed is released, the other is

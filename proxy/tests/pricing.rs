@@ -131,14 +131,7 @@ fn lookups_fall_back_sensibly() {
 fn overrides_replace_and_add() {
     let mine = ModelPrice {
         provider: "custom".to_owned(),
-        input_cost_per_token: dec!(0.000001),
-        output_cost_per_token: dec!(0.000002),
-        cache_read_input_token_cost: None,
-        cache_creation_input_token_cost: None,
-        cache_creation_input_token_cost_above_1hr: None,
-        output_cost_per_reasoning_token: None,
-        max_input_tokens: None,
-        max_output_tokens: None,
+        ..ModelPrice::per_token(dec!(0.000001), dec!(0.000002))
     };
     let t = table().with_overrides([
         ("gpt-4o".to_owned(), mine.clone()),

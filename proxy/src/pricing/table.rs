@@ -38,6 +38,24 @@ pub struct ModelPrice {
     pub max_output_tokens: Option<u64>,
 }
 
+impl ModelPrice {
+    /// A price of `input` and `output` USD per token and nothing else (no
+    /// cache or reasoning rates, no token limits, no provider).
+    pub fn per_token(input: Decimal, output: Decimal) -> ModelPrice {
+        ModelPrice {
+            provider: String::new(),
+            input_cost_per_token: input,
+            output_cost_per_token: output,
+            cache_read_input_token_cost: None,
+            cache_creation_input_token_cost: None,
+            cache_creation_input_token_cost_above_1hr: None,
+            output_cost_per_reasoning_token: None,
+            max_input_tokens: None,
+            max_output_tokens: None,
+        }
+    }
+}
+
 /// The table file's shape.
 #[derive(Debug, Deserialize)]
 struct PriceFile {
@@ -165,17 +183,7 @@ mod tests {
 
     #[test]
     fn overrides_match_under_every_key_lookup_tries() {
-        let price = |n: i64| ModelPrice {
-            provider: String::new(),
-            input_cost_per_token: Decimal::new(n, 6),
-            output_cost_per_token: Decimal::new(n, 6),
-            cache_read_input_token_cost: None,
-            cache_creation_input_token_cost: None,
-            cache_creation_input_token_cost_above_1hr: None,
-            output_cost_per_reasoning_token: None,
-            max_input_tokens: None,
-            max_output_tokens: None,
-        };
+        let price = |n: i64| ModelPrice::per_token(Decimal::new(n, 6), Decimal::new(n, 6));
         let overrides = vec![
             ("xai/grok-3".to_owned(), price(1)),
             ("gpt-4o".to_owned(), price(2)),

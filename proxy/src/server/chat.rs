@@ -33,6 +33,30 @@ use tokio_util::sync::CancellationToken;
 /// Why a call still running when the proxy's shutdown grace ran out failed.
 const SHUTTING_DOWN: &str = "the proxy is shutting down";
 
+/// `work`'s output, or `None` if the proxy's shutdown grace runs out first.
+async fn unless_cut_off<T>(
+    inner: &super::Inner,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        out = work => Some(out),
+        () = inner.cut_off.cancelled() => None,
+    }
+}
+
+/// The project's providers, keys and price overrides.
+pub async fn project_config(
+    state: &ProxyState,
+    project: ProjectId,
+) -> Result<std::sync::Arc<crate::project_config::ProjectConfig>, ProxyError> {
+    state
+        .0
+        .configs
+        .get(project)
+        .await
+        .map_err(|e| ProxyError::Unavailable(format!("project config: {e:#}")))
+}
+
 /// Headers of a provider's error answer passed on to the client: when to
 /// retry (OpenAI's SDKs read both).
 const RETRY_HEADERS: [&str; 2] = ["retry-after", "retry-after-ms"];
@@ -136,11 +160,7 @@ pub async fn completions(
     let (tier_name, tier) = project
         .tier(header_str(&headers, "x-tier"))
         .map_err(tier_error)?;
-    let config = inner
-        .configs
-        .get(project.project_id)
-        .await
-        .map_err(|e| ProxyError::Unavailable(format!("project config: {e:#}")))?;
+    let config = project_config(&state, project.project_id).await?;
     let base_urls = config.base_urls(&inner.settings.base_urls);
     let route = route(&req.model, &config.custom_providers, &base_urls)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
@@ -264,7 +284,11 @@ impl Call {
             Ok(ReserveOutcome::Denied(d)) => return Ok(denied_response(&tier, &d)),
             Ok(ReserveOutcome::Admitted(a)) => a,
             Err(e @ GateError::Unconfirmed(_)) => {
-                Hold::release_unconfirmed(
+                // The hold may exist although nobody was told: release it once
+                // the ledger answers again, rather than leave it holding the
+                // budget and a concurrency slot until its TTL (a hold that never
+                // landed is found missing, and that ends it).
+                let hold = Hold::new(
                     inner.gate.clone(),
                     inner.tracker.clone(),
                     project_id,
@@ -272,6 +296,7 @@ impl Call {
                     reservation_id,
                     request_id,
                 );
+                hold.release("unconfirmed");
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
@@ -296,14 +321,11 @@ impl Call {
                 return Err(ProxyError::BadRequest(e.to_string()));
             }
         };
-        let sent = tokio::select! {
-            sent = inner.http.send(&upstream) => sent,
-            () = inner.cut_off.cancelled() => {
-                // Shutting down with the provider still working: what it did is
-                // unknown, so the hold is charged rather than $0.
-                hold.commit(admitted.held.clone());
-                return Err(ProxyError::Unavailable(SHUTTING_DOWN.into()));
-            }
+        // Shutting down with the provider still working: what it did is
+        // unknown, so the hold is charged rather than $0.
+        let Some(sent) = unless_cut_off(inner, inner.http.send(&upstream)).await else {
+            hold.commit(admitted.held.clone());
+            return Err(ProxyError::Unavailable(SHUTTING_DOWN.into()));
         };
         let response = match sent {
             Ok(r) => r,
@@ -346,12 +368,9 @@ impl Call {
             rate_limit_headers(h, &admitted.limits, now);
             return Ok(out);
         }
-        let read = tokio::select! {
-            read = crate::upstream::read_all(response) => read,
-            () = inner.cut_off.cancelled() => {
-                hold.commit(admitted.held.clone());
-                return Err(ProxyError::Unavailable(SHUTTING_DOWN.into()));
-            }
+        let Some(read) = unless_cut_off(inner, crate::upstream::read_all(response)).await else {
+            hold.commit(admitted.held.clone());
+            return Err(ProxyError::Unavailable(SHUTTING_DOWN.into()));
         };
         let bytes = match read {
             Ok(b) => b,

@@ -22,11 +22,7 @@ pub async fn list(
     let (_, tier) = project
         .tier(tier_name)
         .map_err(|e| ProxyError::UnknownTier(e.to_string()))?;
-    let config = inner
-        .configs
-        .get(project.project_id)
-        .await
-        .map_err(|e| ProxyError::Unavailable(format!("project config: {e:#}")))?;
+    let config = super::chat::project_config(&state, project.project_id).await?;
     let base_urls = config.base_urls(&inner.settings.base_urls);
     // id → owner, for the ids that route to the provider they are priced for.
     let mut models: BTreeMap<&str, &str> = BTreeMap::new();
