@@ -168,21 +168,88 @@ enum Key {
 #[derive(Clone)]
 pub struct ControlCache {
     pool: PgPool,
-    entries: Arc<DashMap<Key, (Instant, Option<Project>)>>,
+    entries: Cached<Key, Option<Project>>,
+}
+
+/// Entries read from the control plane: fresh for [`CACHE_TTL`], all
+/// forgotten when a change is announced. A read that started before a
+/// change does not store its (maybe older) result after it. Cheap to clone.
+pub struct Cached<K, V> {
+    entries: Arc<DashMap<K, (Instant, V)>>,
+    /// Bumped by every [`Cached::clear`].
+    changes: Arc<std::sync::atomic::AtomicU64>,
+    max: usize,
+}
+
+impl<K, V> Clone for Cached<K, V> {
+    fn clone(&self) -> Self {
+        Cached {
+            entries: self.entries.clone(),
+            changes: self.changes.clone(),
+            max: self.max,
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Send + Sync + 'static, V: Clone + Send + Sync + 'static>
+    Cached<K, V>
+{
+    /// A cache that starts over past `max` entries.
+    pub fn new(max: usize) -> Self {
+        Cached {
+            entries: Arc::new(DashMap::new()),
+            changes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            max,
+        }
+    }
+
+    /// The entry for `key` if it is fresh.
+    pub fn fresh(&self, key: &K) -> Option<V> {
+        let hit = self.entries.get(key)?;
+        (hit.0.elapsed() < CACHE_TTL).then(|| hit.1.clone())
+    }
+
+    /// Taken before reading the control plane; see [`Cached::store`].
+    pub fn version(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keeps `value`, read after [`Cached::version`] returned `version`,
+    /// unless a change was announced since (it may predate the change).
+    pub fn store(&self, key: K, value: V, version: u64) {
+        if self.entries.len() > self.max {
+            self.entries.clear();
+        }
+        if self.version() == version {
+            self.entries.insert(key, (Instant::now(), value));
+        }
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.entries.clear();
+    }
+
+    /// Forgets everything when a change is announced, until the client closes.
+    pub fn follow_changes(&self, client: async_nats::Client) {
+        let cache = self.clone();
+        on_change(client, move || cache.clear());
+    }
 }
 
 impl ControlCache {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            entries: Arc::new(DashMap::new()),
+            entries: Cached::new(100_000),
         }
     }
 
     /// Forgets everything when a change is announced, until the client closes.
     pub fn follow_changes(&self, client: async_nats::Client) {
-        let entries = self.entries.clone();
-        on_change(client, move || entries.clear());
+        self.entries.follow_changes(client);
     }
 
     pub fn invalidate(&self) {
@@ -198,11 +265,10 @@ impl ControlCache {
     }
 
     async fn get(&self, key: Key) -> sqlx::Result<Option<Project>> {
-        if let Some(hit) = self.entries.get(&key) {
-            if hit.0.elapsed() < CACHE_TTL {
-                return Ok(hit.1.clone());
-            }
+        if let Some(hit) = self.entries.fresh(&key) {
+            return Ok(hit);
         }
+        let version = self.entries.version();
         let project = match &key {
             Key::Secret(hash) => {
                 let row: Option<Row> = sqlx::query_as("SELECT project_id, name, public_key, plan FROM projects WHERE secret_key_hash = $1")
@@ -213,10 +279,7 @@ impl ControlCache {
             }
             Key::Public(pk) => project_by_public_key(&self.pool, pk).await?,
         };
-        if self.entries.len() > 100_000 {
-            self.entries.clear();
-        }
-        self.entries.insert(key, (Instant::now(), project.clone()));
+        self.entries.store(key, project.clone(), version);
         Ok(project)
     }
 }
@@ -272,5 +335,27 @@ pub fn check_model(
             tier: tier_name.to_owned(),
         }),
         None => Err(TierError::ModelRequired(tier_name.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cached;
+
+    #[test]
+    fn a_read_that_started_before_a_change_is_not_kept_after_it() {
+        let cache: Cached<&str, u32> = Cached::new(10);
+        // Read, then a change is announced, then the (older) result arrives.
+        let version = cache.version();
+        cache.clear();
+        cache.store("project", 1, version);
+        assert_eq!(cache.fresh(&"project"), None);
+        // A read that started after the change is kept.
+        let version = cache.version();
+        cache.store("project", 2, version);
+        assert_eq!(cache.fresh(&"project"), Some(2));
+        // And forgotten at the next change.
+        cache.clone().clear();
+        assert_eq!(cache.fresh(&"project"), None);
     }
 }

@@ -16,16 +16,13 @@ use crate::keys::{EncryptionKey, Sealed, ENCRYPTION_KEY_ENV};
 use crate::pricing::ModelPrice;
 use crate::providers::{BaseUrls, CustomProvider, ProviderKey};
 use anyhow::Context as _;
-use dashmap::DashMap;
+use ledger::control::Cached;
 use rust_decimal::Decimal;
 use schemas::ProjectId;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Once};
-use std::time::{Duration, Instant};
 
-/// How long a cached configuration is trusted without a change notice.
-const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Past this many cached projects the cache starts over.
 const MAX_CACHED_PROJECTS: usize = 100_000;
 /// Longest custom provider name, in bytes.
@@ -325,7 +322,7 @@ pub async fn set_price_override(
 pub struct ProjectConfigCache {
     pool: PgPool,
     enc: Option<Arc<EncryptionKey>>,
-    entries: Arc<DashMap<ProjectId, (Instant, Arc<ProjectConfig>)>>,
+    entries: Cached<ProjectId, Arc<ProjectConfig>>,
 }
 
 impl ProjectConfigCache {
@@ -334,14 +331,13 @@ impl ProjectConfigCache {
         Self {
             pool,
             enc: enc.map(Arc::new),
-            entries: Arc::new(DashMap::new()),
+            entries: Cached::new(MAX_CACHED_PROJECTS),
         }
     }
 
     /// Forgets everything when a change is announced, until the client closes.
     pub fn follow_changes(&self, client: async_nats::Client) {
-        let entries = self.entries.clone();
-        ledger::control::on_change(client, move || entries.clear());
+        self.entries.follow_changes(client);
     }
 
     pub fn invalidate(&self) {
@@ -350,17 +346,12 @@ impl ProjectConfigCache {
 
     /// `project`'s configuration, from the cache when fresh.
     pub async fn get(&self, project: ProjectId) -> anyhow::Result<Arc<ProjectConfig>> {
-        if let Some(hit) = self.entries.get(&project) {
-            if hit.0.elapsed() < CACHE_TTL {
-                return Ok(hit.1.clone());
-            }
+        if let Some(hit) = self.entries.fresh(&project) {
+            return Ok(hit);
         }
+        let version = self.entries.version();
         let config = Arc::new(ProjectConfig::load(&self.pool, project, self.enc.as_deref()).await?);
-        if self.entries.len() > MAX_CACHED_PROJECTS {
-            self.entries.clear();
-        }
-        self.entries
-            .insert(project, (Instant::now(), config.clone()));
+        self.entries.store(project, config.clone(), version);
         Ok(config)
     }
 }
