@@ -246,3 +246,47 @@ async fn an_emptied_database_is_filled_again_from_the_stream() {
         "every row rebuilt from the stream"
     );
 }
+
+#[tokio::test]
+async fn a_batch_the_database_refuses_is_applied_once_it_is_accepted() {
+    let (_nats, db, js) = backends().await;
+    let pool = db.pool().clone();
+    let project = ProjectId::new();
+    publish_pairs(&js, project, 0, 10).await;
+    let (ledger, counters) = (subjects::LEDGER_CONSUMER, subjects::PROJECTOR_CONSUMER);
+    let b = start(&js, &pool, &BOTH);
+    caught_up(&pool, ledger, 20).await;
+    // The database refuses one identity's reservations (a full disk, a
+    // constraint, an operator's lock would do the same), then accepts again.
+    sqlx::query(
+        "ALTER TABLE reservations ADD CONSTRAINT refuse_user_3 CHECK (identity <> 'user-3') NOT VALID",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    publish_pairs(&js, project, 10, 10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        checkpoint(&pool, ledger).await < 40,
+        "the refused batch must not count as applied"
+    );
+    sqlx::query("ALTER TABLE reservations DROP CONSTRAINT refuse_user_3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    caught_up(&pool, ledger, 40).await;
+    caught_up(&pool, counters, 40).await;
+    b.stop().await;
+    // Every event applied exactly once: the rows equal a replay's.
+    let live = all_rows(&pool).await;
+    assert_eq!(
+        live.iter()
+            .filter(|r| r.starts_with("reservations: "))
+            .count(),
+        20
+    );
+    tollgate_ledger::replay::replay(&js, &pool, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(all_rows(&pool).await, live, "live rows equal replayed rows");
+}

@@ -451,9 +451,15 @@ async fn run_once(
                         payload: msg.payload.clone(),
                     });
                 }
-                apply_batch_to(pool, &projections, &raws, stream_first)
-                    .await
-                    .context("applying batch")?;
+                if let Err(e) = apply_batch_to(pool, &projections, &raws, stream_first).await {
+                    // Nothing of the batch was applied (one transaction): ask
+                    // for it again now rather than after the 30 s ack wait, so
+                    // the retry reads it instead of the events after it.
+                    for msg in &chunk {
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    }
+                    return Err(anyhow::Error::new(e).context("applying batch"));
+                }
                 if let Some(msg) = chunk.last() {
                     // AckPolicy::All: acking the newest acks the whole batch, after the commit.
                     msg.ack_with(AckKind::Ack)
