@@ -87,6 +87,33 @@ async fn durable_exists(js: &async_nats::jetstream::Context, name: &str) -> bool
         .is_ok()
 }
 
+/// The live projections hold one row per reservation (`reservations` of
+/// them) and equal what a replay of the stream rebuilds.
+async fn live_equals_replay(
+    js: &async_nats::jetstream::Context,
+    pool: &PgPool,
+    reservations: usize,
+) {
+    let live = all_rows(pool).await;
+    assert_eq!(
+        live.iter()
+            .filter(|r| r.starts_with("reservations: "))
+            .count(),
+        reservations,
+        "one row per reservation"
+    );
+    tollgate_ledger::replay::replay(js, pool, |_, _| {})
+        .await
+        .unwrap();
+    let replayed = all_rows(pool).await;
+    let only_live: Vec<&String> = live.iter().filter(|r| !replayed.contains(r)).collect();
+    let only_replayed: Vec<&String> = replayed.iter().filter(|r| !live.contains(r)).collect();
+    assert!(
+        only_live.is_empty() && only_replayed.is_empty(),
+        "live rows differ from replayed rows:\nonly live: {only_live:#?}\nonly replayed: {only_replayed:#?}"
+    );
+}
+
 /// A consumer process applying `projections`, until stopped.
 struct Running {
     stop: CancellationToken,
@@ -198,24 +225,7 @@ async fn one_consumer_feeds_what_it_leads_and_takes_over_the_rest() {
     caught_up(&pool, ledger, 170).await;
     b.stop().await;
 
-    let live = all_rows(&pool).await;
-    assert_eq!(
-        live.iter()
-            .filter(|r| r.starts_with("reservations: "))
-            .count(),
-        85,
-        "one row per reservation"
-    );
-    tollgate_ledger::replay::replay(&js, &pool, |_, _| {})
-        .await
-        .unwrap();
-    let replayed = all_rows(&pool).await;
-    let only_live: Vec<&String> = live.iter().filter(|r| !replayed.contains(r)).collect();
-    let only_replayed: Vec<&String> = replayed.iter().filter(|r| !live.contains(r)).collect();
-    assert!(
-        only_live.is_empty() && only_replayed.is_empty(),
-        "live rows differ from replayed rows:\nonly live: {only_live:#?}\nonly replayed: {only_replayed:#?}"
-    );
+    live_equals_replay(&js, &pool, 85).await;
 }
 
 #[tokio::test]
@@ -278,15 +288,5 @@ async fn a_batch_the_database_refuses_is_applied_once_it_is_accepted() {
     caught_up(&pool, counters, 40).await;
     b.stop().await;
     // Every event applied exactly once: the rows equal a replay's.
-    let live = all_rows(&pool).await;
-    assert_eq!(
-        live.iter()
-            .filter(|r| r.starts_with("reservations: "))
-            .count(),
-        20
-    );
-    tollgate_ledger::replay::replay(&js, &pool, |_, _| {})
-        .await
-        .unwrap();
-    assert_eq!(all_rows(&pool).await, live, "live rows equal replayed rows");
+    live_equals_replay(&js, &pool, 20).await;
 }
