@@ -24,6 +24,8 @@ PRICE_FIELDS = [
     "cache_creation_input_token_cost",
     "cache_creation_input_token_cost_above_1hr",
     "output_cost_per_reasoning_token",
+    "input_cost_per_audio_token",
+    "output_cost_per_audio_token",
 ]
 LIMIT_FIELDS = ["max_input_tokens", "max_output_tokens"]
 

@@ -124,9 +124,21 @@ pub fn estimate(
                     ..Usage::default()
                 },
             );
+            // The dearest output token the model may write: reasoning, and
+            // audio when the request asks for it (`modalities: ["text", "audio"]`).
+            let audio_out = req
+                .extra
+                .get("modalities")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|m| m.iter().any(|v| v == "audio"));
             let per_output = p
                 .output_cost_per_token
-                .max(p.output_cost_per_reasoning_token.unwrap_or_default());
+                .max(p.output_cost_per_reasoning_token.unwrap_or_default())
+                .max(if audio_out {
+                    p.output_cost_per_audio_token.unwrap_or_default()
+                } else {
+                    Decimal::ZERO
+                });
             amounts.set(
                 Unit::Usd,
                 round_usd(
@@ -196,6 +208,20 @@ mod tests {
             e.max_output_tokens, 4096,
             "no max_tokens: the configured default, capped by the model's own maximum"
         );
+    }
+
+    #[test]
+    fn audio_output_is_held_at_its_price_when_asked_for() {
+        let price = ModelPrice {
+            output_cost_per_audio_token: Some(Decimal::new(2, 4)),
+            ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
+        };
+        let text = parse_request(br#"{"model":"gpt-4o-audio-preview","max_tokens":100,"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
+        let audio = parse_request(br#"{"model":"gpt-4o-audio-preview","max_tokens":100,"modalities":["text","audio"],"audio":{"voice":"alloy","format":"wav"},"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
+        // 10 input tokens × 0.0000025, plus 100 output at the text or the audio rate.
+        let usd = |req| estimate(req, Some(&price), 4096).amounts.get(&Unit::Usd);
+        assert_eq!(usd(&text), Decimal::new(1025, 6));
+        assert_eq!(usd(&audio), Decimal::new(20025, 6));
     }
 
     #[test]

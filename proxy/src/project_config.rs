@@ -266,7 +266,7 @@ pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), Co
     if !model_ok {
         return Err(ConfigInputError::Model);
     }
-    let amounts: [(&'static str, Option<Decimal>); 6] = [
+    let amounts: [(&'static str, Option<Decimal>); 8] = [
         ("input_cost_per_token", Some(price.input_cost_per_token)),
         ("output_cost_per_token", Some(price.output_cost_per_token)),
         (
@@ -284,6 +284,14 @@ pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), Co
         (
             "output_cost_per_reasoning_token",
             price.output_cost_per_reasoning_token,
+        ),
+        (
+            "input_cost_per_audio_token",
+            price.input_cost_per_audio_token,
+        ),
+        (
+            "output_cost_per_audio_token",
+            price.output_cost_per_audio_token,
         ),
     ];
     match amounts

@@ -11,6 +11,9 @@
 //! ```text
 //! fresh input  = input − cached − cache_creation
 //! 5-minute writes = cache_creation − 1-hour writes
+//! (audio input and output, as OpenAI reports them, are priced at the
+//! model's `input_cost_per_audio_token` / `output_cost_per_audio_token`
+//! when it has them, and taken out of fresh input and output below)
 //! cost = fresh input     × input_cost_per_token
 //!      + cached          × (cache_read_input_token_cost     or input_cost_per_token)
 //!      + 5-minute writes × (cache_creation_input_token_cost or input_cost_per_token)
@@ -41,6 +44,7 @@ pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
         .min(usage.input_tokens - cached);
     let fresh = usage.input_tokens - cached - creation;
     let creation_1h = usage.cache_creation_1h_input_tokens.min(creation);
+    let audio_in = usage.audio_input_tokens.min(fresh);
     let (output, reasoning) = match price.output_cost_per_reasoning_token {
         Some(_) => {
             let reasoning = usage.reasoning_tokens.min(usage.output_tokens);
@@ -48,10 +52,15 @@ pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
         }
         None => (usage.output_tokens, 0),
     };
+    let audio_out = usage.audio_output_tokens.min(output);
     let input_price = price.input_cost_per_token;
     let output_price = price.output_cost_per_token;
     [
-        (fresh, input_price),
+        (fresh - audio_in, input_price),
+        (
+            audio_in,
+            price.input_cost_per_audio_token.unwrap_or(input_price),
+        ),
         (
             cached,
             price.cache_read_input_token_cost.unwrap_or(input_price),
@@ -66,7 +75,11 @@ pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
                 .cache_creation_input_token_cost_above_1hr
                 .unwrap_or(input_price * Decimal::TWO),
         ),
-        (output, output_price),
+        (output - audio_out, output_price),
+        (
+            audio_out,
+            price.output_cost_per_audio_token.unwrap_or(output_price),
+        ),
         (
             reasoning,
             price
@@ -94,6 +107,8 @@ mod tests {
             cache_creation_input_token_cost: Some(dec!(0.00000375)),
             cache_creation_input_token_cost_above_1hr: None,
             output_cost_per_reasoning_token: None,
+            input_cost_per_audio_token: None,
+            output_cost_per_audio_token: None,
             max_input_tokens: None,
             max_output_tokens: None,
         }
@@ -126,6 +141,33 @@ mod tests {
         let mut p = price();
         p.output_cost_per_reasoning_token = Some(dec!(0.00001));
         assert_eq!(cost(&p, &usage), dec!(0.0006) + dec!(0.0006));
+    }
+
+    #[test]
+    fn audio_has_its_own_price_when_given() {
+        let usage = Usage {
+            input_tokens: 100,
+            audio_input_tokens: 40,
+            output_tokens: 50,
+            audio_output_tokens: 30,
+            ..Usage::default()
+        };
+        // Without audio rates: all text.
+        assert_eq!(
+            cost(&price(), &usage),
+            dec!(100) * dec!(0.000003) + dec!(50) * dec!(0.000015)
+        );
+        let mut p = price();
+        p.input_cost_per_audio_token = Some(dec!(0.0001));
+        p.output_cost_per_audio_token = Some(dec!(0.0002));
+        // 60 text in, 40 audio in, 20 text out, 30 audio out.
+        assert_eq!(
+            cost(&p, &usage),
+            dec!(60) * dec!(0.000003)
+                + dec!(40) * dec!(0.0001)
+                + dec!(20) * dec!(0.000015)
+                + dec!(30) * dec!(0.0002)
+        );
     }
 
     #[test]

@@ -32,6 +32,12 @@ pub struct ModelPrice {
     pub cache_creation_input_token_cost_above_1hr: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_cost_per_reasoning_token: Option<Decimal>,
+    /// Audio input (OpenAI's `prompt_tokens_details.audio_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_cost_per_audio_token: Option<Decimal>,
+    /// Audio output (OpenAI's `completion_tokens_details.audio_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cost_per_audio_token: Option<Decimal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,6 +56,8 @@ impl ModelPrice {
             cache_creation_input_token_cost: None,
             cache_creation_input_token_cost_above_1hr: None,
             output_cost_per_reasoning_token: None,
+            input_cost_per_audio_token: None,
+            output_cost_per_audio_token: None,
             max_input_tokens: None,
             max_output_tokens: None,
         }

@@ -413,6 +413,8 @@ pub struct OpenAiUsage {
 pub struct PromptTokensDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_tokens: Option<u64>,
 }
 
 /// `usage.completion_tokens_details`.
@@ -420,6 +422,8 @@ pub struct PromptTokensDetails {
 pub struct CompletionTokensDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_tokens: Option<u64>,
 }
 
 /// OpenAI's error body: `{"error":{"message","type","param","code"}}`.

@@ -44,6 +44,12 @@ pub struct Usage {
     pub cache_creation_1h_input_tokens: u64,
     /// Part of `output_tokens` spent on reasoning.
     pub reasoning_tokens: u64,
+    /// Part of `input_tokens` that was audio (priced apart when the model has an audio rate).
+    #[serde(default)]
+    pub audio_input_tokens: u64,
+    /// Part of `output_tokens` that was audio.
+    #[serde(default)]
+    pub audio_output_tokens: u64,
     /// True when some count is an estimate, not the provider's report.
     pub estimated: bool,
 }
@@ -82,6 +88,16 @@ impl Usage {
             cache_creation_input_tokens: 0,
             cache_creation_1h_input_tokens: 0,
             reasoning_tokens: reasoning,
+            audio_input_tokens: usage
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.audio_tokens)
+                .unwrap_or(0),
+            audio_output_tokens: usage
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.audio_tokens)
+                .unwrap_or(0),
             estimated: false,
         }
     }
@@ -94,9 +110,11 @@ impl Usage {
             total_tokens: self.total_tokens(),
             prompt_tokens_details: Some(PromptTokensDetails {
                 cached_tokens: Some(self.cached_input_tokens),
+                audio_tokens: None,
             }),
             completion_tokens_details: Some(CompletionTokensDetails {
                 reasoning_tokens: Some(self.reasoning_tokens),
+                audio_tokens: None,
             }),
         }
     }
@@ -169,6 +187,8 @@ impl AnthropicUsage {
                 .unwrap_or(0)
                 .min(created),
             reasoning_tokens: 0,
+            audio_input_tokens: 0,
+            audio_output_tokens: 0,
             estimated: false,
         }
     }
@@ -206,6 +226,8 @@ impl GeminiUsage {
             cache_creation_input_tokens: 0,
             cache_creation_1h_input_tokens: 0,
             reasoning_tokens: thoughts,
+            audio_input_tokens: 0,
+            audio_output_tokens: 0,
             estimated: false,
         }
     }
@@ -229,8 +251,30 @@ mod tests {
             prompt_tokens_details: None,
             completion_tokens_details: Some(CompletionTokensDetails {
                 reasoning_tokens: Some(reasoning),
+                audio_tokens: None,
             }),
         }
+    }
+
+    #[test]
+    fn openai_audio_tokens_are_parts_of_input_and_output() {
+        // As gpt-4o-audio-preview reports them.
+        let usage: OpenAiUsage = serde_json::from_str(
+            r#"{"prompt_tokens":120,"completion_tokens":80,"total_tokens":200,
+                "prompt_tokens_details":{"cached_tokens":0,"audio_tokens":100},
+                "completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":64,"accepted_prediction_tokens":0}}"#,
+        )
+        .unwrap();
+        let u = Usage::from_openai(&usage);
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.audio_input_tokens,
+                u.output_tokens,
+                u.audio_output_tokens
+            ),
+            (120, 100, 80, 64)
+        );
     }
 
     #[test]
