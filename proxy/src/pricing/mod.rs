@@ -101,16 +101,9 @@ mod tests {
     fn price() -> ModelPrice {
         ModelPrice {
             provider: "test".to_owned(),
-            input_cost_per_token: dec!(0.000003),
-            output_cost_per_token: dec!(0.000015),
             cache_read_input_token_cost: Some(dec!(0.0000003)),
             cache_creation_input_token_cost: Some(dec!(0.00000375)),
-            cache_creation_input_token_cost_above_1hr: None,
-            output_cost_per_reasoning_token: None,
-            input_cost_per_audio_token: None,
-            output_cost_per_audio_token: None,
-            max_input_tokens: None,
-            max_output_tokens: None,
+            ..ModelPrice::per_token(dec!(0.000003), dec!(0.000015))
         }
     }
 
