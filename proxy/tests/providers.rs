@@ -346,6 +346,75 @@ fn anthropic_stream_tool_use_and_cache_usage() {
 }
 
 #[test]
+fn anthropic_stream_tool_without_parameters_gets_an_empty_object() {
+    // A tool that takes no input streams no JSON (or only empty pieces);
+    // OpenAI clients parse `arguments`, so it must end up "{}", as in the
+    // non-streamed answer. The second call's own JSON is left as streamed.
+    let body = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_e\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_a\",\"name\":\"get_time\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_b\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":30}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let (out, _) = run_stream(ProviderKind::Anthropic, false, &[body.as_bytes()]);
+    let evs = events(&out);
+    let args = |call: u64| -> String {
+        evs.iter()
+            .filter_map(|e| e["choices"][0]["delta"]["tool_calls"][0].as_object())
+            .filter(|c| c["index"] == call)
+            .filter_map(|c| c["function"]["arguments"].as_str())
+            .collect()
+    };
+    assert_eq!(args(0), "{}");
+    assert_eq!(args(1), "{\"city\":\"Oslo\"}");
+}
+
+#[test]
+fn gemini_tool_calls_without_args_and_with_thought_signatures() {
+    // `args` is optional in Gemini's FunctionCall: OpenAI clients get "{}",
+    // not "null". Gemini 3's thought signature rides in the call's id, so a
+    // client sending the assistant turn back returns it (tests/requests.rs).
+    let body = json!({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "get_time"}, "thoughtSignature": "c2lnLTE="},
+            {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}
+        ]}, "finishReason": "STOP"}],
+        "responseId": "resp-2"
+    });
+    let (answer, _) = translate(ProviderKind::Gemini, body.to_string().as_bytes());
+    assert_eq!(
+        answer["choices"][0]["message"]["tool_calls"],
+        json!([
+            {"id": "call_resp-2_0__thought__c2lnLTE=", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+            {"id": "call_resp-2_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}
+        ])
+    );
+    let event = format!("data: {}\n\n", body);
+    let (out, _) = run_stream(ProviderKind::Gemini, false, &[event.as_bytes()]);
+    let calls: Vec<Value> = events(&out)
+        .iter()
+        .filter_map(|e| {
+            e["choices"][0]["delta"]["tool_calls"][0]
+                .as_object()
+                .cloned()
+        })
+        .map(Value::Object)
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0]["function"]["arguments"], "{}");
+    assert!(calls[0]["id"]
+        .as_str()
+        .unwrap()
+        .ends_with("__thought__c2lnLTE="));
+    assert_eq!(calls[1]["function"]["arguments"], "{\"city\":\"Oslo\"}");
+}
+
+#[test]
 fn gemini_nonstream_thoughts_tool_calls_and_max_tokens() {
     let body = json!({
         "candidates": [{"content": {"role": "model", "parts": [

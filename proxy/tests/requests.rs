@@ -73,7 +73,6 @@ fn anthropic_request() {
             ],
             "stop_sequences": ["END"],
             "temperature": 0.5,
-            "top_p": 0.9,
             "tools": [{"name": "get_weather", "description": "Weather now",
                 "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false}}],
             "tool_choice": {"type": "auto"},
@@ -156,6 +155,95 @@ fn gemini_request() {
         None,
     );
     assert!(matches!(bad, Err(PrepareError::InvalidField { .. })));
+}
+
+#[test]
+fn anthropic_sampling_fits_its_ranges() {
+    let sampling = |extra: Value| {
+        let mut body =
+            json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let sent = body_of(&prepare(body, None).unwrap());
+        (sent.get("temperature").cloned(), sent.get("top_p").cloned())
+    };
+    // OpenAI's range is 0–2, Anthropic's 0–1.
+    assert_eq!(
+        sampling(json!({"temperature": 1.7})),
+        (Some(json!(1.0)), None)
+    );
+    // Current models refuse both: the temperature wins.
+    assert_eq!(
+        sampling(json!({"temperature": 0.2, "top_p": 0.5})),
+        (Some(json!(0.2)), None)
+    );
+    assert_eq!(sampling(json!({"top_p": 0.5})), (None, Some(json!(0.5))));
+}
+
+#[test]
+fn gemini_response_format_and_thought_signatures() {
+    let schema = json!({"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}}, "required": ["reasoning", "answer"]});
+    let asked = |format: Value| {
+        prepare(
+            json!({"model": "gemini-2.5-flash", "response_format": format,
+            "messages": [{"role": "user", "content": "hi"}]}),
+            None,
+        )
+        .map(|up| body_of(&up)["generationConfig"].clone())
+    };
+    assert_eq!(
+        asked(json!({"type": "json_schema", "json_schema": {"name": "r", "strict": true, "schema": schema}})).unwrap(),
+        json!({"responseMimeType": "application/json", "responseJsonSchema": schema})
+    );
+    assert_eq!(
+        asked(json!({"type": "json_object"})).unwrap(),
+        json!({"responseMimeType": "application/json"})
+    );
+    assert_eq!(asked(json!({"type": "text"})).unwrap(), Value::Null);
+    assert!(matches!(
+        asked(json!({"type": "json_schema", "json_schema": {"name": "r"}})),
+        Err(PrepareError::InvalidField { field, .. }) if field == "response_format.json_schema.schema"
+    ));
+
+    // The signature a Gemini 3 answer put in a tool call's id goes back on
+    // that call's part; the tool's answer still finds the call by its id.
+    let id = "call_resp-2_0__thought__c2lnLTE=";
+    let up = prepare(json!({"model": "gemini-3-pro-preview", "messages": [
+        {"role": "user", "content": "What time is it?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": id, "content": "{\"time\": \"10:00\"}"}
+    ]}), None).unwrap();
+    assert_eq!(
+        body_of(&up)["contents"],
+        json!([
+            {"role": "user", "parts": [{"text": "What time is it?"}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "get_time", "args": {}}, "thoughtSignature": "c2lnLTE="}]},
+            {"role": "user", "parts": [{"functionResponse": {"name": "get_time", "response": {"time": "10:00"}}}]}
+        ])
+    );
+}
+
+#[test]
+fn json_schemas_keep_their_key_order() {
+    // Structured outputs are generated in the schema's key order: a
+    // re-encoded body must not sort `properties` (serde_json's default map).
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "strict": true, "schema": {
+            "type": "object",
+            "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}},
+            "required": ["reasoning", "answer"], "additionalProperties": false}}},
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"zeta": {"type": "string"}, "alpha": {"type": "string"}}}}}]});
+    let sent = String::from_utf8(prepare(body, None).unwrap().body.to_vec()).unwrap();
+    let at = |needle: &str| {
+        sent.find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in {sent}"))
+    };
+    assert!(at("\"reasoning\"") < at("\"answer\""), "{sent}");
+    assert!(at("\"zeta\"") < at("\"alpha\""), "{sent}");
+    assert!(at("\"model\"") < at("\"messages\""), "{sent}");
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! - Consecutive turns of the same role are merged, so roles alternate.
 //! - `stop` → `stop_sequences`, `user` → `metadata.user_id`, `tools` →
 //!   `tools[].input_schema`, `tool_choice` → `{type: auto|any|none|tool}`.
+//! - `temperature` is clamped to Anthropic's 0–1; with both `temperature`
+//!   and `top_p`, only `temperature` is sent (current models refuse both).
 //! - Fields Anthropic does not have (`seed`, `response_format`, …) are dropped;
 //!   `n > 1` is refused.
 
@@ -115,8 +117,10 @@ pub(crate) fn build_body(
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages: turns,
         stop_sequences: request.stop.as_ref().map(|s| s.sequences()),
-        temperature: request.temperature,
-        top_p: request.top_p,
+        // Anthropic's range is 0–1 (OpenAI's 0–2), and its current models
+        // refuse `temperature` together with `top_p`: the temperature wins.
+        temperature: request.temperature.map(|t| t.clamp(0.0, 1.0)),
+        top_p: request.top_p.filter(|_| request.temperature.is_none()),
         stream,
         tools: request.tools.as_ref().map(|tools| {
             tools

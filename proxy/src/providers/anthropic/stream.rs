@@ -2,7 +2,8 @@
 //!
 //! `message_start` (id, model, input usage) → the role chunk;
 //! `content_block_start`/`content_block_delta` → content or tool-call chunks
-//! (`input_json_delta` pieces become `arguments` pieces; thinking is counted
+//! (`input_json_delta` pieces become `arguments` pieces, `{}` for a tool
+//! call that streamed none by its `content_block_stop`; thinking is counted
 //! for the estimate but not shown); `message_delta` → the finish chunk and
 //! the final output count (cumulative; the larger value wins);
 //! `message_stop` → usage chunk and `[DONE]`; `error` → an OpenAI error event.
@@ -38,11 +39,14 @@ enum Event {
         #[serde(default)]
         usage: Option<AnthropicUsage>,
     },
+    ContentBlockStop {
+        index: u32,
+    },
     MessageStop {},
     Error {
         error: ErrorInfo,
     },
-    /// `ping`, `content_block_stop` and anything new.
+    /// `ping` and anything new.
     #[serde(other)]
     Other,
 }
@@ -91,8 +95,9 @@ struct ErrorInfo {
 #[derive(Debug, Default)]
 pub(crate) struct StreamHandler {
     usage: AnthropicUsage,
-    /// Anthropic content-block index → OpenAI tool-call index.
-    tool_calls: HashMap<u32, u32>,
+    /// Anthropic content-block index → OpenAI tool-call index, and
+    /// whether any of its arguments were streamed yet.
+    tool_calls: HashMap<u32, (u32, bool)>,
 }
 
 impl StreamHandler {
@@ -122,7 +127,7 @@ impl StreamHandler {
                 AnswerBlock::Text { text } => ctx.emit_text(&text),
                 AnswerBlock::ToolUse { id, name, .. } => {
                     let call = u32::try_from(self.tool_calls.len()).unwrap_or(u32::MAX);
-                    self.tool_calls.insert(index, call);
+                    self.tool_calls.insert(index, (call, false));
                     ctx.emit_tool_call(call, Some((&id, &name)), "");
                 }
                 AnswerBlock::Thinking { thinking } => ctx.count(&thinking),
@@ -130,10 +135,15 @@ impl StreamHandler {
             },
             Event::ContentBlockDelta { index, delta } => match delta {
                 BlockDelta::TextDelta { text } => ctx.emit_text(&text),
-                BlockDelta::InputJsonDelta { partial_json } => match self.tool_calls.get(&index) {
-                    Some(&call) => ctx.emit_tool_call(call, None, &partial_json),
-                    None => ctx.count(&partial_json),
-                },
+                BlockDelta::InputJsonDelta { partial_json } => {
+                    match self.tool_calls.get_mut(&index) {
+                        Some((call, streamed)) => {
+                            *streamed |= !partial_json.is_empty();
+                            ctx.emit_tool_call(*call, None, &partial_json);
+                        }
+                        None => ctx.count(&partial_json),
+                    }
+                }
                 BlockDelta::ThinkingDelta { thinking } => ctx.count(&thinking),
                 BlockDelta::Other => {}
             },
@@ -144,6 +154,14 @@ impl StreamHandler {
                 }
                 if let Some(reason) = delta.stop_reason {
                     ctx.emit_finish(finish_reason(&reason));
+                }
+            }
+            // A tool without parameters streams no (or only empty) JSON:
+            // its arguments are `{}`, as in a JSON answer, never "".
+            Event::ContentBlockStop { index } => {
+                if let Some((call, streamed @ false)) = self.tool_calls.get_mut(&index) {
+                    *streamed = true;
+                    ctx.emit_tool_call(*call, None, "{}");
                 }
             }
             Event::MessageStop {} => {

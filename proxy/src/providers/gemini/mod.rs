@@ -40,6 +40,11 @@ pub(crate) struct Part {
     pub function_call: Option<FunctionCallPart>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_response: Option<FunctionResponsePart>,
+    /// Gemini 3 signs its reasoning on a `functionCall` part and refuses the
+    /// next turn unless the signature comes back on that part: it travels
+    /// in the OpenAI tool call's id ([`tool_call_id`], [`split_tool_call_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thought_signature: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +61,17 @@ pub(crate) struct FunctionCallPart {
     pub name: String,
     #[serde(default)]
     pub args: Value,
+}
+
+impl FunctionCallPart {
+    /// The arguments as OpenAI sends them: a JSON object string, `{}` when
+    /// Gemini left `args` out (it is optional) rather than `null`.
+    pub fn arguments(&self) -> String {
+        match &self.args {
+            Value::Null => "{}".to_owned(),
+            args => args.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,8 +138,30 @@ pub(crate) fn finish_reason(reason: &str, made_tool_calls: bool) -> FinishReason
 }
 
 /// Gemini call ids are optional: name the `index`-th call of an answer.
-pub(crate) fn tool_call_id(call: &FunctionCallPart, answer_id: &str, index: u32) -> String {
-    call.id
+pub(crate) fn tool_call_id(
+    part: &Part,
+    call: &FunctionCallPart,
+    answer_id: &str,
+    index: u32,
+) -> String {
+    let id = call
+        .id
         .clone()
-        .unwrap_or_else(|| format!("call_{}_{index}", answer_id.trim_start_matches("chatcmpl-")))
+        .unwrap_or_else(|| format!("call_{}_{index}", answer_id.trim_start_matches("chatcmpl-")));
+    match &part.thought_signature {
+        Some(signature) => format!("{id}{THOUGHT_SIGNATURE}{signature}"),
+        None => id,
+    }
+}
+
+/// Between a tool call's id and the thought signature it carries.
+const THOUGHT_SIGNATURE: &str = "__thought__";
+
+/// A tool call id made by [`tool_call_id`]: the id and the thought
+/// signature to send back, if any.
+pub(crate) fn split_tool_call_id(id: &str) -> (&str, Option<&str>) {
+    match id.split_once(THOUGHT_SIGNATURE) {
+        Some((id, signature)) if !signature.is_empty() => (id, Some(signature)),
+        _ => (id, None),
+    }
 }

@@ -10,13 +10,15 @@
 //!   `stopSequences`, `temperature`, `top_p` → `topP`; `tools` →
 //!   `functionDeclarations` (JSON Schema keys Gemini rejects are dropped);
 //!   `tool_choice` → `toolConfig.functionCallingConfig`.
+//! - `response_format` → `responseMimeType` (+ `responseJsonSchema` for
+//!   `json_schema`).
 //! - Remote image URLs and `n > 1` are refused; other OpenAI fields dropped.
 
 use super::super::openai::{
     ChatMessage, ChatRequest, MessageContent, Role, ToolChoice, ToolChoiceMode,
 };
 use super::super::upstream::{parse_data_url, tool_arguments, PrepareError};
-use super::{Blob, Content, FunctionCallPart, FunctionResponsePart, Part};
+use super::{split_tool_call_id, Blob, Content, FunctionCallPart, FunctionResponsePart, Part};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -45,6 +47,10 @@ struct GenerationConfig {
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_json_schema: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -88,16 +94,20 @@ pub(crate) fn build_body(
         };
         push_content(&mut contents, role, parts);
     }
+    let (response_mime_type, response_json_schema) = response_format(request)?;
     let config = GenerationConfig {
         max_output_tokens: max_tokens,
         stop_sequences: request.stop.as_ref().map(|s| s.sequences()),
         temperature: request.temperature,
         top_p: request.top_p,
+        response_mime_type,
+        response_json_schema,
     };
     let has_config = config.max_output_tokens.is_some()
         || config.stop_sequences.is_some()
         || config.temperature.is_some()
-        || config.top_p.is_some();
+        || config.top_p.is_some()
+        || config.response_mime_type.is_some();
     let body = GenerateContentRequest {
         contents,
         system_instruction: (!system.is_empty()).then_some(Content {
@@ -120,6 +130,42 @@ pub(crate) fn build_body(
         tool_config: request.tool_choice.as_ref().map(tool_config),
     };
     Ok(serde_json::to_vec(&body)?)
+}
+
+/// OpenAI's `response_format` as Gemini's `responseMimeType` and
+/// `responseJsonSchema`: `json_object` asks for JSON, `json_schema` for JSON
+/// following the schema (sent as JSON Schema, unchanged), `text` for nothing.
+fn response_format(
+    request: &ChatRequest,
+) -> Result<(Option<&'static str>, Option<Value>), PrepareError> {
+    let Some(format) = request.extra.get("response_format") else {
+        return Ok((None, None));
+    };
+    let invalid = |field: &str, reason: &str| PrepareError::InvalidField {
+        field: format!("response_format{field}"),
+        reason: reason.to_owned(),
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok((None, None)),
+        Some("json_object") => Ok((Some("application/json"), None)),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|s| s.get("schema"))
+                .filter(|s| s.is_object())
+                .ok_or_else(|| invalid(".json_schema.schema", "must be a JSON Schema object"))?;
+            Ok((Some("application/json"), Some(schema.clone())))
+        }
+        Some(other) => Err(PrepareError::Unsupported {
+            provider: "Gemini",
+            field: "response_format.type".to_owned(),
+            reason: format!("'{other}' cannot be translated (text, json_object, json_schema can)"),
+        }),
+        None => Err(invalid(
+            ".type",
+            "must be 'text', 'json_object' or 'json_schema'",
+        )),
+    }
 }
 
 fn push_content(contents: &mut Vec<Content>, role: &str, parts: Vec<Part>) {
@@ -186,12 +232,14 @@ fn assistant_parts(message: &ChatMessage, i: usize) -> Result<Vec<Part>, Prepare
         let args = tool_arguments(&call.function.arguments, || {
             format!("messages[{i}].tool_calls[{j}].function.arguments")
         })?;
+        let (_, signature) = split_tool_call_id(&call.id);
         parts.push(Part {
             function_call: Some(FunctionCallPart {
                 id: None,
                 name: call.function.name.clone(),
                 args,
             }),
+            thought_signature: signature.map(str::to_owned),
             ..Part::default()
         });
     }

@@ -32,11 +32,11 @@ pub(crate) fn translate(
         if let Some(call) = &part.function_call {
             let index = u32::try_from(calls.len()).unwrap_or(u32::MAX);
             calls.push(ToolCall {
-                id: tool_call_id(call, &id, index),
+                id: tool_call_id(part, call, &id, index),
                 kind: "function".to_owned(),
                 function: FunctionCall {
                     name: call.name.clone(),
-                    arguments: call.args.to_string(),
+                    arguments: call.arguments(),
                 },
             });
         } else if let (Some(t), None | Some(false)) = (&part.text, part.thought) {

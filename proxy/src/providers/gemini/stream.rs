@@ -62,12 +62,8 @@ impl StreamHandler {
         };
         for part in candidate.content.iter().flat_map(|c| c.parts.iter()) {
             if let Some(call) = &part.function_call {
-                let id = tool_call_id(call, &ctx.meta.id, self.tool_calls);
-                ctx.emit_tool_call(
-                    self.tool_calls,
-                    Some((&id, &call.name)),
-                    &call.args.to_string(),
-                );
+                let id = tool_call_id(part, call, &ctx.meta.id, self.tool_calls);
+                ctx.emit_tool_call(self.tool_calls, Some((&id, &call.name)), &call.arguments());
                 self.tool_calls = self.tool_calls.saturating_add(1);
             } else if let Some(text) = &part.text {
                 if part.thought == Some(true) {
