@@ -36,7 +36,7 @@ have_pg() {
   local d
   if [ -n "${TOLLGATE_PG_BIN:-}" ]; then [ -x "$TOLLGATE_PG_BIN/initdb" ]; return; fi
   for d in /usr/lib/postgresql/*/bin; do
-    if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/pg_isready" ]; then return 0; fi
+    if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/postgres" ] && [ -x "$d/pg_isready" ]; then return 0; fi
   done
   if command -v pg_config >/dev/null 2>&1; then
     d=$(pg_config --bindir 2>/dev/null || true)

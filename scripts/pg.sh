@@ -30,13 +30,20 @@
 #! `destroy` DIR) to start over empty. Likewise when the data directory is gone
 #! but the server log shows a cluster ran there.
 #!
-#! Binaries: TOLLGATE_PG_BIN, else the newest /usr/lib/postgresql/*/bin, else
-#! `pg_config --bindir`, else initdb on PATH. Missing? Run scripts/deps.sh.
+#! Binaries: TOLLGATE_PG_BIN, else the newest /usr/lib/postgresql/*/bin that has
+#! initdb, pg_ctl, postgres and pg_isready, else `pg_config --bindir` (if it has
+#! them), else initdb on PATH. Missing? Run scripts/deps.sh.
 set -euo pipefail
 unset PGHOST PGHOSTADDR PGPORT PGSERVICE PGOPTIONS PGDATA PGDATABASE PGUSER
 
 die() { echo "pg.sh: $*" >&2; exit 1; }
 usage() { die "usage: pg.sh start DIR PORT | stop DIR | destroy DIR"; }
+
+# The server binaries this script runs, all from one directory.
+has_server_bins() {
+  local b
+  for b in initdb pg_ctl postgres pg_isready; do [ -x "$1/$b" ] || return 1; done
+}
 
 find_pg_bin() {
   if [ -n "${TOLLGATE_PG_BIN:-}" ]; then
@@ -44,11 +51,14 @@ find_pg_bin() {
     echo "$TOLLGATE_PG_BIN"; return
   fi
   local d
-  d=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  if [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  # Newest version first, skipping a directory with only some binaries (e.g. a
+  # newer postgresql-client next to an older server).
+  while IFS= read -r d; do
+    if has_server_bins "$d"; then echo "$d"; return; fi
+  done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV)
   if command -v pg_config >/dev/null 2>&1; then
     d=$(pg_config --bindir 2>/dev/null || true)
-    if [ -n "$d" ] && [ -x "$d/initdb" ]; then echo "$d"; return; fi
+    if [ -n "$d" ] && has_server_bins "$d"; then echo "$d"; return; fi
   fi
   if command -v initdb >/dev/null 2>&1; then dirname "$(command -v initdb)"; return; fi
   die "PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/deps.sh or set TOLLGATE_PG_BIN"

@@ -97,8 +97,10 @@ pick_port() {
 find_psql() {
   if command -v psql >/dev/null 2>&1; then command -v psql; return; fi
   local d
-  d=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  if [ -x "$d/psql" ]; then echo "$d/psql"; return; fi
+  # Newest version that has psql (not merely the newest directory).
+  while IFS= read -r d; do
+    if [ -x "$d/psql" ]; then echo "$d/psql"; return; fi
+  done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV)
   die "psql not found (install postgresql-client, or run scripts/deps.sh)"
 }
 
