@@ -61,7 +61,7 @@ find_pg_bin() {
     if [ -n "$d" ] && has_server_bins "$d"; then echo "$d"; return; fi
   fi
   if command -v initdb >/dev/null 2>&1; then dirname "$(command -v initdb)"; return; fi
-  die "PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/deps.sh or set TOLLGATE_PG_BIN"
+  die "PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_isready in one directory) not found: run scripts/deps.sh or set TOLLGATE_PG_BIN"
 }
 
 IS_ROOT=0
