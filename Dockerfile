@@ -18,6 +18,9 @@ RUN apt-get update \
     && useradd --system --uid 10001 --no-create-home tollgate
 COPY --from=builder /usr/local/bin/tollgate /usr/local/bin/tollgate
 USER tollgate
+# The services listen on 127.0.0.1 by default, which a published port cannot
+# reach from outside the container: listen on every interface here.
+ENV TOLLGATE_PROXY_ADDR=0.0.0.0:8080 TOLLGATE_INGEST_ADDR=0.0.0.0:8081
 EXPOSE 8080 8081
 ENTRYPOINT ["tollgate"]
 CMD ["serve"]

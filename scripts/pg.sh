@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-#! Private, throw-away PostgreSQL clusters for tests and local development.
+#! Private PostgreSQL clusters: throw-away ones for tests, and the one `tollgate up`
+#! keeps under ./.tollgate/pg (local development).
 #!
 #!   scripts/pg.sh start   DIR PORT   initdb if needed, start, wait until ready
 #!   scripts/pg.sh stop    DIR        fast shutdown (no-op when not running)
@@ -17,17 +18,32 @@
 #! DIR/cluster is owned by that user (mode 700). That user must be able to
 #! traverse every parent of DIR. We never chmod the caller's parents (e.g. /root
 #! is 700 on purpose); instead, when the postgres user cannot reach DIR, the
-#! cluster lives in a fresh /tmp/tollgate-pg.XXXXXXXX and DIR/cluster is a
-#! symlink to it. The server is always given the resolved real path, so it never
-#! walks through DIR. `destroy` removes the symlink target too.
+#! cluster lives in a fresh directory /var/lib/tollgate/pg-<hash of DIR>.XXXXXX
+#! (override /var/lib/tollgate with TOLLGATE_PG_FALLBACK_DIR) and DIR/cluster is
+#! a symlink to it. Unlike /tmp (used before), it survives reboots and /tmp
+#! cleaning: `tollgate up` keeps projects, plans and keys there. The server is
+#! always given the resolved real path, so it never walks through DIR.
+#! `destroy` removes the symlink target too.
+#! If DIR/cluster is a symlink whose target no longer exists (e.g. a cluster an
+#! older pg.sh put in /tmp, and /tmp was cleared), `start` refuses rather than
+#! silently initdb an empty cluster in its place: remove the symlink (or
+#! `destroy` DIR) to start over empty. Likewise when the data directory is gone
+#! but the server log shows a cluster ran there.
 #!
-#! Binaries: TOLLGATE_PG_BIN, else the newest /usr/lib/postgresql/*/bin, else
-#! `pg_config --bindir`, else initdb on PATH. Missing? Run scripts/deps.sh.
+#! Binaries: TOLLGATE_PG_BIN, else the newest /usr/lib/postgresql/*/bin that has
+#! initdb, pg_ctl, postgres and pg_isready, else `pg_config --bindir` (if it has
+#! them), else initdb on PATH. Missing? Run scripts/deps.sh.
 set -euo pipefail
 unset PGHOST PGHOSTADDR PGPORT PGSERVICE PGOPTIONS PGDATA PGDATABASE PGUSER
 
 die() { echo "pg.sh: $*" >&2; exit 1; }
 usage() { die "usage: pg.sh start DIR PORT | stop DIR | destroy DIR"; }
+
+# The server binaries this script runs, all from one directory.
+has_server_bins() {
+  local b
+  for b in initdb pg_ctl postgres pg_isready; do [ -x "$1/$b" ] || return 1; done
+}
 
 find_pg_bin() {
   if [ -n "${TOLLGATE_PG_BIN:-}" ]; then
@@ -35,19 +51,25 @@ find_pg_bin() {
     echo "$TOLLGATE_PG_BIN"; return
   fi
   local d
-  d=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  if [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  # Newest version first, skipping a directory with only some binaries (e.g. a
+  # newer postgresql-client next to an older server).
+  while IFS= read -r d; do
+    if has_server_bins "$d"; then echo "$d"; return; fi
+  done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV)
   if command -v pg_config >/dev/null 2>&1; then
     d=$(pg_config --bindir 2>/dev/null || true)
-    if [ -n "$d" ] && [ -x "$d/initdb" ]; then echo "$d"; return; fi
+    if [ -n "$d" ] && has_server_bins "$d"; then echo "$d"; return; fi
   fi
   if command -v initdb >/dev/null 2>&1; then dirname "$(command -v initdb)"; return; fi
-  die "PostgreSQL server binaries (initdb, pg_ctl) not found: run scripts/deps.sh or set TOLLGATE_PG_BIN"
+  die "PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_isready in one directory) not found: run scripts/deps.sh or set TOLLGATE_PG_BIN"
 }
 
 IS_ROOT=0
 [ "$(id -u)" -eq 0 ] && IS_ROOT=1
 PG_OS_USER=${TOLLGATE_PG_OS_USER:-postgres}
+FALLBACK_BASE=${TOLLGATE_PG_FALLBACK_DIR:-/var/lib/tollgate}
+# Written into every fallback cluster directory, so `destroy` knows it may delete it.
+MARKER=.tollgate-pg-cluster
 
 # Run a command as the OS user that owns the cluster, from `/` so that a
 # cwd the postgres user cannot read (e.g. /root) causes no warnings.
@@ -63,6 +85,27 @@ as_pg() {
   fi
 }
 
+# A new, empty directory for DIR's cluster under FALLBACK_BASE (root only; see
+# the header), which the postgres user can reach.
+new_fallback_dir() {
+  local id old target
+  if [ ! -d "$FALLBACK_BASE" ]; then
+    mkdir -p "$FALLBACK_BASE"
+    chmod 755 "$FALLBACK_BASE"
+  fi
+  as_pg test -x "$FALLBACK_BASE" ||
+    die "the $PG_OS_USER user can reach neither $DIR nor $FALLBACK_BASE; make one of them reachable or set TOLLGATE_PG_FALLBACK_DIR"
+  id=$(printf '%s' "$DIR" | sha256sum | cut -c1-12)
+  for old in "$FALLBACK_BASE/pg-$id".*; do
+    if [ -f "$old/$MARKER" ]; then
+      echo "pg.sh: note: $old holds an earlier cluster of $DIR (whose $CL symlink is gone); delete it if it is not needed" >&2
+    fi
+  done
+  target=$(mktemp -d "$FALLBACK_BASE/pg-$id.XXXXXX")
+  printf 'PostgreSQL cluster of %s (scripts/pg.sh)\n' "$DIR" >"$target/$MARKER"
+  echo "$target"
+}
+
 # Sets DIR (absolute), CL (DIR/cluster), REAL (resolved CL), DATA, RUN, LOG.
 # With create=1, makes the directories (see the root notes in the header).
 resolve_dirs() {
@@ -73,10 +116,19 @@ resolve_dirs() {
   CL="$DIR/cluster"
   if [ "$create" -eq 1 ]; then
     if [ -L "$CL" ]; then
-      mkdir -p "$(readlink "$CL")"   # target may have been cleaned from /tmp
+      if [ ! -d "$CL/" ]; then
+        local target why=''
+        target=$(readlink "$CL")
+        case "$target" in
+          /tmp/*) why=" (an older pg.sh kept clusters in /tmp, which has been cleared since; new ones go to $FALLBACK_BASE)" ;;
+        esac
+        die "$CL points to $target, which no longer exists: that cluster and all its data (projects, plans, keys) are gone$why. Refusing to create an empty cluster in its place; to start over with an empty one: rm $CL"
+      fi
     elif [ ! -d "$CL" ]; then
       if [ "$IS_ROOT" -eq 1 ] && ! as_pg test -x "$DIR"; then
-        ln -s "$(mktemp -d /tmp/tollgate-pg.XXXXXXXX)" "$CL"
+        local fallback
+        fallback=$(new_fallback_dir)
+        ln -s "$fallback" "$CL"
       else
         mkdir "$CL"
       fi
@@ -150,7 +202,12 @@ cmd_start() {
   fi
   BIN=$(find_pg_bin)
   resolve_dirs 1
-  [ -s "$DATA/PG_VERSION" ] || init_cluster
+  if [ ! -s "$DATA/PG_VERSION" ]; then
+    # The server log is written only once a cluster has started: its data is gone.
+    [ ! -e "$LOG" ] ||
+      die "$DATA holds no cluster, but $LOG shows one ran there: its data (projects, plans, keys) is gone. Refusing to create an empty cluster in its place; to start over with an empty one: pg.sh destroy $DIR"
+    init_cluster
+  fi
   if is_running; then
     if [ "$(running_port)" = "$port" ]; then wait_ready "$port"; return 0; fi
     cmd_stop "$DIR"
@@ -184,7 +241,12 @@ cmd_destroy() {
   if [ -L "$DIR/cluster" ]; then
     local target
     target=$(readlink "$DIR/cluster")
-    case "$target" in /tmp/tollgate-pg.*) rm -rf "$target" ;; esac
+    # Only a directory pg.sh made: a fallback cluster (it holds the marker), or
+    # one an older pg.sh made in /tmp.
+    case "$target" in
+      /tmp/tollgate-pg.*) rm -rf "$target" ;;
+      /*) if [ -f "$target/$MARKER" ]; then rm -rf "$target"; fi ;;
+    esac
   fi
   rm -rf "$DIR"
 }

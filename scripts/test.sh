@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 #! The project's test command (the README points here): `bash scripts/test.sh [cargo test args]`.
 #!
-#! 1. scripts/deps.sh makes sure nats-server and PostgreSQL are installed.
+#! 1. `scripts/deps.sh --test` makes sure nats-server, PostgreSQL, a C compiler and
+#!    python3 with venv (for step 4) are installed.
 #! 2. A fresh private PostgreSQL cluster starts under ./.tollgate/test/pg on a
 #!    free port; TOLLGATE_TEST_DATABASE_URL points the testkit at it (each test
 #!    then creates its own throw-away database there). The cluster is destroyed
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/deps.sh
+bash scripts/deps.sh --test
 
 PG_DIR=.tollgate/test/pg
 

@@ -169,7 +169,7 @@ enum Command {
         conn: Conn,
         #[command(flatten)]
         addrs: Addrs,
-        /// Comma-separated subset: ingest,ledger,projector (default: all).
+        /// Comma-separated subset of proxy,ingest,ledger,projector (default: all).
         #[arg(long)]
         only: Option<String>,
     },

@@ -2,8 +2,9 @@
 //! project with a plan that never denies, and the services running in this
 //! process as `tollgate up` runs them (`src/services.rs`: one gate, the
 //! ingest HTTP server, the ledger and projector consumers, hold expiry).
-//! Mirrored here rather than calling `tollgate::services::run`, so the bench
-//! does not build the proxy and its tokenizer tables.
+//! Mirrored here rather than calling `tollgate::services::run`, so these
+//! benches run without the proxy (this package still builds the proxy crate,
+//! which `proxy-bench` uses).
 
 use crate::cpu::Probe;
 use anyhow::{bail, Context as _};

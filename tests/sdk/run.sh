@@ -97,8 +97,10 @@ pick_port() {
 find_psql() {
   if command -v psql >/dev/null 2>&1; then command -v psql; return; fi
   local d
-  d=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-  if [ -x "$d/psql" ]; then echo "$d/psql"; return; fi
+  # Newest version that has psql (not merely the newest directory).
+  while IFS= read -r d; do
+    if [ -x "$d/psql" ]; then echo "$d/psql"; return; fi
+  done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV)
   die "psql not found (install postgresql-client, or run scripts/deps.sh)"
 }
 
@@ -112,7 +114,7 @@ MOCKS="$TARGET_DIR/debug/mock_providers"
 [ -x "$TOLLGATE" ] && [ -x "$MOCKS" ] || die "built binaries not found in $TARGET_DIR/debug"
 
 # ---------------------------------------------------------------- 2. python
-command -v python3 >/dev/null 2>&1 || die "python3 not found"
+command -v python3 >/dev/null 2>&1 || die "python3 not found (run scripts/deps.sh --test)"
 # Installed once per requirement set and Python version; a stamp skips pip afterwards.
 STAMP_TEXT="$(python3 -c 'import sys; print(sys.version)') ${REQUIREMENTS[*]}"
 
@@ -137,7 +139,7 @@ setup_pylib() {
   if [ -d "$PYLIB" ] && stamp_ok "$PYLIB"; then return 0; fi
   rm -rf "$PYLIB"
   mkdir -p "$PYLIB"
-  python3 -m pip --version >/dev/null 2>&1 || die "neither python3-venv nor pip is available"
+  python3 -m pip --version >/dev/null 2>&1 || die "neither python3-venv nor pip is available (run scripts/deps.sh --test)"
   say "installing ${REQUIREMENTS[*]} into $PYLIB"
   local pip=(python3 -m pip install -q --disable-pip-version-check --target "$PYLIB")
   # Debian's pip refuses some installs as "externally managed" (PEP 668); --target
