@@ -226,6 +226,59 @@ fn gemini_response_format_and_thought_signatures() {
 }
 
 #[test]
+fn openai_tool_kinds_pass_through_and_are_refused_where_they_cannot_go() {
+    // Custom tools, `allowed_tools` and custom calls in the history are
+    // OpenAI's own: sent on as they came, refused (naming the field) for a
+    // provider without them; a function tool still needs its function.
+    let body = |model: &str| {
+        json!({"model": model, "messages": [
+            {"role": "user", "content": "Run it"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_c", "type": "custom", "custom": {"name": "sql", "input": "SELECT 1"}}]},
+            {"role": "tool", "tool_call_id": "call_c", "content": "1"}
+        ],
+        "tools": [
+            {"type": "custom", "custom": {"name": "sql", "description": "Runs SQL", "format": {"type": "text"}}},
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
+        "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "custom", "custom": {"name": "sql"}}]}}})
+    };
+    let up = prepare(body("gpt-5"), None).unwrap();
+    let mut expected = body("gpt-5");
+    expected["model"] = json!("gpt-5");
+    assert_eq!(body_of(&up), expected);
+
+    for model in ["claude-sonnet-4-5", "gemini-2.5-flash"] {
+        let refused = prepare(body(model), None);
+        assert!(
+            matches!(&refused, Err(PrepareError::Unsupported { field, .. }) if field == "messages[1].tool_calls[0]"),
+            "{model}: {refused:?}"
+        );
+        let mut no_history = body(model);
+        no_history["messages"] = json!([{"role": "user", "content": "Run it"}]);
+        let refused = prepare(no_history.clone(), None);
+        assert!(
+            matches!(&refused, Err(PrepareError::Unsupported { field, .. }) if field == "tools[0]"),
+            "{model}: {refused:?}"
+        );
+        no_history["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+        let refused = prepare(no_history, None);
+        assert!(
+            matches!(&refused, Err(PrepareError::Unsupported { field, .. }) if field == "tool_choice"),
+            "{model}: {refused:?}"
+        );
+    }
+    let missing = parse_request(
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(
+        missing.err().map(|e| e.to_openai().error.param),
+        Some(Some("tools[0].function".to_owned()))
+    );
+}
+
+#[test]
 fn json_schemas_keep_their_key_order() {
     // Structured outputs are generated in the schema's key order: a
     // re-encoded body must not sort `properties` (serde_json's default map).

@@ -213,13 +213,15 @@ pub struct StreamOptions {
     pub extra: Extra,
 }
 
-/// A tool the model may call.
+/// A tool the model may call: a `function` tool, or another kind OpenAI
+/// has (`custom`, whose declaration stays in `extra`), passed on as sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tool {
-    /// Always `function` today.
     #[serde(rename = "type")]
     pub kind: String,
-    pub function: FunctionDefinition,
+    /// Required for `function` tools (checked by `validate_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionDefinition>,
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -236,12 +238,14 @@ pub struct FunctionDefinition {
     pub extra: Extra,
 }
 
-/// `tool_choice`: a mode, or one named function.
+/// `tool_choice`: a mode, one named function, or another object OpenAI
+/// takes (`allowed_tools`, a named `custom` tool), passed on as sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ToolChoice {
     Mode(ToolChoiceMode),
     Named(NamedToolChoice),
+    Other(Extra),
 }
 
 /// `"none"`, `"auto"` or `"required"`.
@@ -267,13 +271,30 @@ pub struct FunctionName {
     pub name: String,
 }
 
-/// A tool call made by the assistant.
+/// A tool call made by the assistant: a function call, or another kind
+/// (`custom`, whose input stays in `extra`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {
     pub id: String,
     #[serde(rename = "type", default = "function_kind")]
     pub kind: String,
-    pub function: FunctionCall,
+    /// Required for `function` calls (checked by `validate_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionCall>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ToolCall {
+    /// A function call, as a translated answer reports it.
+    pub fn function(id: String, name: String, arguments: String) -> Self {
+        ToolCall {
+            id,
+            kind: function_kind(),
+            function: Some(FunctionCall { name, arguments }),
+            extra: Extra::new(),
+        }
+    }
 }
 
 fn function_kind() -> String {

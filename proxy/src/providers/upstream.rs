@@ -7,7 +7,7 @@
 //! returned in [`UpstreamRequest::max_output_tokens`] so the caller can size
 //! its hold from the same number.
 
-use super::openai::{ChatRequest, StreamOptions};
+use super::openai::{ChatRequest, FunctionCall, FunctionDefinition, StreamOptions, Tool, ToolCall};
 use super::routing::{ProviderKind, Route};
 use super::{anthropic, gemini};
 use bytes::Bytes;
@@ -161,6 +161,52 @@ pub fn prepare_upstream(
         stream,
         max_output_tokens: sent_cap,
     })
+}
+
+/// The declaration of `tools[i]`, for a provider that only has function tools.
+pub(crate) fn function_tool<'a>(
+    tool: &'a Tool,
+    i: usize,
+    provider: &'static str,
+) -> Result<&'a FunctionDefinition, PrepareError> {
+    tool.function
+        .as_ref()
+        .ok_or_else(|| PrepareError::Unsupported {
+            provider,
+            field: format!("tools[{i}]"),
+            reason: format!(
+                "tools of type '{}' cannot be translated (function tools can)",
+                tool.kind
+            ),
+        })
+}
+
+/// The function of `messages[i].tool_calls[j]`, for a provider that only has function calls.
+pub(crate) fn function_call<'a>(
+    call: &'a ToolCall,
+    (i, j): (usize, usize),
+    provider: &'static str,
+) -> Result<&'a FunctionCall, PrepareError> {
+    call.function
+        .as_ref()
+        .ok_or_else(|| PrepareError::Unsupported {
+            provider,
+            field: format!("messages[{i}].tool_calls[{j}]"),
+            reason: format!(
+                "tool calls of type '{}' cannot be translated (function calls can)",
+                call.kind
+            ),
+        })
+}
+
+/// The error for a `tool_choice` other than a mode or a named function.
+pub(crate) fn unsupported_tool_choice(provider: &'static str) -> PrepareError {
+    PrepareError::Unsupported {
+        provider,
+        field: "tool_choice".to_owned(),
+        reason: "only \"none\", \"auto\", \"required\" or a named function can be translated"
+            .to_owned(),
+    }
 }
 
 fn insert_secret(

@@ -69,7 +69,8 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, RequestError> {
 }
 
 /// Checks what serde cannot: a non-empty `model` and `messages`, a
-/// `tool_call_id` on every tool message, and `n` from 1 to [`MAX_CHOICES`].
+/// `tool_call_id` on every tool message, a `function` on every function
+/// tool and call, and `n` from 1 to [`MAX_CHOICES`].
 pub fn validate_request(request: &ChatRequest) -> Result<(), RequestError> {
     if request.model.trim().is_empty() {
         return Err(RequestError::MissingField {
@@ -85,6 +86,20 @@ pub fn validate_request(request: &ChatRequest) -> Result<(), RequestError> {
         if message.role == Role::Tool && message.tool_call_id.is_none() {
             return Err(RequestError::MissingField {
                 field: format!("messages[{i}].tool_call_id"),
+            });
+        }
+        for (j, call) in message.tool_calls.iter().flatten().enumerate() {
+            if call.kind == "function" && call.function.is_none() {
+                return Err(RequestError::MissingField {
+                    field: format!("messages[{i}].tool_calls[{j}].function"),
+                });
+            }
+        }
+    }
+    for (i, tool) in request.tools.iter().flatten().enumerate() {
+        if tool.kind == "function" && tool.function.is_none() {
+            return Err(RequestError::MissingField {
+                field: format!("tools[{i}].function"),
             });
         }
     }

@@ -15,9 +15,14 @@
 use super::super::openai::{
     ChatMessage, ChatRequest, ContentPart, MessageContent, Role, ToolChoice, ToolChoiceMode,
 };
-use super::super::upstream::{parse_data_url, tool_arguments, PrepareError};
+use super::super::upstream::{
+    function_call, function_tool, parse_data_url, tool_arguments, unsupported_tool_choice,
+    PrepareError,
+};
 use serde::Serialize;
 use serde_json::{json, Value};
+
+const PROVIDER: &str = "Anthropic";
 
 #[derive(Serialize)]
 struct MessagesRequest<'a> {
@@ -122,21 +127,28 @@ pub(crate) fn build_body(
         temperature: request.temperature.map(|t| t.clamp(0.0, 1.0)),
         top_p: request.top_p.filter(|_| request.temperature.is_none()),
         stream,
-        tools: request.tools.as_ref().map(|tools| {
-            tools
-                .iter()
-                .map(|t| ToolDef {
-                    name: &t.function.name,
-                    description: t.function.description.as_deref(),
-                    input_schema: t
-                        .function
-                        .parameters
-                        .clone()
-                        .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                })
-                .collect()
-        }),
-        tool_choice: request.tool_choice.as_ref().map(tool_choice),
+        tools: request
+            .tools
+            .as_ref()
+            .map(|tools| {
+                tools
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let f = function_tool(t, i, PROVIDER)?;
+                        Ok(ToolDef {
+                            name: &f.name,
+                            description: f.description.as_deref(),
+                            input_schema: f
+                                .parameters
+                                .clone()
+                                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, PrepareError>>()
+            })
+            .transpose()?,
+        tool_choice: request.tool_choice.as_ref().map(tool_choice).transpose()?,
         metadata: request.user.as_ref().map(|u| json!({ "user_id": u })),
     };
     Ok(serde_json::to_vec(&body)?)
@@ -204,12 +216,13 @@ fn part_block(
 fn assistant_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Block>, PrepareError> {
     let mut blocks = content_blocks(message, i)?;
     for (j, call) in message.tool_calls.iter().flatten().enumerate() {
-        let input = tool_arguments(&call.function.arguments, || {
+        let function = function_call(call, (i, j), PROVIDER)?;
+        let input = tool_arguments(&function.arguments, || {
             format!("messages[{i}].tool_calls[{j}].function.arguments")
         })?;
         blocks.push(Block::ToolUse {
             id: call.id.clone(),
-            name: call.function.name.clone(),
+            name: function.name.clone(),
             input,
         });
     }
@@ -223,11 +236,12 @@ fn tool_result(message: &ChatMessage) -> Block {
     }
 }
 
-fn tool_choice(choice: &ToolChoice) -> Value {
-    match choice {
+fn tool_choice(choice: &ToolChoice) -> Result<Value, PrepareError> {
+    Ok(match choice {
         ToolChoice::Mode(ToolChoiceMode::Auto) => json!({"type": "auto"}),
         ToolChoice::Mode(ToolChoiceMode::Required) => json!({"type": "any"}),
         ToolChoice::Mode(ToolChoiceMode::None) => json!({"type": "none"}),
         ToolChoice::Named(named) => json!({"type": "tool", "name": named.function.name}),
-    }
+        ToolChoice::Other(_) => return Err(unsupported_tool_choice(PROVIDER)),
+    })
 }

@@ -5,9 +5,7 @@
 //! thinking blocks are not shown. `stop_reason` maps through
 //! [`super::finish_reason`].
 
-use super::super::openai::{
-    ChatResponse, Choice, FinishReason, FunctionCall, ResponseMessage, ToolCall,
-};
+use super::super::openai::{ChatResponse, Choice, FinishReason, ResponseMessage, ToolCall};
 use super::super::response::ResponseMeta;
 use super::super::usage::{AnthropicUsage, Usage};
 use super::{finish_reason, AnswerBlock};
@@ -36,14 +34,9 @@ pub(crate) fn translate(
     for block in answer.content {
         match block {
             AnswerBlock::Text { text: t } => text.push_str(&t),
-            AnswerBlock::ToolUse { id, name, input } => calls.push(ToolCall {
-                id,
-                kind: "function".to_owned(),
-                function: FunctionCall {
-                    name,
-                    arguments: input.to_string(),
-                },
-            }),
+            AnswerBlock::ToolUse { id, name, input } => {
+                calls.push(ToolCall::function(id, name, input.to_string()))
+            }
             AnswerBlock::Thinking { .. } | AnswerBlock::Other => {}
         }
     }

@@ -17,10 +17,15 @@
 use super::super::openai::{
     ChatMessage, ChatRequest, MessageContent, Role, ToolChoice, ToolChoiceMode,
 };
-use super::super::upstream::{parse_data_url, tool_arguments, PrepareError};
+use super::super::upstream::{
+    function_call, function_tool, parse_data_url, tool_arguments, unsupported_tool_choice,
+    PrepareError,
+};
 use super::{split_tool_call_id, Blob, Content, FunctionCallPart, FunctionResponsePart, Part};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+
+const PROVIDER: &str = "Gemini";
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -115,19 +120,28 @@ pub(crate) fn build_body(
             parts: system,
         }),
         generation_config: has_config.then_some(config),
-        tools: request.tools.as_ref().map(|tools| {
-            vec![ToolDeclarations {
-                function_declarations: tools
+        tools: request
+            .tools
+            .as_ref()
+            .map(|tools| {
+                let function_declarations = tools
                     .iter()
-                    .map(|t| FunctionDeclaration {
-                        name: t.function.name.clone(),
-                        description: t.function.description.clone(),
-                        parameters: t.function.parameters.clone().map(gemini_schema),
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let f = function_tool(t, i, PROVIDER)?;
+                        Ok(FunctionDeclaration {
+                            name: f.name.clone(),
+                            description: f.description.clone(),
+                            parameters: f.parameters.clone().map(gemini_schema),
+                        })
                     })
-                    .collect(),
-            }]
-        }),
-        tool_config: request.tool_choice.as_ref().map(tool_config),
+                    .collect::<Result<_, PrepareError>>()?;
+                Ok::<_, PrepareError>(vec![ToolDeclarations {
+                    function_declarations,
+                }])
+            })
+            .transpose()?,
+        tool_config: request.tool_choice.as_ref().map(tool_config).transpose()?,
     };
     Ok(serde_json::to_vec(&body)?)
 }
@@ -229,14 +243,15 @@ fn content_parts(message: &ChatMessage, i: usize) -> Result<Vec<Part>, PrepareEr
 fn assistant_parts(message: &ChatMessage, i: usize) -> Result<Vec<Part>, PrepareError> {
     let mut parts = content_parts(message, i)?;
     for (j, call) in message.tool_calls.iter().flatten().enumerate() {
-        let args = tool_arguments(&call.function.arguments, || {
+        let function = function_call(call, (i, j), PROVIDER)?;
+        let args = tool_arguments(&function.arguments, || {
             format!("messages[{i}].tool_calls[{j}].function.arguments")
         })?;
         let (_, signature) = split_tool_call_id(&call.id);
         parts.push(Part {
             function_call: Some(FunctionCallPart {
                 id: None,
-                name: call.function.name.clone(),
+                name: function.name.clone(),
                 args,
             }),
             thought_signature: signature.map(str::to_owned),
@@ -257,7 +272,8 @@ fn tool_response(
         .rev()
         .flat_map(|m| m.tool_calls.iter().flatten())
         .find(|call| call.id == id)
-        .map(|call| call.function.name.clone())
+        .and_then(|call| call.function.as_ref())
+        .map(|function| function.name.clone())
         .ok_or_else(|| PrepareError::InvalidField {
             field: format!("messages[{i}].tool_call_id"),
             reason: "no earlier assistant tool call has this id".to_owned(),
@@ -302,7 +318,7 @@ fn gemini_schema(schema: Value) -> Value {
         .into()
 }
 
-fn tool_config(choice: &ToolChoice) -> Value {
+fn tool_config(choice: &ToolChoice) -> Result<Value, PrepareError> {
     let config = match choice {
         ToolChoice::Mode(ToolChoiceMode::Auto) => json!({"mode": "AUTO"}),
         ToolChoice::Mode(ToolChoiceMode::None) => json!({"mode": "NONE"}),
@@ -310,6 +326,7 @@ fn tool_config(choice: &ToolChoice) -> Value {
         ToolChoice::Named(named) => {
             json!({"mode": "ANY", "allowedFunctionNames": [named.function.name]})
         }
+        ToolChoice::Other(_) => return Err(unsupported_tool_choice(PROVIDER)),
     };
-    json!({ "functionCallingConfig": config })
+    Ok(json!({ "functionCallingConfig": config }))
 }

@@ -5,9 +5,7 @@
 //! `tool_calls`. A prompt blocked before any candidate gives an empty answer
 //! with `finish_reason: content_filter`.
 
-use super::super::openai::{
-    ChatResponse, Choice, FinishReason, FunctionCall, ResponseMessage, ToolCall,
-};
+use super::super::openai::{ChatResponse, Choice, FinishReason, ResponseMessage, ToolCall};
 use super::super::response::ResponseMeta;
 use super::super::usage::{estimate_output_tokens, Usage};
 use super::{finish_reason, tool_call_id, GenerateContentResponse};
@@ -31,14 +29,11 @@ pub(crate) fn translate(
     {
         if let Some(call) = &part.function_call {
             let index = u32::try_from(calls.len()).unwrap_or(u32::MAX);
-            calls.push(ToolCall {
-                id: tool_call_id(part, call, &id, index),
-                kind: "function".to_owned(),
-                function: FunctionCall {
-                    name: call.name.clone(),
-                    arguments: call.arguments(),
-                },
-            });
+            calls.push(ToolCall::function(
+                tool_call_id(part, call, &id, index),
+                call.name.clone(),
+                call.arguments(),
+            ));
         } else if let (Some(t), None | Some(false)) = (&part.text, part.thought) {
             text.push_str(t);
         }
@@ -62,7 +57,8 @@ pub(crate) fn translate(
             let written: usize = text.chars().count()
                 + calls
                     .iter()
-                    .map(|c| c.function.name.chars().count() + c.function.arguments.chars().count())
+                    .filter_map(|c| c.function.as_ref())
+                    .map(|f| f.name.chars().count() + f.arguments.chars().count())
                     .sum::<usize>();
             Usage {
                 output_tokens: estimate_output_tokens(u64::try_from(written).unwrap_or(u64::MAX)),
