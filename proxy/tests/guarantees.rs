@@ -281,7 +281,45 @@ async fn bad_input_is_an_openai_shaped_4xx_and_is_never_forwarded() {
         );
         assert!(v["error"]["type"].is_string(), "{preview}: {v}");
     }
+    // What the provider cannot take names the parameter, as OpenAI's own
+    // errors do (the SDKs expose it as `param`), before any hold is taken.
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let named = [
+        (
+            json!({"model": "nobody/some-model", "messages": hi}),
+            "model",
+            "invalid_model",
+        ),
+        (
+            json!({"model": "claude-3-5-sonnet-20240620", "n": 2, "messages": hi}),
+            "n",
+            "unsupported_parameter",
+        ),
+        (
+            json!({"model": "gemini-2.0-flash", "messages": hi,
+            "tools": [{"type": "custom", "custom": {"name": "sql"}}]}),
+            "tools[0]",
+            "unsupported_parameter",
+        ),
+        (
+            json!({"model": "gemini-2.0-flash", "messages": hi,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r"}}}),
+            "response_format.json_schema.schema",
+            "invalid_value",
+        ),
+    ];
+    for (body, param, code) in named {
+        let r = send(body.to_string(), pk, Some("u")).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (v["error"]["param"].as_str(), v["error"]["code"].as_str()),
+            (Some(param), Some(code)),
+            "{v}"
+        );
+    }
     assert_eq!(p.openai.request_count(), 0, "bad input is never forwarded");
+    assert_eq!(p.anthropic.request_count() + p.gemini.request_count(), 0);
     assert!(p.events("u").await.is_empty(), "bad input records nothing");
     // A missing provider key (no Authorization, none stored) is a 401 too.
     // (On a new connection: the server closes the one whose 9 MB body it

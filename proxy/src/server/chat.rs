@@ -14,7 +14,7 @@ use crate::pricing::{lookup_override, ModelPrice};
 use crate::providers::openai::ChatRequest;
 use crate::providers::{
     parse_request, prepare_upstream, route, translate_error, translate_response, ProviderError,
-    ProviderKey, ProviderKind, Route, StreamTranslator,
+    ProviderKey, ProviderKind, Route, StreamTranslator, UpstreamRequest,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -162,8 +162,7 @@ pub async fn completions(
         .map_err(tier_error)?;
     let config = project_config(&state, project.project_id).await?;
     let base_urls = config.base_urls(&inner.settings.base_urls);
-    let route = route(&req.model, &config.custom_providers, &base_urls)
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let route = route(&req.model, &config.custom_providers, &base_urls)?;
     let model = route.upstream_model.clone();
     // The model as limits, plans and the ledger name it: a custom provider's
     // keeps its prefix (`groq/llama-3.1-8b-instant`, matched by `groq/*`); a
@@ -201,6 +200,10 @@ pub async fn completions(
         price.as_ref(),
         inner.settings.default_max_output_tokens,
     );
+    // Translated before the hold, so a request its provider cannot take is
+    // refused without recording anything; translated again only if the
+    // budget lowers the output cap.
+    let upstream = prepare_upstream(&route, &req, &key, Some(est.max_output_tokens))?;
     let request_id = header_str(&headers, "x-request-id").map(str::to_owned);
     let ttl = chrono::Duration::from_std(inner.settings.hold_ttl)
         .unwrap_or(chrono::Duration::minutes(10));
@@ -222,6 +225,7 @@ pub async fn completions(
         route,
         req,
         key,
+        upstream,
         price,
         est,
         model,
@@ -251,6 +255,8 @@ struct Call {
     route: Route,
     req: ChatRequest,
     key: ProviderKey,
+    /// The request for the provider, with the output cap of the estimate.
+    upstream: UpstreamRequest,
     price: Option<ModelPrice>,
     est: Estimate,
     model: String,
@@ -270,6 +276,7 @@ impl Call {
             route,
             req,
             key,
+            upstream,
             price,
             est,
             model,
@@ -314,11 +321,15 @@ impl Call {
             return Err(ProxyError::BadRequest("the client went away".into()));
         }
         let max_tokens = admitted.output_tokens.unwrap_or(est.max_output_tokens);
-        let upstream = match prepare_upstream(&route, &req, &key, Some(max_tokens)) {
-            Ok(u) => u,
-            Err(e) => {
-                hold.release("invalid_request");
-                return Err(ProxyError::BadRequest(e.to_string()));
+        let upstream = if max_tokens == est.max_output_tokens {
+            upstream
+        } else {
+            match prepare_upstream(&route, &req, &key, Some(max_tokens)) {
+                Ok(u) => u,
+                Err(e) => {
+                    hold.release("invalid_request");
+                    return Err(e.into());
+                }
             }
         };
         // Shutting down with the provider still working: what it did is

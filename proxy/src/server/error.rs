@@ -1,7 +1,7 @@
 //! Every proxy failure in OpenAI's error shape
 //! `{"error":{"message","type","param","code"}}`, statuses mapped once.
 
-use crate::providers::{ErrorBody, RequestError};
+use crate::providers::{ErrorBody, PrepareError, RequestError, RouteError};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,6 +20,12 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("invalid request")]
     Request(RequestError),
+    /// The model names no provider the proxy can route to.
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    /// The request cannot be sent to its provider as it is.
+    #[error("{0}")]
+    Prepare(#[from] PrepareError),
     #[error("{0}")]
     UnknownTier(String),
     #[error("{0}")]
@@ -98,6 +104,39 @@ impl IntoResponse for ProxyError {
             ProxyError::Request(e) => {
                 let body: ErrorBody = e.to_openai();
                 return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+            ProxyError::Route(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_model",
+                Some("model"),
+            ),
+            ProxyError::Prepare(PrepareError::Unsupported { field, .. }) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "unsupported_parameter",
+                Some(field.as_str()),
+            ),
+            ProxyError::Prepare(PrepareError::InvalidField { field, .. }) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+                Some(field.as_str()),
+            ),
+            ProxyError::Prepare(PrepareError::InvalidKey) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_provider_key",
+                None,
+            ),
+            ProxyError::Prepare(PrepareError::Encode(e)) => {
+                tracing::error!(error = %e, "could not encode an upstream request");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    "internal_error",
+                    None,
+                )
             }
             ProxyError::UnknownTier(_) => (
                 StatusCode::BAD_REQUEST,
