@@ -499,6 +499,17 @@ fn provider_errors_become_openai_errors_with_the_provider_status() {
         err.to_openai().error.message,
         "the provider answered with status 502"
     );
+    // Other OpenAI-compatible servers' error shapes keep their message.
+    for (body, message) in [
+        (&br#"{"object":"error","message":"max_tokens is too large","type":"BadRequestError","code":400}"#[..], "max_tokens is too large"),
+        (br#"{"error":"model not loaded"}"#, "model not loaded"),
+        (br#"{"detail":"Not authenticated"}"#, "Not authenticated"),
+        (br#"{"detail":[{"loc":["body","model"],"msg":"field required"}]}"#, r#"[{"loc":["body","model"],"msg":"field required"}]"#),
+    ] {
+        let err = translate_error(ProviderKind::Custom, StatusCode::BAD_REQUEST, body);
+        assert_eq!(err.to_openai().error.message, message);
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
 
     let err = translate_response_with(
         ProviderKind::Anthropic,

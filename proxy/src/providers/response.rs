@@ -116,7 +116,14 @@ pub fn translate_error(kind: ProviderKind, status: StatusCode, body: &[u8]) -> P
     let value: Option<Value> = serde_json::from_slice(body).ok();
     let error = value.as_ref().and_then(|v| v.get("error"));
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    // OpenAI-compatible servers differ: {"error":{"message"}}, {"error":
+    // "…"}, a flat {"object":"error","message"} (older vLLM), or FastAPI's
+    // {"detail": "…" or [{…}]}.
+    let top = |name: &str| value.as_ref().and_then(|v| v.get(name));
     let message = text(error.and_then(|e| e.get("message")))
+        .or_else(|| text(error))
+        .or_else(|| text(top("message")))
+        .or_else(|| top("detail").map(|d| text(Some(d)).unwrap_or_else(|| d.to_string())))
         .unwrap_or_else(|| format!("the provider answered with status {}", status.as_u16()));
     let kind_by_status = if status.is_server_error() {
         "server_error"
