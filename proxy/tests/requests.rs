@@ -279,6 +279,28 @@ fn openai_tool_kinds_pass_through_and_are_refused_where_they_cannot_go() {
 }
 
 #[test]
+fn gemini_tool_schemas_fit_its_schema_subset() {
+    // A tool without parameters goes without `parameters` (Gemini refuses an
+    // object with no properties); strict mode's nullable types become
+    // `nullable`; JSON Schema keys Gemini does not take are dropped.
+    let up = prepare(json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}],
+        "tools": [
+            {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}, "required": [], "additionalProperties": false}}},
+            {"type": "function", "function": {"name": "find", "parameters": {"type": "object", "additionalProperties": false,
+                "properties": {"city": {"type": ["string", "null"]}, "tags": {"type": "array", "items": {"type": ["integer", "null"]}}, "any": {"type": ["string", "number"]}},
+                "required": ["city", "tags", "any"]}}}]}), None).unwrap();
+    assert_eq!(
+        body_of(&up)["tools"],
+        json!([{"functionDeclarations": [
+            {"name": "now"},
+            {"name": "find", "parameters": {"type": "object",
+                "properties": {"city": {"type": "string", "nullable": true}, "tags": {"type": "array", "items": {"type": "integer", "nullable": true}}, "any": {"type": ["string", "number"]}},
+                "required": ["city", "tags", "any"]}}
+        ]}])
+    );
+}
+
+#[test]
 fn json_schemas_keep_their_key_order() {
     // Structured outputs are generated in the schema's key order: a
     // re-encoded body must not sort `properties` (serde_json's default map).

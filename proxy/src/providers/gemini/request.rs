@@ -132,7 +132,11 @@ pub(crate) fn build_body(
                         Ok(FunctionDeclaration {
                             name: f.name.clone(),
                             description: f.description.clone(),
-                            parameters: f.parameters.clone().map(gemini_schema),
+                            parameters: f
+                                .parameters
+                                .clone()
+                                .filter(|p| !takes_no_arguments(p))
+                                .map(gemini_schema),
                         })
                     })
                     .collect::<Result<_, PrepareError>>()?;
@@ -292,11 +296,31 @@ fn tool_response(
 /// Gemini's schema is an OpenAPI subset: drop the JSON Schema keywords it
 /// rejects (`$schema`, `additionalProperties`) from every sub-schema, leaving
 /// property names alone.
+/// An object schema with no properties (a tool without parameters): Gemini
+/// refuses it ("properties: should be non-empty for OBJECT type"), so the
+/// declaration goes without `parameters`.
+fn takes_no_arguments(schema: &Value) -> bool {
+    let Value::Object(map) = schema else {
+        return false;
+    };
+    let no_properties = map
+        .get("properties")
+        .is_none_or(|p| p.as_object().is_some_and(Map::is_empty));
+    let constrained = ["$ref", "anyOf", "oneOf", "allOf", "items"]
+        .iter()
+        .any(|k| map.contains_key(*k))
+        || map
+            .get("additionalProperties")
+            .is_some_and(Value::is_object);
+    map.get("type").is_none_or(|t| t == "object") && no_properties && !constrained
+}
+
 fn gemini_schema(schema: Value) -> Value {
     let Value::Object(map) = schema else {
         return schema;
     };
-    map.into_iter()
+    let mut out: Map<String, Value> = map
+        .into_iter()
         .filter(|(k, _)| !matches!(k.as_str(), "$schema" | "additionalProperties"))
         .map(|(k, v)| {
             let v = match (k.as_str(), v) {
@@ -314,8 +338,21 @@ fn gemini_schema(schema: Value) -> Value {
             };
             (k, v)
         })
-        .collect::<Map<String, Value>>()
-        .into()
+        .collect();
+    // JSON Schema's `"type": ["string", "null"]` (OpenAI's strict mode writes
+    // optional fields so) is `"type": "string", "nullable": true` in Gemini's.
+    if let Some(Value::Array(types)) = out.get("type") {
+        let named: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
+        if let [only] = named.as_slice() {
+            let nullable = named.len() < types.len();
+            let only = (*only).clone();
+            out.insert("type".to_owned(), only);
+            if nullable {
+                out.insert("nullable".to_owned(), Value::Bool(true));
+            }
+        }
+    }
+    out.into()
 }
 
 fn tool_config(choice: &ToolChoice) -> Result<Value, PrepareError> {
