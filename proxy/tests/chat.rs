@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::str::FromStr;
 use std::time::Duration;
 use support::Proxy;
+use testkit::mock_providers::MockToolCall;
 
 const PLAN: &str = r#"
 default_tier: free
@@ -100,6 +101,158 @@ async fn every_provider_answers_in_openai_shape_and_commits_usage_at_the_exact_p
         );
         assert_eq!(dec(&actual["usd"]), expected_usd(key, 1234, 56), "{model}");
     }
+}
+
+/// The tool calls of an answer, JSON or streamed (deltas joined by index),
+/// as (id, name, arguments parsed as JSON), and the finish reason.
+async fn tool_calls_of(
+    r: reqwest::Response,
+    stream: bool,
+) -> (Vec<(String, String, Value)>, Value) {
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    let finish;
+    if stream {
+        let text = r.text().await.unwrap();
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        for delta in events.iter().flat_map(|e| {
+            e["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }) {
+            let i = usize::try_from(delta["index"].as_u64().unwrap()).unwrap();
+            if calls.len() <= i {
+                calls.resize(i + 1, Default::default());
+            }
+            if let Some(id) = delta["id"].as_str() {
+                calls[i].0 = id.to_owned();
+            }
+            if let Some(name) = delta["function"]["name"].as_str() {
+                calls[i].1 = name.to_owned();
+            }
+            calls[i].2 += delta["function"]["arguments"].as_str().unwrap_or_default();
+        }
+        finish = events
+            .iter()
+            .rev()
+            .map(|e| e["choices"][0]["finish_reason"].clone())
+            .find(|f| !f.is_null())
+            .unwrap_or_default();
+    } else {
+        let body: Value = r.json().await.unwrap();
+        for call in body["choices"][0]["message"]["tool_calls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            calls.push((
+                call["id"].as_str().unwrap().to_owned(),
+                call["function"]["name"].as_str().unwrap().to_owned(),
+                call["function"]["arguments"].as_str().unwrap().to_owned(),
+            ));
+        }
+        finish = body["choices"][0]["finish_reason"].clone();
+    }
+    let parsed = calls
+        .into_iter()
+        .map(|(id, name, args)| {
+            let args = serde_json::from_str(&args)
+                .unwrap_or_else(|e| panic!("arguments {args:?} are not JSON: {e}"));
+            (id, name, args)
+        })
+        .collect();
+    (parsed, finish)
+}
+
+#[tokio::test]
+async fn tool_calls_reach_the_client_and_go_back_on_every_provider() {
+    // Each mock answers with a tool call in its own wire format (Anthropic
+    // streams a parameterless tool as one empty piece, Gemini leaves out its
+    // `args` and, for Gemini 3, signs it); the client sees OpenAI tool calls
+    // whose arguments parse, and sends the conversation back: Gemini 3's
+    // mock, like the API, refuses a call that comes back unsigned.
+    // (No dollar limit: the shipped price table predates Gemini 3.)
+    let p = Proxy::start("default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 1000 }\n").await;
+    let tools = json!([{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let cases = [
+        (&p.openai, "gpt-4o"),
+        (&p.anthropic, "claude-3-5-sonnet-20240620"),
+        (&p.gemini, "gemini-3-pro-preview"),
+    ];
+    for (i, (mock, model)) in cases.into_iter().enumerate() {
+        for (j, arguments) in [json!({}), json!({"city": "Oslo"})].into_iter().enumerate() {
+            let name = if j == 0 { "get_time" } else { "get_weather" };
+            mock.update_behavior(|b| {
+                b.reply_text = String::new();
+                b.tool_call = Some(MockToolCall {
+                    name: name.to_owned(),
+                    arguments: arguments.clone(),
+                    thought_signature: Some(format!("sig-{i}-{j}")),
+                });
+            });
+            for stream in [false, true] {
+                let identity = format!("tools-{i}-{j}-{stream}");
+                let question = json!([{"role": "user", "content": "What now?"}]);
+                let body = json!({"model": model, "stream": stream, "max_tokens": 100, "tools": tools, "messages": question});
+                let r = p.request(&identity, &body).send().await.unwrap();
+                assert_eq!(r.status(), 200, "{model} stream {stream}");
+                let (calls, finish) = tool_calls_of(r, stream).await;
+                assert_eq!(finish, "tool_calls", "{model} stream {stream}");
+                assert_eq!(calls.len(), 1, "{model} stream {stream}: {calls:?}");
+                let (id, called, args) = &calls[0];
+                assert_eq!(
+                    (called.as_str(), args),
+                    (name, &arguments),
+                    "{model} stream {stream}"
+                );
+                assert_eq!(p.settled(&identity, 1).await[0].0, "committed");
+
+                // The conversation goes back with the call and its result.
+                let mut messages = question.as_array().unwrap().clone();
+                messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": id, "type": "function", "function": {"name": called, "arguments": args.to_string()}}]}));
+                messages
+                    .push(json!({"role": "tool", "tool_call_id": id, "content": "{\"ok\": true}"}));
+                mock.update_behavior(|b| {
+                    b.reply_text = "Done.".to_owned();
+                    b.tool_call = None;
+                });
+                let (status, _, answer) = p
+                    .chat(&identity, json!({"model": model, "max_tokens": 100, "tools": tools, "messages": messages}))
+                    .await;
+                assert_eq!(status, 200, "{model} stream {stream}: {answer}");
+                assert_eq!(answer["choices"][0]["message"]["content"], "Done.");
+                mock.update_behavior(|b| {
+                    b.reply_text = String::new();
+                    b.tool_call = Some(MockToolCall {
+                        name: name.to_owned(),
+                        arguments: arguments.clone(),
+                        thought_signature: Some(format!("sig-{i}-{j}")),
+                    });
+                });
+            }
+        }
+    }
+    // Without the signature, Gemini 3 refuses (so the check above is real).
+    let unsigned = json!({"model": "gemini-3-pro-preview", "max_tokens": 100, "tools": tools, "messages": [
+        {"role": "user", "content": "What now?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_x", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_x", "content": "{}"}]});
+    let (status, _, answer) = p.chat("tools-unsigned", unsigned).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("thought_signature"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]

@@ -8,8 +8,10 @@
 //!
 //! Behaviour is set with [`MockBehavior`]: reply text, token counts (fixed or
 //! derived deterministically), a delay between streamed writes (so a test
-//! can cancel mid-stream), a forced error status, and a stream cut (the
-//! connection drops after N writes). Every request, refused or not, is
+//! can cancel mid-stream), a forced error status, a stream cut (the
+//! connection drops after N writes), and a tool call in each provider's shape
+//! (Gemini 3's signed; its mock, like the API, refuses a model turn whose
+//! function call comes back unsigned). Every request, refused or not, is
 //! recorded with its headers and body.
 //!
 //! Deterministic counts: input tokens = `input_tokens` or ⌈prompt text
@@ -74,6 +76,26 @@ pub struct MockBehavior {
     /// Non-streamed OpenAI-style and Gemini answers: leave out the usage
     /// block, as some OpenAI-compatible servers do.
     pub omit_usage: bool,
+    /// Answer with this tool call after the reply text (set the text empty
+    /// for a call alone, as models usually answer), in the provider's shape.
+    pub tool_call: Option<MockToolCall>,
+}
+
+/// A tool call the mock makes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockToolCall {
+    pub name: String,
+    /// A JSON object; `{}` for a tool without parameters, which Anthropic
+    /// streams as one empty `partial_json` and Gemini sends without `args`.
+    pub arguments: Value,
+    /// Gemini: the `thoughtSignature` on the call's part (Gemini 3).
+    pub thought_signature: Option<String>,
+}
+
+impl MockToolCall {
+    fn has_arguments(&self) -> bool {
+        self.arguments.as_object().is_some_and(|a| !a.is_empty())
+    }
 }
 
 impl Default for MockBehavior {
@@ -90,6 +112,7 @@ impl Default for MockBehavior {
             cut_after_writes: None,
             answer_delay: Duration::ZERO,
             omit_usage: false,
+            tool_call: None,
         }
     }
 }
@@ -277,6 +300,7 @@ struct Reply {
     cached_input_tokens: u64,
     cache_write_1h_input_tokens: u64,
     reasoning_tokens: u64,
+    tool_call: Option<MockToolCall>,
 }
 
 impl Reply {
@@ -310,6 +334,7 @@ impl Reply {
                 .cache_write_1h_input_tokens
                 .min(input.saturating_sub(behavior.cached_input_tokens)),
             reasoning_tokens: behavior.reasoning_tokens,
+            tool_call: behavior.tool_call.clone(),
         }
     }
 

@@ -127,10 +127,14 @@ fn error(status: u16, kind: &str, message: &str) -> Response {
 fn stop_reason(reply: &Reply) -> &'static str {
     if reply.truncated {
         "max_tokens"
+    } else if reply.tool_call.is_some() {
+        "tool_use"
     } else {
         "end_turn"
     }
 }
+
+const TOOL_USE_ID: &str = "toolu_mock1";
 
 /// Anthropic's `input_tokens` excludes cache reads and writes; thinking is
 /// inside output.
@@ -155,11 +159,22 @@ fn message(reply: &Reply, model: &str) -> Value {
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": reply.text()}],
+        "content": content(reply),
         "stop_reason": stop_reason(reply),
         "stop_sequence": null,
         "usage": usage
     })
+}
+
+fn content(reply: &Reply) -> Value {
+    let mut blocks = vec![json!({"type": "text", "text": reply.text()})];
+    if let Some(call) = &reply.tool_call {
+        if reply.text().is_empty() {
+            blocks.clear();
+        }
+        blocks.push(json!({"type": "tool_use", "id": TOOL_USE_ID, "name": call.name, "input": call.arguments}));
+    }
+    Value::Array(blocks)
 }
 
 fn stream_reply(reply: &Reply, model: &str, behavior: &MockBehavior) -> Response {
@@ -188,6 +203,36 @@ fn stream_reply(reply: &Reply, model: &str, behavior: &MockBehavior) -> Response
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
+    if let Some(call) = &reply.tool_call {
+        writes.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block":
+                {"type": "tool_use", "id": TOOL_USE_ID, "name": call.name, "input": {}}}),
+        ));
+        // A tool without parameters gets one empty piece, as from Anthropic.
+        let json = if call.has_arguments() {
+            call.arguments.to_string()
+        } else {
+            String::new()
+        };
+        let (a, b) = json.split_at(json.len() / 2);
+        let pieces: Vec<&str> = if json.is_empty() {
+            vec![""]
+        } else {
+            vec![a, b]
+        };
+        for piece in pieces {
+            writes.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        writes.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ));
+    }
     writes.push(event(
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": stop_reason(reply), "stop_sequence": null},

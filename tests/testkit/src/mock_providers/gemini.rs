@@ -58,6 +58,13 @@ pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Resp
     if let Err(message) = validate(&body) {
         return error(400, "INVALID_ARGUMENT", &message);
     }
+    if model.starts_with("gemini-3") {
+        if let Some(position) = unsigned_function_call(&body) {
+            return error(400, "INVALID_ARGUMENT", &format!(
+                "Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly. Additional data, position {position}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more details."
+            ));
+        }
+    }
     let cap = body["generationConfig"]["maxOutputTokens"].as_u64();
     let reply = Reply::plan(
         behavior,
@@ -78,6 +85,19 @@ pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Resp
             json_response(200, &Value::Array(events))
         }
     }
+}
+
+/// Gemini 3 wants the first `functionCall` part of each model turn back with
+/// the `thoughtSignature` it came with: the position of one without.
+fn unsigned_function_call(body: &Value) -> Option<usize> {
+    let contents = body["contents"].as_array()?;
+    contents.iter().enumerate().find_map(|(i, content)| {
+        let first_call = content["parts"]
+            .as_array()?
+            .iter()
+            .find(|p| p.get("functionCall").is_some())?;
+        (content["role"] == "model" && first_call.get("thoughtSignature").is_none()).then_some(i)
+    })
 }
 
 fn validate(body: &Value) -> Result<(), String> {
@@ -143,6 +163,21 @@ fn answer(reply: &Reply, model: &str, text: &str, last: bool) -> Value {
             "STOP"
         });
         candidate["index"] = json!(0);
+        if let Some(call) = &reply.tool_call {
+            // Gemini leaves `args` out for a call without arguments.
+            let mut function_call = json!({"name": call.name});
+            if call.has_arguments() {
+                function_call["args"] = call.arguments.clone();
+            }
+            let mut part = json!({"functionCall": function_call});
+            if let Some(signature) = &call.thought_signature {
+                part["thoughtSignature"] = json!(signature);
+            }
+            if let Some(parts) = candidate["content"]["parts"].as_array_mut() {
+                parts.retain(|p| p["text"] != "");
+                parts.push(part);
+            }
+        }
     }
     json!({
         "candidates": [candidate],

@@ -169,10 +169,14 @@ fn error(
 fn finish_reason(reply: &Reply) -> &'static str {
     if reply.truncated {
         "length"
+    } else if reply.tool_call.is_some() {
+        "tool_calls"
     } else {
         "stop"
     }
 }
+
+const TOOL_CALL_ID: &str = "call_mock1";
 
 fn usage(reply: &Reply, convention: Convention) -> Value {
     let all_output = reply.output_tokens.saturating_add(reply.reasoning_tokens);
@@ -200,7 +204,7 @@ fn completion(reply: &Reply, model: &str, convention: Convention) -> Value {
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": reply.text(), "refusal": null, "annotations": []},
+            "message": message(reply),
             "logprobs": null,
             "finish_reason": finish_reason(reply)
         }],
@@ -208,6 +212,20 @@ fn completion(reply: &Reply, model: &str, convention: Convention) -> Value {
         "service_tier": "default",
         "system_fingerprint": "fp_mock"
     })
+}
+
+fn message(reply: &Reply) -> Value {
+    let text = reply.text();
+    let mut message =
+        json!({"role": "assistant", "content": text, "refusal": null, "annotations": []});
+    if let Some(call) = &reply.tool_call {
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = json!([{"id": TOOL_CALL_ID, "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments.to_string()}}]);
+    }
+    message
 }
 
 fn stream_reply(
@@ -245,6 +263,22 @@ fn stream_reply(
             .iter()
             .map(|p| delta(json!({"content": p}), Value::Null)),
     );
+    if let Some(call) = &reply.tool_call {
+        // The call's id and name first, then its arguments in two pieces.
+        writes.push(delta(
+            json!({"tool_calls": [{"index": 0, "id": TOOL_CALL_ID, "type": "function",
+                "function": {"name": call.name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        let arguments = call.arguments.to_string();
+        let (a, b) = arguments.split_at(arguments.len() / 2);
+        for piece in [a, b] {
+            writes.push(delta(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
+        }
+    }
     // The end arrives in one write, as real servers often coalesce it.
     let mut end = delta(json!({}), json!(finish_reason(reply)));
     if include_usage {
