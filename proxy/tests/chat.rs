@@ -186,7 +186,10 @@ async fn tool_calls_reach_the_client_and_go_back_on_every_provider() {
         (&p.gemini, "gemini-3-pro-preview"),
     ];
     for (i, (mock, model)) in cases.into_iter().enumerate() {
-        for (j, arguments) in [json!({}), json!({"city": "Oslo"})].into_iter().enumerate() {
+        for (j, arguments) in [json!({}), json!({"city": "Zürich ☀"})]
+            .into_iter()
+            .enumerate()
+        {
             let name = if j == 0 { "get_time" } else { "get_weather" };
             mock.update_behavior(|b| {
                 b.reply_text = String::new();

@@ -201,6 +201,11 @@ fn gemini_response_format_and_thought_signatures() {
         json!({"responseMimeType": "application/json"})
     );
     assert_eq!(asked(json!({"type": "text"})).unwrap(), Value::Null);
+    assert_eq!(
+        asked(Value::Null).unwrap(),
+        Value::Null,
+        "null is no format"
+    );
     assert!(matches!(
         asked(json!({"type": "json_schema", "json_schema": {"name": "r"}})),
         Err(PrepareError::InvalidField { field, .. }) if field == "response_format.json_schema.schema"
@@ -287,17 +292,67 @@ fn gemini_tool_schemas_fit_its_schema_subset() {
         "tools": [
             {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}, "required": [], "additionalProperties": false}}},
             {"type": "function", "function": {"name": "find", "parameters": {"type": "object", "additionalProperties": false,
-                "properties": {"city": {"type": ["string", "null"]}, "tags": {"type": "array", "items": {"type": ["integer", "null"]}}, "any": {"type": ["string", "number"]}},
+                "properties": {"city": {"type": ["string", "null"]}, "tags": {"type": "array", "items": {"type": ["integer", "null"]}},
+                    "any": {"type": ["string", "number", "null"]}, "none": {"type": ["null"]}},
                 "required": ["city", "tags", "any"]}}}]}), None).unwrap();
     assert_eq!(
         body_of(&up)["tools"],
         json!([{"functionDeclarations": [
             {"name": "now"},
             {"name": "find", "parameters": {"type": "object",
-                "properties": {"city": {"type": "string", "nullable": true}, "tags": {"type": "array", "items": {"type": "integer", "nullable": true}}, "any": {"type": ["string", "number"]}},
+                "properties": {"city": {"type": "string", "nullable": true}, "tags": {"type": "array", "items": {"type": "integer", "nullable": true}},
+                    "any": {"anyOf": [{"type": "string"}, {"type": "number"}], "nullable": true}, "none": {"nullable": true}},
                 "required": ["city", "tags", "any"]}}
         ]}])
     );
+}
+
+#[test]
+fn a_gemini_signature_in_a_tool_call_id_goes_only_to_gemini() {
+    // A conversation that started on Gemini 3 and moves to another model:
+    // Anthropic allows only [a-zA-Z0-9_-] in ids, OpenAI limits their length.
+    let id = "call_r_0__thought__c2lnL+/=";
+    let conversation = |model: &str| {
+        json!({"model": model, "messages": [
+            {"role": "user", "content": "What time is it?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": id, "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": id, "content": "10:00"}]})
+    };
+    let claude = body_of(&prepare(conversation("claude-sonnet-4-5"), None).unwrap());
+    assert_eq!(claude["messages"][1]["content"][0]["id"], "call_r_0");
+    assert_eq!(
+        claude["messages"][2]["content"][0]["tool_use_id"],
+        "call_r_0"
+    );
+    let gpt = body_of(&prepare(conversation("gpt-4o"), None).unwrap());
+    assert_eq!(gpt["messages"][1]["tool_calls"][0]["id"], "call_r_0");
+    assert_eq!(gpt["messages"][2]["tool_call_id"], "call_r_0");
+    let gemini = body_of(&prepare(conversation("gemini-3-pro-preview"), None).unwrap());
+    assert_eq!(
+        gemini["contents"][1]["parts"][0]["thoughtSignature"],
+        "c2lnL+/="
+    );
+}
+
+#[test]
+fn a_named_tool_choice_without_a_name_is_refused() {
+    for choice in [
+        json!({"type": "function", "function": {"nme": "f"}}),
+        json!({"type": "function", "function": {"name": 7}}),
+    ] {
+        let err = parse_request(
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "tool_choice": choice})
+                .to_string()
+                .as_bytes(),
+        )
+        .err();
+        assert_eq!(
+            err.map(|e| e.to_openai().error.param),
+            Some(Some("tool_choice.function.name".to_owned())),
+            "{choice}"
+        );
+    }
 }
 
 #[test]

@@ -227,6 +227,14 @@ fn openai_body(
 ) -> Result<Vec<u8>, PrepareError> {
     let mut body = request.clone();
     body.model = route.upstream_model.clone();
+    for message in &mut body.messages {
+        if let Some(id) = &mut message.tool_call_id {
+            gemini::strip_thought_signature(id);
+        }
+        for call in message.tool_calls.iter_mut().flatten() {
+            gemini::strip_thought_signature(&mut call.id);
+        }
+    }
     if let Some(cap) = cap {
         match (
             body.max_completion_tokens.is_some(),

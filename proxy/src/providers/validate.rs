@@ -6,7 +6,7 @@
 //! client (serde's "invalid type: string \"…\""), so log `field()`, never
 //! the message.
 
-use super::openai::{ChatRequest, ErrorBody, ErrorDetail, Role};
+use super::openai::{ChatRequest, ErrorBody, ErrorDetail, Role, ToolChoice};
 
 /// Most choices (`n`) one request may ask for, as OpenAI allows.
 pub const MAX_CHOICES: u32 = 128;
@@ -94,6 +94,15 @@ pub fn validate_request(request: &ChatRequest) -> Result<(), RequestError> {
                     field: format!("messages[{i}].tool_calls[{j}].function"),
                 });
             }
+        }
+    }
+    // A named function choice that does not parse as one (no or a non-string
+    // name) would otherwise pass as another kind of choice.
+    if let Some(ToolChoice::Other(choice)) = &request.tool_choice {
+        if choice.get("type").and_then(|t| t.as_str()) == Some("function") {
+            return Err(RequestError::MissingField {
+                field: "tool_choice.function.name".to_owned(),
+            });
         }
     }
     for (i, tool) in request.tools.iter().flatten().enumerate() {

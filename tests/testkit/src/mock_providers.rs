@@ -92,6 +92,16 @@ pub struct MockToolCall {
     pub thought_signature: Option<String>,
 }
 
+/// `text` in two pieces, cut at a character boundary near the middle (a
+/// tool call's arguments streamed in two deltas).
+fn halves(text: &str) -> (&str, &str) {
+    let mid = (0..=text.len() / 2)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    text.split_at(mid)
+}
+
 impl MockToolCall {
     fn has_arguments(&self) -> bool {
         self.arguments.as_object().is_some_and(|a| !a.is_empty())

@@ -12,6 +12,7 @@
 //! - Fields Anthropic does not have (`seed`, `response_format`, …) are dropped;
 //!   `n > 1` is refused.
 
+use super::super::gemini::strip_thought_signature;
 use super::super::openai::{
     ChatMessage, ChatRequest, ContentPart, MessageContent, Role, ToolChoice, ToolChoiceMode,
 };
@@ -220,8 +221,10 @@ fn assistant_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Block>, Prepa
         let input = tool_arguments(&function.arguments, || {
             format!("messages[{i}].tool_calls[{j}].function.arguments")
         })?;
+        let mut id = call.id.clone();
+        strip_thought_signature(&mut id);
         blocks.push(Block::ToolUse {
-            id: call.id.clone(),
+            id,
             name: function.name.clone(),
             input,
         });
@@ -230,8 +233,10 @@ fn assistant_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Block>, Prepa
 }
 
 fn tool_result(message: &ChatMessage) -> Block {
+    let mut tool_use_id = message.tool_call_id.clone().unwrap_or_default();
+    strip_thought_signature(&mut tool_use_id);
     Block::ToolResult {
-        tool_use_id: message.tool_call_id.clone().unwrap_or_default(),
+        tool_use_id,
         content: message.text_content(),
     }
 }

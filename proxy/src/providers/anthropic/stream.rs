@@ -138,7 +138,7 @@ impl StreamHandler {
                 BlockDelta::InputJsonDelta { partial_json } => {
                     match self.tool_calls.get_mut(&index) {
                         Some((call, streamed)) => {
-                            *streamed |= !partial_json.is_empty();
+                            *streamed |= !partial_json.trim().is_empty();
                             ctx.emit_tool_call(*call, None, &partial_json);
                         }
                         None => ctx.count(&partial_json),

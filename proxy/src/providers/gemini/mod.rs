@@ -165,3 +165,12 @@ pub(crate) fn split_tool_call_id(id: &str) -> (&str, Option<&str>) {
         _ => (id, None),
     }
 }
+
+/// Drops a Gemini thought signature from a tool call id sent to another
+/// provider (a conversation that changed model): Anthropic allows only
+/// `[a-zA-Z0-9_-]` in ids and OpenAI limits their length.
+pub(crate) fn strip_thought_signature(id: &mut String) {
+    if let (plain, Some(_)) = split_tool_call_id(id) {
+        *id = plain.to_owned();
+    }
+}

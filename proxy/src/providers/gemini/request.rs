@@ -156,7 +156,11 @@ pub(crate) fn build_body(
 fn response_format(
     request: &ChatRequest,
 ) -> Result<(Option<&'static str>, Option<Value>), PrepareError> {
-    let Some(format) = request.extra.get("response_format") else {
+    let Some(format) = request
+        .extra
+        .get("response_format")
+        .filter(|f| !f.is_null())
+    else {
         return Ok((None, None));
     };
     let invalid = |field: &str, reason: &str| PrepareError::InvalidField {
@@ -293,9 +297,6 @@ fn tool_response(
     })
 }
 
-/// Gemini's schema is an OpenAPI subset: drop the JSON Schema keywords it
-/// rejects (`$schema`, `additionalProperties`) from every sub-schema, leaving
-/// property names alone.
 /// An object schema with no properties (a tool without parameters): Gemini
 /// refuses it ("properties: should be non-empty for OBJECT type"), so the
 /// declaration goes without `parameters`.
@@ -315,6 +316,9 @@ fn takes_no_arguments(schema: &Value) -> bool {
     map.get("type").is_none_or(|t| t == "object") && no_properties && !constrained
 }
 
+/// Gemini's schema is an OpenAPI subset: drop the JSON Schema keywords it
+/// rejects (`$schema`, `additionalProperties`) from every sub-schema, leaving
+/// property names alone, and write a list of types its way.
 fn gemini_schema(schema: Value) -> Value {
     let Value::Object(map) = schema else {
         return schema;
@@ -340,16 +344,24 @@ fn gemini_schema(schema: Value) -> Value {
         })
         .collect();
     // JSON Schema's `"type": ["string", "null"]` (OpenAI's strict mode writes
-    // optional fields so) is `"type": "string", "nullable": true` in Gemini's.
-    if let Some(Value::Array(types)) = out.get("type") {
-        let named: Vec<&Value> = types.iter().filter(|t| *t != "null").collect();
-        if let [only] = named.as_slice() {
-            let nullable = named.len() < types.len();
-            let only = (*only).clone();
-            out.insert("type".to_owned(), only);
-            if nullable {
-                out.insert("nullable".to_owned(), Value::Bool(true));
+    // optional fields so) is `"type": "string", "nullable": true` in Gemini's;
+    // several types are `anyOf` one schema each.
+    if let Some(Value::Array(types)) = out.get("type").filter(|t| t.is_array()).cloned() {
+        out.shift_remove("type");
+        let nullable = types.iter().any(|t| t == "null");
+        let mut named: Vec<Value> = types.into_iter().filter(|t| t != "null").collect();
+        match named.len() {
+            0 => {}
+            1 => {
+                out.insert("type".to_owned(), named.remove(0));
             }
+            _ => {
+                let any_of = named.into_iter().map(|t| json!({ "type": t })).collect();
+                out.insert("anyOf".to_owned(), Value::Array(any_of));
+            }
+        }
+        if nullable {
+            out.insert("nullable".to_owned(), Value::Bool(true));
         }
     }
     out.into()

@@ -8,7 +8,7 @@
 //! `content_block_stop`, `message_delta` (stop reason, cumulative output
 //! tokens) and `message_stop`, each as `event: …\ndata: …\n\n`.
 
-use super::{answer_id, json_response, sse_response, MockBehavior, RecordedRequest, Reply};
+use super::{answer_id, halves, json_response, sse_response, MockBehavior, RecordedRequest, Reply};
 use axum::response::Response;
 use serde_json::{json, Value};
 
@@ -215,7 +215,7 @@ fn stream_reply(reply: &Reply, model: &str, behavior: &MockBehavior) -> Response
         } else {
             String::new()
         };
-        let (a, b) = json.split_at(json.len() / 2);
+        let (a, b) = halves(&json);
         let pieces: Vec<&str> = if json.is_empty() {
             vec![""]
         } else {

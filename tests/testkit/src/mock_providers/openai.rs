@@ -8,7 +8,8 @@
 //! (other chunks then carry `"usage": null`), then `data: [DONE]`.
 
 use super::{
-    answer_id, json_response, now_unix_s, sse_response, MockBehavior, RecordedRequest, Reply,
+    answer_id, halves, json_response, now_unix_s, sse_response, MockBehavior, RecordedRequest,
+    Reply,
 };
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -271,7 +272,7 @@ fn stream_reply(
             Value::Null,
         ));
         let arguments = call.arguments.to_string();
-        let (a, b) = arguments.split_at(arguments.len() / 2);
+        let (a, b) = halves(&arguments);
         for piece in [a, b] {
             writes.push(delta(
                 json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
