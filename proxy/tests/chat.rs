@@ -103,6 +103,15 @@ async fn every_provider_answers_in_openai_shape_and_commits_usage_at_the_exact_p
     }
 }
 
+/// The JSON events of an OpenAI SSE stream, without the final `[DONE]`.
+fn sse_events(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 /// The tool calls of an answer, JSON or streamed (deltas joined by index),
 /// as (id, name, arguments parsed as JSON), and the finish reason.
 async fn tool_calls_of(
@@ -112,13 +121,7 @@ async fn tool_calls_of(
     let mut calls: Vec<(String, String, String)> = Vec::new();
     let finish;
     if stream {
-        let text = r.text().await.unwrap();
-        let events: Vec<Value> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect();
+        let events = sse_events(&r.text().await.unwrap());
         for delta in events.iter().flat_map(|e| {
             e["choices"][0]["delta"]["tool_calls"]
                 .as_array()
@@ -274,12 +277,7 @@ async fn streamed_calls_are_translated_and_metered_on_every_provider() {
         assert_eq!(r.status(), 200, "{model}");
         assert_eq!(r.headers()["content-type"], "text/event-stream");
         let text = r.text().await.unwrap();
-        let events: Vec<Value> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).unwrap())
-            .collect();
+        let events = sse_events(&text);
         assert!(text.trim_end().ends_with("data: [DONE]"), "{model}: {text}");
         assert!(
             events
