@@ -194,14 +194,18 @@ async fn tool_calls_reach_the_client_and_go_back_on_every_provider() {
             .enumerate()
         {
             let name = if j == 0 { "get_time" } else { "get_weather" };
-            mock.update_behavior(|b| {
-                b.reply_text = String::new();
-                b.tool_call = Some(MockToolCall {
-                    name: name.to_owned(),
-                    arguments: arguments.clone(),
-                    thought_signature: Some(format!("sig-{i}-{j}")),
-                });
-            });
+            // The mock answers with the call (again, after each follow-up).
+            let answer_with_call = || {
+                mock.update_behavior(|b| {
+                    b.reply_text = String::new();
+                    b.tool_call = Some(MockToolCall {
+                        name: name.to_owned(),
+                        arguments: arguments.clone(),
+                        thought_signature: Some(format!("sig-{i}-{j}")),
+                    });
+                })
+            };
+            answer_with_call();
             for stream in [false, true] {
                 let identity = format!("tools-{i}-{j}-{stream}");
                 let question = json!([{"role": "user", "content": "What now?"}]);
@@ -234,14 +238,7 @@ async fn tool_calls_reach_the_client_and_go_back_on_every_provider() {
                     .await;
                 assert_eq!(status, 200, "{model} stream {stream}: {answer}");
                 assert_eq!(answer["choices"][0]["message"]["content"], "Done.");
-                mock.update_behavior(|b| {
-                    b.reply_text = String::new();
-                    b.tool_call = Some(MockToolCall {
-                        name: name.to_owned(),
-                        arguments: arguments.clone(),
-                        thought_signature: Some(format!("sig-{i}-{j}")),
-                    });
-                });
+                answer_with_call();
             }
         }
     }
