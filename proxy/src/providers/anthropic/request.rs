@@ -98,7 +98,7 @@ pub(crate) fn build_body(
 ) -> Result<Vec<u8>, PrepareError> {
     if request.n.unwrap_or(1) > 1 {
         return Err(PrepareError::Unsupported {
-            provider: "Anthropic",
+            provider: PROVIDER,
             field: "n".to_owned(),
             reason: "only one choice can be generated".to_owned(),
         });
@@ -207,7 +207,7 @@ fn part_block(
             Ok(Some(Block::Image { source }))
         }
         (kind, _, _) => Err(PrepareError::Unsupported {
-            provider: "Anthropic",
+            provider: PROVIDER,
             field: field(),
             reason: format!("content parts of type '{kind}' cannot be translated"),
         }),

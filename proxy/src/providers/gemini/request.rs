@@ -80,7 +80,7 @@ pub(crate) fn build_body(
 ) -> Result<Vec<u8>, PrepareError> {
     if request.n.unwrap_or(1) > 1 {
         return Err(PrepareError::Unsupported {
-            provider: "Gemini",
+            provider: PROVIDER,
             field: "n".to_owned(),
             reason: "only one choice can be generated".to_owned(),
         });
@@ -179,7 +179,7 @@ fn response_format(
             Ok((Some("application/json"), Some(schema.clone())))
         }
         Some(other) => Err(PrepareError::Unsupported {
-            provider: "Gemini",
+            provider: PROVIDER,
             field: "response_format.type".to_owned(),
             reason: format!("'{other}' cannot be translated (text, json_object, json_schema can)"),
         }),
@@ -220,7 +220,7 @@ fn content_parts(message: &ChatMessage, i: usize) -> Result<Vec<Part>, PrepareEr
     let mut out = Vec::new();
     for (j, part) in parts.iter().enumerate() {
         let unsupported = |reason: &str| PrepareError::Unsupported {
-            provider: "Gemini",
+            provider: PROVIDER,
             field: format!("messages[{i}].content[{j}]"),
             reason: reason.to_owned(),
         };
@@ -346,8 +346,8 @@ fn gemini_schema(schema: Value) -> Value {
     // JSON Schema's `"type": ["string", "null"]` (OpenAI's strict mode writes
     // optional fields so) is `"type": "string", "nullable": true` in Gemini's;
     // several types are `anyOf` one schema each.
-    if let Some(Value::Array(types)) = out.get("type").filter(|t| t.is_array()).cloned() {
-        out.shift_remove("type");
+    let listed = out.get("type").is_some_and(Value::is_array);
+    if let Some(Value::Array(types)) = listed.then(|| out.shift_remove("type")).flatten() {
         let nullable = types.iter().any(|t| t == "null");
         let mut named: Vec<Value> = types.into_iter().filter(|t| t != "null").collect();
         match named.len() {
