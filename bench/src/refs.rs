@@ -162,7 +162,6 @@ impl AppendPair {
     async fn append(&mut self, payload: Bytes) -> anyhow::Result<()> {
         let publish = Publish::build()
             .payload(payload)
-            .message_id(EventId::new().to_string())
             .expected_last_subject_sequence(self.last);
         let ack = self
             .js

@@ -1,8 +1,10 @@
 //! Connecting to NATS and declaring the ledger stream.
 //!
-//! The stream keeps every event forever (limits retention, file storage),
-//! deduplicates retried publishes by `Nats-Msg-Id` for two minutes, and
-//! allows direct gets so a gate can catch up on one account's subject cheaply.
+//! The stream keeps every event forever (limits retention, file storage)
+//! and allows direct gets so a gate can catch up on one account's subject
+//! cheaply. Appends are made at most once by their expected last subject
+//! sequence, not by `Nats-Msg-Id` (`gate::io::append`); the two-minute
+//! duplicate window is kept for publishers that set one.
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};

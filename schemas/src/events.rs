@@ -34,7 +34,7 @@ pub enum Account {
 /// Every event on the stream, wrapped once.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope {
-    /// UUID v7 chosen by the producer, reused on retry; also the `Nats-Msg-Id`.
+    /// UUID v7 chosen by the producer, new for every event appended.
     pub event_id: EventId,
     pub schema_version: u32,
     #[serde(with = "crate::timestamp")]

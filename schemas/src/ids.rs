@@ -50,7 +50,7 @@ uuid_id!(
     ReservationId
 );
 uuid_id!(
-    /// One event on the ledger stream; also its `Nats-Msg-Id`.
+    /// One event on the ledger stream.
     EventId
 );
 

@@ -43,7 +43,8 @@ async fn nats_server_keeps_acked_messages_across_stop_and_restart() -> anyhow::R
     );
     // Times out without an ack. Note: the client buffers it and may still deliver
     // it after the restart, so a failed publish is "unknown", not "not stored";
-    // that is why events carry a Nats-Msg-Id and publishers retry with it.
+    // that is why the gate forgets an account whose append went unconfirmed
+    // and reads it back from the stream before deciding again.
     let publish = async { js.publish(SUBJECT, "unknown".into()).await?.await };
     assert!(
         publish.await.is_err(),
