@@ -32,24 +32,48 @@ pub fn project_filter(project: ProjectId) -> String {
 
 /// The stable token naming an account inside its project's subjects.
 pub fn account_token(project: ProjectId, account: &Account) -> String {
+    let mut token = String::with_capacity(TOKEN_LEN);
+    push_account_token(&mut token, project, account);
+    token
+}
+
+/// `i` and the hex of the first 128 bits of SHA-256(project id ‖ identity).
+const TOKEN_LEN: usize = 33;
+
+fn push_account_token(out: &mut String, project: ProjectId, account: &Account) {
     match account {
         Account::Identity { identity } => {
             let mut h = Sha256::new();
             h.update(project.0.as_bytes());
             h.update(identity.as_bytes());
             let digest = h.finalize();
-            format!("i{}", hex::encode(&digest[..16]))
+            let mut hex_digits = [0u8; 32];
+            // (Cannot fail: the buffer is exactly twice the bytes encoded.)
+            if hex::encode_to_slice(&digest[..16], &mut hex_digits).is_ok() {
+                out.push('i');
+                out.extend(hex_digits.iter().map(|&b| char::from(b)));
+            }
         }
     }
 }
 
 /// The one subject every event of `account` is appended to.
+///
+/// Built into one allocation: every reserve and settle names it, and with
+/// `format!` it was ~2 % of a request's CPU.
 pub fn account_subject(project: ProjectId, account: &Account) -> String {
-    format!(
-        "{LEDGER_PREFIX}.{}.{}",
-        project.0.simple(),
-        account_token(project, account)
-    )
+    let mut subject = String::with_capacity(LEDGER_PREFIX.len() + 2 + 32 + TOKEN_LEN);
+    subject.push_str(LEDGER_PREFIX);
+    subject.push('.');
+    subject.push_str(
+        project
+            .0
+            .simple()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    subject.push('.');
+    push_account_token(&mut subject, project, account);
+    subject
 }
 
 #[cfg(test)]
@@ -70,5 +94,26 @@ mod tests {
         };
         assert_ne!(s, account_subject(p, &other));
         assert_eq!(s, account_subject(p, &weird));
+    }
+
+    /// The subject's layout is part of the stream's contract (subscribers
+    /// filter on it, snapshots and reservations name it): pinned here.
+    #[test]
+    fn subjects_keep_their_layout() {
+        let p = ProjectId(uuid::Uuid::from_u128(
+            0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+        ));
+        let a = Account::Identity {
+            identity: "user-1".into(),
+        };
+        let mut h = Sha256::new();
+        h.update(p.0.as_bytes());
+        h.update(b"user-1");
+        let token = format!("i{}", hex::encode(&h.finalize()[..16]));
+        assert_eq!(account_token(p, &a), token);
+        assert_eq!(
+            account_subject(p, &a),
+            format!("tollgate.ledger.v1.0123456789abcdef0123456789abcdef.{token}")
+        );
     }
 }
