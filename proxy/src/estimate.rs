@@ -59,8 +59,10 @@ fn image_tokens(part: &ContentPart) -> u64 {
     }
 }
 
-/// Input tokens of a request: every message's text and images, and the
-/// tool declarations. (Audio and file parts are not counted before the call;
+/// Input tokens of a request: every message's text and images, the tool
+/// declarations and a `response_format` schema (each provider reads it as
+/// input: OpenAI's structured outputs, Gemini's response schema, the tool
+/// it becomes for Anthropic). (Audio and file parts are not counted before the call;
 /// the commit charges what the provider reports for them.)
 pub fn input_tokens(req: &ChatRequest) -> u64 {
     let mut total = TOKENS_PER_REPLY;
@@ -79,6 +81,9 @@ pub fn input_tokens(req: &ChatRequest) -> u64 {
     }
     if let Some(tools) = &req.tools {
         total += count(&serde_json::to_string(tools).unwrap_or_default());
+    }
+    if let Some(format) = req.extra.get("response_format").filter(|f| !f.is_null()) {
+        total += count(&format.to_string());
     }
     total
 }
@@ -233,5 +238,17 @@ mod tests {
             {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"high"}}]}]}"#).unwrap();
         // 10 for the text as above, 1,445 for each image of unknown size, 85 at low detail.
         assert_eq!(input_tokens(&req), 10 + 1_445 + 85 + 1_445);
+    }
+
+    #[test]
+    fn a_response_format_schema_is_input() {
+        let plain = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"}]}"#;
+        let with_format = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object","properties":{"answer":{"type":"string"}}}}}}"#;
+        let null_format = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"}],"response_format":null}"#;
+        let tokens = |body: &[u8]| input_tokens(&parse_request(body).unwrap());
+        let format = r#"{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object","properties":{"answer":{"type":"string"}}}}}"#;
+        assert_eq!(tokens(with_format), tokens(plain) + count(format));
+        assert_eq!(tokens(null_format), tokens(plain));
     }
 }

@@ -259,6 +259,90 @@ async fn tool_calls_reach_the_client_and_go_back_on_every_provider() {
 }
 
 #[tokio::test]
+async fn structured_outputs_reach_claude_as_a_forced_tool_and_come_back_as_text() {
+    // Claude has no JSON mode: `response_format` goes as a tool the request
+    // forces (the mock, like the API, answers a forced tool with a call to
+    // it alone), and the client gets that call's input as the message text.
+    let p = Proxy::start(PLAN).await;
+    let answer = json!({"reasoning": "Forty-two is the answer.", "answer": "42"});
+    p.anthropic.update_behavior(|b| {
+        b.reply_text = "text that a forced tool call leaves out".to_owned();
+        b.tool_call = Some(MockToolCall {
+            name: "whatever the request forces".to_owned(),
+            arguments: answer.clone(),
+            thought_signature: None,
+        });
+    });
+    let schema = json!({"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}},
+        "required": ["reasoning", "answer"], "additionalProperties": false});
+    let format = json!({"type": "json_schema", "json_schema": {"name": "reply", "strict": true, "schema": schema}});
+    for stream in [false, true] {
+        let identity = format!("structured-{stream}");
+        let body = json!({"model": "claude-sonnet-4-5", "stream": stream, "max_tokens": 100, "response_format": format,
+            "messages": [{"role": "user", "content": "What is the answer?"}]});
+        let r = p.request(&identity, &body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "stream {stream}");
+        let (text, finish, calls) = if stream {
+            let events = sse_events(&r.text().await.unwrap());
+            let text: String = events
+                .iter()
+                .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+                .collect();
+            let finish = events
+                .iter()
+                .find_map(|e| e["choices"][0]["finish_reason"].as_str().map(str::to_owned));
+            let calls = events
+                .iter()
+                .filter(|e| e["choices"][0]["delta"].get("tool_calls").is_some())
+                .count();
+            (text, finish.unwrap_or_default(), calls)
+        } else {
+            let answer: Value = r.json().await.unwrap();
+            let message = &answer["choices"][0]["message"];
+            let calls = message["tool_calls"].as_array().map_or(0, Vec::len);
+            (
+                message["content"].as_str().unwrap_or_default().to_owned(),
+                answer["choices"][0]["finish_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                calls,
+            )
+        };
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            answer,
+            "stream {stream}: {text}"
+        );
+        assert_eq!((finish.as_str(), calls), ("stop", 0), "stream {stream}");
+        assert_eq!(p.settled(&identity, 1).await[0].0, "committed");
+    }
+    let sent = p.anthropic.requests_seen();
+    let last = sent.last().unwrap().json().unwrap();
+    assert_eq!(
+        last["tool_choice"],
+        json!({"type": "tool", "name": "tollgate_json_output"})
+    );
+    assert_eq!(last["tools"][0]["input_schema"], schema);
+
+    // With tools of its own the request cannot be translated: a 400 naming
+    // the field, before any hold or provider call.
+    let calls_before = p.anthropic.request_count();
+    let (status, _, error) = p
+        .chat("structured-tools", json!({"model": "claude-sonnet-4-5", "response_format": format,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "response_format", "{error}");
+    assert_eq!(p.anthropic.request_count(), calls_before);
+    assert!(
+        p.events("structured-tools").await.is_empty(),
+        "nothing is recorded"
+    );
+}
+
+#[tokio::test]
 async fn streamed_calls_are_translated_and_metered_on_every_provider() {
     let p = Proxy::start(PLAN).await;
     for mock in [&p.openai, &p.anthropic, &p.gemini, &p.xai] {

@@ -375,6 +375,66 @@ fn anthropic_stream_tool_without_parameters_gets_an_empty_object() {
 }
 
 #[test]
+fn anthropic_response_format_tool_comes_back_as_content() {
+    // The forced `response_format` tool's input is the answer: content,
+    // finish_reason "stop", no tool call, JSON and streamed alike; its key
+    // order is kept. With nothing streamed it is "{}".
+    let body = json!({"id": "msg_j", "model": "claude-sonnet-4-5", "stop_reason": "tool_use",
+        "content": [{"type": "tool_use", "id": "toolu_j", "name": "tollgate_json_output",
+            "input": {"reasoning": "short", "answer": "42"}}],
+        "usage": {"input_tokens": 30, "output_tokens": 12}});
+    let (answer, usage) = translate(ProviderKind::Anthropic, body.to_string().as_bytes());
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(
+        message["content"],
+        "{\"reasoning\":\"short\",\"answer\":\"42\"}"
+    );
+    assert!(
+        message.get("tool_calls").is_none_or(Value::is_null),
+        "{message}"
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!((usage.input_tokens, usage.output_tokens), (30, 12));
+
+    let stream = |partial: &[&str]| {
+        let mut body = String::from(concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_s\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_s\",\"name\":\"tollgate_json_output\",\"input\":{}}}\n\n",
+        ));
+        for piece in partial {
+            let delta = json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": piece}});
+            body.push_str(&format!("event: content_block_delta\ndata: {delta}\n\n"));
+        }
+        body.push_str(concat!(
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ));
+        let (out, usage) = run_stream(ProviderKind::Anthropic, false, &[body.as_bytes()]);
+        let evs = events(&out);
+        assert!(
+            evs.iter()
+                .all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()),
+            "no tool call reaches the client"
+        );
+        let finish: Vec<&Value> = evs
+            .iter()
+            .map(|e| &e["choices"][0]["finish_reason"])
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(finish, [&json!("stop")]);
+        assert_eq!(usage.output_tokens, 9);
+        streamed_text(&evs)
+    };
+    assert_eq!(
+        stream(&["{\"reasoning\": \"sh", "ort\", \"answer\": \"42\"}"]),
+        "{\"reasoning\": \"short\", \"answer\": \"42\"}"
+    );
+    assert_eq!(stream(&[""]), "{}");
+}
+
+#[test]
 fn gemini_tool_calls_without_args_and_with_thought_signatures() {
     // `args` is optional in Gemini's FunctionCall: OpenAI clients get "{}",
     // not "null". Gemini 3's thought signature rides in the call's id, so a

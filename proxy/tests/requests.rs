@@ -182,6 +182,67 @@ fn anthropic_sampling_fits_its_ranges() {
 }
 
 #[test]
+fn anthropic_response_format_becomes_a_forced_tool() {
+    // Claude has no JSON mode: the format's schema becomes the input schema
+    // of a tool the request forces; the answer's call is turned back into
+    // text (tests/providers.rs).
+    let schema = json!({"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}}, "required": ["reasoning", "answer"]});
+    let asked = |format: Value, tools: Option<Value>| {
+        let mut body = json!({"model": "claude-sonnet-4-5", "response_format": format,
+            "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(tools) = tools {
+            body["tools"] = tools;
+        }
+        prepare(body, None).map(|up| {
+            let sent = body_of(&up);
+            (sent["tools"].clone(), sent["tool_choice"].clone())
+        })
+    };
+    let forced = json!({"type": "tool", "name": "tollgate_json_output"});
+    let (tools, choice) = asked(
+        json!({"type": "json_schema", "json_schema": {"name": "r", "description": "The reply", "strict": true, "schema": schema}}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        tools,
+        json!([{"name": "tollgate_json_output", "description": "The reply", "input_schema": schema}])
+    );
+    assert_eq!(choice, forced);
+    // The schema's keys keep their order (the model writes in that order).
+    let sent = tools[0]["input_schema"]["properties"].as_object().unwrap();
+    assert_eq!(sent.keys().collect::<Vec<_>>(), ["reasoning", "answer"]);
+
+    let (tools, choice) = asked(json!({"type": "json_object"}), None).unwrap();
+    assert_eq!(tools[0]["input_schema"], json!({"type": "object"}));
+    assert_eq!(choice, forced);
+    assert_eq!(
+        asked(json!({"type": "text"}), None).unwrap(),
+        (Value::Null, Value::Null)
+    );
+
+    // What cannot be translated is a 400 naming the field.
+    let function = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]);
+    assert!(matches!(
+        asked(json!({"type": "json_object"}), Some(function)),
+        Err(PrepareError::Unsupported { field, .. }) if field == "response_format"
+    ));
+    assert!(matches!(
+        asked(json!({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "array", "items": {"type": "string"}}}}), None),
+        Err(PrepareError::Unsupported { field, .. }) if field == "response_format.json_schema.schema"
+    ));
+    assert!(matches!(
+        asked(json!({"type": "json_schema", "json_schema": {"name": "n"}}), None),
+        Err(PrepareError::InvalidField { field, .. }) if field == "response_format.json_schema.schema"
+    ));
+    let reserved = json!([{"type": "function", "function": {"name": "tollgate_json_output"}}]);
+    assert!(matches!(
+        asked(Value::Null, Some(reserved)),
+        Err(PrepareError::InvalidField { field, .. }) if field == "tools[0].function.name"
+    ));
+}
+
+#[test]
 fn gemini_response_format_and_thought_signatures() {
     let schema = json!({"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}}, "required": ["reasoning", "answer"]});
     let asked = |format: Value| {

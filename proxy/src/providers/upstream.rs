@@ -209,6 +209,67 @@ pub(crate) fn unsupported_tool_choice(provider: &'static str) -> PrepareError {
     }
 }
 
+/// OpenAI's `response_format`, read for a provider that has to translate it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ResponseFormat<'a> {
+    /// Absent, `null` or `{"type": "text"}`.
+    Text,
+    /// `json_object`: any JSON object.
+    JsonObject,
+    /// `json_schema`: JSON following `schema` (a JSON Schema object).
+    JsonSchema {
+        name: Option<&'a str>,
+        description: Option<&'a str>,
+        schema: &'a serde_json::Value,
+    },
+}
+
+/// Reads `request.response_format` for `provider`: a `json_schema` without
+/// a schema object, or a type missing or unknown, is a 400 naming the field.
+pub(crate) fn response_format<'a>(
+    request: &'a ChatRequest,
+    provider: &'static str,
+) -> Result<ResponseFormat<'a>, PrepareError> {
+    use serde_json::Value;
+    let Some(format) = request
+        .extra
+        .get("response_format")
+        .filter(|f| !f.is_null())
+    else {
+        return Ok(ResponseFormat::Text);
+    };
+    let invalid = |field: &str, reason: &str| PrepareError::InvalidField {
+        field: format!("response_format{field}"),
+        reason: reason.to_owned(),
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let spec = format.get("json_schema");
+            let text = |key: &str| spec.and_then(|s| s.get(key)).and_then(Value::as_str);
+            let schema = spec
+                .and_then(|s| s.get("schema"))
+                .filter(|s| s.is_object())
+                .ok_or_else(|| invalid(".json_schema.schema", "must be a JSON Schema object"))?;
+            Ok(ResponseFormat::JsonSchema {
+                name: text("name"),
+                description: text("description"),
+                schema,
+            })
+        }
+        Some(other) => Err(PrepareError::Unsupported {
+            provider,
+            field: "response_format.type".to_owned(),
+            reason: format!("'{other}' cannot be translated (text, json_object, json_schema can)"),
+        }),
+        None => Err(invalid(
+            ".type",
+            "must be 'text', 'json_object' or 'json_schema'",
+        )),
+    }
+}
+
 fn insert_secret(
     headers: &mut HeaderMap,
     name: HeaderName,

@@ -20,6 +20,13 @@ use serde_json::Value;
 /// Value of the `anthropic-version` header Tollgate speaks.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// The tool an OpenAI `response_format` becomes, since Claude has no JSON
+/// mode: the request declares it with the format's schema and forces it
+/// (`tool_choice`), and the answer's call to it comes back as the message's
+/// text, as if the model had written that JSON. Reserved: a client tool
+/// cannot take this name.
+pub(crate) const RESPONSE_FORMAT_TOOL: &str = "tollgate_json_output";
+
 /// `max_tokens` sent when neither the client nor the caller gave one
 /// (Anthropic requires the field).
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;

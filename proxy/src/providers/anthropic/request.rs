@@ -9,7 +9,10 @@
 //!   `tools[].input_schema`, `tool_choice` → `{type: auto|any|none|tool}`.
 //! - `temperature` is clamped to Anthropic's 0–1; with both `temperature`
 //!   and `top_p`, only `temperature` is sent (current models refuse both).
-//! - Fields Anthropic does not have (`seed`, `response_format`, …) are dropped;
+//! - `response_format` (`json_object`, or `json_schema` with an object
+//!   schema) becomes a forced tool whose input is the answer
+//!   ([`super::RESPONSE_FORMAT_TOOL`]); it cannot be combined with tools.
+//! - Fields Anthropic does not have (`seed`, `logprobs`, …) are dropped;
 //!   `n > 1` is refused.
 
 use super::super::gemini::strip_thought_signature;
@@ -17,9 +20,10 @@ use super::super::openai::{
     ChatMessage, ChatRequest, ContentPart, MessageContent, Role, ToolChoice, ToolChoiceMode,
 };
 use super::super::upstream::{
-    function_call, function_tool, parse_data_url, tool_arguments, unsupported_tool_choice,
-    PrepareError,
+    self, function_call, function_tool, parse_data_url, tool_arguments, unsupported_tool_choice,
+    PrepareError, ResponseFormat,
 };
+use super::RESPONSE_FORMAT_TOOL;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -117,6 +121,47 @@ pub(crate) fn build_body(
         };
         push_turn(&mut turns, role, blocks);
     }
+    let format_tool = format_tool(request)?;
+    let mut tools = request
+        .tools
+        .as_ref()
+        .map(|tools| {
+            tools
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let f = function_tool(t, i, PROVIDER)?;
+                    if f.name == RESPONSE_FORMAT_TOOL {
+                        return Err(PrepareError::InvalidField {
+                            field: format!("tools[{i}].function.name"),
+                            reason: format!("'{RESPONSE_FORMAT_TOOL}' is reserved by Tollgate"),
+                        });
+                    }
+                    Ok(ToolDef {
+                        name: &f.name,
+                        description: f.description.as_deref(),
+                        input_schema: f
+                            .parameters
+                            .clone()
+                            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                    })
+                })
+                .collect::<Result<Vec<_>, PrepareError>>()
+        })
+        .transpose()?;
+    let mut tool_choice = request.tool_choice.as_ref().map(tool_choice).transpose()?;
+    if let Some(format_tool) = format_tool {
+        if tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(PrepareError::Unsupported {
+                provider: PROVIDER,
+                field: "response_format".to_owned(),
+                reason: "it is answered through a tool, so it cannot be combined with tools"
+                    .to_owned(),
+            });
+        }
+        tools = Some(vec![format_tool]);
+        tool_choice = Some(json!({"type": "tool", "name": RESPONSE_FORMAT_TOOL}));
+    }
     let body = MessagesRequest {
         model,
         max_tokens,
@@ -128,31 +173,42 @@ pub(crate) fn build_body(
         temperature: request.temperature.map(|t| t.clamp(0.0, 1.0)),
         top_p: request.top_p.filter(|_| request.temperature.is_none()),
         stream,
-        tools: request
-            .tools
-            .as_ref()
-            .map(|tools| {
-                tools
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        let f = function_tool(t, i, PROVIDER)?;
-                        Ok(ToolDef {
-                            name: &f.name,
-                            description: f.description.as_deref(),
-                            input_schema: f
-                                .parameters
-                                .clone()
-                                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, PrepareError>>()
-            })
-            .transpose()?,
-        tool_choice: request.tool_choice.as_ref().map(tool_choice).transpose()?,
+        tools,
+        tool_choice,
         metadata: request.user.as_ref().map(|u| json!({ "user_id": u })),
     };
     Ok(serde_json::to_vec(&body)?)
+}
+
+/// The forced tool standing for `response_format`, if it asks for JSON.
+/// Anthropic takes only object schemas as a tool's input, which is also
+/// what OpenAI's structured outputs require at the root.
+fn format_tool(request: &ChatRequest) -> Result<Option<ToolDef<'_>>, PrepareError> {
+    let (description, input_schema) = match upstream::response_format(request, PROVIDER)? {
+        ResponseFormat::Text => return Ok(None),
+        ResponseFormat::JsonObject => (None, json!({"type": "object"})),
+        ResponseFormat::JsonSchema {
+            description,
+            schema,
+            ..
+        } => {
+            if schema.get("type").and_then(Value::as_str) != Some("object") {
+                return Err(PrepareError::Unsupported {
+                    provider: PROVIDER,
+                    field: "response_format.json_schema.schema".to_owned(),
+                    reason: "only a schema of \"type\": \"object\" can be translated".to_owned(),
+                });
+            }
+            (description, schema.clone())
+        }
+    };
+    Ok(Some(ToolDef {
+        name: RESPONSE_FORMAT_TOOL,
+        description: Some(
+            description.unwrap_or("Respond by calling this tool: its input is your answer."),
+        ),
+        input_schema,
+    }))
 }
 
 /// Appends a turn, merging it into the previous one when the role repeats.

@@ -1,14 +1,15 @@
 //! Anthropic non-streamed answer → `chat.completion`.
 //!
 //! Text blocks are concatenated into `message.content`; `tool_use` blocks
-//! become `tool_calls` (their `input` serialized as the arguments text);
+//! become `tool_calls` (their `input` serialized as the arguments text),
+//! except a call to [`RESPONSE_FORMAT_TOOL`], whose input is the text;
 //! thinking blocks are not shown. `stop_reason` maps through
-//! [`super::finish_reason`].
+//! [`super::finish_reason`] (`stop` when the only call was the format's).
 
 use super::super::openai::{ChatResponse, Choice, FinishReason, ResponseMessage, ToolCall};
 use super::super::response::ResponseMeta;
 use super::super::usage::{AnthropicUsage, Usage};
-use super::{finish_reason, AnswerBlock};
+use super::{finish_reason, AnswerBlock, RESPONSE_FORMAT_TOOL};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +35,9 @@ pub(crate) fn translate(
     for block in answer.content {
         match block {
             AnswerBlock::Text { text: t } => text.push_str(&t),
+            AnswerBlock::ToolUse { name, input, .. } if name == RESPONSE_FORMAT_TOOL => {
+                text.push_str(&json_text(&input))
+            }
             AnswerBlock::ToolUse { id, name, input } => {
                 calls.push(ToolCall::function(id, name, input.to_string()))
             }
@@ -41,6 +45,10 @@ pub(crate) fn translate(
         }
     }
     let usage = answer.usage.normalise();
+    let finish = match answer.stop_reason.as_deref() {
+        Some("tool_use") if calls.is_empty() => FinishReason::Stop,
+        reason => reason.map_or(FinishReason::Stop, finish_reason),
+    };
     let response = ChatResponse {
         id: answer.id.unwrap_or_else(|| meta.id.clone()),
         object: "chat.completion".to_owned(),
@@ -49,14 +57,17 @@ pub(crate) fn translate(
         choices: vec![Choice {
             index: 0,
             message: ResponseMessage::assistant(text, calls),
-            finish_reason: Some(
-                answer
-                    .stop_reason
-                    .as_deref()
-                    .map_or(FinishReason::Stop, finish_reason),
-            ),
+            finish_reason: Some(finish),
         }],
         usage: Some(usage.to_openai()),
     };
     Ok((response, usage))
+}
+
+/// The JSON text of the format tool's input (`{}` when it sent none).
+pub(super) fn json_text(input: &serde_json::Value) -> String {
+    match input {
+        serde_json::Value::Null => "{}".to_owned(),
+        input => input.to_string(),
+    }
 }

@@ -3,19 +3,20 @@
 //! `message_start` (id, model, input usage) → the role chunk;
 //! `content_block_start`/`content_block_delta` → content or tool-call chunks
 //! (`input_json_delta` pieces become `arguments` pieces, `{}` for a tool
-//! call that streamed none by its `content_block_stop`; thinking is counted
+//! call that streamed none by its `content_block_stop`; a call to
+//! [`RESPONSE_FORMAT_TOOL`] streams as content instead; thinking is counted
 //! for the estimate but not shown); `message_delta` → the finish chunk and
 //! the final output count (cumulative; the larger value wins);
 //! `message_stop` → usage chunk and `[DONE]`; `error` → an OpenAI error event.
 //! The event kind is read from the data's `type` field, which Anthropic
 //! always repeats from the `event:` line.
 
-use super::super::openai::ErrorBody;
+use super::super::openai::{ErrorBody, FinishReason};
 use super::super::response::json_error_position;
 use super::super::sse::SseEvent;
 use super::super::stream::StreamCtx;
 use super::super::usage::AnthropicUsage;
-use super::{finish_reason, AnswerBlock};
+use super::{finish_reason, AnswerBlock, RESPONSE_FORMAT_TOOL};
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -98,6 +99,9 @@ pub(crate) struct StreamHandler {
     /// Anthropic content-block index → OpenAI tool-call index, and
     /// whether any of its arguments were streamed yet.
     tool_calls: HashMap<u32, (u32, bool)>,
+    /// The block of the `response_format` tool's call, and whether any of
+    /// its JSON was streamed yet.
+    format_block: Option<(u32, bool)>,
 }
 
 impl StreamHandler {
@@ -125,6 +129,9 @@ impl StreamHandler {
                 content_block,
             } => match content_block {
                 AnswerBlock::Text { text } => ctx.emit_text(&text),
+                AnswerBlock::ToolUse { name, .. } if name == RESPONSE_FORMAT_TOOL => {
+                    self.format_block = Some((index, false));
+                }
                 AnswerBlock::ToolUse { id, name, .. } => {
                     let call = u32::try_from(self.tool_calls.len()).unwrap_or(u32::MAX);
                     self.tool_calls.insert(index, (call, false));
@@ -136,6 +143,13 @@ impl StreamHandler {
             Event::ContentBlockDelta { index, delta } => match delta {
                 BlockDelta::TextDelta { text } => ctx.emit_text(&text),
                 BlockDelta::InputJsonDelta { partial_json } => {
+                    if let Some((block, streamed)) = &mut self.format_block {
+                        if *block == index {
+                            *streamed |= !partial_json.trim().is_empty();
+                            ctx.emit_text(&partial_json);
+                            return;
+                        }
+                    }
                     match self.tool_calls.get_mut(&index) {
                         Some((call, streamed)) => {
                             *streamed |= !partial_json.trim().is_empty();
@@ -153,12 +167,21 @@ impl StreamHandler {
                     ctx.usage_final = true;
                 }
                 if let Some(reason) = delta.stop_reason {
-                    ctx.emit_finish(finish_reason(&reason));
+                    ctx.emit_finish(match reason.as_str() {
+                        "tool_use" if self.tool_calls.is_empty() => FinishReason::Stop,
+                        reason => finish_reason(reason),
+                    });
                 }
             }
             // A tool without parameters streams no (or only empty) JSON:
             // its arguments are `{}`, as in a JSON answer, never "".
             Event::ContentBlockStop { index } => {
+                if let Some((block, streamed @ false)) = &mut self.format_block {
+                    if *block == index {
+                        *streamed = true;
+                        ctx.emit_text("{}");
+                    }
+                }
                 if let Some((call, streamed @ false)) = self.tool_calls.get_mut(&index) {
                     *streamed = true;
                     ctx.emit_tool_call(*call, None, "{}");

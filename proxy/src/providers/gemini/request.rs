@@ -18,8 +18,8 @@ use super::super::openai::{
     ChatMessage, ChatRequest, MessageContent, Role, ToolChoice, ToolChoiceMode,
 };
 use super::super::upstream::{
-    function_call, function_tool, parse_data_url, tool_arguments, unsupported_tool_choice,
-    PrepareError,
+    self, function_call, function_tool, parse_data_url, tool_arguments, unsupported_tool_choice,
+    PrepareError, ResponseFormat,
 };
 use super::{split_tool_call_id, Blob, Content, FunctionCallPart, FunctionResponsePart, Part};
 use serde::Serialize;
@@ -156,38 +156,13 @@ pub(crate) fn build_body(
 fn response_format(
     request: &ChatRequest,
 ) -> Result<(Option<&'static str>, Option<Value>), PrepareError> {
-    let Some(format) = request
-        .extra
-        .get("response_format")
-        .filter(|f| !f.is_null())
-    else {
-        return Ok((None, None));
-    };
-    let invalid = |field: &str, reason: &str| PrepareError::InvalidField {
-        field: format!("response_format{field}"),
-        reason: reason.to_owned(),
-    };
-    match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok((None, None)),
-        Some("json_object") => Ok((Some("application/json"), None)),
-        Some("json_schema") => {
-            let schema = format
-                .get("json_schema")
-                .and_then(|s| s.get("schema"))
-                .filter(|s| s.is_object())
-                .ok_or_else(|| invalid(".json_schema.schema", "must be a JSON Schema object"))?;
-            Ok((Some("application/json"), Some(schema.clone())))
+    Ok(match upstream::response_format(request, PROVIDER)? {
+        ResponseFormat::Text => (None, None),
+        ResponseFormat::JsonObject => (Some("application/json"), None),
+        ResponseFormat::JsonSchema { schema, .. } => {
+            (Some("application/json"), Some(schema.clone()))
         }
-        Some(other) => Err(PrepareError::Unsupported {
-            provider: PROVIDER,
-            field: "response_format.type".to_owned(),
-            reason: format!("'{other}' cannot be translated (text, json_object, json_schema can)"),
-        }),
-        None => Err(invalid(
-            ".type",
-            "must be 'text', 'json_object' or 'json_schema'",
-        )),
-    }
+    })
 }
 
 fn push_content(contents: &mut Vec<Content>, role: &str, parts: Vec<Part>) {

@@ -3,12 +3,17 @@
 //! Checks `x-api-key` (401 `authentication_error`) and `anthropic-version`
 //! headers, then `model`, `max_tokens`, `messages` (roles `user`/`assistant`
 //! only, starting with `user`, alternating), content present (400
-//! `invalid_request_error`). Streams send `message_start` (input usage),
+//! `invalid_request_error`), tools' `input_schema` of type `object`, and a
+//! forced `tool_choice` (`{type: tool}`) naming a declared tool, which is
+//! then answered with a call to that tool alone. Streams send `message_start` (input usage),
 //! `content_block_start`, a `ping`, one `text_delta` per piece,
 //! `content_block_stop`, `message_delta` (stop reason, cumulative output
 //! tokens) and `message_stop`, each as `event: …\ndata: …\n\n`.
 
-use super::{answer_id, halves, json_response, sse_response, MockBehavior, RecordedRequest, Reply};
+use super::{
+    answer_id, halves, json_response, sse_response, MockBehavior, MockToolCall, RecordedRequest,
+    Reply,
+};
 use axum::response::Response;
 use serde_json::{json, Value};
 
@@ -51,11 +56,25 @@ pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Resp
     if let Err(message) = validate(&body) {
         return error(400, "invalid_request_error", &message);
     }
-    let reply = Reply::plan(
+    let mut reply = Reply::plan(
         behavior,
         &json!([body["system"], body["messages"]]),
         body["max_tokens"].as_u64(),
     );
+    // A forced tool is answered with a call to it alone (its input from the
+    // behaviour's tool call, else `{}`), as Claude does.
+    if let Some(name) = forced_tool(&body) {
+        let arguments = behavior
+            .tool_call
+            .as_ref()
+            .map_or_else(|| json!({}), |call| call.arguments.clone());
+        reply.pieces.clear();
+        reply.tool_call = Some(MockToolCall {
+            name: name.to_owned(),
+            arguments,
+            thought_signature: None,
+        });
+    }
     let model = body["model"].as_str().unwrap_or_default();
     if body["stream"].as_bool().unwrap_or(false) {
         stream_reply(&reply, model, behavior)
@@ -105,7 +124,29 @@ fn validate(body: &Value) -> Result<(), String> {
     if messages.is_empty() {
         return Err("messages: at least one message is required".to_owned());
     }
+    let tools = body["tools"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, tool) in tools.iter().enumerate() {
+        if tool["input_schema"]["type"] != "object" {
+            return Err(format!(
+                "tools.{i}.custom.input_schema.type: Input should be 'object'"
+            ));
+        }
+    }
+    if let Some(name) = forced_tool(body) {
+        if !tools.iter().any(|t| t["name"] == name) {
+            return Err(format!("tool_choice: Tool '{name}' not found in tools"));
+        }
+    }
     Ok(())
+}
+
+/// The tool `tool_choice` forces, if it forces one.
+fn forced_tool(body: &Value) -> Option<&str> {
+    let choice = &body["tool_choice"];
+    (choice["type"] == "tool").then(|| choice["name"].as_str().unwrap_or_default())
 }
 
 /// An error in Anthropic's shape; rate-limit (429) and overload (529)
@@ -188,25 +229,30 @@ fn stream_reply(reply: &Reply, model: &str, behavior: &MockBehavior) -> Response
             "content": [], "model": model, "stop_reason": null, "stop_sequence": null,
             "usage": start_usage}}),
     )];
-    // Block start and ping share one write, as on the wire.
-    writes.push(
-        event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
-            + &event("ping", json!({"type": "ping"})),
-    );
-    writes.extend(reply.pieces.iter().map(|p| {
-        event(
-            "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
-        )
-    }));
-    writes.push(event(
-        "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
-    ));
+    // A tool call alone (no text) is the first block.
+    let text_block = !reply.pieces.is_empty() || reply.tool_call.is_none();
+    if text_block {
+        // Block start and ping share one write, as on the wire.
+        writes.push(
+            event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+                + &event("ping", json!({"type": "ping"})),
+        );
+        writes.extend(reply.pieces.iter().map(|p| {
+            event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+            )
+        }));
+        writes.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+    }
     if let Some(call) = &reply.tool_call {
+        let index = u32::from(text_block);
         writes.push(event(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 1, "content_block":
+            json!({"type": "content_block_start", "index": index, "content_block":
                 {"type": "tool_use", "id": TOOL_USE_ID, "name": call.name, "input": {}}}),
         ));
         // A tool without parameters gets one empty piece, as from Anthropic.
@@ -224,13 +270,13 @@ fn stream_reply(reply: &Reply, model: &str, behavior: &MockBehavior) -> Response
         for piece in pieces {
             writes.push(event(
                 "content_block_delta",
-                json!({"type": "content_block_delta", "index": 1,
+                json!({"type": "content_block_delta", "index": index,
                     "delta": {"type": "input_json_delta", "partial_json": piece}}),
             ));
         }
         writes.push(event(
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_stop", "index": index}),
         ));
     }
     writes.push(event(
