@@ -181,8 +181,13 @@ async fn tool_calls_reach_the_client_and_go_back_on_every_provider() {
     // mock, like the API, refuses a call that comes back unsigned.
     // (No dollar limit: the shipped price table predates Gemini 3.)
     let p = Proxy::start("default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 1000 }\n").await;
+    // (`plan` is a nested model as Pydantic writes it: Gemini's mock, like
+    // the API, refuses `$defs` and `$ref`, so the proxy must inline them.)
     let tools = json!([{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
-        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "plan", "parameters": {"$defs": {"Step": {"type": "object", "additionalProperties": false,
+            "properties": {"what": {"type": "string"}}, "required": ["what"]}}, "type": "object", "additionalProperties": false,
+            "properties": {"steps": {"type": "array", "items": {"$ref": "#/$defs/Step"}}}, "required": ["steps"]}}}]);
     let cases = [
         (&p.openai, "gpt-4o"),
         (&p.anthropic, "claude-3-5-sonnet-20240620"),

@@ -369,6 +369,73 @@ fn gemini_tool_schemas_fit_its_schema_subset() {
 }
 
 #[test]
+fn gemini_tool_schemas_have_their_references_inlined() {
+    // Pydantic and zod write nested models as `$defs` + `$ref`, which
+    // Gemini's schema subset does not have: they are inlined (keywords
+    // beside a reference win), `$defs` dropped. Data (`default`, `enum`)
+    // and property names are not mistaken for references.
+    let declared = |parameters: Value| {
+        prepare(
+            json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "plan", "parameters": parameters}}]}),
+            None,
+        )
+        .map(|up| body_of(&up)["tools"][0]["functionDeclarations"][0]["parameters"].clone())
+    };
+    let pydantic = json!({
+        "$defs": {
+            "Step": {"type": "object", "title": "Step", "additionalProperties": false,
+                "properties": {"what": {"type": "string"}, "when": {"$ref": "#/$defs/When"}}, "required": ["what", "when"]},
+            "When": {"type": "string", "enum": ["now", "later"]}
+        },
+        "type": "object", "additionalProperties": false,
+        "properties": {
+            "steps": {"type": "array", "items": {"$ref": "#/$defs/Step"}},
+            "first": {"$ref": "#/$defs/Step", "description": "The first step"},
+            "again": {"type": "array", "items": {"$ref": "#/properties/first"}},
+            "$ref": {"type": "string", "default": {"$ref": "not a reference"}}
+        },
+        "required": ["steps"]
+    });
+    let step = json!({"type": "object", "title": "Step",
+        "properties": {"what": {"type": "string"}, "when": {"type": "string", "enum": ["now", "later"]}}, "required": ["what", "when"]});
+    let mut first = step.clone();
+    first["description"] = json!("The first step");
+    assert_eq!(
+        declared(pydantic).unwrap(),
+        json!({"type": "object", "properties": {
+            "steps": {"type": "array", "items": step},
+            "first": first,
+            "again": {"type": "array", "items": first},
+            "$ref": {"type": "string", "default": {"$ref": "not a reference"}}
+        }, "required": ["steps"]})
+    );
+    // A reference that cannot be inlined is a 400 naming the tool's parameters.
+    for (parameters, why) in [
+        (
+            json!({"type": "object", "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
+            "properties": {"head": {"$ref": "#/$defs/Node"}}}),
+            "recursive",
+        ),
+        (
+            json!({"type": "object", "properties": {"a": {"$ref": "https://example.com/a.json"}}}),
+            "not local",
+        ),
+        (
+            json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}),
+            "points at nothing",
+        ),
+    ] {
+        let refused = declared(parameters);
+        assert!(
+            matches!(&refused, Err(PrepareError::Unsupported { field, reason, .. })
+                if field == "tools[0].function.parameters" && reason.contains(why)),
+            "{why}: {refused:?}"
+        );
+    }
+}
+
+#[test]
 fn a_gemini_signature_in_a_tool_call_id_goes_only_to_gemini() {
     // A conversation that started on Gemini 3 and moves to another model:
     // Anthropic allows only [a-zA-Z0-9_-] in ids, OpenAI limits their length.

@@ -7,6 +7,7 @@
 
 mod request;
 mod response;
+mod schema;
 mod stream;
 
 pub(crate) use request::build_body;

@@ -8,7 +8,7 @@
 //! - Consecutive turns of the same role are merged.
 //! - `max_tokens` → `generationConfig.maxOutputTokens`, `stop` →
 //!   `stopSequences`, `temperature`, `top_p` → `topP`; `tools` →
-//!   `functionDeclarations` (JSON Schema keys Gemini rejects are dropped);
+//!   `functionDeclarations` (in Gemini's schema subset: [`super::schema`]);
 //!   `tool_choice` → `toolConfig.functionCallingConfig`.
 //! - `response_format` → `responseMimeType` (+ `responseJsonSchema` for
 //!   `json_schema`).
@@ -21,9 +21,11 @@ use super::super::upstream::{
     self, function_call, function_tool, parse_data_url, tool_arguments, unsupported_tool_choice,
     PrepareError, ResponseFormat,
 };
-use super::{split_tool_call_id, Blob, Content, FunctionCallPart, FunctionResponsePart, Part};
+use super::{
+    schema, split_tool_call_id, Blob, Content, FunctionCallPart, FunctionResponsePart, Part,
+};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 const PROVIDER: &str = "Gemini";
 
@@ -129,14 +131,20 @@ pub(crate) fn build_body(
                     .enumerate()
                     .map(|(i, t)| {
                         let f = function_tool(t, i, PROVIDER)?;
+                        let parameters = match &f.parameters {
+                            Some(p) => schema::parameters(p).map_err(|reason| {
+                                PrepareError::Unsupported {
+                                    provider: PROVIDER,
+                                    field: format!("tools[{i}].function.parameters"),
+                                    reason,
+                                }
+                            })?,
+                            None => None,
+                        };
                         Ok(FunctionDeclaration {
                             name: f.name.clone(),
                             description: f.description.clone(),
-                            parameters: f
-                                .parameters
-                                .clone()
-                                .filter(|p| !takes_no_arguments(p))
-                                .map(gemini_schema),
+                            parameters,
                         })
                     })
                     .collect::<Result<_, PrepareError>>()?;
@@ -270,76 +278,6 @@ fn tool_response(
         function_response: Some(FunctionResponsePart { name, response }),
         ..Part::default()
     })
-}
-
-/// An object schema with no properties (a tool without parameters): Gemini
-/// refuses it ("properties: should be non-empty for OBJECT type"), so the
-/// declaration goes without `parameters`.
-fn takes_no_arguments(schema: &Value) -> bool {
-    let Value::Object(map) = schema else {
-        return false;
-    };
-    let no_properties = map
-        .get("properties")
-        .is_none_or(|p| p.as_object().is_some_and(Map::is_empty));
-    let constrained = ["$ref", "anyOf", "oneOf", "allOf", "items"]
-        .iter()
-        .any(|k| map.contains_key(*k))
-        || map
-            .get("additionalProperties")
-            .is_some_and(Value::is_object);
-    map.get("type").is_none_or(|t| t == "object") && no_properties && !constrained
-}
-
-/// Gemini's schema is an OpenAPI subset: drop the JSON Schema keywords it
-/// rejects (`$schema`, `additionalProperties`) from every sub-schema, leaving
-/// property names alone, and write a list of types its way.
-fn gemini_schema(schema: Value) -> Value {
-    let Value::Object(map) = schema else {
-        return schema;
-    };
-    let mut out: Map<String, Value> = map
-        .into_iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "$schema" | "additionalProperties"))
-        .map(|(k, v)| {
-            let v = match (k.as_str(), v) {
-                ("properties" | "$defs" | "definitions", Value::Object(props)) => Value::Object(
-                    props
-                        .into_iter()
-                        .map(|(name, sub)| (name, gemini_schema(sub)))
-                        .collect::<Map<String, Value>>(),
-                ),
-                ("anyOf" | "oneOf" | "allOf", Value::Array(list)) => {
-                    Value::Array(list.into_iter().map(gemini_schema).collect())
-                }
-                ("items", sub) => gemini_schema(sub),
-                (_, other) => other,
-            };
-            (k, v)
-        })
-        .collect();
-    // JSON Schema's `"type": ["string", "null"]` (OpenAI's strict mode writes
-    // optional fields so) is `"type": "string", "nullable": true` in Gemini's;
-    // several types are `anyOf` one schema each.
-    let listed = out.get("type").is_some_and(Value::is_array);
-    if let Some(Value::Array(types)) = listed.then(|| out.shift_remove("type")).flatten() {
-        let nullable = types.iter().any(|t| t == "null");
-        let mut named: Vec<Value> = types.into_iter().filter(|t| t != "null").collect();
-        match named.len() {
-            0 => {}
-            1 => {
-                out.insert("type".to_owned(), named.remove(0));
-            }
-            _ => {
-                let any_of = named.into_iter().map(|t| json!({ "type": t })).collect();
-                out.insert("anyOf".to_owned(), Value::Array(any_of));
-            }
-        }
-        if nullable {
-            out.insert("nullable".to_owned(), Value::Bool(true));
-        }
-    }
-    out.into()
 }
 
 fn tool_config(choice: &ToolChoice) -> Result<Value, PrepareError> {

@@ -118,6 +118,92 @@ fn validate(body: &Value) -> Result<(), String> {
             ));
         }
     }
+    let tools = body["tools"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, tool) in tools.iter().enumerate() {
+        let declarations = tool["functionDeclarations"].as_array();
+        for (j, declaration) in declarations.into_iter().flatten().enumerate() {
+            if let Some(parameters) = declaration.get("parameters") {
+                let at = format!("tools[{i}].function_declarations[{j}].parameters");
+                check_schema(parameters, &at)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gemini's `Schema` is an OpenAPI subset: JSON Schema keys it has no field
+/// for are refused as unknown names (`$ref`, `$defs`, `additionalProperties`,
+/// …), a list of types is not a type, and an object needs properties.
+fn check_schema(schema: &Value, at: &str) -> Result<(), String> {
+    const FIELDS: [&str; 22] = [
+        "type",
+        "format",
+        "title",
+        "description",
+        "nullable",
+        "enum",
+        "maxItems",
+        "minItems",
+        "properties",
+        "required",
+        "minProperties",
+        "maxProperties",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "example",
+        "anyOf",
+        "propertyOrdering",
+        "default",
+        "items",
+        "minimum",
+        "maximum",
+    ];
+    let Some(map) = schema.as_object() else {
+        return Err(format!("Invalid value at '{at}': not a schema"));
+    };
+    if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(format!(
+            "Invalid JSON payload received. Unknown name \"{unknown}\" at '{at}': Cannot find field."
+        ));
+    }
+    if map.get("type").is_some_and(|t| !t.is_string()) {
+        return Err(format!("Invalid value at '{at}.type': not a type name"));
+    }
+    if map
+        .get("type")
+        .is_some_and(|t| t == "OBJECT" || t == "object")
+        && map
+            .get("properties")
+            .is_none_or(|p| p.as_object().is_none_or(|p| p.is_empty()))
+    {
+        return Err(format!(
+            "* GenerateContentRequest.{at}.properties: should be non-empty for OBJECT type\n"
+        ));
+    }
+    for (name, sub) in map
+        .get("properties")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        check_schema(sub, &format!("{at}.properties[{name}]"))?;
+    }
+    if let Some(items) = map.get("items") {
+        check_schema(items, &format!("{at}.items"))?;
+    }
+    for (k, sub) in map
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        check_schema(sub, &format!("{at}.any_of[{k}]"))?;
+    }
     Ok(())
 }
 
