@@ -326,25 +326,38 @@ async fn structured_outputs_reach_claude_as_a_forced_tool_and_come_back_as_text(
     let last = sent.last().unwrap().json().unwrap();
     assert_eq!(
         last["tool_choice"],
-        json!({"type": "tool", "name": "tollgate_json_output"})
+        json!({"type": "tool", "name": "tollgate_json_output", "disable_parallel_tool_use": true})
     );
     assert_eq!(last["tools"][0]["input_schema"], schema);
 
-    // With tools of its own the request cannot be translated: a 400 naming
-    // the field, before any hold or provider call.
-    let calls_before = p.anthropic.request_count();
-    let (status, _, error) = p
-        .chat("structured-tools", json!({"model": "claude-sonnet-4-5", "response_format": format,
-            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
-            "messages": [{"role": "user", "content": "hi"}]}))
+    // Beside tools of its own, the model may call one of them (the answer
+    // is then a tool call) or answer with the JSON.
+    p.anthropic.update_behavior(|b| {
+        b.reply_text = String::new();
+        b.tool_call = Some(MockToolCall {
+            name: "get_time".to_owned(),
+            arguments: json!({}),
+            thought_signature: None,
+        });
+    });
+    let (status, _, reply) = p
+        .chat("structured-tools", json!({"model": "claude-sonnet-4-5", "response_format": format, "max_tokens": 100,
+            "tools": [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}],
+            "messages": [{"role": "user", "content": "What time is it?"}]}))
         .await;
-    assert_eq!(status, 400, "{error}");
-    assert_eq!(error["error"]["param"], "response_format", "{error}");
-    assert_eq!(p.anthropic.request_count(), calls_before);
-    assert!(
-        p.events("structured-tools").await.is_empty(),
-        "nothing is recorded"
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["choices"][0]["finish_reason"], "tool_calls",
+        "{reply}"
     );
+    assert_eq!(
+        reply["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_time"
+    );
+    let last = p.anthropic.requests_seen().last().unwrap().json().unwrap();
+    assert_eq!(last["tool_choice"], json!({"type": "any"}));
+    assert_eq!(last["tools"][1]["name"], "tollgate_json_output");
+    assert_eq!(p.settled("structured-tools", 1).await[0].0, "committed");
 }
 
 #[tokio::test]

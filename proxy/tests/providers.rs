@@ -396,6 +396,22 @@ fn anthropic_response_format_tool_comes_back_as_content() {
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!((usage.input_tokens, usage.output_tokens), (30, 12));
 
+    // Beside a call to a client tool the JSON is the content and the call a
+    // tool call; a second format call (parallel use is disabled, but) is
+    // dropped, never glued on as `{…}{…}`.
+    let body = json!({"id": "msg_k", "model": "claude-sonnet-4-5", "stop_reason": "tool_use",
+        "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "tollgate_json_output", "input": {"answer": "1"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "tollgate_json_output", "input": {"answer": "2"}},
+            {"type": "tool_use", "id": "toolu_3", "name": "get_time", "input": {}}],
+        "usage": {"input_tokens": 30, "output_tokens": 12}});
+    let (answer, _) = translate(ProviderKind::Anthropic, body.to_string().as_bytes());
+    let message = &answer["choices"][0]["message"];
+    assert_eq!(message["content"], "{\"answer\":\"1\"}");
+    assert_eq!(message["tool_calls"][0]["function"]["name"], "get_time");
+    assert_eq!(message["tool_calls"].as_array().unwrap().len(), 1);
+    assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+
     let stream = |partial: &[&str]| {
         let mut body = String::from(concat!(
             "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_s\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
@@ -432,6 +448,21 @@ fn anthropic_response_format_tool_comes_back_as_content() {
         "{\"reasoning\": \"short\", \"answer\": \"42\"}"
     );
     assert_eq!(stream(&[""]), "{}");
+
+    // Streamed, a second format call is only counted, not shown.
+    let second = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_t\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"tollgate_json_output\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":1}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"tollgate_json_output\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":2}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    let (out, _) = run_stream(ProviderKind::Anthropic, false, &[second.as_bytes()]);
+    assert_eq!(streamed_text(&events(&out)), "{\"a\":1}");
 }
 
 #[test]

@@ -198,7 +198,8 @@ fn anthropic_response_format_becomes_a_forced_tool() {
             (sent["tools"].clone(), sent["tool_choice"].clone())
         })
     };
-    let forced = json!({"type": "tool", "name": "tollgate_json_output"});
+    let forced =
+        json!({"type": "tool", "name": "tollgate_json_output", "disable_parallel_tool_use": true});
     let (tools, choice) = asked(
         json!({"type": "json_schema", "json_schema": {"name": "r", "description": "The reply", "strict": true, "schema": schema}}),
         None,
@@ -221,12 +222,40 @@ fn anthropic_response_format_becomes_a_forced_tool() {
         (Value::Null, Value::Null)
     );
 
+    // Beside the client's tools, the answer is a call to one of them or the
+    // JSON; a choice that requires one of its tools leaves the format out, one
+    // that rules them out forces the format.
+    let with_tools = |choice: Option<Value>| {
+        let mut body = json!({"model": "claude-sonnet-4-5", "response_format": {"type": "json_object"},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
+            "messages": [{"role": "user", "content": "hi"}]});
+        if let Some(choice) = choice {
+            body["tool_choice"] = choice;
+        }
+        let sent = body_of(&prepare(body, None).unwrap());
+        let names: Vec<String> = sent["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        (names, sent["tool_choice"].clone())
+    };
+    let both = vec!["f".to_owned(), "tollgate_json_output".to_owned()];
+    let any = json!({"type": "any"});
+    assert_eq!(with_tools(None), (both.clone(), any.clone()));
+    assert_eq!(with_tools(Some(json!("auto"))), (both.clone(), any.clone()));
+    assert_eq!(with_tools(Some(json!("none"))), (both, forced.clone()));
+    assert_eq!(
+        with_tools(Some(json!("required"))),
+        (vec!["f".to_owned()], any)
+    );
+    assert_eq!(
+        with_tools(Some(json!({"type": "function", "function": {"name": "f"}}))),
+        (vec!["f".to_owned()], json!({"type": "tool", "name": "f"}))
+    );
+
     // What cannot be translated is a 400 naming the field.
-    let function = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]);
-    assert!(matches!(
-        asked(json!({"type": "json_object"}), Some(function)),
-        Err(PrepareError::Unsupported { field, .. }) if field == "response_format"
-    ));
     assert!(matches!(
         asked(json!({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "array", "items": {"type": "string"}}}}), None),
         Err(PrepareError::Unsupported { field, .. }) if field == "response_format.json_schema.schema"

@@ -1,5 +1,5 @@
-//! Typed ids. Every id is a UUID; event ids are UUID v7 (time ordered) made by
-//! the producer and reused on retry, so they double as idempotency keys.
+//! Typed ids. Every id is a UUID; event ids are UUID v7 (time ordered), a
+//! new one for every event appended.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

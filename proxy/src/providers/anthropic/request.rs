@@ -10,8 +10,9 @@
 //! - `temperature` is clamped to Anthropic's 0–1; with both `temperature`
 //!   and `top_p`, only `temperature` is sent (current models refuse both).
 //! - `response_format` (`json_object`, or `json_schema` with an object
-//!   schema) becomes a forced tool whose input is the answer
-//!   ([`super::RESPONSE_FORMAT_TOOL`]); it cannot be combined with tools.
+//!   schema) becomes a tool whose input is the answer
+//!   ([`super::RESPONSE_FORMAT_TOOL`]): forced alone, or beside the client's
+//!   tools with `tool_choice: any` (see `build_body`).
 //! - Fields Anthropic does not have (`seed`, `logprobs`, …) are dropped;
 //!   `n > 1` is refused.
 
@@ -151,16 +152,26 @@ pub(crate) fn build_body(
         .transpose()?;
     let mut tool_choice = request.tool_choice.as_ref().map(tool_choice).transpose()?;
     if let Some(format_tool) = format_tool {
-        if tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(PrepareError::Unsupported {
-                provider: PROVIDER,
-                field: "response_format".to_owned(),
-                reason: "it is answered through a tool, so it cannot be combined with tools"
-                    .to_owned(),
-            });
+        // The answer is either a call to one of the client's tools or the
+        // JSON: `any` tool, the format's being one. Where the client's
+        // choice rules out its tools (`none`, or it has none) the format's
+        // is forced, alone; where it requires one of them (`required`, a
+        // named tool) there is no final answer yet, and no format tool.
+        let own_tools = tools.as_ref().is_some_and(|t| !t.is_empty());
+        let client_choice = request.tool_choice.as_ref();
+        match client_choice {
+            Some(ToolChoice::Mode(ToolChoiceMode::Required) | ToolChoice::Named(_))
+                if own_tools => {}
+            Some(ToolChoice::Mode(ToolChoiceMode::Auto)) | None if own_tools => {
+                tools.get_or_insert_with(Vec::new).push(format_tool);
+                tool_choice = Some(json!({"type": "any"}));
+            }
+            _ => {
+                tools.get_or_insert_with(Vec::new).push(format_tool);
+                tool_choice = Some(json!({"type": "tool", "name": RESPONSE_FORMAT_TOOL,
+                    "disable_parallel_tool_use": true}));
+            }
         }
-        tools = Some(vec![format_tool]);
-        tool_choice = Some(json!({"type": "tool", "name": RESPONSE_FORMAT_TOOL}));
     }
     let body = MessagesRequest {
         model,

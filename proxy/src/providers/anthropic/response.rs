@@ -32,11 +32,17 @@ pub(crate) fn translate(
     let answer: MessagesResponse = serde_json::from_slice(body)?;
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut answered = false;
     for block in answer.content {
         match block {
             AnswerBlock::Text { text: t } => text.push_str(&t),
+            // (One answer: a second call, which the request's
+            // `disable_parallel_tool_use` should prevent, is dropped.)
             AnswerBlock::ToolUse { name, input, .. } if name == RESPONSE_FORMAT_TOOL => {
-                text.push_str(&json_text(&input))
+                if !answered {
+                    answered = true;
+                    text.push_str(&json_text(&input));
+                }
             }
             AnswerBlock::ToolUse { id, name, input } => {
                 calls.push(ToolCall::function(id, name, input.to_string()))

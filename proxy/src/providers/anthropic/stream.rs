@@ -129,8 +129,10 @@ impl StreamHandler {
                 content_block,
             } => match content_block {
                 AnswerBlock::Text { text } => ctx.emit_text(&text),
+                // Only the first call answers (its JSON is the content);
+                // the deltas of any other are only counted.
                 AnswerBlock::ToolUse { name, .. } if name == RESPONSE_FORMAT_TOOL => {
-                    self.format_block = Some((index, false));
+                    self.format_block.get_or_insert((index, false));
                 }
                 AnswerBlock::ToolUse { id, name, .. } => {
                     let call = u32::try_from(self.tool_calls.len()).unwrap_or(u32::MAX);

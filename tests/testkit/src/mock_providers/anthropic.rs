@@ -68,7 +68,13 @@ pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Resp
             .tool_call
             .as_ref()
             .map_or_else(|| json!({}), |call| call.arguments.clone());
+        // The call is the whole answer: its size, not the reply text's, is
+        // the output (about four characters a token), and it is complete.
         reply.pieces.clear();
+        reply.truncated = false;
+        reply.output_tokens = behavior.output_tokens.unwrap_or_else(|| {
+            u64::try_from(arguments.to_string().len().div_ceil(4)).unwrap_or(u64::MAX)
+        });
         reply.tool_call = Some(MockToolCall {
             name: name.to_owned(),
             arguments,
