@@ -374,6 +374,14 @@ fn anthropic_stream_tool_without_parameters_gets_an_empty_object() {
     assert_eq!(args(1), "{\"city\":\"Oslo\"}");
 }
 
+/// Anthropic SSE: each event as `event: <type>` and its JSON.
+fn anthropic_sse(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect()
+}
+
 #[test]
 fn anthropic_response_format_tool_comes_back_as_content() {
     // The forced `response_format` tool's input is the answer: content,
@@ -412,22 +420,26 @@ fn anthropic_response_format_tool_comes_back_as_content() {
     assert_eq!(message["tool_calls"].as_array().unwrap().len(), 1);
     assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
 
-    let stream = |partial: &[&str]| {
-        let mut body = String::from(concat!(
-            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_s\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
-            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_s\",\"name\":\"tollgate_json_output\",\"input\":{}}}\n\n",
-        ));
-        for piece in partial {
-            let delta = json!({"type": "content_block_delta", "index": 0,
-                "delta": {"type": "input_json_delta", "partial_json": piece}});
-            body.push_str(&format!("event: content_block_delta\ndata: {delta}\n\n"));
+    // Streamed: each format call's pieces as given (block index, JSON).
+    let stream = |calls: &[(u32, &[&str])]| {
+        let mut sent = vec![json!({"type": "message_start", "message": {"id": "msg_s",
+            "model": "claude-sonnet-4-5", "usage": {"input_tokens": 20, "output_tokens": 1}}})];
+        for (index, pieces) in calls {
+            sent.push(json!({"type": "content_block_start", "index": index, "content_block":
+                {"type": "tool_use", "id": format!("toolu_{index}"), "name": "tollgate_json_output", "input": {}}}));
+            sent.extend(pieces.iter().map(|piece| {
+                json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": piece}})
+            }));
+            sent.push(json!({"type": "content_block_stop", "index": index}));
         }
-        body.push_str(concat!(
-            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
-            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
-            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        ));
-        let (out, usage) = run_stream(ProviderKind::Anthropic, false, &[body.as_bytes()]);
+        sent.push(json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}));
+        sent.push(json!({"type": "message_stop"}));
+        let (out, usage) = run_stream(
+            ProviderKind::Anthropic,
+            false,
+            &[anthropic_sse(&sent).as_bytes()],
+        );
         let evs = events(&out);
         assert!(
             evs.iter()
@@ -444,25 +456,15 @@ fn anthropic_response_format_tool_comes_back_as_content() {
         streamed_text(&evs)
     };
     assert_eq!(
-        stream(&["{\"reasoning\": \"sh", "ort\", \"answer\": \"42\"}"]),
+        stream(&[(0, &["{\"reasoning\": \"sh", "ort\", \"answer\": \"42\"}"])]),
         "{\"reasoning\": \"short\", \"answer\": \"42\"}"
     );
-    assert_eq!(stream(&[""]), "{}");
-
-    // Streamed, a second format call is only counted, not shown.
-    let second = concat!(
-        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_t\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n",
-        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"tollgate_json_output\",\"input\":{}}}\n\n",
-        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":1}\"}}\n\n",
-        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
-        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_2\",\"name\":\"tollgate_json_output\",\"input\":{}}}\n\n",
-        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":2}\"}}\n\n",
-        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
-        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
-        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    assert_eq!(stream(&[(0, &[""])]), "{}");
+    // A second format call is only counted, not shown.
+    assert_eq!(
+        stream(&[(0, &["{\"a\":1}"]), (1, &["{\"a\":2}"])]),
+        "{\"a\":1}"
     );
-    let (out, _) = run_stream(ProviderKind::Anthropic, false, &[second.as_bytes()]);
-    assert_eq!(streamed_text(&events(&out)), "{\"a\":1}");
 }
 
 #[test]
