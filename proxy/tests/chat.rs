@@ -361,6 +361,25 @@ async fn structured_outputs_reach_claude_as_a_forced_tool_and_come_back_as_text(
 }
 
 #[tokio::test]
+async fn claude_takes_requests_with_newline_stops_and_blank_replies() {
+    // `stop: ["\n"]` and a blank assistant reply in the history are fine for
+    // OpenAI; Anthropic's API (and its mock) refuse both as sent.
+    let p = Proxy::start(PLAN).await;
+    let (status, _, answer) = p
+        .chat(
+            "blank",
+            json!({"model": "claude-sonnet-4-5", "max_tokens": 50, "stop": ["\n", "END"],
+            "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": " \n"},
+                {"role": "user", "content": "Hi again"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = p.anthropic.requests_seen().last().unwrap().json().unwrap();
+    assert_eq!(sent["stop_sequences"], json!(["END"]));
+    assert_eq!(p.settled("blank", 1).await[0].0, "committed");
+}
+
+#[tokio::test]
 async fn streamed_calls_are_translated_and_metered_on_every_provider() {
     let p = Proxy::start(PLAN).await;
     for mock in [&p.openai, &p.anthropic, &p.gemini, &p.xai] {

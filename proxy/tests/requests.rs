@@ -182,6 +182,34 @@ fn anthropic_sampling_fits_its_ranges() {
 }
 
 #[test]
+fn anthropic_gets_no_whitespace_only_stops_or_text() {
+    // Anthropic refuses a whitespace-only stop sequence ("\n" is a common
+    // one) and a whitespace-only text block (a blank reply sent back in the
+    // history): both are left out, the rest kept as sent.
+    let sent = |stop: Value| {
+        body_of(
+            &prepare(
+                json!({"model": "claude-sonnet-4-5", "stop": stop, "messages": [
+                    {"role": "user", "content": "Say something."},
+                    {"role": "assistant", "content": "\n\n"},
+                    {"role": "user", "content": [{"type": "text", "text": " "}, {"type": "text", "text": " Again, please. "}]}]}),
+                None,
+            )
+            .unwrap(),
+        )
+    };
+    let body = sent(json!(["\n", "END", " \t"]));
+    assert_eq!(body["stop_sequences"], json!(["END"]));
+    assert_eq!(
+        body["messages"],
+        json!([{"role": "user", "content": [
+            {"type": "text", "text": "Say something."},
+            {"type": "text", "text": " Again, please. "}]}])
+    );
+    assert!(sent(json!("\n")).get("stop_sequences").is_none());
+}
+
+#[test]
 fn anthropic_response_format_becomes_a_forced_tool() {
     // Claude has no JSON mode: the format's schema becomes the input schema
     // of a tool the request forces; the answer's call is turned back into

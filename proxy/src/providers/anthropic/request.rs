@@ -5,7 +5,9 @@
 //! - `tool` messages become `tool_result` blocks in a user turn; assistant
 //!   `tool_calls` become `tool_use` blocks.
 //! - Consecutive turns of the same role are merged, so roles alternate.
-//! - `stop` → `stop_sequences`, `user` → `metadata.user_id`, `tools` →
+//! - `stop` → `stop_sequences` (whitespace-only ones, which Anthropic
+//!   refuses, left out; so are whitespace-only text blocks), `user` →
+//!   `metadata.user_id`, `tools` →
 //!   `tools[].input_schema`, `tool_choice` → `{type: auto|any|none|tool}`.
 //! - `temperature` is clamped to Anthropic's 0–1; with both `temperature`
 //!   and `top_p`, only `temperature` is sent (current models refuse both).
@@ -178,7 +180,7 @@ pub(crate) fn build_body(
         max_tokens,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages: turns,
-        stop_sequences: request.stop.as_ref().map(|s| s.sequences()),
+        stop_sequences: stop_sequences(request),
         // Anthropic's range is 0–1 (OpenAI's 0–2), and its current models
         // refuse `temperature` together with `top_p`: the temperature wins.
         temperature: request.temperature.map(|t| t.clamp(0.0, 1.0)),
@@ -237,8 +239,25 @@ fn push_turn(turns: &mut Vec<Turn>, role: &'static str, blocks: Vec<Block>) {
     }
 }
 
+/// A text block, unless the text is empty or only whitespace, which
+/// Anthropic refuses ("text content blocks must contain non-whitespace
+/// text"): a model's blank reply sent back in the history is left out.
 fn text_block(text: String) -> Option<Block> {
-    (!text.is_empty()).then_some(Block::Text { text })
+    (!text.trim().is_empty()).then_some(Block::Text { text })
+}
+
+/// `stop` without the whitespace-only sequences (`"\n"` is a common one),
+/// which Anthropic refuses ("each stop sequence must contain
+/// non-whitespace"): the answer is then not cut there.
+fn stop_sequences(request: &ChatRequest) -> Option<Vec<String>> {
+    let sequences: Vec<String> = request
+        .stop
+        .as_ref()?
+        .sequences()
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    (!sequences.is_empty()).then_some(sequences)
 }
 
 fn content_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Block>, PrepareError> {

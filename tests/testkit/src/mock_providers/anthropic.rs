@@ -120,6 +120,16 @@ fn validate(body: &Value) -> Result<(), String> {
             Value::Array(blocks) => !blocks.is_empty(),
             _ => false,
         };
+        let blank_text = message["content"].as_array().is_some_and(|blocks| {
+            blocks.iter().any(|b| {
+                b["type"] == "text" && b["text"].as_str().is_none_or(|t| t.trim().is_empty())
+            })
+        });
+        if blank_text {
+            return Err(
+                "messages: text content blocks must contain non-whitespace text".to_owned(),
+            );
+        }
         if !content_ok {
             return Err(format!(
                 "messages.{i}: all messages must have non-empty content"
@@ -129,6 +139,16 @@ fn validate(body: &Value) -> Result<(), String> {
     }
     if messages.is_empty() {
         return Err("messages: at least one message is required".to_owned());
+    }
+    let stops = body["stop_sequences"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if stops
+        .iter()
+        .any(|s| s.as_str().is_none_or(|s| s.trim().is_empty()))
+    {
+        return Err("stop_sequences: each stop sequence must contain non-whitespace".to_owned());
     }
     let tools = body["tools"]
         .as_array()
