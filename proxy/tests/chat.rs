@@ -355,7 +355,10 @@ async fn structured_outputs_reach_claude_as_a_forced_tool_and_come_back_as_text(
         "get_time"
     );
     let last = p.anthropic.requests_seen().last().unwrap().json().unwrap();
-    assert_eq!(last["tool_choice"], json!({"type": "any"}));
+    assert_eq!(
+        last["tool_choice"],
+        json!({"type": "any", "disable_parallel_tool_use": true})
+    );
     assert_eq!(last["tools"][1]["name"], "tollgate_json_output");
     assert_eq!(p.settled("structured-tools", 1).await[0].0, "committed");
 }

@@ -404,9 +404,9 @@ fn anthropic_response_format_tool_comes_back_as_content() {
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!((usage.input_tokens, usage.output_tokens), (30, 12));
 
-    // Beside a call to a client tool the JSON is the content and the call a
-    // tool call; a second format call (parallel use is disabled, but) is
-    // dropped, never glued on as `{…}{…}`.
+    // Beside a call to a client tool (parallel use is disabled, but) the
+    // JSON is dropped: it would be an answer given before the tool ran. Nor
+    // is a second format call ever glued on as `{…}{…}`.
     let body = json!({"id": "msg_k", "model": "claude-sonnet-4-5", "stop_reason": "tool_use",
         "content": [
             {"type": "tool_use", "id": "toolu_1", "name": "tollgate_json_output", "input": {"answer": "1"}},
@@ -415,10 +415,24 @@ fn anthropic_response_format_tool_comes_back_as_content() {
         "usage": {"input_tokens": 30, "output_tokens": 12}});
     let (answer, _) = translate(ProviderKind::Anthropic, body.to_string().as_bytes());
     let message = &answer["choices"][0]["message"];
-    assert_eq!(message["content"], "{\"answer\":\"1\"}");
+    assert!(
+        message["content"].as_str().is_none_or(str::is_empty),
+        "{message}"
+    );
     assert_eq!(message["tool_calls"][0]["function"]["name"], "get_time");
     assert_eq!(message["tool_calls"].as_array().unwrap().len(), 1);
     assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+
+    let body = json!({"id": "msg_l", "model": "claude-sonnet-4-5", "stop_reason": "tool_use",
+        "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "tollgate_json_output", "input": {"answer": "1"}},
+            {"type": "tool_use", "id": "toolu_2", "name": "tollgate_json_output", "input": {"answer": "2"}}],
+        "usage": {"input_tokens": 30, "output_tokens": 12}});
+    let (answer, _) = translate(ProviderKind::Anthropic, body.to_string().as_bytes());
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "{\"answer\":\"1\"}"
+    );
 
     // Streamed: each format call's pieces as given (block index, JSON).
     let stream = |calls: &[(u32, &[&str])]| {

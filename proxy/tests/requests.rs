@@ -270,13 +270,13 @@ fn anthropic_response_format_becomes_a_forced_tool() {
         (names, sent["tool_choice"].clone())
     };
     let both = vec!["f".to_owned(), "tollgate_json_output".to_owned()];
-    let any = json!({"type": "any"});
-    assert_eq!(with_tools(None), (both.clone(), any.clone()));
-    assert_eq!(with_tools(Some(json!("auto"))), (both.clone(), any.clone()));
+    let one_of_them = json!({"type": "any", "disable_parallel_tool_use": true});
+    assert_eq!(with_tools(None), (both.clone(), one_of_them.clone()));
+    assert_eq!(with_tools(Some(json!("auto"))), (both.clone(), one_of_them));
     assert_eq!(with_tools(Some(json!("none"))), (both, forced.clone()));
     assert_eq!(
         with_tools(Some(json!("required"))),
-        (vec!["f".to_owned()], any)
+        (vec!["f".to_owned()], json!({"type": "any"}))
     );
     assert_eq!(
         with_tools(Some(json!({"type": "function", "function": {"name": "f"}}))),
@@ -296,6 +296,15 @@ fn anthropic_response_format_becomes_a_forced_tool() {
     assert!(matches!(
         asked(Value::Null, Some(reserved)),
         Err(PrepareError::InvalidField { field, .. }) if field == "tools[0].function.name"
+    ));
+    let named_reserved = prepare(
+        json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}],
+            "tool_choice": {"type": "function", "function": {"name": "tollgate_json_output"}}}),
+        None,
+    );
+    assert!(matches!(
+        named_reserved,
+        Err(PrepareError::InvalidField { field, .. }) if field == "tool_choice.function.name"
     ));
 }
 

@@ -152,6 +152,14 @@ pub(crate) fn build_body(
                 .collect::<Result<Vec<_>, PrepareError>>()
         })
         .transpose()?;
+    if let Some(ToolChoice::Named(named)) = &request.tool_choice {
+        if named.function.name == RESPONSE_FORMAT_TOOL {
+            return Err(PrepareError::InvalidField {
+                field: "tool_choice.function.name".to_owned(),
+                reason: format!("'{RESPONSE_FORMAT_TOOL}' is reserved by Tollgate"),
+            });
+        }
+    }
     let mut tool_choice = request.tool_choice.as_ref().map(tool_choice).transpose()?;
     if let Some(format_tool) = format_tool {
         // The answer is either a call to one of the client's tools or the
@@ -165,8 +173,10 @@ pub(crate) fn build_body(
             Some(ToolChoice::Mode(ToolChoiceMode::Required) | ToolChoice::Named(_))
                 if own_tools => {}
             Some(ToolChoice::Mode(ToolChoiceMode::Auto)) | None if own_tools => {
+                // One call: a client tool's, or the answer (never both, which
+                // would be an answer given before the tools ran).
                 tools.get_or_insert_with(Vec::new).push(format_tool);
-                tool_choice = Some(json!({"type": "any"}));
+                tool_choice = Some(json!({"type": "any", "disable_parallel_tool_use": true}));
             }
             _ => {
                 tools.get_or_insert_with(Vec::new).push(format_tool);

@@ -32,23 +32,25 @@ pub(crate) fn translate(
     let answer: MessagesResponse = serde_json::from_slice(body)?;
     let mut text = String::new();
     let mut calls = Vec::new();
-    let mut answered = false;
+    let mut formatted = None;
     for block in answer.content {
         match block {
             AnswerBlock::Text { text: t } => text.push_str(&t),
             // (One answer: a second call, which the request's
             // `disable_parallel_tool_use` should prevent, is dropped.)
             AnswerBlock::ToolUse { name, input, .. } if name == RESPONSE_FORMAT_TOOL => {
-                if !answered {
-                    answered = true;
-                    text.push_str(&json_text(&input));
-                }
+                formatted.get_or_insert(input);
             }
             AnswerBlock::ToolUse { id, name, input } => {
                 calls.push(ToolCall::function(id, name, input.to_string()))
             }
             AnswerBlock::Thinking { .. } | AnswerBlock::Other => {}
         }
+    }
+    // The answer, unless client tools were called too (it would come before
+    // their results; the request's `disable_parallel_tool_use` prevents it).
+    if let Some(input) = formatted.filter(|_| calls.is_empty()) {
+        text.push_str(&json_text(&input));
     }
     let usage = answer.usage.normalise();
     let finish = match answer.stop_reason.as_deref() {
