@@ -476,13 +476,9 @@ fn gemini_tool_schemas_have_their_references_inlined() {
             "$ref": {"type": "string", "default": {"$ref": "not a reference"}}
         }, "required": ["steps"]})
     );
-    // A reference that cannot be inlined is a 400 naming the tool's parameters.
+    // A reference to nothing, or outside the schema, is a 400 naming the
+    // tool's parameters.
     for (parameters, why) in [
-        (
-            json!({"type": "object", "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
-            "properties": {"head": {"$ref": "#/$defs/Node"}}}),
-            "recursive",
-        ),
         (
             json!({"type": "object", "properties": {"a": {"$ref": "https://example.com/a.json"}}}),
             "not local",
@@ -497,6 +493,72 @@ fn gemini_tool_schemas_have_their_references_inlined() {
             matches!(&refused, Err(PrepareError::Unsupported { field, reason, .. })
                 if field == "tools[0].function.parameters" && reason.contains(why)),
             "{why}: {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn gemini_tool_schemas_the_subset_cannot_say_go_as_json_schema() {
+    let declared = |parameters: Value| {
+        let up = prepare(
+            json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "t", "parameters": parameters}}]}),
+            None,
+        )
+        .unwrap();
+        body_of(&up)["tools"][0]["functionDeclarations"][0].clone()
+    };
+    // Pydantic's other keywords, mapped to the subset's fields or dropped.
+    let pydantic = declared(
+        json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+        "$defs": {"Unit": {"type": "string", "enum": ["c", "f"]}},
+        "properties": {
+            "kind": {"const": "reading"},
+            "value": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+            "unit": {"allOf": [{"$ref": "#/$defs/Unit"}], "description": "Which scale"},
+            "count": {"type": "integer", "exclusiveMinimum": 0, "maximum": 10, "multipleOf": 1},
+            "tags": {"type": "array", "items": {"type": "string", "format": "uri"}, "uniqueItems": true, "examples": [["a"]]},
+            "at": {"type": "string", "format": "date-time"}
+        },
+        "required": ["kind", "value"]}),
+    );
+    assert_eq!(
+        pydantic,
+        json!({"name": "t", "parameters": {"type": "object",
+            "properties": {
+                "kind": {"enum": ["reading"]},
+                "value": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                "unit": {"description": "Which scale", "type": "string", "enum": ["c", "f"]},
+                "count": {"type": "integer", "minimum": 0, "maximum": 10},
+                "tags": {"type": "array", "items": {"type": "string"}, "example": ["a"]},
+                "at": {"type": "string", "format": "date-time"}
+            },
+            "required": ["kind", "value"]}})
+    );
+    // A map (Pydantic's `dict`), a free-form object, a tuple, a recursive
+    // model, a chain of references too long to inline: JSON Schema as sent
+    // (less `$schema`).
+    let mut chain = serde_json::Map::new();
+    for i in 0..200 {
+        chain.insert(
+            format!("D{i}"),
+            json!({"$ref": format!("#/$defs/D{}", i + 1)}),
+        );
+    }
+    chain.insert("D200".to_owned(), json!({"type": "string"}));
+    for schema in [
+        json!({"type": "object", "properties": {"labels": {"type": "object", "additionalProperties": {"type": "string"}}}}),
+        json!({"type": "object", "properties": {"metadata": {"type": "object"}}}),
+        json!({"type": "object", "properties": {"point": {"type": "array", "prefixItems": [{"type": "number"}, {"type": "number"}]}}}),
+        json!({"type": "object", "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
+            "properties": {"head": {"$ref": "#/$defs/Node"}}}),
+        json!({"type": "object", "$defs": chain, "properties": {"x": {"$ref": "#/$defs/D0"}}}),
+    ] {
+        let mut with_dialect = schema.clone();
+        with_dialect["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+        assert_eq!(
+            declared(with_dialect),
+            json!({"name": "t", "parametersJsonSchema": schema}),
         );
     }
 }

@@ -21,9 +21,8 @@ use super::super::upstream::{
     self, function_call, function_tool, parse_data_url, tool_arguments, unsupported_tool_choice,
     PrepareError, ResponseFormat,
 };
-use super::{
-    schema, split_tool_call_id, Blob, Content, FunctionCallPart, FunctionResponsePart, Part,
-};
+use super::schema::{self, Parameters};
+use super::{split_tool_call_id, Blob, Content, FunctionCallPart, FunctionResponsePart, Part};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -73,6 +72,11 @@ struct FunctionDeclaration {
     description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<Value>,
+    #[serde(
+        rename = "parametersJsonSchema",
+        skip_serializing_if = "Option::is_none"
+    )]
+    parameters_json_schema: Option<Value>,
 }
 
 /// The JSON body for `generateContent`/`streamGenerateContent`.
@@ -141,10 +145,16 @@ pub(crate) fn build_body(
                             })?,
                             None => None,
                         };
+                        let (parameters, parameters_json_schema) = match parameters {
+                            Some(Parameters::Subset(p)) => (Some(p), None),
+                            Some(Parameters::JsonSchema(p)) => (None, Some(p)),
+                            None => (None, None),
+                        };
                         Ok(FunctionDeclaration {
                             name: f.name.clone(),
                             description: f.description.clone(),
                             parameters,
+                            parameters_json_schema,
                         })
                     })
                     .collect::<Result<_, PrepareError>>()?;

@@ -1,105 +1,180 @@
-//! Tool parameters (JSON Schema) → Gemini's `functionDeclarations[].parameters`,
-//! an OpenAPI subset:
+//! Tool parameters (JSON Schema) → Gemini's function declarations.
+//!
+//! Gemini has two ways to declare parameters: `parameters`, an OpenAPI
+//! subset every Gemini model takes, and `parametersJsonSchema`, JSON Schema
+//! itself. A schema is written in the subset when it can be:
 //!
 //! - Local references (`$ref: "#/$defs/Name"`, `#/definitions/…` or any
 //!   other pointer into the same schema, as Pydantic and zod write nested
-//!   models) are inlined, and `$defs` / `definitions` dropped: Gemini's
-//!   subset has no references, and refuses or misreads them. A recursive or
-//!   remote reference cannot be inlined and is refused, naming the tool.
-//! - Keywords it rejects (`$schema`, `additionalProperties`) are dropped
-//!   from every sub-schema, property names left alone.
-//! - A list of types is written its way (`type` + `nullable`, or `anyOf`).
+//!   models) are inlined, and `$defs` / `definitions` dropped: the subset
+//!   has no references, and refuses or misreads them.
+//! - Keywords are mapped to the subset's fields (`oneOf` → `anyOf`, a
+//!   one-schema `allOf` merged, `const` → `enum`, `exclusiveMinimum` →
+//!   `minimum`, `examples` → `example`, a type list → `type` + `nullable` or
+//!   `anyOf`); annotations and constraints it has no field for
+//!   (`additionalProperties: false`, `$schema`, `uniqueItems`, formats it
+//!   does not know, …) are dropped.
 //! - An object with no properties (a tool without parameters) is sent as no
 //!   `parameters` at all, which Gemini requires.
+//!
+//! What the subset cannot say (a free-form object or a map, such as
+//! Pydantic's `dict`; a recursive model; a tuple; `not`, `if`/`then`; or
+//! references that would expand too far) goes as `parametersJsonSchema`,
+//! unchanged but for `$schema`. A remote or dangling reference is refused,
+//! naming the tool.
 
 use serde_json::{json, Map, Value};
 
-/// Most schema nodes inlining may produce: references reused at many
-/// depths can grow a schema exponentially.
-const MAX_INLINED_NODES: usize = 20_000;
-
-/// `parameters` as Gemini takes them; `None` for a tool without any.
-pub(super) fn parameters(schema: &Value) -> Result<Option<Value>, String> {
-    let mut budget = MAX_INLINED_NODES;
-    let inlined = inline(schema, schema, &mut Vec::new(), &mut budget)?;
-    Ok((!takes_no_arguments(&inlined)).then(|| gemini_schema(inlined)))
+/// Parameters as Gemini takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Parameters {
+    /// In the OpenAPI subset: `parameters`.
+    Subset(Value),
+    /// As JSON Schema: `parametersJsonSchema`.
+    JsonSchema(Value),
 }
 
-/// The schema `node` with every `$ref` replaced by what it points at in
-/// `root`; `expanding` holds the references being inlined around `node`.
-/// Only sub-schemas are walked: values such as `enum`, `default` or
-/// `example` are data, and a property may be named `$ref`.
-fn inline(
-    node: &Value,
-    root: &Value,
-    expanding: &mut Vec<String>,
-    budget: &mut usize,
-) -> Result<Value, String> {
-    *budget = budget
-        .checked_sub(1)
-        .ok_or("its references expand to too large a schema")?;
-    let Value::Object(map) = node else {
-        return Ok(node.clone());
+/// Most references being inlined inside one another.
+const MAX_OPEN_REFS: usize = 32;
+/// Deepest schema written in the subset.
+const MAX_DEPTH: usize = 64;
+/// Fewest JSON values inlining may produce; the limit is four times the
+/// input's size when that is more (references reused at many depths can
+/// grow a schema exponentially).
+const MIN_INLINED_VALUES: usize = 20_000;
+
+/// Why a schema is not written in the subset.
+enum NotSubset {
+    /// It cannot be: send it as JSON Schema.
+    Inexpressible,
+    /// It is wrong: refuse the request.
+    Invalid(String),
+}
+
+/// Gemini's parameters for `schema`; `None` for a tool without any.
+pub(super) fn parameters(schema: &Value) -> Result<Option<Parameters>, String> {
+    let mut inliner = Inliner {
+        root: schema,
+        open: Vec::new(),
+        budget: MIN_INLINED_VALUES.max(4 * weight(schema)),
     };
-    let mut out = match map.get("$ref") {
-        None => Map::new(),
-        Some(reference) => {
-            let reference = reference
-                .as_str()
-                .ok_or("a $ref that is not a string")?
-                .to_owned();
-            if expanding.contains(&reference) {
-                return Err(format!(
-                    "the recursive reference '{reference}' cannot be written without references"
-                ));
+    let subset = inliner
+        .inline(schema, 0)
+        .and_then(|inlined| match takes_no_arguments(&inlined) {
+            true => Ok(None),
+            false => subset(inlined).map(Some),
+        });
+    match subset {
+        Ok(subset) => Ok(subset.map(Parameters::Subset)),
+        Err(NotSubset::Invalid(why)) => Err(why),
+        Err(NotSubset::Inexpressible) => {
+            let mut schema = schema.clone();
+            if let Some(map) = schema.as_object_mut() {
+                map.shift_remove("$schema");
             }
-            let target = resolve(root, &reference)?;
-            expanding.push(reference);
-            let inlined = inline(target, root, expanding, budget)?;
-            expanding.pop();
-            match inlined {
-                Value::Object(target) => target,
-                other => return Err(format!("a $ref to a non-schema value ({other})")),
-            }
+            Ok(Some(Parameters::JsonSchema(schema)))
         }
-    };
-    // Keywords beside a reference (`description`, `default`, …) describe
-    // this use of it: they win over the target's.
-    for (key, value) in map {
-        let value = match (key.as_str(), value) {
-            ("$ref" | "$defs" | "definitions", _) => continue,
-            ("properties" | "patternProperties" | "dependentSchemas", Value::Object(schemas)) => {
-                Value::Object(
-                    schemas
-                        .iter()
-                        .map(|(name, sub)| {
-                            Ok((name.clone(), inline(sub, root, expanding, budget)?))
-                        })
-                        .collect::<Result<Map<_, _>, String>>()?,
-                )
-            }
-            ("anyOf" | "oneOf" | "allOf" | "prefixItems", Value::Array(schemas)) => Value::Array(
-                schemas
-                    .iter()
-                    .map(|sub| inline(sub, root, expanding, budget))
-                    .collect::<Result<_, _>>()?,
-            ),
-            (
-                "items"
-                | "additionalProperties"
-                | "not"
-                | "if"
-                | "then"
-                | "else"
-                | "contains"
-                | "propertyNames",
-                sub,
-            ) => inline(sub, root, expanding, budget)?,
-            (_, data) => data.clone(),
-        };
-        out.insert(key.clone(), value);
     }
-    Ok(Value::Object(out))
+}
+
+/// How many JSON values `value` holds (itself included).
+fn weight(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(weight).sum::<usize>(),
+        Value::Object(map) => 1 + map.values().map(weight).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+struct Inliner<'a> {
+    root: &'a Value,
+    /// The references being inlined around the current node.
+    open: Vec<&'a str>,
+    /// JSON values the output may still hold.
+    budget: usize,
+}
+
+impl<'a> Inliner<'a> {
+    /// Takes `n` values from the budget.
+    fn spend(&mut self, n: usize) -> Result<(), NotSubset> {
+        self.budget = self.budget.checked_sub(n).ok_or(NotSubset::Inexpressible)?;
+        Ok(())
+    }
+
+    /// The schema `node` with every `$ref` replaced by what it points at.
+    /// Only sub-schemas are walked: values such as `enum`, `default` or
+    /// `example` are data, and a property may be named `$ref`.
+    fn inline(&mut self, node: &'a Value, depth: usize) -> Result<Value, NotSubset> {
+        if depth > MAX_DEPTH {
+            return Err(NotSubset::Inexpressible);
+        }
+        self.spend(1)?;
+        let Value::Object(map) = node else {
+            return Ok(node.clone());
+        };
+        let mut out = match map.get("$ref") {
+            None => Map::new(),
+            Some(reference) => {
+                let reference = reference
+                    .as_str()
+                    .ok_or_else(|| NotSubset::Invalid("a $ref that is not a string".to_owned()))?;
+                // A recursive model cannot be written out; a long chain of
+                // references is not worth it.
+                if self.open.contains(&reference) || self.open.len() >= MAX_OPEN_REFS {
+                    return Err(NotSubset::Inexpressible);
+                }
+                let target = resolve(self.root, reference).map_err(NotSubset::Invalid)?;
+                self.open.push(reference);
+                let inlined = self.inline(target, depth + 1)?;
+                self.open.pop();
+                match inlined {
+                    Value::Object(target) => target,
+                    _ => return Err(NotSubset::Inexpressible),
+                }
+            }
+        };
+        // Keywords beside a reference (`description`, `default`, …) describe
+        // this use of it: they win over the target's.
+        for (key, value) in map {
+            let value = match (key.as_str(), value) {
+                ("$ref" | "$defs" | "definitions", _) => continue,
+                (
+                    "properties" | "patternProperties" | "dependentSchemas",
+                    Value::Object(schemas),
+                ) => {
+                    let mut out = Map::new();
+                    for (name, sub) in schemas {
+                        out.insert(name.clone(), self.inline(sub, depth + 1)?);
+                    }
+                    Value::Object(out)
+                }
+                ("anyOf" | "oneOf" | "allOf" | "prefixItems" | "items", Value::Array(schemas)) => {
+                    let mut out = Vec::with_capacity(schemas.len());
+                    for sub in schemas {
+                        out.push(self.inline(sub, depth + 1)?);
+                    }
+                    Value::Array(out)
+                }
+                (
+                    "items"
+                    | "additionalProperties"
+                    | "not"
+                    | "if"
+                    | "then"
+                    | "else"
+                    | "contains"
+                    | "propertyNames",
+                    sub,
+                ) => self.inline(sub, depth + 1)?,
+                (_, data) => {
+                    self.spend(weight(data))?;
+                    data.clone()
+                }
+            };
+            out.insert(key.clone(), value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// What the local JSON pointer `reference` (`#/…`) names in `root`.
@@ -149,7 +224,7 @@ fn takes_no_arguments(schema: &Value) -> bool {
     let no_properties = map
         .get("properties")
         .is_none_or(|p| p.as_object().is_some_and(Map::is_empty));
-    let constrained = ["anyOf", "oneOf", "allOf", "items"]
+    let constrained = ["anyOf", "oneOf", "allOf", "items", "patternProperties"]
         .iter()
         .any(|k| map.contains_key(*k))
         || map
@@ -158,53 +233,160 @@ fn takes_no_arguments(schema: &Value) -> bool {
     map.get("type").is_none_or(|t| t == "object") && no_properties && !constrained
 }
 
-/// Gemini's schema is an OpenAPI subset: drop the JSON Schema keywords it
-/// rejects (`$schema`, `additionalProperties`) from every sub-schema, leaving
-/// property names alone, and write a list of types its way.
-fn gemini_schema(schema: Value) -> Value {
-    let Value::Object(map) = schema else {
-        return schema;
+/// Fields of Gemini's `Schema` that carry data, copied as they are.
+const DATA_FIELDS: [&str; 17] = [
+    "title",
+    "description",
+    "nullable",
+    "enum",
+    "maxItems",
+    "minItems",
+    "required",
+    "minProperties",
+    "maxProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "example",
+    "propertyOrdering",
+    "default",
+    "minimum",
+    "maximum",
+];
+
+/// `format` values Gemini's `Schema` knows.
+const FORMATS: [&str; 6] = ["enum", "date-time", "float", "double", "int32", "int64"];
+
+/// The inlined schema `node` in Gemini's subset.
+fn subset(node: Value) -> Result<Value, NotSubset> {
+    let Value::Object(mut map) = node else {
+        // (`true`, `false`: a schema allowing anything or nothing.)
+        return Err(NotSubset::Inexpressible);
     };
-    let mut out: Map<String, Value> = map
-        .into_iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "$schema" | "additionalProperties"))
-        .map(|(k, v)| {
-            let v = match (k.as_str(), v) {
-                ("properties", Value::Object(props)) => Value::Object(
-                    props
-                        .into_iter()
-                        .map(|(name, sub)| (name, gemini_schema(sub)))
-                        .collect::<Map<String, Value>>(),
-                ),
-                ("anyOf" | "oneOf" | "allOf", Value::Array(list)) => {
-                    Value::Array(list.into_iter().map(gemini_schema).collect())
-                }
-                ("items", sub) => gemini_schema(sub),
-                (_, other) => other,
-            };
-            (k, v)
-        })
-        .collect();
-    // JSON Schema's `"type": ["string", "null"]` (OpenAI's strict mode writes
-    // optional fields so) is `"type": "string", "nullable": true` in Gemini's;
-    // several types are `anyOf` one schema each.
-    let listed = out.get("type").is_some_and(Value::is_array);
-    if let Some(Value::Array(types)) = listed.then(|| out.shift_remove("type")).flatten() {
-        let nullable = types.iter().any(|t| t == "null");
-        let mut named: Vec<Value> = types.into_iter().filter(|t| t != "null").collect();
-        match named.len() {
-            0 => {}
-            1 => {
-                out.insert("type".to_owned(), named.remove(0));
-            }
-            _ => {
-                let any_of = named.into_iter().map(|t| json!({ "type": t })).collect();
-                out.insert("anyOf".to_owned(), Value::Array(any_of));
-            }
+    // A one-schema `allOf` (how Pydantic and zod wrap a reference that has
+    // a description beside it) is that schema; the node's own keys win.
+    if let Some(Value::Array(all)) = map.get("allOf") {
+        if all.len() != 1 {
+            return Err(NotSubset::Inexpressible);
         }
-        if nullable {
-            out.insert("nullable".to_owned(), Value::Bool(true));
+        if let Some(Value::Object(only)) = map.shift_remove("allOf").and_then(|a| match a {
+            Value::Array(mut all) => all.pop(),
+            _ => None,
+        }) {
+            for (k, v) in only {
+                map.entry(k).or_insert(v);
+            }
         }
     }
-    out.into()
+    let mut out = Map::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "type" => write_type(&mut out, value)?,
+            "properties" => {
+                let Value::Object(properties) = value else {
+                    return Err(NotSubset::Invalid(
+                        "'properties' is not an object".to_owned(),
+                    ));
+                };
+                let mut written = Map::new();
+                for (name, sub) in properties {
+                    written.insert(name, subset(sub)?);
+                }
+                out.insert(key, Value::Object(written));
+            }
+            "items" if value.is_object() => {
+                out.insert(key, subset(value)?);
+            }
+            "anyOf" | "oneOf" => {
+                let Value::Array(options) = value else {
+                    return Err(NotSubset::Invalid(format!("'{key}' is not a list")));
+                };
+                let written = options.into_iter().map(subset).collect::<Result<_, _>>()?;
+                out.insert("anyOf".to_owned(), Value::Array(written));
+            }
+            "const" => {
+                out.insert("enum".to_owned(), json!([value]));
+            }
+            "exclusiveMinimum" if value.is_number() => {
+                out.entry("minimum").or_insert(value);
+            }
+            "exclusiveMaximum" if value.is_number() => {
+                out.entry("maximum").or_insert(value);
+            }
+            "examples" => {
+                if let Some(first) = value.as_array().and_then(|e| e.first()) {
+                    out.entry("example").or_insert_with(|| first.clone());
+                }
+            }
+            "format" if value.as_str().is_some_and(|f| FORMATS.contains(&f)) => {
+                out.insert(key, value);
+            }
+            "format" => {}
+            // A map (`additionalProperties` as a schema), a tuple, or a
+            // constraint the subset cannot state.
+            "additionalProperties" if value.is_object() => return Err(NotSubset::Inexpressible),
+            "items"
+            | "prefixItems"
+            | "patternProperties"
+            | "not"
+            | "if"
+            | "then"
+            | "else"
+            | "dependentSchemas"
+            | "contains"
+            | "propertyNames"
+            | "unevaluatedProperties" => return Err(NotSubset::Inexpressible),
+            field if DATA_FIELDS.contains(&field) => {
+                out.insert(key, value);
+            }
+            // Annotations and constraints without a field: `$schema`,
+            // `$id`, `$comment`, `additionalProperties: bool`,
+            // `uniqueItems`, `multipleOf`, `deprecated`, `readOnly`, …
+            _ => {}
+        }
+    }
+    // A free-form object (no properties) below the top cannot be written.
+    let object = out.get("type").is_some_and(|t| t == "object");
+    let no_properties = out
+        .get("properties")
+        .is_none_or(|p| p.as_object().is_none_or(Map::is_empty));
+    if object && no_properties && !out.contains_key("anyOf") {
+        return Err(NotSubset::Inexpressible);
+    }
+    Ok(Value::Object(out))
+}
+
+/// JSON Schema's `type` in the subset: one type as it is; a list (OpenAI's
+/// strict mode writes optional fields as `["string", "null"]`) as `type` +
+/// `nullable`, several types as `anyOf` one schema each.
+fn write_type(out: &mut Map<String, Value>, value: Value) -> Result<(), NotSubset> {
+    let types = match value {
+        Value::String(t) if t == "null" => Vec::new(),
+        Value::String(_) => {
+            out.insert("type".to_owned(), value);
+            return Ok(());
+        }
+        Value::Array(types) => types,
+        _ => {
+            return Err(NotSubset::Invalid(
+                "'type' is not a name or a list".to_owned(),
+            ))
+        }
+    };
+    let nullable = types.is_empty() || types.iter().any(|t| t == "null");
+    let mut named: Vec<Value> = types.into_iter().filter(|t| t != "null").collect();
+    match named.len() {
+        0 => {}
+        1 => {
+            out.insert("type".to_owned(), named.remove(0));
+        }
+        _ => {
+            let any_of = named.into_iter().map(|t| json!({ "type": t })).collect();
+            out.insert("anyOf".to_owned(), Value::Array(any_of));
+        }
+    }
+    if nullable {
+        out.insert("nullable".to_owned(), Value::Bool(true));
+    }
+    Ok(())
 }

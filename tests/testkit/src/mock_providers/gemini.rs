@@ -125,9 +125,20 @@ fn validate(body: &Value) -> Result<(), String> {
     for (i, tool) in tools.iter().enumerate() {
         let declarations = tool["functionDeclarations"].as_array();
         for (j, declaration) in declarations.into_iter().flatten().enumerate() {
+            let at = format!("tools[{i}].function_declarations[{j}]");
             if let Some(parameters) = declaration.get("parameters") {
-                let at = format!("tools[{i}].function_declarations[{j}].parameters");
-                check_schema(parameters, &at)?;
+                check_schema(parameters, &format!("{at}.parameters"))?;
+            }
+            // JSON Schema as it is; one of the two ways only.
+            if let Some(schema) = declaration.get("parametersJsonSchema") {
+                if declaration.get("parameters").is_some() {
+                    return Err(format!(
+                        "* GenerateContentRequest.{at}: parameters and parameters_json_schema are mutually exclusive\n"
+                    ));
+                }
+                if !schema.is_object() {
+                    return Err(format!("Invalid value at '{at}.parameters_json_schema'"));
+                }
             }
         }
     }
@@ -138,34 +149,17 @@ fn validate(body: &Value) -> Result<(), String> {
 /// for are refused as unknown names (`$ref`, `$defs`, `additionalProperties`,
 /// …), a list of types is not a type, and an object needs properties.
 fn check_schema(schema: &Value, at: &str) -> Result<(), String> {
-    const FIELDS: [&str; 22] = [
-        "type",
-        "format",
-        "title",
-        "description",
-        "nullable",
-        "enum",
-        "maxItems",
-        "minItems",
-        "properties",
-        "required",
-        "minProperties",
-        "maxProperties",
-        "minLength",
-        "maxLength",
-        "pattern",
-        "example",
-        "anyOf",
-        "propertyOrdering",
-        "default",
-        "items",
-        "minimum",
-        "maximum",
-    ];
+    // (Gemini's `Schema` fields, in the order its reference lists them.)
+    const FIELDS: &str = "type format title description nullable enum maxItems minItems \
+        properties required minProperties maxProperties minLength maxLength pattern example \
+        anyOf propertyOrdering default items minimum maximum";
     let Some(map) = schema.as_object() else {
         return Err(format!("Invalid value at '{at}': not a schema"));
     };
-    if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    if let Some(unknown) = map
+        .keys()
+        .find(|k| !FIELDS.split_whitespace().any(|f| f == k.as_str()))
+    {
         return Err(format!(
             "Invalid JSON payload received. Unknown name \"{unknown}\" at '{at}': Cannot find field."
         ));
