@@ -508,7 +508,8 @@ fn gemini_tool_schemas_the_subset_cannot_say_go_as_json_schema() {
         .unwrap();
         body_of(&up)["tools"][0]["functionDeclarations"][0].clone()
     };
-    // Pydantic's other keywords, mapped to the subset's fields or dropped.
+    // Pydantic's other keywords, mapped to the subset's fields or dropped;
+    // `Optional[X]` (`anyOf` with a null option) is X, nullable.
     let pydantic = declared(
         json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
         "$defs": {"Unit": {"type": "string", "enum": ["c", "f"]}},
@@ -518,7 +519,9 @@ fn gemini_tool_schemas_the_subset_cannot_say_go_as_json_schema() {
             "unit": {"allOf": [{"$ref": "#/$defs/Unit"}], "description": "Which scale"},
             "count": {"type": "integer", "exclusiveMinimum": 0, "maximum": 10, "multipleOf": 1},
             "tags": {"type": "array", "items": {"type": "string", "format": "uri"}, "uniqueItems": true, "examples": [["a"]]},
-            "at": {"type": "string", "format": "date-time"}
+            "at": {"type": "string", "format": "date-time"},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": null, "title": "Note"},
+            "scale": {"anyOf": [{"$ref": "#/$defs/Unit"}, {"type": "null"}]}
         },
         "required": ["kind", "value"]}),
     );
@@ -531,7 +534,9 @@ fn gemini_tool_schemas_the_subset_cannot_say_go_as_json_schema() {
                 "unit": {"description": "Which scale", "type": "string", "enum": ["c", "f"]},
                 "count": {"type": "integer", "minimum": 0, "maximum": 10},
                 "tags": {"type": "array", "items": {"type": "string"}, "example": ["a"]},
-                "at": {"type": "string", "format": "date-time"}
+                "at": {"type": "string", "format": "date-time"},
+                "note": {"default": null, "title": "Note", "nullable": true, "type": "string"},
+                "scale": {"nullable": true, "type": "string", "enum": ["c", "f"]}
             },
             "required": ["kind", "value"]}})
     );

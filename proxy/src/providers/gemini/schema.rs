@@ -345,6 +345,7 @@ fn subset(node: Value) -> Result<Value, NotSubset> {
             _ => {}
         }
     }
+    fold_null_option(&mut out);
     // A free-form object (no properties) below the top cannot be written.
     let object = out.get("type").is_some_and(|t| t == "object");
     let no_properties = out
@@ -354,6 +355,46 @@ fn subset(node: Value) -> Result<Value, NotSubset> {
         return Err(NotSubset::Inexpressible);
     }
     Ok(Value::Object(out))
+}
+
+/// `anyOf: [X, {"type": "null"}]` (how Pydantic writes `Optional[X]`) is
+/// X, `nullable`: the null option goes, and a single option left is merged
+/// into the schema (whose own keys, such as its description, win).
+fn fold_null_option(out: &mut Map<String, Value>) {
+    let Some(Value::Array(options)) = out.get_mut("anyOf") else {
+        return;
+    };
+    let before = options.len();
+    options.retain(|o| !is_null_schema(o));
+    if options.len() == before {
+        return;
+    }
+    let left = std::mem::take(options);
+    out.shift_remove("anyOf");
+    out.insert("nullable".to_owned(), Value::Bool(true));
+    match <[Value; 1]>::try_from(left) {
+        Ok([Value::Object(only)]) if !out.contains_key("type") => {
+            for (k, v) in only {
+                out.entry(k).or_insert(v);
+            }
+        }
+        Ok([only]) => {
+            out.insert("anyOf".to_owned(), Value::Array(vec![only]));
+        }
+        Err(left) if left.is_empty() => {}
+        Err(left) => {
+            out.insert("anyOf".to_owned(), Value::Array(left));
+        }
+    }
+}
+
+/// A schema that allows only `null`, as the subset writes it.
+fn is_null_schema(schema: &Value) -> bool {
+    schema.as_object().is_some_and(|m| {
+        m.get("nullable") == Some(&Value::Bool(true))
+            && m.keys()
+                .all(|k| matches!(k.as_str(), "nullable" | "title" | "description"))
+    })
 }
 
 /// JSON Schema's `type` in the subset: one type as it is; a list (OpenAI's
