@@ -420,7 +420,7 @@ fn gemini_tool_schemas_fit_its_schema_subset() {
             {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}, "required": [], "additionalProperties": false}}},
             {"type": "function", "function": {"name": "find", "parameters": {"type": "object", "additionalProperties": false,
                 "properties": {"city": {"type": ["string", "null"]}, "tags": {"type": "array", "items": {"type": ["integer", "null"]}},
-                    "any": {"type": ["string", "number", "null"]}, "none": {"type": ["null"]}},
+                    "any": {"type": ["string", "number", "null"]}},
                 "required": ["city", "tags", "any"]}}}]}), None).unwrap();
     assert_eq!(
         body_of(&up)["tools"],
@@ -428,7 +428,7 @@ fn gemini_tool_schemas_fit_its_schema_subset() {
             {"name": "now"},
             {"name": "find", "parameters": {"type": "object",
                 "properties": {"city": {"type": "string", "nullable": true}, "tags": {"type": "array", "items": {"type": "integer", "nullable": true}},
-                    "any": {"anyOf": [{"type": "string"}, {"type": "number"}], "nullable": true}, "none": {"nullable": true}},
+                    "any": {"anyOf": [{"type": "string"}, {"type": "number"}], "nullable": true}},
                 "required": ["city", "tags", "any"]}}
         ]}])
     );
@@ -521,7 +521,10 @@ fn gemini_tool_schemas_the_subset_cannot_say_go_as_json_schema() {
             "tags": {"type": "array", "items": {"type": "string", "format": "uri"}, "uniqueItems": true, "examples": [["a"]]},
             "at": {"type": "string", "format": "date-time"},
             "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": null, "title": "Note"},
-            "scale": {"anyOf": [{"$ref": "#/$defs/Unit"}, {"type": "null"}]}
+            "scale": {"anyOf": [{"$ref": "#/$defs/Unit"}, {"type": "null"}]},
+            "pick": {"type": ["string", "null"], "enum": ["a", null]},
+            "loose": {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": {}},
+            "nested": {"allOf": [{"allOf": [{"type": "string"}], "description": "inner"}], "description": "outer"}
         },
         "required": ["kind", "value"]}),
     );
@@ -529,14 +532,17 @@ fn gemini_tool_schemas_the_subset_cannot_say_go_as_json_schema() {
         pydantic,
         json!({"name": "t", "parameters": {"type": "object",
             "properties": {
-                "kind": {"enum": ["reading"]},
+                "kind": {"type": "string", "enum": ["reading"]},
                 "value": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
                 "unit": {"description": "Which scale", "type": "string", "enum": ["c", "f"]},
                 "count": {"type": "integer", "minimum": 0, "maximum": 10},
                 "tags": {"type": "array", "items": {"type": "string"}, "example": ["a"]},
                 "at": {"type": "string", "format": "date-time"},
                 "note": {"default": null, "title": "Note", "nullable": true, "type": "string"},
-                "scale": {"nullable": true, "type": "string", "enum": ["c", "f"]}
+                "scale": {"nullable": true, "type": "string", "enum": ["c", "f"]},
+                "pick": {"type": "string", "nullable": true, "enum": ["a"]},
+                "loose": {"type": "object", "properties": {"a": {"type": "string"}}},
+                "nested": {"description": "outer", "type": "string"}
             },
             "required": ["kind", "value"]}})
     );
@@ -554,6 +560,10 @@ fn gemini_tool_schemas_the_subset_cannot_say_go_as_json_schema() {
     for schema in [
         json!({"type": "object", "properties": {"labels": {"type": "object", "additionalProperties": {"type": "string"}}}}),
         json!({"type": "object", "properties": {"metadata": {"type": "object"}}}),
+        json!({"type": "object", "properties": {"values": {"type": "array", "items": {}}}}),
+        json!({"type": "object", "properties": {"level": {"enum": [1, 2, 3]}}}),
+        json!({"type": "object", "properties": {"never": {"type": "null"}}}),
+        json!({"anyOf": [{"type": "object", "properties": {"a": {"type": "string"}}}, {"type": "object", "properties": {"b": {"type": "string"}}}]}),
         json!({"type": "object", "properties": {"point": {"type": "array", "prefixItems": [{"type": "number"}, {"type": "number"}]}}}),
         json!({"type": "object", "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
             "properties": {"head": {"$ref": "#/$defs/Node"}}}),

@@ -129,10 +129,15 @@ impl StreamHandler {
                 content_block,
             } => match content_block {
                 AnswerBlock::Text { text } => ctx.emit_text(&text),
-                // Only the first call answers (its JSON is the content);
-                // the deltas of any other are only counted.
+                // Only the first call answers (its JSON is the content),
+                // and not after a client tool's call (it would be an answer
+                // given before the tool ran; parallel calls are disabled, so
+                // neither should happen); the deltas of any other are only
+                // counted.
                 AnswerBlock::ToolUse { name, .. } if name == RESPONSE_FORMAT_TOOL => {
-                    self.format_block.get_or_insert((index, false));
+                    if self.tool_calls.is_empty() {
+                        self.format_block.get_or_insert((index, false));
+                    }
                 }
                 AnswerBlock::ToolUse { id, name, .. } => {
                     let call = u32::try_from(self.tool_calls.len()).unwrap_or(u32::MAX);

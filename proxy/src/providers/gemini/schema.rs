@@ -62,7 +62,11 @@ pub(super) fn parameters(schema: &Value) -> Result<Option<Parameters>, String> {
         .inline(schema, 0)
         .and_then(|inlined| match takes_no_arguments(&inlined) {
             true => Ok(None),
-            false => subset(inlined).map(Some),
+            false => subset(inlined).and_then(|s| match s.get("type") {
+                // Gemini declares parameters as an object.
+                Some(t) if t == "object" => Ok(Some(s)),
+                _ => Err(NotSubset::Inexpressible),
+            }),
         });
     match subset {
         Ok(subset) => Ok(subset.map(Parameters::Subset)),
@@ -227,9 +231,7 @@ fn takes_no_arguments(schema: &Value) -> bool {
     let constrained = ["anyOf", "oneOf", "allOf", "items", "patternProperties"]
         .iter()
         .any(|k| map.contains_key(*k))
-        || map
-            .get("additionalProperties")
-            .is_some_and(Value::is_object);
+        || map.get("additionalProperties").is_some_and(is_constraining);
     map.get("type").is_none_or(|t| t == "object") && no_properties && !constrained
 }
 
@@ -265,17 +267,15 @@ fn subset(node: Value) -> Result<Value, NotSubset> {
     };
     // A one-schema `allOf` (how Pydantic and zod wrap a reference that has
     // a description beside it) is that schema; the node's own keys win.
-    if let Some(Value::Array(all)) = map.get("allOf") {
-        if all.len() != 1 {
-            return Err(NotSubset::Inexpressible);
-        }
-        if let Some(Value::Object(only)) = map.shift_remove("allOf").and_then(|a| match a {
-            Value::Array(mut all) => all.pop(),
-            _ => None,
-        }) {
-            for (k, v) in only {
-                map.entry(k).or_insert(v);
+    // (Merged until none is left: the schema may have its own.)
+    while let Some(all) = map.shift_remove("allOf") {
+        match <[Value; 1]>::try_from(all.as_array().cloned().unwrap_or_default()) {
+            Ok([Value::Object(only)]) => {
+                for (k, v) in only {
+                    map.entry(k).or_insert(v);
+                }
             }
+            _ => return Err(NotSubset::Inexpressible),
         }
     }
     let mut out = Map::new();
@@ -301,11 +301,22 @@ fn subset(node: Value) -> Result<Value, NotSubset> {
                 let Value::Array(options) = value else {
                     return Err(NotSubset::Invalid(format!("'{key}' is not a list")));
                 };
-                let written = options.into_iter().map(subset).collect::<Result<_, _>>()?;
+                let mut written = Vec::with_capacity(options.len());
+                for option in options {
+                    if is_null_schema(&option) {
+                        out.insert("nullable".to_owned(), Value::Bool(true));
+                    } else {
+                        written.push(subset(option)?);
+                    }
+                }
                 out.insert("anyOf".to_owned(), Value::Array(written));
             }
-            "const" => {
-                out.insert("enum".to_owned(), json!([value]));
+            "const" => write_enum(&mut out, vec![value])?,
+            "enum" => {
+                let Value::Array(values) = value else {
+                    return Err(NotSubset::Invalid("'enum' is not a list".to_owned()));
+                };
+                write_enum(&mut out, values)?;
             }
             "exclusiveMinimum" if value.is_number() => {
                 out.entry("minimum").or_insert(value);
@@ -324,7 +335,9 @@ fn subset(node: Value) -> Result<Value, NotSubset> {
             "format" => {}
             // A map (`additionalProperties` as a schema), a tuple, or a
             // constraint the subset cannot state.
-            "additionalProperties" if value.is_object() => return Err(NotSubset::Inexpressible),
+            "additionalProperties" if is_constraining(&value) => {
+                return Err(NotSubset::Inexpressible)
+            }
             "items"
             | "prefixItems"
             | "patternProperties"
@@ -346,6 +359,14 @@ fn subset(node: Value) -> Result<Value, NotSubset> {
         }
     }
     fold_null_option(&mut out);
+    // A schema allowing anything (`{}`, `items: {}` of `list[Any]`) has no
+    // type to give Gemini.
+    if !["type", "anyOf", "enum"]
+        .iter()
+        .any(|k| out.contains_key(*k))
+    {
+        return Err(NotSubset::Inexpressible);
+    }
     // A free-form object (no properties) below the top cannot be written.
     let object = out.get("type").is_some_and(|t| t == "object");
     let no_properties = out
@@ -357,43 +378,69 @@ fn subset(node: Value) -> Result<Value, NotSubset> {
     Ok(Value::Object(out))
 }
 
+/// Whether `additionalProperties` says something the subset cannot: a
+/// schema for the extra keys (a map). `true`, `false` and `{}` (anything)
+/// are dropped.
+fn is_constraining(additional: &Value) -> bool {
+    additional.as_object().is_some_and(|m| !m.is_empty())
+}
+
+/// An `enum` (or `const`) in the subset, whose enums hold strings: a `null`
+/// value is `nullable`, a string enum without a type gets `type: string`,
+/// and any other value cannot be written.
+fn write_enum(out: &mut Map<String, Value>, values: Vec<Value>) -> Result<(), NotSubset> {
+    let mut strings = Vec::with_capacity(values.len());
+    for value in values {
+        match value {
+            Value::Null => {
+                out.insert("nullable".to_owned(), Value::Bool(true));
+            }
+            Value::String(_) => strings.push(value),
+            _ => return Err(NotSubset::Inexpressible),
+        }
+    }
+    out.entry("type")
+        .or_insert_with(|| Value::String("string".to_owned()));
+    out.insert("enum".to_owned(), Value::Array(strings));
+    Ok(())
+}
+
 /// `anyOf: [X, {"type": "null"}]` (how Pydantic writes `Optional[X]`) is
-/// X, `nullable`: the null option goes, and a single option left is merged
-/// into the schema (whose own keys, such as its description, win).
+/// X, `nullable`: the null option is dropped as the `anyOf` is written
+/// (setting `nullable`), and a single option left is merged into the
+/// schema here (whose own keys, such as its description, win).
 fn fold_null_option(out: &mut Map<String, Value>) {
-    let Some(Value::Array(options)) = out.get_mut("anyOf") else {
-        return;
+    let single = match out.get("anyOf") {
+        Some(Value::Array(options)) if options.is_empty() => {
+            out.shift_remove("anyOf");
+            return;
+        }
+        Some(Value::Array(options)) => options.len() == 1 && !out.contains_key("type"),
+        _ => false,
     };
-    let before = options.len();
-    options.retain(|o| !is_null_schema(o));
-    if options.len() == before {
+    if !single {
         return;
     }
-    let left = std::mem::take(options);
-    out.shift_remove("anyOf");
-    out.insert("nullable".to_owned(), Value::Bool(true));
-    match <[Value; 1]>::try_from(left) {
-        Ok([Value::Object(only)]) if !out.contains_key("type") => {
+    if let Some(Value::Array(mut options)) = out.shift_remove("anyOf") {
+        if let Some(Value::Object(only)) = options.pop() {
             for (k, v) in only {
                 out.entry(k).or_insert(v);
             }
         }
-        Ok([only]) => {
-            out.insert("anyOf".to_owned(), Value::Array(vec![only]));
-        }
-        Err(left) if left.is_empty() => {}
-        Err(left) => {
-            out.insert("anyOf".to_owned(), Value::Array(left));
-        }
     }
 }
 
-/// A schema that allows only `null`, as the subset writes it.
+/// A JSON Schema allowing only `null`.
 fn is_null_schema(schema: &Value) -> bool {
     schema.as_object().is_some_and(|m| {
-        m.get("nullable") == Some(&Value::Bool(true))
-            && m.keys()
-                .all(|k| matches!(k.as_str(), "nullable" | "title" | "description"))
+        let null = match m.get("type") {
+            Some(Value::String(t)) => t == "null",
+            Some(Value::Array(types)) => types.iter().all(|t| t == "null") && !types.is_empty(),
+            _ => false,
+        };
+        null && m
+            .keys()
+            .all(|k| matches!(k.as_str(), "type" | "title" | "description"))
     })
 }
 
