@@ -63,8 +63,8 @@ thread_local! {
 }
 
 /// Token counts of the texts this thread counted lately. A conversation
-/// resends its whole history every turn, and counting is slow (≈ 3.4 ms for
-/// 11 KB of text here; `tollgate-bench`'s `codec-bench` measures it), so
+/// resends its whole history every turn, and counting is slow (≈ 3.2 ms for
+/// 11 KB of new text here; `tollgate-bench`'s `estimate-bench` measures it), so
 /// each message is counted once rather than once per turn. Two generations
 /// approximate least-recently-used: when the current one is full it becomes
 /// the previous and the one before is dropped; a hit in the previous moves

@@ -73,7 +73,7 @@ pub(crate) fn translate(
 }
 
 /// The JSON text of the format tool's input (`{}` when it sent none).
-pub(super) fn json_text(input: &serde_json::Value) -> String {
+fn json_text(input: &serde_json::Value) -> String {
     match input {
         serde_json::Value::Null => "{}".to_owned(),
         input => input.to_string(),
