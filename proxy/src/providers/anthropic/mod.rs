@@ -54,11 +54,13 @@ pub(crate) enum AnswerBlock {
     Other,
 }
 
-/// `stop_reason` to OpenAI's `finish_reason`.
-pub(crate) fn finish_reason(stop_reason: &str) -> FinishReason {
+/// `stop_reason` to OpenAI's `finish_reason`. A `tool_use` stop that called
+/// none of the client's tools (only [`RESPONSE_FORMAT_TOOL`], whose input is
+/// the answer) is a plain `stop`.
+pub(crate) fn finish_reason(stop_reason: &str, client_tool_calls: bool) -> FinishReason {
     match stop_reason {
         "max_tokens" | "model_context_window_exceeded" => FinishReason::Length,
-        "tool_use" => FinishReason::ToolCalls,
+        "tool_use" if client_tool_calls => FinishReason::ToolCalls,
         "refusal" => FinishReason::ContentFilter,
         // end_turn, stop_sequence, pause_turn and anything new.
         _ => FinishReason::Stop,

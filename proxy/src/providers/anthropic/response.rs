@@ -53,10 +53,10 @@ pub(crate) fn translate(
         text.push_str(&json_text(&input));
     }
     let usage = answer.usage.normalise();
-    let finish = match answer.stop_reason.as_deref() {
-        Some("tool_use") if calls.is_empty() => FinishReason::Stop,
-        reason => reason.map_or(FinishReason::Stop, finish_reason),
-    };
+    let finish = answer
+        .stop_reason
+        .as_deref()
+        .map_or(FinishReason::Stop, |r| finish_reason(r, !calls.is_empty()));
     let response = ChatResponse {
         id: answer.id.unwrap_or_else(|| meta.id.clone()),
         object: "chat.completion".to_owned(),

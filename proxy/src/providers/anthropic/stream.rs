@@ -11,7 +11,7 @@
 //! The event kind is read from the data's `type` field, which Anthropic
 //! always repeats from the `event:` line.
 
-use super::super::openai::{ErrorBody, FinishReason};
+use super::super::openai::ErrorBody;
 use super::super::response::json_error_position;
 use super::super::sse::SseEvent;
 use super::super::stream::StreamCtx;
@@ -174,10 +174,7 @@ impl StreamHandler {
                     ctx.usage_final = true;
                 }
                 if let Some(reason) = delta.stop_reason {
-                    ctx.emit_finish(match reason.as_str() {
-                        "tool_use" if self.tool_calls.is_empty() => FinishReason::Stop,
-                        reason => finish_reason(reason),
-                    });
+                    ctx.emit_finish(finish_reason(&reason, !self.tool_calls.is_empty()));
                 }
             }
             // A tool without parameters streams no (or only empty) JSON:
