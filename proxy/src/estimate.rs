@@ -1,12 +1,13 @@
 //! What a request may cost at most, before it is sent: input tokens counted
-//! with a real tokenizer (`o200k_base`, OpenAI's current encoding; for other
-//! providers it is a close estimate), the output cap, and the exact USD of
-//! both. The hold covers this maximum (invariant 1); the gate may lower the
-//! output to what the budget affords ([`ledger::gate::decide::OutputFlex`]).
+//! with a real tokenizer (`o200k_base`, OpenAI's current encoding), widened
+//! for providers whose own tokenizer counts more ([`input_margin_percent`]),
+//! the output cap, and the exact USD of both. The hold covers this maximum
+//! (invariant 1); the gate may lower the output to what the budget affords
+//! ([`ledger::gate::decide::OutputFlex`]).
 
 use crate::pricing::{cost, ModelPrice};
 use crate::providers::openai::{ChatRequest, ContentPart, MessageContent};
-use crate::providers::Usage;
+use crate::providers::{ProviderKind, Usage};
 use ledger::gate::decide::OutputFlex;
 use rust_decimal::Decimal;
 use schemas::{round_usd, Amounts, Rounding, Unit};
@@ -26,6 +27,29 @@ const LOW_DETAIL_IMAGE_TOKENS: u64 = 85;
 const IMAGE_TOKENS: u64 = 85 + 170 * 8;
 /// Smallest answer worth sending when the budget is nearly spent.
 pub const MIN_OUTPUT_TOKENS: u64 = 16;
+/// The system prompt Anthropic adds to a request with tools: the largest
+/// count of its table (Claude 3 Opus with `tool_choice: auto`, 530 tokens;
+/// current models 346 or fewer). Billed as input, so held as input.
+const ANTHROPIC_TOOL_PROMPT_TOKENS: u64 = 530;
+
+/// How many tokens `kind`'s own tokenizer may count, per 100 that
+/// `o200k_base` counts for the same request: the hold is a maximum, and a
+/// provider that counts more than the estimate would spend past it (and
+/// past a dollar cap) on every call. OpenAI's current models count with
+/// `o200k_base` itself. Claude's tokenizer is not published; compared with
+/// Anthropic's `count_tokens`, tiktoken estimates are reported to fall
+/// short by up to 20–50 %, most on code. Gemini's SentencePiece and Grok's
+/// tokenizers count English 5–15 % above `o200k_base`. A custom provider's
+/// model is unknown (one with a 32k vocabulary, such as Mistral 7B, counts
+/// far more). A hold only reserves: the commit records what the provider
+/// reports.
+pub fn input_margin_percent(kind: ProviderKind) -> u64 {
+    match kind {
+        ProviderKind::OpenAi => 100,
+        ProviderKind::Gemini | ProviderKind::Xai => 125,
+        ProviderKind::Anthropic | ProviderKind::Custom => 150,
+    }
+}
 
 fn tokenizer() -> Option<&'static CoreBPE> {
     static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
@@ -137,10 +161,35 @@ pub fn input_tokens(req: &ChatRequest) -> u64 {
     total
 }
 
+/// Input tokens the hold covers for `req` going to `kind`: the count,
+/// widened by the provider's margin, plus what the provider adds itself.
+pub fn held_input_tokens(req: &ChatRequest, kind: ProviderKind, counted: u64) -> u64 {
+    let widened = counted
+        .saturating_mul(input_margin_percent(kind))
+        .div_ceil(100);
+    let tool_prompt = match kind {
+        // `response_format` reaches Claude as a tool too (`anthropic::RESPONSE_FORMAT_TOOL`).
+        ProviderKind::Anthropic
+            if req.tools.as_ref().is_some_and(|t| !t.is_empty())
+                || req.extra.get("response_format").is_some_and(|f| {
+                    !f.is_null() && f.get("type").and_then(|t| t.as_str()) != Some("text")
+                }) =>
+        {
+            ANTHROPIC_TOOL_PROMPT_TOKENS
+        }
+        _ => 0,
+    };
+    widened.saturating_add(tool_prompt)
+}
+
 /// The hold for a request: amounts for its maximum cost, and how the output may shrink.
 #[derive(Clone, Debug)]
 pub struct Estimate {
+    /// Input tokens counted with `o200k_base`: what is charged when a
+    /// provider reports no usage.
     pub input_tokens: u64,
+    /// Input tokens held ([`held_input_tokens`]).
+    pub held_input_tokens: u64,
     pub max_output_tokens: u64,
     pub amounts: Amounts,
     pub flex: OutputFlex,
@@ -148,10 +197,12 @@ pub struct Estimate {
 
 pub fn estimate(
     req: &ChatRequest,
+    kind: ProviderKind,
     price: Option<&ModelPrice>,
     default_max_output_tokens: u64,
 ) -> Estimate {
-    let input = input_tokens(req);
+    let counted = input_tokens(req);
+    let input = held_input_tokens(req, kind, counted);
     let model_max = price.and_then(|p| p.max_output_tokens);
     let max_output = req
         .requested_max_tokens()
@@ -213,7 +264,8 @@ pub fn estimate(
         usd_per_output_token,
     };
     Estimate {
-        input_tokens: input,
+        input_tokens: counted,
+        held_input_tokens: input,
         max_output_tokens: max_output,
         amounts,
         flex,
@@ -247,7 +299,7 @@ mod tests {
             max_output_tokens: Some(16384),
             ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
         };
-        let e = estimate(&req, Some(&price), 4096);
+        let e = estimate(&req, ProviderKind::OpenAi, Some(&price), 4096);
         assert_eq!(e.max_output_tokens, 100);
         // 10 × 0.0000025 + 100 × 0.00001 = 0.001025
         assert_eq!(e.amounts.get(&Unit::Usd), Decimal::new(1025, 6));
@@ -255,6 +307,7 @@ mod tests {
         let e = estimate(
             &parse_request(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#)
                 .unwrap(),
+            ProviderKind::OpenAi,
             Some(&price),
             4096,
         );
@@ -273,7 +326,11 @@ mod tests {
         let text = parse_request(br#"{"model":"gpt-4o-audio-preview","max_tokens":100,"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
         let audio = parse_request(br#"{"model":"gpt-4o-audio-preview","max_tokens":100,"modalities":["text","audio"],"audio":{"voice":"alloy","format":"wav"},"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
         // 10 input tokens × 0.0000025, plus 100 output at the text or the audio rate.
-        let usd = |req| estimate(req, Some(&price), 4096).amounts.get(&Unit::Usd);
+        let usd = |req| {
+            estimate(req, ProviderKind::OpenAi, Some(&price), 4096)
+                .amounts
+                .get(&Unit::Usd)
+        };
         assert_eq!(usd(&text), Decimal::new(1025, 6));
         assert_eq!(usd(&audio), Decimal::new(20025, 6));
     }
@@ -310,6 +367,78 @@ mod tests {
         assert!(counted.current.len() <= COUNTED_TEXTS);
         assert!(counted.previous.len() <= COUNTED_TEXTS);
         assert_ne!(count("Hello, world!"), count("Hello, world! Hello!"));
+    }
+
+    #[test]
+    fn holds_cover_tokenizers_that_count_more_than_o200k() {
+        let body = br#"{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"Hello, world!"}]}"#;
+        let req = parse_request(body).unwrap();
+        let counted = input_tokens(&req);
+        assert_eq!(counted, 10);
+        let held = |kind| estimate(&req, kind, None, 4096);
+        let openai = held(ProviderKind::OpenAi);
+        assert_eq!(
+            (openai.input_tokens, openai.held_input_tokens),
+            (10, 10),
+            "OpenAI counts with o200k_base itself"
+        );
+        let claude = held(ProviderKind::Anthropic);
+        assert_eq!((claude.input_tokens, claude.held_input_tokens), (10, 15));
+        assert_eq!(claude.amounts.get(&Unit::InputTokens), Decimal::from(15));
+        assert_eq!(claude.amounts.get(&Unit::Tokens), Decimal::from(25));
+        assert_eq!(
+            claude.flex.input_tokens, 15,
+            "the clamp sees the held input"
+        );
+        assert_eq!(
+            held(ProviderKind::Gemini).held_input_tokens,
+            13,
+            "⌈10 × 1.25⌉"
+        );
+        assert_eq!(held(ProviderKind::Xai).held_input_tokens, 13);
+        assert_eq!(held(ProviderKind::Custom).held_input_tokens, 15);
+        // The held input is priced: 15 × $0.000003 + 10 × $0.000015.
+        let price = ModelPrice::per_token(Decimal::new(3, 6), Decimal::new(15, 6));
+        let e = estimate(&req, ProviderKind::Anthropic, Some(&price), 4096);
+        assert_eq!(e.amounts.get(&Unit::Usd), Decimal::new(195, 6));
+        assert_eq!(e.flex.input_usd, Decimal::new(45, 6));
+    }
+
+    #[test]
+    fn claude_holds_the_system_prompt_anthropic_adds_for_tools() {
+        let with = |extra: &str| {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"Hello, world!"}}]{extra}}}"#
+            );
+            let req = parse_request(body.as_bytes()).unwrap();
+            let counted = input_tokens(&req);
+            (
+                counted,
+                held_input_tokens(&req, ProviderKind::Anthropic, counted),
+                held_input_tokens(&req, ProviderKind::OpenAi, counted),
+            )
+        };
+        let (counted, claude, openai) = with("");
+        assert_eq!((claude, openai), ((counted * 3).div_ceil(2), counted));
+        let tools = r#","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]"#;
+        let (counted, claude, openai) = with(tools);
+        assert_eq!(claude, (counted * 3).div_ceil(2) + 530);
+        assert_eq!(openai, counted, "OpenAI adds no such prompt");
+        let schema = r#","response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object"}}}"#;
+        let (counted, claude, _) = with(schema);
+        assert_eq!(
+            claude,
+            (counted * 3).div_ceil(2) + 530,
+            "the format becomes a tool"
+        );
+        let (counted, claude, _) = with(r#","response_format":{"type":"text"}"#);
+        assert_eq!(claude, (counted * 3).div_ceil(2));
+        let (counted, claude, _) = with(r#","tools":[]"#);
+        assert_eq!(
+            claude,
+            (counted * 3).div_ceil(2),
+            "no tools, no tool prompt"
+        );
     }
 
     #[test]

@@ -97,6 +97,62 @@ async fn two_hundred_concurrent_streams_never_spend_past_the_cap() {
 }
 
 #[tokio::test]
+async fn claude_counting_more_tokens_than_the_estimate_never_spends_past_the_cap() {
+    let plan = CAP_PLAN.replace(r#"cap: "0.50""#, r#"cap: "0.10""#);
+    assert_ne!(plan, CAP_PLAN);
+    let p = Proxy::start(&plan).await;
+    let cap = Decimal::from_str("0.10").unwrap();
+    // ≈ 2,000 tokens in o200k_base (one per " word"); Claude's own tokenizer
+    // counts text up to 50 % higher, and the mock reports 40 % more. At
+    // $3 / $15 per million, a hold sized on the o200k count alone ($0.0075)
+    // admits 13 calls that cost $0.0099 each: $0.129.
+    let prompt = "word ".repeat(2000);
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": prompt}]});
+    p.anthropic.update_behavior(|b| {
+        b.reply_text = "token ".repeat(200);
+        b.input_tokens = Some(2_800);
+    });
+    let results: Vec<u16> = futures::stream::iter(0..40)
+        .map(|_| {
+            let req = p.request("claude-user", &body);
+            async move {
+                let r = req.send().await.unwrap();
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
+            }
+        })
+        .buffer_unordered(40)
+        .collect()
+        .await;
+    let admitted = results.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        admitted + results.iter().filter(|s| **s == 429).count(),
+        40,
+        "{results:?}"
+    );
+    assert!(admitted >= 5, "admitted {admitted}: {results:?}");
+    let mut committed = Decimal::ZERO;
+    for (kind, e) in p.settled("claude-user", admitted).await {
+        assert_eq!(kind, "committed", "{e}");
+        assert_eq!(dec(&e["actual"]["input_tokens"]), Decimal::from(2_800));
+        assert!(
+            e["overage"].as_object().is_none_or(|o| o.is_empty()),
+            "Claude's count must stay within the held input: {e}"
+        );
+        committed += dec(&e["actual"]["usd"]);
+    }
+    assert!(committed <= cap, "committed {committed} > cap {cap}");
+    let reserved = p.events("claude-user").await;
+    let (_, first) = reserved.iter().find(|(k, _)| k == "reserved").unwrap();
+    let held = dec(&first["amounts"]["input_tokens"]);
+    assert!(
+        held >= Decimal::from(2_800),
+        "the hold must cover Claude's count, held {held}"
+    );
+}
+
+#[tokio::test]
 async fn a_hold_covers_every_choice_when_n_asks_for_several() {
     let p = Proxy::start(CAP_PLAN).await;
     // Eight choices of up to 10,000 tokens at $0.00001 could cost $0.80: more than the $0.50 cap.

@@ -197,6 +197,7 @@ pub async fn completions(
     };
     let est = estimate(
         &req,
+        route.kind,
         price.as_ref(),
         inner.settings.default_max_output_tokens,
     );
