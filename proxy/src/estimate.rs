@@ -51,29 +51,65 @@ pub fn input_margin_percent(kind: ProviderKind) -> u64 {
     }
 }
 
-fn tokenizer() -> Option<&'static CoreBPE> {
-    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
-    BPE.get_or_init(|| match tiktoken_rs::o200k_base() {
-        Ok(bpe) => Some(bpe),
-        Err(e) => {
-            tracing::error!(error = %e, "tokenizer unavailable; counting input as characters / 2");
-            None
+/// The encodings requests are counted with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// `o200k_base`: GPT-4o, GPT-4.1, GPT-4.5, GPT-5 and the o-series; the
+    /// estimate for every other provider ([`input_margin_percent`]).
+    O200k,
+    /// `cl100k_base`: GPT-4 (`gpt-4`, `gpt-4-turbo`, …) and GPT-3.5, which
+    /// count most text, and non-English text by far, in more tokens.
+    Cl100k,
+}
+
+impl Encoding {
+    /// The encoding OpenAI counts `model` with; `o200k_base` for other providers.
+    pub fn for_model(kind: ProviderKind, model: &str) -> Encoding {
+        let newer_gpt4 = ["gpt-4o", "gpt-4.1", "gpt-4.5"]
+            .iter()
+            .any(|p| model.starts_with(p));
+        let legacy = model.starts_with("gpt-3.5") || (model.starts_with("gpt-4") && !newer_gpt4);
+        match kind {
+            ProviderKind::OpenAi if legacy => Encoding::Cl100k,
+            _ => Encoding::O200k,
         }
-    })
-    .as_ref()
+    }
 }
 
-/// Loads the tokenizer now rather than on the first request.
+fn tokenizer(encoding: Encoding) -> Option<&'static CoreBPE> {
+    fn load(
+        cell: &'static OnceLock<Option<CoreBPE>>,
+        load: fn() -> anyhow::Result<CoreBPE>,
+    ) -> Option<&'static CoreBPE> {
+        cell.get_or_init(|| match load() {
+            Ok(bpe) => Some(bpe),
+            Err(e) => {
+                tracing::error!(error = %e, "tokenizer unavailable; counting input as characters / 2");
+                None
+            }
+        })
+        .as_ref()
+    }
+    static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    match encoding {
+        Encoding::O200k => load(&O200K, tiktoken_rs::o200k_base),
+        Encoding::Cl100k => load(&CL100K, tiktoken_rs::cl100k_base),
+    }
+}
+
+/// Loads the tokenizer of current models now rather than on the first
+/// request (`cl100k_base` loads on the first call to an older GPT-4).
 pub fn warm_up() {
-    let _ = tokenizer();
+    let _ = tokenizer(Encoding::O200k);
 }
 
-fn count(text: &str) -> u64 {
-    COUNTED.with_borrow_mut(|counted| counted.count(text))
+fn count(text: &str, encoding: Encoding) -> u64 {
+    COUNTED.with_borrow_mut(|counted| counted.count(text, encoding))
 }
 
-fn count_uncached(text: &str) -> u64 {
-    match tokenizer() {
+fn count_uncached(text: &str, encoding: Encoding) -> u64 {
+    match tokenizer(encoding) {
         Some(bpe) => bpe.encode_ordinary(text).len() as u64,
         None => (text.len() as u64).div_ceil(2),
     }
@@ -97,15 +133,16 @@ thread_local! {
 /// records the provider's counts).
 #[derive(Default)]
 struct Counted {
-    current: std::collections::HashMap<(usize, u64), u64>,
-    previous: std::collections::HashMap<(usize, u64), u64>,
+    current: std::collections::HashMap<(Encoding, usize, u64), u64>,
+    previous: std::collections::HashMap<(Encoding, usize, u64), u64>,
 }
 
 impl Counted {
-    fn count(&mut self, text: &str) -> u64 {
+    fn count(&mut self, text: &str, encoding: Encoding) -> u64 {
         use std::hash::BuildHasher;
         static KEYS: OnceLock<std::hash::RandomState> = OnceLock::new();
         let key = (
+            encoding,
             text.len(),
             KEYS.get_or_init(std::hash::RandomState::new).hash_one(text),
         );
@@ -114,7 +151,7 @@ impl Counted {
         }
         let tokens = match self.previous.remove(&key) {
             Some(tokens) => tokens,
-            None => count_uncached(text),
+            None => count_uncached(text, encoding),
         };
         if self.current.len() >= COUNTED_TEXTS {
             self.previous = std::mem::take(&mut self.current);
@@ -137,7 +174,8 @@ fn image_tokens(part: &ContentPart) -> u64 {
 /// input: OpenAI's structured outputs, Gemini's response schema, the tool
 /// it becomes for Anthropic). (Audio and file parts are not counted before the call;
 /// the commit charges what the provider reports for them.)
-pub fn input_tokens(req: &ChatRequest) -> u64 {
+pub fn input_tokens(req: &ChatRequest, encoding: Encoding) -> u64 {
+    let count = |text: &str| count(text, encoding);
     let mut total = TOKENS_PER_REPLY;
     for m in &req.messages {
         total += TOKENS_PER_MESSAGE + count(&m.text_content());
@@ -198,10 +236,11 @@ pub struct Estimate {
 pub fn estimate(
     req: &ChatRequest,
     kind: ProviderKind,
+    model: &str,
     price: Option<&ModelPrice>,
     default_max_output_tokens: u64,
 ) -> Estimate {
-    let counted = input_tokens(req);
+    let counted = input_tokens(req, Encoding::for_model(kind, model));
     let input = held_input_tokens(req, kind, counted);
     let model_max = price.and_then(|p| p.max_output_tokens);
     let max_output = req
@@ -294,12 +333,12 @@ mod tests {
     fn counts_tokens_like_openai_and_prices_the_maximum() {
         let req = parse_request(br#"{"model":"gpt-4o","max_tokens":100,"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
         // "Hello, world!" is 4 tokens in o200k_base; + 3 per message + 3 for the reply.
-        assert_eq!(input_tokens(&req), 10);
+        assert_eq!(input_tokens(&req, Encoding::O200k), 10);
         let price = ModelPrice {
             max_output_tokens: Some(16384),
             ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
         };
-        let e = estimate(&req, ProviderKind::OpenAi, Some(&price), 4096);
+        let e = estimate(&req, ProviderKind::OpenAi, "gpt-4o", Some(&price), 4096);
         assert_eq!(e.max_output_tokens, 100);
         // 10 × 0.0000025 + 100 × 0.00001 = 0.001025
         assert_eq!(e.amounts.get(&Unit::Usd), Decimal::new(1025, 6));
@@ -308,6 +347,7 @@ mod tests {
             &parse_request(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#)
                 .unwrap(),
             ProviderKind::OpenAi,
+            "gpt-4o",
             Some(&price),
             4096,
         );
@@ -327,7 +367,7 @@ mod tests {
         let audio = parse_request(br#"{"model":"gpt-4o-audio-preview","max_tokens":100,"modalities":["text","audio"],"audio":{"voice":"alloy","format":"wav"},"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
         // 10 input tokens × 0.0000025, plus 100 output at the text or the audio rate.
         let usd = |req| {
-            estimate(req, ProviderKind::OpenAi, Some(&price), 4096)
+            estimate(req, ProviderKind::OpenAi, "gpt-4o", Some(&price), 4096)
                 .amounts
                 .get(&Unit::Usd)
         };
@@ -343,7 +383,7 @@ mod tests {
             {"type":"image_url","image_url":{"url":"https://example.com/b.png","detail":"low"}},
             {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"high"}}]}]}"#).unwrap();
         // 10 for the text as above, 1,445 for each image of unknown size, 85 at low detail.
-        assert_eq!(input_tokens(&req), 10 + 1_445 + 85 + 1_445);
+        assert_eq!(input_tokens(&req, Encoding::O200k), 10 + 1_445 + 85 + 1_445);
     }
 
     #[test]
@@ -358,24 +398,74 @@ mod tests {
         for round in 0..2 {
             for text in &texts {
                 assert_eq!(
-                    counted.count(text),
-                    count_uncached(text),
+                    counted.count(text, Encoding::O200k),
+                    count_uncached(text, Encoding::O200k),
                     "round {round}: {text}"
                 );
             }
         }
         assert!(counted.current.len() <= COUNTED_TEXTS);
         assert!(counted.previous.len() <= COUNTED_TEXTS);
-        assert_ne!(count("Hello, world!"), count("Hello, world! Hello!"));
+        assert_ne!(
+            count("Hello, world!", Encoding::O200k),
+            count("Hello, world! Hello!", Encoding::O200k)
+        );
+    }
+
+    #[test]
+    fn older_gpt_models_are_counted_with_their_own_encoding() {
+        for model in [
+            "gpt-4",
+            "gpt-4-turbo",
+            "gpt-4-0613",
+            "gpt-3.5-turbo",
+            "gpt-3.5-turbo-0125",
+        ] {
+            assert_eq!(
+                Encoding::for_model(ProviderKind::OpenAi, model),
+                Encoding::Cl100k,
+                "{model}"
+            );
+        }
+        for model in [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-4.1-nano",
+            "gpt-4.5-preview",
+            "gpt-5",
+            "o3-mini",
+            "chatgpt-4o-latest",
+        ] {
+            assert_eq!(
+                Encoding::for_model(ProviderKind::OpenAi, model),
+                Encoding::O200k,
+                "{model}"
+            );
+        }
+        assert_eq!(
+            Encoding::for_model(ProviderKind::Custom, "gpt-4"),
+            Encoding::O200k,
+            "a custom provider's model is not OpenAI's"
+        );
+        // cl100k_base needs far more tokens than o200k_base for many scripts.
+        let body = r#"{"model":"gpt-4","max_tokens":10,"messages":[{"role":"user","content":"मेरा नाम क्या है? यह एक परीक्षण वाक्य है जो हिंदी में लिखा गया है।"}]}"#;
+        let req = parse_request(body.as_bytes()).unwrap();
+        let (cl100k, o200k) = (
+            input_tokens(&req, Encoding::Cl100k),
+            input_tokens(&req, Encoding::O200k),
+        );
+        assert!(cl100k > o200k * 3 / 2, "cl100k {cl100k}, o200k {o200k}");
+        let e = |model| estimate(&req, ProviderKind::OpenAi, model, None, 4096).held_input_tokens;
+        assert_eq!((e("gpt-4"), e("gpt-4o")), (cl100k, o200k));
     }
 
     #[test]
     fn holds_cover_tokenizers_that_count_more_than_o200k() {
         let body = br#"{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"Hello, world!"}]}"#;
         let req = parse_request(body).unwrap();
-        let counted = input_tokens(&req);
+        let counted = input_tokens(&req, Encoding::O200k);
         assert_eq!(counted, 10);
-        let held = |kind| estimate(&req, kind, None, 4096);
+        let held = |kind| estimate(&req, kind, "m", None, 4096);
         let openai = held(ProviderKind::OpenAi);
         assert_eq!(
             (openai.input_tokens, openai.held_input_tokens),
@@ -399,7 +489,13 @@ mod tests {
         assert_eq!(held(ProviderKind::Custom).held_input_tokens, 15);
         // The held input is priced: 15 × $0.000003 + 10 × $0.000015.
         let price = ModelPrice::per_token(Decimal::new(3, 6), Decimal::new(15, 6));
-        let e = estimate(&req, ProviderKind::Anthropic, Some(&price), 4096);
+        let e = estimate(
+            &req,
+            ProviderKind::Anthropic,
+            "claude-sonnet-4-5",
+            Some(&price),
+            4096,
+        );
         assert_eq!(e.amounts.get(&Unit::Usd), Decimal::new(195, 6));
         assert_eq!(e.flex.input_usd, Decimal::new(45, 6));
     }
@@ -411,7 +507,7 @@ mod tests {
                 r#"{{"model":"m","messages":[{{"role":"user","content":"Hello, world!"}}]{extra}}}"#
             );
             let req = parse_request(body.as_bytes()).unwrap();
-            let counted = input_tokens(&req);
+            let counted = input_tokens(&req, Encoding::O200k);
             (
                 counted,
                 held_input_tokens(&req, ProviderKind::Anthropic, counted),
@@ -447,9 +543,12 @@ mod tests {
         let with_format = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"}],
             "response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object","properties":{"answer":{"type":"string"}}}}}}"#;
         let null_format = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"}],"response_format":null}"#;
-        let tokens = |body: &[u8]| input_tokens(&parse_request(body).unwrap());
+        let tokens = |body: &[u8]| input_tokens(&parse_request(body).unwrap(), Encoding::O200k);
         let format = r#"{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object","properties":{"answer":{"type":"string"}}}}}"#;
-        assert_eq!(tokens(with_format), tokens(plain) + count(format));
+        assert_eq!(
+            tokens(with_format),
+            tokens(plain) + count(format, Encoding::O200k)
+        );
         assert_eq!(tokens(null_format), tokens(plain));
     }
 }

@@ -8,7 +8,7 @@
 //! `cargo run --release -p tollgate-bench --bin estimate-bench`
 #![allow(clippy::print_stdout)]
 
-use proxy::estimate::input_tokens;
+use proxy::estimate::{input_tokens, Encoding};
 use proxy::providers::openai::ChatRequest;
 use proxy::providers::parse_request;
 use std::hint::black_box;
@@ -49,10 +49,10 @@ fn main() -> anyhow::Result<()> {
         )];
         let req = request(&texts)?;
         let new = ms(|| {
-            black_box(input_tokens(&req));
+            black_box(input_tokens(&req, Encoding::O200k));
         });
         let again = ms(|| {
-            black_box(input_tokens(&req));
+            black_box(input_tokens(&req, Encoding::O200k));
         });
         println!("{label:<34} {new:>14.3} {again:>14.3}");
     }
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         history.push(message(turn, "chat"));
         let req = request(&history)?;
         total += ms(|| {
-            black_box(input_tokens(&req));
+            black_box(input_tokens(&req, Encoding::O200k));
         });
     }
     // The same chat with every turn's texts new, as without remembering.
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let req = request(&texts)?;
         scratch += ms(|| {
-            black_box(input_tokens(&req));
+            black_box(input_tokens(&req, Encoding::O200k));
         });
     }
     println!(

@@ -198,6 +198,7 @@ pub async fn completions(
     let est = estimate(
         &req,
         route.kind,
+        &model,
         price.as_ref(),
         inner.settings.default_max_output_tokens,
     );
