@@ -56,6 +56,18 @@ impl RequestError {
 
 /// Parses and validates a request body (see [`validate_request`]).
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, RequestError> {
+    // Most requests are valid: parse them without tracking the path, and
+    // parse again with it only to say where a bad one went wrong.
+    let request = match serde_json::from_slice::<ChatRequest>(body) {
+        Ok(request) => request,
+        Err(_) => parse_tracking_path(body)?,
+    };
+    validate_request(&request)?;
+    Ok(request)
+}
+
+/// [`parse_request`]'s parse, naming the field of an error.
+fn parse_tracking_path(body: &[u8]) -> Result<ChatRequest, RequestError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let request: ChatRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -64,7 +76,6 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, RequestError> {
     de.end().map_err(|err| RequestError::InvalidJson {
         message: without_position(&err),
     })?;
-    validate_request(&request)?;
     Ok(request)
 }
 

@@ -1,7 +1,7 @@
 //! OpenAI-style rate-limit headers for the tightest limit of each kind:
 //! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
 use projector::LimitView;
 use rust_decimal::Decimal;
@@ -17,48 +17,53 @@ fn duration(secs: i64) -> String {
     }
 }
 
-fn tightest<'a>(limits: &'a [LimitView], units: &[Unit]) -> Option<&'a LimitView> {
+/// The limit of a kind with the smallest share left (a zero cap has none
+/// left), then the fewest left.
+fn tightest(limits: &[LimitView], of_kind: impl Fn(&Unit) -> bool) -> Option<&LimitView> {
     limits
         .iter()
-        .filter(|l| units.contains(&l.unit))
-        .min_by(|a, b| {
-            let ratio = |l: &LimitView| {
-                if l.cap.is_zero() {
-                    Decimal::ZERO
-                } else {
-                    l.remaining / l.cap
-                }
-            };
-            ratio(a).cmp(&ratio(b)).then(a.remaining.cmp(&b.remaining))
+        .filter(|l| of_kind(&l.unit))
+        .map(|l| {
+            let share = l.remaining.checked_div(l.cap).unwrap_or(Decimal::ZERO);
+            (share, l.remaining, l)
         })
+        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)))
+        .map(|(_, _, l)| l)
 }
 
+/// The headers of each kind: limit, remaining, reset.
+const REQUEST_HEADERS: [&str; 3] = [
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+];
+const TOKEN_HEADERS: [&str; 3] = [
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+];
+
 pub fn rate_limit_headers(headers: &mut HeaderMap, limits: &[LimitView], now: DateTime<Utc>) {
-    let kinds = [
-        ("requests", vec![Unit::Requests]),
-        (
-            "tokens",
-            vec![Unit::Tokens, Unit::InputTokens, Unit::OutputTokens],
-        ),
-    ];
-    for (suffix, units) in kinds {
-        let Some(l) = tightest(limits, &units) else {
+    let requests = tightest(limits, |u| *u == Unit::Requests);
+    let tokens = tightest(limits, |u| {
+        matches!(u, Unit::Tokens | Unit::InputTokens | Unit::OutputTokens)
+    });
+    for (names, limit) in [(REQUEST_HEADERS, requests), (TOKEN_HEADERS, tokens)] {
+        let Some(l) = limit else {
             continue;
         };
         let reset = l
             .resets_at
             .map(|at| duration((at - now).num_seconds().max(0)))
             .unwrap_or_else(|| "never".into());
-        for (name, value) in [
-            ("limit", l.cap.normalize().to_string()),
-            ("remaining", l.remaining.normalize().to_string()),
-            ("reset", reset),
-        ] {
-            if let (Ok(n), Ok(v)) = (
-                format!("x-ratelimit-{name}-{suffix}").parse::<axum::http::HeaderName>(),
-                HeaderValue::from_str(&value),
-            ) {
-                headers.insert(n, v);
+        let values = [
+            l.cap.normalize().to_string(),
+            l.remaining.normalize().to_string(),
+            reset,
+        ];
+        for (name, value) in names.into_iter().zip(values) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
             }
         }
     }
@@ -66,6 +71,47 @@ pub fn rate_limit_headers(headers: &mut HeaderMap, limits: &[LimitView], now: Da
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn limit(unit: Unit, cap: i64, remaining: i64) -> LimitView {
+        LimitView {
+            unit,
+            window: schemas::Window::Day,
+            model: None,
+            cap: Decimal::from(cap),
+            used: Decimal::from(cap - remaining),
+            held: Decimal::ZERO,
+            remaining: Decimal::from(remaining),
+            resets_at: None,
+        }
+    }
+
+    #[test]
+    fn the_tightest_limit_of_each_kind_is_shown() {
+        let limits = [
+            limit(Unit::Requests, 100, 50),
+            limit(Unit::Requests, 10, 4),
+            limit(Unit::Tokens, 1000, 900),
+            limit(Unit::OutputTokens, 200, 150),
+            limit(Unit::Usd, 1, 0),
+        ];
+        let mut h = HeaderMap::new();
+        rate_limit_headers(&mut h, &limits, Utc::now());
+        assert_eq!(h["x-ratelimit-limit-requests"], "10");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "4");
+        assert_eq!(h["x-ratelimit-limit-tokens"], "200", "75 % left beats 90 %");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "150");
+        assert_eq!(h["x-ratelimit-reset-tokens"], "never");
+        let zero_cap = [limit(Unit::Tokens, 1000, 10), limit(Unit::Tokens, 0, 0)];
+        let mut h = HeaderMap::new();
+        rate_limit_headers(&mut h, &zero_cap, Utc::now());
+        assert_eq!(
+            h["x-ratelimit-limit-tokens"], "0",
+            "a zero cap has nothing left"
+        );
+        assert!(!h.contains_key("x-ratelimit-limit-requests"));
+    }
+
     #[test]
     fn reset_durations_read_like_openai() {
         assert_eq!(super::duration(1), "1s");
