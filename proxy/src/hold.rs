@@ -75,7 +75,8 @@ impl Hold {
             self.reservation_id,
             self.request_id.clone(),
         );
-        self.tracker.spawn(async move {
+        // Boxed for the reason `chat::completions` boxes the call.
+        self.tracker.spawn(Box::pin(async move {
             let started = tokio::time::Instant::now();
             let mut backoff = Duration::from_millis(50);
             loop {
@@ -102,7 +103,7 @@ impl Hold {
                     }
                 }
             }
-        });
+        }));
     }
 }
 

@@ -515,7 +515,9 @@ impl Gate {
     ) -> Result<ReserveOutcome, GateError> {
         if client_id {
             if let Some(pool) = &self.shared.pool {
-                if let Some(owner) = io::owner_in_ledger(pool, project, req.reservation_id).await? {
+                if let Some(owner) =
+                    Box::pin(io::owner_in_ledger(pool, project, req.reservation_id)).await?
+                {
                     if owner != *account {
                         return Err(GateError::ReservationIdInUse);
                     }
@@ -764,7 +766,9 @@ impl Gate {
                 Some(state) => state,
                 None => {
                     fresh = true;
-                    let (state, read) = self.load(&subject).await?;
+                    // Boxed, as below: rare paths whose futures would otherwise
+                    // make every call's future (moved on each spawn) kilobytes larger.
+                    let (state, read) = Box::pin(self.load(&subject)).await?;
                     slot.mark_saved(state.entries());
                     slot.unsaved = read;
                     slot.state.insert(state)
@@ -777,7 +781,7 @@ impl Gate {
                     if fresh {
                         return Ok(t);
                     }
-                    let read = io::catch_up(&self.io.stream, &subject, state).await?;
+                    let read = Box::pin(io::catch_up(&self.io.stream, &subject, state)).await?;
                     slot.unsaved += read as u64;
                     if read == 0 {
                         return Ok(t);
@@ -808,7 +812,8 @@ impl Gate {
                             return Ok(finish(state));
                         }
                         Err(io::AppendError::Conflict) => {
-                            let read = io::catch_up(&self.io.stream, &subject, state).await?;
+                            let read =
+                                Box::pin(io::catch_up(&self.io.stream, &subject, state)).await?;
                             slot.unsaved += read as u64;
                             fresh = true;
                         }
@@ -917,7 +922,7 @@ impl Gate {
             return Ok(account.clone());
         }
         match &self.shared.pool {
-            Some(pool) => io::locate_in_ledger(pool, &self.io.stream, project, id).await,
+            Some(pool) => Box::pin(io::locate_in_ledger(pool, &self.io.stream, project, id)).await,
             None => Err(GateError::NotFound),
         }
     }
