@@ -1,6 +1,7 @@
 //! What a request may cost at most, before it is sent: input tokens counted
-//! with a real tokenizer (`o200k_base`, OpenAI's current encoding), widened
-//! for providers whose own tokenizer counts more ([`input_margin_percent`]),
+//! with a real tokenizer (the model's encoding for OpenAI, [`Encoding`];
+//! `o200k_base` for other providers, widened for tokenizers that count more,
+//! [`input_margin_percent`]),
 //! the output cap, and the exact USD of both. The hold covers this maximum
 //! (invariant 1); the gate may lower the output to what the budget affords
 //! ([`ledger::gate::decide::OutputFlex`]).
@@ -63,12 +64,17 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    /// The encoding OpenAI counts `model` with; `o200k_base` for other providers.
+    /// The encoding OpenAI counts `model` with (a fine-tuned `ft:gpt-4-…`
+    /// as its base model; `gpt-35-turbo` is Azure's name for GPT-3.5);
+    /// `o200k_base` for other providers.
     pub fn for_model(kind: ProviderKind, model: &str) -> Encoding {
+        let model = model.strip_prefix("ft:").unwrap_or(model);
         let newer_gpt4 = ["gpt-4o", "gpt-4.1", "gpt-4.5"]
             .iter()
             .any(|p| model.starts_with(p));
-        let legacy = model.starts_with("gpt-3.5") || (model.starts_with("gpt-4") && !newer_gpt4);
+        let legacy = model.starts_with("gpt-3.5")
+            || model.starts_with("gpt-35")
+            || (model.starts_with("gpt-4") && !newer_gpt4);
         match kind {
             ProviderKind::OpenAi if legacy => Encoding::Cl100k,
             _ => Encoding::O200k,
@@ -98,10 +104,11 @@ fn tokenizer(encoding: Encoding) -> Option<&'static CoreBPE> {
     }
 }
 
-/// Loads the tokenizer of current models now rather than on the first
-/// request (`cl100k_base` loads on the first call to an older GPT-4).
+/// Loads the tokenizers now rather than on a first request, which would
+/// wait for it.
 pub fn warm_up() {
     let _ = tokenizer(Encoding::O200k);
+    let _ = tokenizer(Encoding::Cl100k);
 }
 
 fn count(text: &str, encoding: Encoding) -> u64 {
@@ -128,9 +135,10 @@ thread_local! {
 /// each message is counted once rather than once per turn. Two generations
 /// approximate least-recently-used: when the current one is full it becomes
 /// the previous and the one before is dropped; a hit in the previous moves
-/// back. Keyed by the text's length and a hash keyed per process: a
-/// collision could only misjudge a hold's size, never a charge (the commit
-/// records the provider's counts).
+/// back. Keyed by the encoding, the text's length and a 64-bit hash keyed
+/// per process. A collision (about one in 2^64 per pair of texts of the
+/// same length) would misjudge a hold's size, and the charge only of an
+/// answer without usage, which is charged the count.
 #[derive(Default)]
 struct Counted {
     current: std::collections::HashMap<(Encoding, usize, u64), u64>,
@@ -223,8 +231,9 @@ pub fn held_input_tokens(req: &ChatRequest, kind: ProviderKind, counted: u64) ->
 /// The hold for a request: amounts for its maximum cost, and how the output may shrink.
 #[derive(Clone, Debug)]
 pub struct Estimate {
-    /// Input tokens counted with `o200k_base`: what is charged when a
-    /// provider reports no usage.
+    /// Input tokens counted with the model's encoding
+    /// ([`Encoding::for_model`]): what is charged when a provider reports
+    /// no usage.
     pub input_tokens: u64,
     /// Input tokens held ([`held_input_tokens`]).
     pub held_input_tokens: u64,
@@ -420,6 +429,9 @@ mod tests {
             "gpt-4-0613",
             "gpt-3.5-turbo",
             "gpt-3.5-turbo-0125",
+            "gpt-35-turbo",
+            "ft:gpt-3.5-turbo-0125:acme::8abc",
+            "ft:gpt-4-0613:acme::9xyz",
         ] {
             assert_eq!(
                 Encoding::for_model(ProviderKind::OpenAi, model),
@@ -435,6 +447,7 @@ mod tests {
             "gpt-5",
             "o3-mini",
             "chatgpt-4o-latest",
+            "ft:gpt-4o-mini-2024-07-18:acme::1def",
         ] {
             assert_eq!(
                 Encoding::for_model(ProviderKind::OpenAi, model),
@@ -526,6 +539,14 @@ mod tests {
             claude,
             (counted * 3).div_ceil(2) + 530,
             "the format becomes a tool"
+        );
+        let (counted, claude, _) = with(r#","response_format":{"type":"json_object"}"#);
+        assert_eq!(claude, (counted * 3).div_ceil(2) + 530, "json_object too");
+        let (counted, claude, _) = with(&format!(r#"{tools},"tool_choice":"none""#));
+        assert_eq!(
+            claude,
+            (counted * 3).div_ceil(2) + 530,
+            "tools sent with tool_choice none still bring the prompt"
         );
         let (counted, claude, _) = with(r#","response_format":{"type":"text"}"#);
         assert_eq!(claude, (counted * 3).div_ceil(2));
