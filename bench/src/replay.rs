@@ -24,6 +24,8 @@ pub struct ReplayResult {
     pub read_only_cpu: cpu::Usage,
     /// None when replay did not finish within the time limit.
     pub replay: Option<Duration>,
+    /// Where the replay's time went, when it finished.
+    pub phases: Option<ledger::replay::ReplayPhases>,
     pub limit: Duration,
     /// (events applied, time since replay started) after each batch.
     pub progress: Vec<(u64, Duration)>,
@@ -134,12 +136,14 @@ pub async fn run(events: u64, accounts: u64, limit: Duration) -> anyhow::Result<
     )
     .await;
     let replay_cpu = cpu::usage(&before, &cpu::snapshot(&probe));
+    let mut phases = None;
     let (replay_time, checksum) = match outcome {
         Ok(report) => {
             let report = report?;
             if report.events != events {
                 bail!("replay applied {} events, expected {events}", report.events);
             }
+            phases = Some(report.phases);
             let checksum = ledger::checksum::checksum(db.pool()).await?;
             let (reservations, committed): (i64, i64) = sqlx::query_as(
                 "SELECT count(*), count(*) FILTER (WHERE status = 'committed') FROM reservations",
@@ -169,6 +173,7 @@ pub async fn run(events: u64, accounts: u64, limit: Duration) -> anyhow::Result<
         read_only: read_time,
         read_only_cpu: read_cpu,
         replay: replay_time,
+        phases,
         limit,
         progress,
         replay_cpu,

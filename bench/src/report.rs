@@ -227,6 +227,14 @@ pub fn replay(r: &ReplayResult) {
             slices.join(", ")
         );
     }
+    if let Some(p) = &r.phases {
+        println!(
+            "   replay phases: stream read and folded {:.2} s, final copies {:.2} s, commit {:.2} s",
+            p.stream.as_secs_f64(),
+            p.final_copies.as_secs_f64(),
+            p.commit.as_secs_f64()
+        );
+    }
     if let Some((checksum, reservations, committed)) = &r.checksum {
         println!(
             "   rebuilt: {} reservations ({} committed); checksum {checksum}",

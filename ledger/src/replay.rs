@@ -35,6 +35,17 @@ const STALL: Duration = Duration::from_secs(10);
 pub struct ReplayReport {
     pub events: u64,
     pub elapsed: Duration,
+    /// Where `elapsed` went: reading and folding the stream (with the
+    /// settled reservations copied as they came), then the rest of the
+    /// reservations, the balances and counters, then the commit.
+    pub phases: ReplayPhases,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplayPhases {
+    pub stream: Duration,
+    pub final_copies: Duration,
+    pub commit: Duration,
 }
 
 /// Every projection the services maintain.
@@ -89,6 +100,7 @@ pub async fn replay(
             .await?;
     }
     let mut done = 0u64;
+    let mut phases = ReplayPhases::default();
     if total > 0 && last >= first {
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
@@ -121,6 +133,7 @@ pub async fn replay(
         // commit a partial rebuild.
         reader.await.context("replay reader")??;
         let end = folder.await.context("replay folder")?;
+        phases.stream = started.elapsed();
         copy.send(end.open_reservations).await?;
         copy.finish().await?;
         copy_into(&mut tx, "account_balances", BALANCE_COLUMNS, end.balances).await?;
@@ -148,10 +161,14 @@ pub async fn replay(
     for p in &projections {
         store_checkpoint(&mut tx, p.name(), last).await?;
     }
+    let committing = Instant::now();
+    phases.final_copies = committing.duration_since(started) - phases.stream;
     tx.commit().await?;
+    phases.commit = committing.elapsed();
     Ok(ReplayReport {
         events: done,
         elapsed: started.elapsed(),
+        phases,
     })
 }
 
