@@ -16,6 +16,7 @@ tokens are the number of reply pieces (words) sent.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -169,6 +170,82 @@ def test_streamed_chat_with_usage(model: str) -> None:
     assert all(c.usage is None for c in chunks[:-1])
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == REPLY
+
+    assert_requests_used(identity, 1)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+FORCE_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+CLAUDE = "claude-3-5-sonnet-20240620"
+
+
+def test_tool_call_through_claude() -> None:
+    """Claude's tool_use comes back as OpenAI's tool_calls, which the SDK parses.
+
+    The mock answers a forced tool with a call to it alone, with input `{}`.
+    """
+    identity = new_identity("tools")
+    client = make_client(identity)
+    completion = client.chat.completions.create(
+        model=CLAUDE, messages=MESSAGES, tools=[WEATHER_TOOL], tool_choice=FORCE_WEATHER
+    )
+
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls
+    assert calls is not None and len(calls) == 1, calls
+    call = calls[0]
+    assert call.type == "function"
+    assert call.id
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {}
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == INPUT_TOKENS
+
+    assert_requests_used(identity, 1)
+
+
+def test_streamed_tool_call_through_claude() -> None:
+    identity = new_identity("tools-stream")
+    client = make_client(identity)
+    stream = client.chat.completions.create(
+        model=CLAUDE,
+        messages=MESSAGES,
+        tools=[WEATHER_TOOL],
+        tool_choice=FORCE_WEATHER,
+        stream=True,
+    )
+
+    chunks = list(stream)
+    assert chunks and all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    # Assembled the way OpenAI documents: deltas of one call share its index.
+    calls: dict[int, dict] = {}
+    for chunk in chunks:
+        for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = calls.setdefault(delta.index, {"id": None, "name": "", "arguments": ""})
+            if delta.id:
+                assert call["id"] is None, "a call's id comes once"
+                call["id"] = delta.id
+            if delta.function is not None:
+                call["name"] += delta.function.name or ""
+                call["arguments"] += delta.function.arguments or ""
+    assert list(calls) == [0], calls
+    assert calls[0]["id"] and calls[0]["name"] == "get_weather", calls
+    assert json.loads(calls[0]["arguments"]) == {}, calls
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "tool_calls", finishes
 
     assert_requests_used(identity, 1)
 
