@@ -6,7 +6,7 @@
 //! A NUL character, which no `text` value can hold, is written as
 //! [`crate::pg_text::NUL_REPLACEMENT`], as the live projections store it.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Timelike as _, Utc};
 use std::fmt::Write as _;
 
 /// A growing buffer of COPY text rows.
@@ -14,6 +14,8 @@ pub struct CopyRows {
     buf: Vec<u8>,
     rows: u64,
     at_line_start: bool,
+    /// Reused for formatting timestamps.
+    scratch: String,
 }
 
 impl CopyRows {
@@ -22,6 +24,7 @@ impl CopyRows {
             buf: Vec::with_capacity(1 << 16),
             rows: 0,
             at_line_start: true,
+            scratch: String::new(),
         }
     }
 
@@ -36,15 +39,7 @@ impl CopyRows {
     pub fn text(&mut self, value: &str) -> &mut Self {
         self.sep();
         let value = crate::pg_text::pg_text(value);
-        for &b in value.as_bytes() {
-            match b {
-                b'\\' => self.buf.extend_from_slice(b"\\\\"),
-                b'\t' => self.buf.extend_from_slice(b"\\t"),
-                b'\n' => self.buf.extend_from_slice(b"\\n"),
-                b'\r' => self.buf.extend_from_slice(b"\\r"),
-                _ => self.buf.push(b),
-            }
-        }
+        escape_into(&mut self.buf, value.as_bytes());
         self
     }
 
@@ -79,8 +74,12 @@ impl CopyRows {
 
     pub fn timestamp(&mut self, at: DateTime<Utc>) -> &mut Self {
         self.sep();
-        self.buf
-            .extend_from_slice(at.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
+        let micros = at
+            .with_nanosecond(at.nanosecond() / 1_000 * 1_000)
+            .unwrap_or(at);
+        self.scratch.clear();
+        schemas::timestamp::format(&micros, &mut self.scratch);
+        self.buf.extend_from_slice(self.scratch.as_bytes());
         self
     }
 
@@ -91,10 +90,17 @@ impl CopyRows {
         }
     }
 
-    /// A JSON value (for `jsonb` columns), escaped.
+    /// A JSON value (for `jsonb` columns), escaped. Written straight into
+    /// the buffer: compact JSON holds no raw control characters (NUL
+    /// included), so only its backslashes need escaping.
     pub fn json(&mut self, value: &impl serde::Serialize) -> &mut Self {
-        let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
-        self.text(&text)
+        self.sep();
+        let start = self.buf.len();
+        if serde_json::to_writer(Escaping(&mut self.buf), value).is_err() {
+            self.buf.truncate(start);
+            self.buf.extend_from_slice(b"null");
+        }
+        self
     }
 
     pub fn end_row(&mut self) {
@@ -121,6 +127,33 @@ impl CopyRows {
 impl Default for CopyRows {
     fn default() -> Self {
         CopyRows::new()
+    }
+}
+
+/// Appends `bytes` to `buf` with COPY text's escapes.
+fn escape_into(buf: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        match b {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.push(b),
+        }
+    }
+}
+
+/// Writes through [`escape_into`].
+struct Escaping<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for Escaping<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        escape_into(self.0, bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
