@@ -162,7 +162,9 @@ pub async fn replay(
         store_checkpoint(&mut tx, p.name(), last).await?;
     }
     let committing = Instant::now();
-    phases.final_copies = committing.duration_since(started) - phases.stream;
+    phases.final_copies = committing
+        .duration_since(started)
+        .saturating_sub(phases.stream);
     tx.commit().await?;
     phases.commit = committing.elapsed();
     Ok(ReplayReport {

@@ -64,7 +64,6 @@ impl CopyRows {
         self
     }
 
-    /// A timestamp with microseconds, truncated as sqlx binds `DateTime<Utc>`.
     /// A decimal without trailing zeros (`0.050` → `0.05`, `0.00` → `0`),
     /// as the live projections store sums (`trim_scale`), so a rebuilt row
     /// reads the same however its sum was split into batches.
@@ -72,6 +71,8 @@ impl CopyRows {
         self.display(value.normalize())
     }
 
+    /// A timestamp with microseconds, truncated as sqlx binds `DateTime<Utc>`
+    /// (PostgreSQL would round more digits).
     pub fn timestamp(&mut self, at: DateTime<Utc>) -> &mut Self {
         self.sep();
         let micros = at
