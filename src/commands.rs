@@ -65,8 +65,8 @@ pub async fn replay(js: &async_nats::jetstream::Context, pool: &PgPool) -> anyho
     let rate = report.events as f64 / report.elapsed.as_secs_f64().max(1e-9);
     let phases = report.phases;
     eprintln!(
-        "replayed {} events in {:.2?} ({:.0} events/s; stream read and folded {:.2?}, final copies {:.2?}, commit {:.2?})",
-        report.events, report.elapsed, rate, phases.stream, phases.final_copies, phases.commit
+        "replayed {} events in {:.2?} ({:.0} events/s; setup {:.2?}, stream read and folded {:.2?}, final copies {:.2?}, commit {:.2?})",
+        report.events, report.elapsed, rate, phases.setup, phases.stream, phases.final_copies, phases.commit
     );
     out(&checksum.to_string())
 }

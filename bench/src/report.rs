@@ -229,7 +229,8 @@ pub fn replay(r: &ReplayResult) {
     }
     if let Some(p) = &r.phases {
         println!(
-            "   replay phases: stream read and folded {:.2} s, final copies {:.2} s, commit {:.2} s",
+            "   replay phases: setup {:.2} s, stream read and folded {:.2} s, final copies {:.2} s, commit {:.2} s",
+            p.setup.as_secs_f64(),
             p.stream.as_secs_f64(),
             p.final_copies.as_secs_f64(),
             p.commit.as_secs_f64()

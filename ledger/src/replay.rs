@@ -35,15 +35,19 @@ const STALL: Duration = Duration::from_secs(10);
 pub struct ReplayReport {
     pub events: u64,
     pub elapsed: Duration,
-    /// Where `elapsed` went: reading and folding the stream (with the
-    /// settled reservations copied as they came), then the rest of the
-    /// reservations, the balances and counters, then the commit.
+    /// Where `elapsed` went.
     pub phases: ReplayPhases,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReplayPhases {
+    /// Locking the projections' checkpoints (waiting for live consumers)
+    /// and emptying their tables.
+    pub setup: Duration,
+    /// Reading and folding the stream, the settled reservations copied as
+    /// they come.
     pub stream: Duration,
+    /// The still-open reservations, the balances and counters, the checkpoints.
     pub final_copies: Duration,
     pub commit: Duration,
 }
@@ -100,7 +104,10 @@ pub async fn replay(
             .await?;
     }
     let mut done = 0u64;
-    let mut phases = ReplayPhases::default();
+    let mut phases = ReplayPhases {
+        setup: started.elapsed(),
+        ..ReplayPhases::default()
+    };
     if total > 0 && last >= first {
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
@@ -133,7 +140,7 @@ pub async fn replay(
         // commit a partial rebuild.
         reader.await.context("replay reader")??;
         let end = folder.await.context("replay folder")?;
-        phases.stream = started.elapsed();
+        phases.stream = started.elapsed().saturating_sub(phases.setup);
         copy.send(end.open_reservations).await?;
         copy.finish().await?;
         copy_into(&mut tx, "account_balances", BALANCE_COLUMNS, end.balances).await?;
@@ -164,7 +171,7 @@ pub async fn replay(
     let committing = Instant::now();
     phases.final_copies = committing
         .duration_since(started)
-        .saturating_sub(phases.stream);
+        .saturating_sub(phases.setup + phases.stream);
     tx.commit().await?;
     phases.commit = committing.elapsed();
     Ok(ReplayReport {
@@ -228,10 +235,11 @@ async fn read(
 
 /// The stream sequence in a JetStream delivery's reply subject, read the
 /// way async-nats' `Message::info` reads it but without parsing the other
-/// fields (that parse was ≈ 3 % of replay's CPU, on top of the ordered
-/// consumer's own): `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…`
-/// (7 tokens after the prefix), or with a domain and account hash first
-/// (9 or more). `None` for any other shape, which `info` then reports.
+/// fields (that parse was ≈ 3 % of replay's CPU). The ordered consumer has
+/// already checked the whole subject with `info` before handing the message
+/// over: `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…` (7 tokens
+/// after the prefix), or with a domain and account hash first and a token
+/// last (10 or more). `None` for any other shape, which `info` then reports.
 fn stream_sequence(reply: &str) -> Option<u64> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
     let mut tokens = [""; 10];
@@ -245,7 +253,7 @@ fn stream_sequence(reply: &str) -> Option<u64> {
     }
     let at = match n {
         7 => 3,
-        n if n >= 9 => 5,
+        n if n >= 10 => 5,
         _ => return None,
     };
     tokens[at].parse().ok()
@@ -299,10 +307,13 @@ mod tests {
         // domain (`_` for none) and account hash, and a trailing token.
         let old = "$JS.ACK.LEDGER.c1.1.4242.17.1700000000000000000.9";
         let new = "$JS.ACK._.ACCHASH.LEDGER.c1.1.4242.17.1700000000000000000.9.tok";
-        let nine = "$JS.ACK.dom.ACCHASH.LEDGER.c1.2.77.18.1700000000000000000.0";
-        for (reply, seq) in [(old, 4242), (new, 4242), (nine, 77)] {
+        let domain = "$JS.ACK.dom.ACCHASH.LEDGER.c1.2.77.18.1700000000000000000.0.tok";
+        for (reply, seq) in [(old, 4242), (new, 4242), (domain, 77)] {
             assert_eq!(stream_sequence(reply), Some(seq), "{reply}");
         }
+        // Nine tokens: `info` finds no trailing token and refuses it; so do we.
+        let nine = "$JS.ACK.dom.ACCHASH.LEDGER.c1.2.77.18.1700000000000000000.0";
+        assert_eq!(stream_sequence(nine), None);
         assert_eq!(stream_sequence("$JS.ACK.a.b.c"), None);
         assert_eq!(stream_sequence("_INBOX.x.y.z.1.2.3.4"), None);
         assert_eq!(stream_sequence("$JS.ACK.S.C.1.notanumber.1.1.0"), None);

@@ -72,7 +72,8 @@ impl CopyRows {
     }
 
     /// A timestamp with microseconds, truncated as sqlx binds `DateTime<Utc>`
-    /// (PostgreSQL would round more digits).
+    /// for times after 2000 (sqlx truncates toward 2000-01-01; PostgreSQL
+    /// would round more digits).
     pub fn timestamp(&mut self, at: DateTime<Utc>) -> &mut Self {
         self.sep();
         let micros = at

@@ -24,7 +24,11 @@ fn tightest(limits: &[LimitView], of_kind: impl Fn(&Unit) -> bool) -> Option<&Li
         .iter()
         .filter(|l| of_kind(&l.unit))
         .map(|l| {
-            let share = l.remaining.checked_div(l.cap).unwrap_or(Decimal::ZERO);
+            let share = if l.cap.is_zero() {
+                Decimal::ZERO
+            } else {
+                l.remaining.checked_div(l.cap).unwrap_or(Decimal::MAX)
+            };
             (share, l.remaining, l)
         })
         .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)))
@@ -110,6 +114,13 @@ mod tests {
             "a zero cap has nothing left"
         );
         assert!(!h.contains_key("x-ratelimit-limit-requests"));
+        let same_share = [limit(Unit::Requests, 100, 50), limit(Unit::Requests, 10, 5)];
+        let mut h = HeaderMap::new();
+        rate_limit_headers(&mut h, &same_share, Utc::now());
+        assert_eq!(
+            h["x-ratelimit-limit-requests"], "10",
+            "same share: fewest left"
+        );
     }
 
     #[test]
