@@ -25,30 +25,46 @@ pub struct CounterKey {
 /// Counter increments caused by an event: committed or recorded usage, in the
 /// periods of the instant the usage is attributed to (the hold's `reserved_at`).
 pub fn usage_deltas(env: &Envelope) -> Vec<(CounterKey, Decimal)> {
+    let mut out = Vec::new();
+    for_each_usage_delta(env, |key, amount| out.push((key.clone(), amount)));
+    out
+}
+
+/// [`usage_deltas`] without building a key per increment: `f` sees one key,
+/// changed in place (the model is cloned once per event, not once per
+/// window and unit; an account's fold applies 30 increments per commit).
+pub fn for_each_usage_delta(env: &Envelope, mut f: impl FnMut(&CounterKey, Decimal)) {
     let (at, model, amounts): (DateTime<Utc>, &Option<String>, &Amounts) = match &env.event {
         Event::Committed(c) => (c.hold.reserved_at, &c.hold.model, &c.actual),
         Event::UsageRecorded(u) => (env.occurred_at, &u.model, &u.amounts),
-        Event::Reserved(_) | Event::Released(_) | Event::Expired(_) => return Vec::new(),
+        Event::Reserved(_) | Event::Released(_) | Event::Expired(_) => return,
     };
-    let mut out = Vec::with_capacity(amounts.0.len() * Window::ALL.len());
+    let mut key: Option<CounterKey> = None;
     for window in Window::ALL {
         let period_start = period(window, at).key();
         for (unit, amount) in amounts.iter() {
             if amount.is_zero() {
                 continue;
             }
-            out.push((
-                CounterKey {
+            let key = match &mut key {
+                Some(key) => {
+                    key.window = window;
+                    key.period_start = period_start;
+                    if key.unit != *unit {
+                        key.unit = unit.clone();
+                    }
+                    key
+                }
+                None => key.insert(CounterKey {
                     window,
                     period_start,
                     unit: unit.clone(),
                     model: model.clone(),
-                },
-                amount,
-            ));
+                }),
+            };
+            f(key, amount);
         }
     }
-    out
 }
 
 /// Change of an account's lifetime balance in one unit.

@@ -6,7 +6,7 @@
 //! Settlements and usage ids are remembered for [`IDEMPOTENCY_HORIZON_HOURS`]
 //! of event time; counters of periods that have ended are dropped.
 
-use crate::deltas::{usage_deltas, CounterKey};
+use crate::deltas::{for_each_usage_delta, CounterKey};
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use schemas::events::{Envelope, Event, HoldRef};
@@ -153,9 +153,13 @@ impl AccountState {
         );
         let outcome = self.apply_event(env);
         if outcome == Applied::Changed {
-            for (key, amount) in usage_deltas(env) {
-                *self.used.entry(key).or_default() += amount;
-            }
+            let used = &mut self.used;
+            for_each_usage_delta(env, |key, amount| match used.get_mut(key) {
+                Some(sum) => *sum += amount,
+                None => {
+                    used.insert(key.clone(), amount);
+                }
+            });
         }
         self.applied_since_prune += 1;
         if self.applied_since_prune >= 256 {
