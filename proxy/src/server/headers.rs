@@ -90,33 +90,33 @@ mod tests {
         }
     }
 
+    fn headers(limits: &[LimitView]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        rate_limit_headers(&mut h, limits, Utc::now());
+        h
+    }
+
     #[test]
     fn the_tightest_limit_of_each_kind_is_shown() {
-        let limits = [
+        let h = headers(&[
             limit(Unit::Requests, 100, 50),
             limit(Unit::Requests, 10, 4),
             limit(Unit::Tokens, 1000, 900),
             limit(Unit::OutputTokens, 200, 150),
             limit(Unit::Usd, 1, 0),
-        ];
-        let mut h = HeaderMap::new();
-        rate_limit_headers(&mut h, &limits, Utc::now());
+        ]);
         assert_eq!(h["x-ratelimit-limit-requests"], "10");
         assert_eq!(h["x-ratelimit-remaining-requests"], "4");
         assert_eq!(h["x-ratelimit-limit-tokens"], "200", "75 % left beats 90 %");
         assert_eq!(h["x-ratelimit-remaining-tokens"], "150");
         assert_eq!(h["x-ratelimit-reset-tokens"], "never");
-        let zero_cap = [limit(Unit::Tokens, 1000, 10), limit(Unit::Tokens, 0, 0)];
-        let mut h = HeaderMap::new();
-        rate_limit_headers(&mut h, &zero_cap, Utc::now());
+        let h = headers(&[limit(Unit::Tokens, 1000, 10), limit(Unit::Tokens, 0, 0)]);
         assert_eq!(
             h["x-ratelimit-limit-tokens"], "0",
             "a zero cap has nothing left"
         );
         assert!(!h.contains_key("x-ratelimit-limit-requests"));
-        let same_share = [limit(Unit::Requests, 100, 50), limit(Unit::Requests, 10, 5)];
-        let mut h = HeaderMap::new();
-        rate_limit_headers(&mut h, &same_share, Utc::now());
+        let h = headers(&[limit(Unit::Requests, 100, 50), limit(Unit::Requests, 10, 5)]);
         assert_eq!(
             h["x-ratelimit-limit-requests"], "10",
             "same share: fewest left"
