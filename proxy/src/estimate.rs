@@ -8,7 +8,7 @@
 
 use crate::pricing::{cost, ModelPrice};
 use crate::providers::openai::{ChatRequest, ContentPart, MessageContent};
-use crate::providers::{ProviderKind, Usage};
+use crate::providers::{anthropic_sends_tools, ProviderKind, Usage};
 use ledger::gate::decide::OutputFlex;
 use rust_decimal::Decimal;
 use schemas::{round_usd, Amounts, Rounding, Unit};
@@ -214,15 +214,7 @@ pub fn held_input_tokens(req: &ChatRequest, kind: ProviderKind, counted: u64) ->
         .saturating_mul(input_margin_percent(kind))
         .div_ceil(100);
     let tool_prompt = match kind {
-        // `response_format` reaches Claude as a tool too (`anthropic::RESPONSE_FORMAT_TOOL`).
-        ProviderKind::Anthropic
-            if req.tools.as_ref().is_some_and(|t| !t.is_empty())
-                || req.extra.get("response_format").is_some_and(|f| {
-                    !f.is_null() && f.get("type").and_then(|t| t.as_str()) != Some("text")
-                }) =>
-        {
-            ANTHROPIC_TOOL_PROMPT_TOKENS
-        }
+        ProviderKind::Anthropic if anthropic_sends_tools(req) => ANTHROPIC_TOOL_PROMPT_TOKENS,
         _ => 0,
     };
     widened.saturating_add(tool_prompt)
@@ -235,8 +227,6 @@ pub struct Estimate {
     /// ([`Encoding::for_model`]): what is charged when a provider reports
     /// no usage.
     pub input_tokens: u64,
-    /// Input tokens held ([`held_input_tokens`]).
-    pub held_input_tokens: u64,
     pub max_output_tokens: u64,
     pub amounts: Amounts,
     pub flex: OutputFlex,
@@ -313,7 +303,6 @@ pub fn estimate(
     };
     Estimate {
         input_tokens: counted,
-        held_input_tokens: input,
         max_output_tokens: max_output,
         amounts,
         flex,
@@ -468,7 +457,11 @@ mod tests {
             input_tokens(&req, Encoding::O200k),
         );
         assert!(cl100k > o200k * 3 / 2, "cl100k {cl100k}, o200k {o200k}");
-        let e = |model| estimate(&req, ProviderKind::OpenAi, model, None, 4096).held_input_tokens;
+        let e = |model| {
+            estimate(&req, ProviderKind::OpenAi, model, None, 4096)
+                .flex
+                .input_tokens
+        };
         assert_eq!((e("gpt-4"), e("gpt-4o")), (cl100k, o200k));
     }
 
@@ -481,12 +474,12 @@ mod tests {
         let held = |kind| estimate(&req, kind, "m", None, 4096);
         let openai = held(ProviderKind::OpenAi);
         assert_eq!(
-            (openai.input_tokens, openai.held_input_tokens),
+            (openai.input_tokens, openai.flex.input_tokens),
             (10, 10),
             "OpenAI counts with o200k_base itself"
         );
         let claude = held(ProviderKind::Anthropic);
-        assert_eq!((claude.input_tokens, claude.held_input_tokens), (10, 15));
+        assert_eq!((claude.input_tokens, claude.flex.input_tokens), (10, 15));
         assert_eq!(claude.amounts.get(&Unit::InputTokens), Decimal::from(15));
         assert_eq!(claude.amounts.get(&Unit::Tokens), Decimal::from(25));
         assert_eq!(
@@ -494,12 +487,12 @@ mod tests {
             "the clamp sees the held input"
         );
         assert_eq!(
-            held(ProviderKind::Gemini).held_input_tokens,
+            held(ProviderKind::Gemini).flex.input_tokens,
             13,
             "⌈10 × 1.25⌉"
         );
-        assert_eq!(held(ProviderKind::Xai).held_input_tokens, 13);
-        assert_eq!(held(ProviderKind::Custom).held_input_tokens, 15);
+        assert_eq!(held(ProviderKind::Xai).flex.input_tokens, 13);
+        assert_eq!(held(ProviderKind::Custom).flex.input_tokens, 15);
         // The held input is priced: 15 × $0.000003 + 10 × $0.000015.
         let price = ModelPrice::per_token(Decimal::new(3, 6), Decimal::new(15, 6));
         let e = estimate(

@@ -31,6 +31,7 @@ mod upstream;
 mod usage;
 mod validate;
 
+pub(crate) use anthropic::sends_tools as anthropic_sends_tools;
 pub use anthropic::{ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS as ANTHROPIC_DEFAULT_MAX_TOKENS};
 pub use openai::{ChatRequest, ErrorBody};
 pub use response::{

@@ -9,7 +9,7 @@ mod request;
 mod response;
 mod stream;
 
-pub(crate) use request::build_body;
+pub(crate) use request::{build_body, sends_tools};
 pub(crate) use response::translate;
 pub(crate) use stream::StreamHandler;
 

@@ -135,10 +135,7 @@ pub(crate) fn build_body(
                 .map(|(i, t)| {
                     let f = function_tool(t, i, PROVIDER)?;
                     if f.name == RESPONSE_FORMAT_TOOL {
-                        return Err(PrepareError::InvalidField {
-                            field: format!("tools[{i}].function.name"),
-                            reason: format!("'{RESPONSE_FORMAT_TOOL}' is reserved by Tollgate"),
-                        });
+                        return Err(reserved_name(format!("tools[{i}].function.name")));
                     }
                     Ok(ToolDef {
                         name: &f.name,
@@ -154,10 +151,7 @@ pub(crate) fn build_body(
         .transpose()?;
     if let Some(ToolChoice::Named(named)) = &request.tool_choice {
         if named.function.name == RESPONSE_FORMAT_TOOL {
-            return Err(PrepareError::InvalidField {
-                field: "tool_choice.function.name".to_owned(),
-                reason: format!("'{RESPONSE_FORMAT_TOOL}' is reserved by Tollgate"),
-            });
+            return Err(reserved_name("tool_choice.function.name".to_owned()));
         }
     }
     let mut tool_choice = request.tool_choice.as_ref().map(tool_choice).transpose()?;
@@ -201,6 +195,26 @@ pub(crate) fn build_body(
         metadata: request.user.as_ref().map(|u| json!({ "user_id": u })),
     };
     Ok(serde_json::to_vec(&body)?)
+}
+
+/// A client naming [`RESPONSE_FORMAT_TOOL`] in `field`.
+fn reserved_name(field: String) -> PrepareError {
+    PrepareError::InvalidField {
+        field,
+        reason: format!("'{RESPONSE_FORMAT_TOOL}' is reserved by Tollgate"),
+    }
+}
+
+/// Whether the request reaches Claude with tools: the client's, or the one
+/// its `response_format` becomes ([`format_tool`]). Anthropic then adds a
+/// tool-use system prompt, billed as input. A `response_format` that
+/// [`build_body`] would refuse counts as tools (the request never leaves).
+pub(crate) fn sends_tools(request: &ChatRequest) -> bool {
+    request.tools.as_ref().is_some_and(|t| !t.is_empty())
+        || !matches!(
+            upstream::response_format(request, PROVIDER),
+            Ok(ResponseFormat::Text)
+        )
 }
 
 /// The forced tool standing for `response_format`, if it asks for JSON.
