@@ -177,22 +177,28 @@ fn image_tokens(part: &ContentPart) -> u64 {
     }
 }
 
-/// Input tokens of a request: every message's text and images, the tool
-/// declarations and a `response_format` schema (each provider reads it as
-/// input: OpenAI's structured outputs, Gemini's response schema, the tool
-/// it becomes for Anthropic). (Audio and file parts are not counted before the call;
-/// the commit charges what the provider reports for them.)
+/// Input tokens of a request's text: every message's text, refusals and
+/// images, the tool declarations and a `response_format` schema (each
+/// provider reads it as input: OpenAI's structured outputs, Gemini's
+/// response schema, the tool it becomes for Anthropic). Audio and other
+/// parts are bounded apart ([`Media`]).
 pub fn input_tokens(req: &ChatRequest, encoding: Encoding) -> u64 {
     let count = |text: &str| count(text, encoding);
     let mut total = TOKENS_PER_REPLY;
     for m in &req.messages {
         total += TOKENS_PER_MESSAGE + count(&m.text_content());
         if let Some(MessageContent::Parts(parts)) = &m.content {
-            total += parts
-                .iter()
-                .filter(|p| p.kind == "image_url")
-                .map(image_tokens)
-                .sum::<u64>();
+            for p in parts {
+                total += match p.kind.as_str() {
+                    "image_url" => image_tokens(p),
+                    "refusal" => p
+                        .extra
+                        .get("refusal")
+                        .and_then(serde_json::Value::as_str)
+                        .map_or(0, count),
+                    _ => 0,
+                };
+            }
         }
         if let Some(calls) = &m.tool_calls {
             total += count(&serde_json::to_string(calls).unwrap_or_default());
@@ -205,6 +211,101 @@ pub fn input_tokens(req: &ChatRequest, encoding: Encoding) -> u64 {
         total += count(&format.to_string());
     }
     total
+}
+
+/// Tokens a provider counts per second of audio: OpenAI's published 10
+/// (600 a minute); for others Gemini's 32, the most any publishes (a
+/// custom provider may be Gemini's OpenAI-compatible endpoint, which takes
+/// `input_audio` parts).
+pub fn audio_tokens_per_second(kind: ProviderKind) -> u64 {
+    match kind {
+        ProviderKind::OpenAi => 10,
+        _ => 32,
+    }
+}
+
+/// The hold covers audio at twice the published rate: providers publish a
+/// rate per minute, not how a clip is cut into tokens, and short clips are
+/// reported to count more per second.
+pub const AUDIO_MARGIN_PERCENT: u64 = 200;
+
+/// The input a part of unknown size may cost when the model's context
+/// window is not known (no `max_input_tokens` in its price): the largest
+/// context window of current models. A project that sets the model's price
+/// with `max_input_tokens` bounds it there.
+pub const UNKNOWN_CONTEXT_TOKENS: u64 = 1_000_000;
+
+/// What a request carries besides text, images and tools.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Media {
+    /// The longest its `input_audio` parts may play, in microseconds
+    /// ([`crate::media::audio_micros_at_most`]).
+    pub audio_micros: u64,
+    /// A part whose cost cannot be bounded from the request: a `file`
+    /// (a PDF's text and page images, or an uploaded file by id) or a part
+    /// type this proxy does not know. It may fill the model's context window.
+    pub unbounded: bool,
+}
+
+impl Media {
+    pub fn of(req: &ChatRequest) -> Media {
+        let mut media = Media::default();
+        let parts = req.messages.iter().filter_map(|m| match &m.content {
+            Some(MessageContent::Parts(parts)) => Some(parts),
+            _ => None,
+        });
+        for p in parts.flatten() {
+            match p.kind.as_str() {
+                "text" | "image_url" | "refusal" => {}
+                "input_audio" => {
+                    let audio = p.extra.get("input_audio");
+                    let field = |name| {
+                        audio
+                            .and_then(|a| a.get(name))
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or_default()
+                    };
+                    media.audio_micros =
+                        media
+                            .audio_micros
+                            .saturating_add(crate::media::audio_micros_at_most(
+                                field("data"),
+                                field("format"),
+                            ));
+                }
+                _ => media.unbounded = true,
+            }
+        }
+        media
+    }
+
+    /// Audio tokens at `per_second`, rounded up.
+    pub fn audio_tokens(&self, per_second: u64) -> u64 {
+        let tokens = (u128::from(self.audio_micros) * u128::from(per_second)).div_ceil(1_000_000);
+        u64::try_from(tokens).unwrap_or(u64::MAX)
+    }
+}
+
+/// Input counted before the call: what is charged when a provider reports none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountedInput {
+    /// Every input token: text, images, tools and audio at the published rate.
+    pub tokens: u64,
+    /// The audio part of `tokens`.
+    pub audio_tokens: u64,
+}
+
+impl CountedInput {
+    /// Puts the count into `usage` when the provider reported no input (the
+    /// prompt was still read); true if it did.
+    pub fn fill_missing(&self, usage: &mut Usage) -> bool {
+        if usage.input_tokens != 0 {
+            return false;
+        }
+        usage.input_tokens = self.tokens;
+        usage.audio_input_tokens = self.audio_tokens;
+        true
+    }
 }
 
 /// Input tokens the hold covers for `req` going to `kind`: the count,
@@ -223,10 +324,10 @@ pub fn held_input_tokens(req: &ChatRequest, kind: ProviderKind, counted: u64) ->
 /// The hold for a request: amounts for its maximum cost, and how the output may shrink.
 #[derive(Clone, Debug)]
 pub struct Estimate {
-    /// Input tokens counted with the model's encoding
-    /// ([`Encoding::for_model`]): what is charged when a provider reports
-    /// no usage.
-    pub input_tokens: u64,
+    /// Input counted with the model's encoding ([`Encoding::for_model`])
+    /// and audio at its published rate: what is charged when a provider
+    /// reports no usage.
+    pub input: CountedInput,
     pub max_output_tokens: u64,
     pub amounts: Amounts,
     pub flex: OutputFlex,
@@ -240,7 +341,16 @@ pub fn estimate(
     default_max_output_tokens: u64,
 ) -> Estimate {
     let counted = input_tokens(req, Encoding::for_model(kind, model));
-    let input = held_input_tokens(req, kind, counted);
+    let media = Media::of(req);
+    let per_second = audio_tokens_per_second(kind);
+    let audio = media.audio_tokens(per_second);
+    let held_audio = media.audio_tokens(per_second * AUDIO_MARGIN_PERCENT / 100);
+    let mut input = held_input_tokens(req, kind, counted).saturating_add(held_audio);
+    if media.unbounded {
+        // The provider refuses a request past the context window, so that is the most it reads.
+        let context = price.and_then(|p| p.max_input_tokens);
+        input = input.max(context.unwrap_or(UNKNOWN_CONTEXT_TOKENS));
+    }
     let model_max = price.and_then(|p| p.max_output_tokens);
     let max_output = req
         .requested_max_tokens()
@@ -264,6 +374,7 @@ pub fn estimate(
                 p,
                 &Usage {
                     input_tokens: input,
+                    audio_input_tokens: held_audio,
                     ..Usage::default()
                 },
             );
@@ -302,7 +413,10 @@ pub fn estimate(
         usd_per_output_token,
     };
     Estimate {
-        input_tokens: counted,
+        input: CountedInput {
+            tokens: counted.saturating_add(audio),
+            audio_tokens: audio,
+        },
         max_output_tokens: max_output,
         amounts,
         flex,
@@ -353,6 +467,105 @@ mod tests {
             e.max_output_tokens, 4096,
             "no max_tokens: the configured default, capped by the model's own maximum"
         );
+    }
+
+    fn with_part(model: &str, part: serde_json::Value) -> ChatRequest {
+        let body = serde_json::json!({"model": model, "max_tokens": 100, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hello, world!"}, part]}]});
+        parse_request(body.to_string().as_bytes()).unwrap()
+    }
+
+    fn audio_part(bytes: &[u8], format: &str) -> serde_json::Value {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+        serde_json::json!({"type": "input_audio", "input_audio": {"data": data, "format": format}})
+    }
+
+    #[test]
+    fn audio_input_is_held_for_its_duration_at_the_audio_price() {
+        let three_seconds = testkit::mock_providers::pcm_wav(24_000, 1, 16, 3);
+        let req = with_part("gpt-4o-audio-preview", audio_part(&three_seconds, "wav"));
+        let price = ModelPrice {
+            input_cost_per_audio_token: Some(Decimal::new(1, 4)),
+            ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
+        };
+        let e = estimate(
+            &req,
+            ProviderKind::OpenAi,
+            "gpt-4o-audio-preview",
+            Some(&price),
+            4096,
+        );
+        // "Hello, world!" is 10 tokens with the message overhead; 3 s of
+        // audio is 30 at OpenAI's 10 a second, held at twice that.
+        assert_eq!(
+            e.input,
+            CountedInput {
+                tokens: 40,
+                audio_tokens: 30
+            }
+        );
+        assert_eq!(e.flex.input_tokens, 70);
+        assert_eq!(e.amounts.get(&Unit::InputTokens), Decimal::from(70));
+        // 10 × $0.0000025 + 60 × $0.0001 + 100 × $0.00001.
+        assert_eq!(e.amounts.get(&Unit::Usd), Decimal::new(7025, 6));
+        assert_eq!(e.flex.input_usd, Decimal::new(6025, 6));
+        // A custom provider may count like Gemini, 32 a second; its text is widened too.
+        let custom = estimate(&req, ProviderKind::Custom, "m", None, 4096);
+        assert_eq!(
+            custom.input,
+            CountedInput {
+                tokens: 106,
+                audio_tokens: 96
+            }
+        );
+        assert_eq!(custom.flex.input_tokens, 15 + 192);
+        // What a provider reporting no usage is charged: the audio at its own price.
+        let mut usage = Usage::default();
+        assert!(e.input.fill_missing(&mut usage));
+        assert_eq!((usage.input_tokens, usage.audio_input_tokens), (40, 30));
+        assert!(!e.input.fill_missing(&mut usage), "a reported count stays");
+    }
+
+    #[test]
+    fn a_part_of_unknown_size_holds_the_context_window() {
+        let file = serde_json::json!({"type": "file", "file": {"file_id": "file-abc123"}});
+        let pdf = serde_json::json!({"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}});
+        let video = serde_json::json!({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}});
+        let price = ModelPrice {
+            max_input_tokens: Some(128_000),
+            ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
+        };
+        for part in [file, pdf, video] {
+            let req = with_part("gpt-4o", part.clone());
+            let e = estimate(&req, ProviderKind::OpenAi, "gpt-4o", Some(&price), 4096);
+            assert_eq!(e.flex.input_tokens, 128_000, "{part}");
+            // 128,000 × $0.0000025 + 100 × $0.00001.
+            assert_eq!(e.amounts.get(&Unit::Usd), Decimal::new(321, 3), "{part}");
+            assert_eq!(
+                e.input.tokens, 10,
+                "charged without usage: the text counted"
+            );
+            let unknown = estimate(&req, ProviderKind::Custom, "m", None, 4096);
+            assert_eq!(unknown.flex.input_tokens, UNKNOWN_CONTEXT_TOKENS, "{part}");
+        }
+        let text = with_part(
+            "gpt-4o",
+            serde_json::json!({"type": "text", "text": "again"}),
+        );
+        let e = estimate(&text, ProviderKind::OpenAi, "gpt-4o", Some(&price), 4096);
+        assert!(e.flex.input_tokens < 20, "{}", e.flex.input_tokens);
+    }
+
+    #[test]
+    fn an_assistant_refusal_is_counted_as_text() {
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"},{"role":"assistant","content":[{"type":"refusal","refusal":"I cannot help with that request, sorry."}]}]}"#;
+        let req = parse_request(body).unwrap();
+        let without = input_tokens(
+            &with_part("gpt-4o", serde_json::json!({"type": "text", "text": ""})),
+            Encoding::O200k,
+        );
+        assert!(input_tokens(&req, Encoding::O200k) > without + 5);
     }
 
     #[test]
@@ -474,12 +687,12 @@ mod tests {
         let held = |kind| estimate(&req, kind, "m", None, 4096);
         let openai = held(ProviderKind::OpenAi);
         assert_eq!(
-            (openai.input_tokens, openai.flex.input_tokens),
+            (openai.input.tokens, openai.flex.input_tokens),
             (10, 10),
             "OpenAI counts with o200k_base itself"
         );
         let claude = held(ProviderKind::Anthropic);
-        assert_eq!((claude.input_tokens, claude.flex.input_tokens), (10, 15));
+        assert_eq!((claude.input.tokens, claude.flex.input_tokens), (10, 15));
         assert_eq!(claude.amounts.get(&Unit::InputTokens), Decimal::from(15));
         assert_eq!(claude.amounts.get(&Unit::Tokens), Decimal::from(25));
         assert_eq!(

@@ -9,6 +9,7 @@
 pub mod estimate;
 pub mod hold;
 pub mod keys;
+pub mod media;
 pub mod pricing;
 pub mod project_config;
 pub mod providers;

@@ -143,6 +143,44 @@ async fn claude_counting_more_tokens_than_the_estimate_never_spends_past_the_cap
 }
 
 #[tokio::test]
+async fn audio_input_is_held_so_voice_calls_never_spend_past_the_cap() {
+    use base64::Engine;
+    let plan = CAP_PLAN.replace(r#"cap: "0.50""#, r#"cap: "0.10""#);
+    let p = Proxy::start(&plan).await;
+    let cap = Decimal::from_str("0.10").unwrap();
+    // Ten seconds of 8 kHz 8-bit mono WAV. gpt-4o-audio-preview bills audio
+    // input at $0.0001 a token, 40 times its text; the mock counts 15 tokens
+    // a second, half again OpenAI's published 10: 150 audio tokens, $0.015 a
+    // call. A hold of the text alone ($0.001) would admit all 40 calls: $0.60.
+    let wav = testkit::mock_providers::pcm_wav(8_000, 1, 8, 10);
+    let data = base64::engine::general_purpose::STANDARD.encode(wav);
+    let body = json!({"model": "gpt-4o-audio-preview", "max_tokens": 100, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is said in this recording?"},
+        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}]});
+    p.openai.update_behavior(|b| {
+        b.audio_tokens_per_second = 15;
+        b.input_tokens = Some(20);
+    });
+    let admitted = admitted_of_concurrent_calls(&p, "voice-user", &body, 40).await;
+    assert!(admitted >= 3, "admitted {admitted}");
+    let mut committed = Decimal::ZERO;
+    for (kind, e) in p.settled("voice-user", admitted).await {
+        assert_eq!(kind, "committed", "{e}");
+        assert_eq!(dec(&e["actual"]["input_tokens"]), Decimal::from(170), "{e}");
+        assert!(
+            e["overage"].as_object().is_none_or(|o| o.is_empty()),
+            "the audio must stay within the held input: {e}"
+        );
+        committed += dec(&e["actual"]["usd"]);
+    }
+    assert!(committed <= cap, "committed {committed} > cap {cap}");
+    assert!(
+        committed > Decimal::from_str("0.045").unwrap(),
+        "the audio was charged at its price: {committed}"
+    );
+}
+
+#[tokio::test]
 async fn a_hold_covers_every_choice_when_n_asks_for_several() {
     let p = Proxy::start(CAP_PLAN).await;
     // Eight choices of up to 10,000 tokens at $0.00001 could cost $0.80: more than the $0.50 cap.

@@ -370,7 +370,7 @@ impl Call {
                 translator,
                 hold,
                 price,
-                est.input_tokens,
+                est.input,
                 inner.cut_off.clone(),
             );
             let mut out = Response::new(Body::from_stream(stream));
@@ -402,9 +402,7 @@ impl Call {
         };
         match translated {
             Ok((json_bytes, mut usage)) => {
-                if usage.input_tokens == 0 {
-                    // The provider reported no usage: the prompt was still read.
-                    usage.input_tokens = est.input_tokens;
+                if est.input.fill_missing(&mut usage) {
                     usage.estimated = true;
                 }
                 hold.commit(actual(&usage, price.as_ref()));

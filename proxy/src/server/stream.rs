@@ -6,7 +6,7 @@
 //! still running when the proxy's shutdown grace runs out ends there and is
 //! committed with what was consumed, while its thread can still record it.
 
-use crate::estimate::actual;
+use crate::estimate::{actual, CountedInput};
 use crate::hold::Hold;
 use crate::pricing::ModelPrice;
 use crate::providers::StreamTranslator;
@@ -25,7 +25,7 @@ pub struct MeteredStream {
     hold: Option<Hold>,
     price: Option<ModelPrice>,
     /// Our own prompt count, for streams cut before the provider reported usage.
-    input_estimate: u64,
+    input_estimate: CountedInput,
     /// Ready when the stream must end now (shutdown).
     cut_off: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
@@ -37,7 +37,7 @@ impl MeteredStream {
         translator: StreamTranslator,
         hold: Hold,
         price: Option<ModelPrice>,
-        input_estimate: u64,
+        input_estimate: CountedInput,
         cut_off: CancellationToken,
     ) -> Self {
         MeteredStream {
@@ -54,9 +54,7 @@ impl MeteredStream {
     fn settle(&mut self) {
         let Some(hold) = self.hold.take() else { return };
         let mut usage = self.translator.usage_so_far();
-        if usage.input_tokens == 0 {
-            usage.input_tokens = self.input_estimate;
-        }
+        self.input_estimate.fill_missing(&mut usage);
         if self.translator.upstream_failed() && usage.output_tokens == 0 {
             hold.release("upstream_error");
             return;

@@ -79,6 +79,10 @@ pub struct MockBehavior {
     /// Answer with this tool call after the reply text (set the text empty
     /// for a call alone, as models usually answer), in the provider's shape.
     pub tool_call: Option<MockToolCall>,
+    /// Tokens counted per second of a WAV `input_audio` part (its data at
+    /// the header's byte rate, rounded up), on top of the input and reported
+    /// as `prompt_tokens_details.audio_tokens`. OpenAI publishes 10.
+    pub audio_tokens_per_second: u64,
 }
 
 /// A tool call the mock makes.
@@ -123,6 +127,7 @@ impl Default for MockBehavior {
             answer_delay: Duration::ZERO,
             omit_usage: false,
             tool_call: None,
+            audio_tokens_per_second: 10,
         }
     }
 }
@@ -310,6 +315,8 @@ struct Reply {
     cached_input_tokens: u64,
     cache_write_1h_input_tokens: u64,
     reasoning_tokens: u64,
+    /// Part of `input_tokens`.
+    audio_input_tokens: u64,
     tool_call: Option<MockToolCall>,
 }
 
@@ -331,9 +338,13 @@ impl Reply {
             (Some(n), None) => n,
             (None, _) => sent,
         };
+        let audio = (u128::from(wav_micros(prompt)) * u128::from(behavior.audio_tokens_per_second))
+            .div_ceil(1_000_000);
+        let audio = u64::try_from(audio).unwrap_or(u64::MAX);
         let input = behavior
             .input_tokens
-            .unwrap_or_else(|| text_chars(prompt).div_ceil(4));
+            .unwrap_or_else(|| text_chars(prompt).div_ceil(4))
+            .saturating_add(audio);
         Reply {
             pieces,
             truncated,
@@ -344,12 +355,58 @@ impl Reply {
                 .cache_write_1h_input_tokens
                 .min(input.saturating_sub(behavior.cached_input_tokens)),
             reasoning_tokens: behavior.reasoning_tokens,
+            audio_input_tokens: audio,
             tool_call: behavior.tool_call.clone(),
         }
     }
 
     fn text(&self) -> String {
         self.pieces.concat()
+    }
+}
+
+/// A PCM WAV file of `seconds` of silence, as the OpenAI mock reads
+/// `input_audio` parts.
+pub fn pcm_wav(sample_rate: u32, channels: u16, bits: u16, seconds: u32) -> Vec<u8> {
+    let block = channels * bits / 8;
+    let data_len = sample_rate * u32::from(block) * seconds;
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + data_len).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    w.extend_from_slice(&16u32.to_le_bytes());
+    w.extend_from_slice(&1u16.to_le_bytes());
+    w.extend_from_slice(&channels.to_le_bytes());
+    w.extend_from_slice(&sample_rate.to_le_bytes());
+    w.extend_from_slice(&(sample_rate * u32::from(block)).to_le_bytes());
+    w.extend_from_slice(&block.to_le_bytes());
+    w.extend_from_slice(&bits.to_le_bytes());
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&data_len.to_le_bytes());
+    w.resize(w.len() + data_len as usize, 0);
+    w
+}
+
+/// Microseconds of the WAV `input_audio` parts under `value`: the bytes
+/// after a canonical 44-byte header at the header's byte rate.
+fn wav_micros(value: &Value) -> u64 {
+    use base64::Engine;
+    match value {
+        Value::Array(items) => items.iter().map(wav_micros).sum(),
+        Value::Object(map) => match (map.get("data"), map.get("format")) {
+            (Some(Value::String(data)), Some(Value::String(format))) if format == "wav" => {
+                let Ok(wav) = base64::engine::general_purpose::STANDARD.decode(data) else {
+                    return 0;
+                };
+                let rate = wav
+                    .get(28..32)
+                    .map_or(0, |r| u32::from_le_bytes([r[0], r[1], r[2], r[3]]));
+                let data_bytes = u64::try_from(wav.len().saturating_sub(44)).unwrap_or(0);
+                (data_bytes * 1_000_000).div_ceil(u64::from(rate.max(1)))
+            }
+            _ => map.values().map(wav_micros).sum(),
+        },
+        _ => 0,
     }
 }
 

@@ -189,7 +189,7 @@ fn usage(reply: &Reply, convention: Convention) -> Value {
         "prompt_tokens": reply.input_tokens,
         "completion_tokens": completion,
         "total_tokens": reply.input_tokens.saturating_add(all_output),
-        "prompt_tokens_details": {"cached_tokens": reply.cached_input_tokens, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": reply.cached_input_tokens, "audio_tokens": reply.audio_input_tokens},
         "completion_tokens_details": {
             "reasoning_tokens": reply.reasoning_tokens, "audio_tokens": 0,
             "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0
