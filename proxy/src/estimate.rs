@@ -230,10 +230,10 @@ pub fn audio_tokens_per_second(kind: ProviderKind) -> u64 {
 pub const AUDIO_MARGIN_PERCENT: u64 = 200;
 
 /// The input a part of unknown size may cost when the model's context
-/// window is not known (no `max_input_tokens` in its price): the largest
-/// context window of current models. A project that sets the model's price
-/// with `max_input_tokens` bounds it there.
-pub const UNKNOWN_CONTEXT_TOKENS: u64 = 1_000_000;
+/// window is not known (no `max_input_tokens` in its price): Gemini 1.5
+/// Pro's, the largest of the built-in providers' models. A project that
+/// sets the model's price with `max_input_tokens` bounds it there.
+pub const UNKNOWN_CONTEXT_TOKENS: u64 = 2_000_000;
 
 /// What a request carries besides text, images and tools.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -241,39 +241,50 @@ pub struct Media {
     /// The longest its `input_audio` parts may play, in microseconds
     /// ([`crate::media::audio_micros_at_most`]).
     pub audio_micros: u64,
+    /// Earlier audio answers the conversation sends back by id (an
+    /// assistant message's `audio: {"id": …}`), which OpenAI bills again as
+    /// input audio. Each is at most one answer's output.
+    pub audio_replies: u64,
     /// A part whose cost cannot be bounded from the request: a `file`
     /// (a PDF's text and page images, or an uploaded file by id) or a part
     /// type this proxy does not know. It may fill the model's context window.
     pub unbounded: bool,
+    /// Audio whose length nothing here can read (a format or encoding the
+    /// parsers do not know, data that is not base64): it may fill the
+    /// context window, at the audio price.
+    pub unbounded_audio: bool,
 }
 
 impl Media {
     pub fn of(req: &ChatRequest) -> Media {
         let mut media = Media::default();
-        let parts = req.messages.iter().filter_map(|m| match &m.content {
-            Some(MessageContent::Parts(parts)) => Some(parts),
-            _ => None,
-        });
-        for p in parts.flatten() {
-            match p.kind.as_str() {
-                "text" | "image_url" | "refusal" => {}
-                "input_audio" => {
-                    let audio = p.extra.get("input_audio");
-                    let field = |name| {
-                        audio
-                            .and_then(|a| a.get(name))
-                            .and_then(serde_json::Value::as_str)
-                            .unwrap_or_default()
-                    };
-                    media.audio_micros =
-                        media
-                            .audio_micros
-                            .saturating_add(crate::media::audio_micros_at_most(
-                                field("data"),
-                                field("format"),
-                            ));
+        for m in &req.messages {
+            if m.extra.get("audio").is_some_and(|a| !a.is_null()) {
+                media.audio_replies += 1;
+            }
+            let Some(MessageContent::Parts(parts)) = &m.content else {
+                continue;
+            };
+            for p in parts {
+                match p.kind.as_str() {
+                    "text" | "image_url" | "refusal" => {}
+                    "input_audio" => {
+                        let audio = p.extra.get("input_audio");
+                        let field = |name| {
+                            audio
+                                .and_then(|a| a.get(name))
+                                .and_then(serde_json::Value::as_str)
+                                .unwrap_or_default()
+                        };
+                        match crate::media::audio_micros_at_most(field("data"), field("format")) {
+                            Some(micros) => {
+                                media.audio_micros = media.audio_micros.saturating_add(micros);
+                            }
+                            None => media.unbounded_audio = true,
+                        }
+                    }
+                    _ => media.unbounded = true,
                 }
-                _ => media.unbounded = true,
             }
         }
         media
@@ -296,15 +307,19 @@ pub struct CountedInput {
 }
 
 impl CountedInput {
-    /// Puts the count into `usage` when the provider reported no input (the
-    /// prompt was still read); true if it did.
+    /// Puts the count into `usage` where the provider reported none: all
+    /// of it when no input was reported (the prompt was still read; returns
+    /// true), and the audio part when input came without an audio split
+    /// (some OpenAI-compatible servers), so audio is priced as audio.
     pub fn fill_missing(&self, usage: &mut Usage) -> bool {
-        if usage.input_tokens != 0 {
-            return false;
+        let missing = usage.input_tokens == 0;
+        if missing {
+            usage.input_tokens = self.tokens;
         }
-        usage.input_tokens = self.tokens;
-        usage.audio_input_tokens = self.audio_tokens;
-        true
+        if usage.audio_input_tokens == 0 {
+            usage.audio_input_tokens = self.audio_tokens.min(usage.input_tokens);
+        }
+        missing
     }
 }
 
@@ -341,17 +356,26 @@ pub fn estimate(
     default_max_output_tokens: u64,
 ) -> Estimate {
     let counted = input_tokens(req, Encoding::for_model(kind, model));
+    let model_max = price.and_then(|p| p.max_output_tokens);
     let media = Media::of(req);
     let per_second = audio_tokens_per_second(kind);
     let audio = media.audio_tokens(per_second);
-    let held_audio = media.audio_tokens(per_second * AUDIO_MARGIN_PERCENT / 100);
+    let mut held_audio = media
+        .audio_tokens(per_second * AUDIO_MARGIN_PERCENT / 100)
+        .saturating_add(
+            media
+                .audio_replies
+                .saturating_mul(model_max.unwrap_or(default_max_output_tokens)),
+        );
     let mut input = held_input_tokens(req, kind, counted).saturating_add(held_audio);
-    if media.unbounded {
+    if media.unbounded || media.unbounded_audio {
         // The provider refuses a request past the context window, so that is the most it reads.
         let context = price.and_then(|p| p.max_input_tokens);
         input = input.max(context.unwrap_or(UNKNOWN_CONTEXT_TOKENS));
+        if media.unbounded_audio {
+            held_audio = input;
+        }
     }
-    let model_max = price.and_then(|p| p.max_output_tokens);
     let max_output = req
         .requested_max_tokens()
         .or(model_max.map(|m| m.min(default_max_output_tokens)))
@@ -525,6 +549,51 @@ mod tests {
         assert!(e.input.fill_missing(&mut usage));
         assert_eq!((usage.input_tokens, usage.audio_input_tokens), (40, 30));
         assert!(!e.input.fill_missing(&mut usage), "a reported count stays");
+        // Input reported without its audio split: the counted audio is priced as audio.
+        let mut usage = Usage {
+            input_tokens: 45,
+            ..Usage::default()
+        };
+        assert!(!e.input.fill_missing(&mut usage));
+        assert_eq!((usage.input_tokens, usage.audio_input_tokens), (45, 30));
+    }
+
+    #[test]
+    fn audio_nothing_can_measure_holds_the_context_window_at_the_audio_price() {
+        let price = ModelPrice {
+            input_cost_per_audio_token: Some(Decimal::new(1, 4)),
+            max_input_tokens: Some(128_000),
+            ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
+        };
+        let flac = with_part(
+            "gpt-4o-audio-preview",
+            audio_part(&testkit::mock_providers::pcm_wav(8_000, 1, 8, 1), "flac"),
+        );
+        let e = estimate(&flac, ProviderKind::OpenAi, "m", Some(&price), 4096);
+        assert_eq!(e.flex.input_tokens, 128_000);
+        // 128,000 × $0.0001 + 100 × $0.00001.
+        assert_eq!(e.amounts.get(&Unit::Usd), Decimal::new(12801, 3));
+    }
+
+    #[test]
+    fn an_earlier_audio_answer_sent_back_is_held_as_a_whole_answer() {
+        let body = br#"{"model":"gpt-4o-audio-preview","max_tokens":100,"messages":[
+            {"role":"user","content":"Hello, world!"},
+            {"role":"assistant","audio":{"id":"audio_abc123"}},
+            {"role":"user","content":"Again?"}]}"#;
+        let req = parse_request(body).unwrap();
+        let price = ModelPrice {
+            input_cost_per_audio_token: Some(Decimal::new(1, 4)),
+            max_output_tokens: Some(16_384),
+            ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
+        };
+        let counted = input_tokens(&req, Encoding::O200k);
+        let e = estimate(&req, ProviderKind::OpenAi, "m", Some(&price), 4096);
+        assert_eq!(e.flex.input_tokens, counted + 16_384);
+        assert_eq!(
+            e.flex.input_usd,
+            Decimal::from(counted) * Decimal::new(25, 7) + Decimal::new(16384, 4)
+        );
     }
 
     #[test]

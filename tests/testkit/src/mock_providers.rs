@@ -387,8 +387,9 @@ pub fn pcm_wav(sample_rate: u32, channels: u16, bits: u16, seconds: u32) -> Vec<
     w
 }
 
-/// Microseconds of the WAV `input_audio` parts under `value`: the bytes
-/// after a canonical 44-byte header at the header's byte rate.
+/// Microseconds of the WAV `input_audio` parts under `value`, as ffmpeg
+/// reads a canonical 44-byte PCM header: the bytes after it at sample rate
+/// × channels × bytes per sample.
 fn wav_micros(value: &Value) -> u64 {
     use base64::Engine;
     match value {
@@ -398,11 +399,16 @@ fn wav_micros(value: &Value) -> u64 {
                 let Ok(wav) = base64::engine::general_purpose::STANDARD.decode(data) else {
                     return 0;
                 };
-                let rate = wav
-                    .get(28..32)
-                    .map_or(0, |r| u32::from_le_bytes([r[0], r[1], r[2], r[3]]));
+                let field = |at: usize, width: usize| {
+                    wav.get(at..at + width).map_or(0, |b| {
+                        b.iter()
+                            .rev()
+                            .fold(0u64, |n, byte| n << 8 | u64::from(*byte))
+                    })
+                };
+                let rate = field(24, 4) * field(22, 2) * field(34, 2).div_ceil(8);
                 let data_bytes = u64::try_from(wav.len().saturating_sub(44)).unwrap_or(0);
-                (data_bytes * 1_000_000).div_ceil(u64::from(rate.max(1)))
+                (data_bytes * 1_000_000).div_ceil(rate.max(1))
             }
             _ => map.values().map(wav_micros).sum(),
         },
