@@ -357,24 +357,35 @@ pub fn estimate(
 ) -> Estimate {
     let counted = input_tokens(req, Encoding::for_model(kind, model));
     let model_max = price.and_then(|p| p.max_output_tokens);
-    let media = Media::of(req);
+    let mut media = Media::of(req);
     let per_second = audio_tokens_per_second(kind);
     let audio = media.audio_tokens(per_second);
+    // An earlier answer sent back is at most one answer: the model's
+    // maximum output, or, when that is not known, nothing readable.
+    let replies = match (media.audio_replies, model_max) {
+        (0, _) => 0,
+        (n, Some(max)) => n.saturating_mul(max),
+        (_, None) => {
+            media.unbounded_audio = true;
+            0
+        }
+    };
     let mut held_audio = media
         .audio_tokens(per_second * AUDIO_MARGIN_PERCENT / 100)
-        .saturating_add(
-            media
-                .audio_replies
-                .saturating_mul(model_max.unwrap_or(default_max_output_tokens)),
-        );
+        .saturating_add(replies);
     let mut input = held_input_tokens(req, kind, counted).saturating_add(held_audio);
     if media.unbounded || media.unbounded_audio {
-        // The provider refuses a request past the context window, so that is the most it reads.
+        // The provider refuses a request past the context window, so that
+        // is the most it reads; what fills it may be audio (a custom
+        // provider's `audio_url`, a file that is a recording), so it is
+        // priced at the dearer of the text and audio rates.
         let context = price.and_then(|p| p.max_input_tokens);
         input = input.max(context.unwrap_or(UNKNOWN_CONTEXT_TOKENS));
-        if media.unbounded_audio {
-            held_audio = input;
-        }
+        let audio_dearer = price.is_some_and(|p| {
+            p.input_cost_per_audio_token
+                .is_some_and(|audio| audio > p.input_cost_per_token)
+        });
+        held_audio = if audio_dearer { input } else { 0 };
     }
     let max_output = req
         .requested_max_tokens()
@@ -594,6 +605,15 @@ mod tests {
             e.flex.input_usd,
             Decimal::from(counted) * Decimal::new(25, 7) + Decimal::new(16384, 4)
         );
+        // Without a known maximum output, the reply has no readable bound.
+        let unknown = ModelPrice {
+            max_output_tokens: None,
+            max_input_tokens: Some(128_000),
+            ..price
+        };
+        let e = estimate(&req, ProviderKind::OpenAi, "m", Some(&unknown), 4096);
+        assert_eq!(e.flex.input_tokens, 128_000);
+        assert_eq!(e.flex.input_usd, Decimal::new(128, 1));
     }
 
     #[test]
@@ -618,6 +638,23 @@ mod tests {
             let unknown = estimate(&req, ProviderKind::Custom, "m", None, 4096);
             assert_eq!(unknown.flex.input_tokens, UNKNOWN_CONTEXT_TOKENS, "{part}");
         }
+        // A model whose audio costs more than text: the window at the audio rate.
+        let audio_model = ModelPrice {
+            input_cost_per_audio_token: Some(Decimal::new(1, 4)),
+            ..price.clone()
+        };
+        let audio_url = with_part(
+            "m",
+            serde_json::json!({"type": "audio_url", "audio_url": {"url": "https://example.com/a.ogg"}}),
+        );
+        let e = estimate(
+            &audio_url,
+            ProviderKind::Custom,
+            "m",
+            Some(&audio_model),
+            4096,
+        );
+        assert_eq!(e.flex.input_usd, Decimal::new(128, 1));
         let text = with_part(
             "gpt-4o",
             serde_json::json!({"type": "text", "text": "again"}),

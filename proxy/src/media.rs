@@ -1,35 +1,29 @@
 //! How long an audio part may play, at most, read from its own bytes, so
 //! that a hold covers the audio tokens a provider will charge for it
 //! ([`crate::estimate`]). Providers count audio by duration, not by size or
-//! format: a minute of speech is the same tokens as WAV or MP3. Decoders
-//! read the durations as ffmpeg does:
+//! format: a minute of speech is the same tokens as WAV or MP3. The
+//! bounds follow how decoders (ffmpeg's, for one) read the bytes:
 //!
 //! - WAV (PCM, float, A-law, µ-law, or the extensible form of one): the
 //!   bytes after the `data` chunk's header at sample rate × channels ×
-//!   bytes per sample from the first `fmt ` chunk (lowered further by its
-//!   byte rate or block size when those say less, so no field a decoder
-//!   might believe gives a longer clip).
-//! - MP3: frame by frame (exact for constant and variable bit rates), a
-//!   frame counting only when the next one agrees with it (same version,
-//!   layer and sample rate) or it ends the file, as decoders synchronise.
-//!   A well-formed ID3v2 tag at the start and an ID3v1 tag at the end are
-//!   skipped; any other byte counts as [`MP3_MICROS_PER_BYTE`], the most a
-//!   byte of any MPEG audio frame plays (an 8 kbit/s frame).
+//!   bytes per sample from the first `fmt ` chunk, as ffmpeg decodes it
+//!   (lowered further by its byte rate or block size when those say less,
+//!   so no field a decoder might believe gives a longer clip).
+//! - MP3: the longest way to read its bytes as whole frames (exact for an
+//!   ordinary file, constant or variable bit rate; junk that hides frames
+//!   cannot shorten it, whatever a decoder synchronises on). A well-formed
+//!   ID3v2 tag at the start and an ID3v1 tag at the end are skipped.
 //!
 //! Anything else (another format or WAV encoding, a header these parsers do
-//! not read, data that is not base64, an "MP3" without two agreeing frames)
-//! has no bound here: [`audio_micros_at_most`] says `None`, and the hold
-//! takes the model's whole context window at its audio price.
+//! not read, data that is not base64, an "MP3" that does not start with two
+//! agreeing frames) has no bound here: [`audio_micros_at_most`] says
+//! `None`, and the hold takes the model's whole context window.
 //!
 //! Durations are integer microseconds, rounded up.
 
 use base64::engine::general_purpose::GeneralPurpose;
 use base64::engine::{DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine;
-
-/// 1 ms: MPEG-2 and 2.5 layer II and III frames at 8 kbit/s play 1 ms per
-/// byte; every other bit rate, layer and version plays less.
-pub const MP3_MICROS_PER_BYTE: u64 = 1_000;
 
 const MICROS_PER_SECOND: u64 = 1_000_000;
 
@@ -96,30 +90,51 @@ fn u32_le(b: &[u8], at: usize) -> Option<u64> {
     )))
 }
 
-/// WAVE format tags whose bytes are plain samples: PCM, IEEE float, A-law, µ-law.
-const SAMPLE_FORMATS: [u64; 4] = [1, 3, 6, 7];
-/// `WAVE_FORMAT_EXTENSIBLE`: the real tag is the first two bytes of its sub-format GUID.
+/// WAVE format tags whose bytes are plain samples: PCM and IEEE float
+/// (bytes per sample from the bit depth), A-law and µ-law (one byte per
+/// sample, whatever the header says).
+const PCM: u64 = 1;
+const FLOAT: u64 = 3;
+const ALAW: u64 = 6;
+const MULAW: u64 = 7;
+/// `WAVE_FORMAT_EXTENSIBLE`: the real tag is the first two bytes of its
+/// sub-format GUID, whose other 14 bytes are [`EXTENSIBLE_GUID_TAIL`].
 const EXTENSIBLE: u64 = 0xFFFE;
+const EXTENSIBLE_GUID_TAIL: [u8; 14] = [
+    0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
+];
 
-/// The bytes per second of a `fmt ` chunk's body starting at `body`, if it
-/// is a sample format: the lowest of what its fields say.
-fn wav_rate(b: &[u8], body: usize) -> Option<u64> {
-    let mut tag = u16_le(b, body)?;
+/// The bytes per second of a `fmt ` chunk (its body, `fmt`), if it holds a
+/// sample format: sample rate × channels × bytes per sample as ffmpeg
+/// decodes it (8 bits for a 14-byte chunk; an extensible chunk's valid
+/// bits when fewer), lowered by the byte rate or block size when those say
+/// less.
+fn wav_rate(fmt: &[u8]) -> Option<u64> {
+    let mut tag = u16_le(fmt, 0)?;
+    let mut bits = if fmt.len() >= 16 { u16_le(fmt, 14)? } else { 8 };
     if tag == EXTENSIBLE {
-        tag = u16_le(b, body + 24)?;
+        if fmt.get(26..40)? != EXTENSIBLE_GUID_TAIL {
+            return None;
+        }
+        tag = u16_le(fmt, 24)?;
+        bits = match u16_le(fmt, 18)? {
+            0 => bits,
+            valid => bits.min(valid),
+        };
     }
-    if !SAMPLE_FORMATS.contains(&tag) {
-        return None;
-    }
-    let channels = u16_le(b, body + 2)?;
-    let sample_rate = u32_le(b, body + 4)?;
-    let byte_rate = u32_le(b, body + 8)?;
-    let block_align = u16_le(b, body + 12)?;
-    let bits = u16_le(b, body + 14)?;
+    let bytes_per_sample = match tag {
+        PCM | FLOAT if (1..=64).contains(&bits) => bits.div_ceil(8),
+        ALAW | MULAW => 1,
+        _ => return None,
+    };
+    let channels = u16_le(fmt, 2)?;
+    let sample_rate = u32_le(fmt, 4)?;
+    let byte_rate = u32_le(fmt, 8)?;
+    let block_align = u16_le(fmt, 12)?;
     let rate = [byte_rate, sample_rate * block_align]
         .into_iter()
         .filter(|r| *r != 0)
-        .fold(sample_rate * channels * bits.div_ceil(8), u64::min);
+        .fold(sample_rate * channels * bytes_per_sample, u64::min);
     (rate != 0).then_some(rate)
 }
 
@@ -136,7 +151,8 @@ fn wav_micros(b: &[u8]) -> Option<u64> {
         let size = usize::try_from(u32_le(b, at + 4)?).ok()?;
         let body = at + 8;
         if id == b"fmt " && rate.is_none() {
-            rate = Some(wav_rate(b, body)?);
+            let fmt = b.get(body..body.checked_add(size)?.min(b.len()))?;
+            rate = Some(wav_rate(fmt)?);
         } else if id == b"data" {
             // The data chunk's declared size may be 0 or 0xFFFFFFFF (a
             // stream): what is there is what plays. Chunks after it only
@@ -222,35 +238,44 @@ fn frame(h: &[u8]) -> Option<Frame> {
     })
 }
 
-/// An MP3's duration: its frames one by one, and any byte outside a
-/// frame (junk, a cut last frame, tags other than ID3) at
-/// [`MP3_MICROS_PER_BYTE`]. `None` without two agreeing frames (or one
-/// that is the whole file): not an MP3.
+/// More than the largest MPEG audio frame (MPEG-2.5 layer II at
+/// 160 kbit/s and 8 kHz: 2,881 bytes).
+const FRAME_WINDOW: usize = 4096;
+
+/// An MP3's duration at most: the longest way to read its bytes as whole
+/// frames, skipping the rest. A decoder plays frames and skips what is not
+/// one, and which frames it finds depends on where it synchronises; taking
+/// the longest of every reading covers them all (junk costs nothing, a
+/// last frame cut short counts whole). `None` unless it starts, after an
+/// ID3v2 tag, with two agreeing frames (or one that is all of it), as
+/// decoders probe an MP3: other bytes labelled `mp3` may be another format.
 fn mp3_micros(b: &[u8]) -> Option<u64> {
-    let end = b.len() - id3v1_len(b);
-    let b = &b[..end];
-    let mut at = id3v2_len(b);
-    let (mut total, mut unparsed, mut frames) = (0u64, 0u64, 0u64);
-    while at < b.len() {
-        let here = frame(&b[at..]).filter(|f| {
-            let next = at.saturating_add(f.bytes);
-            f.bytes >= 4
-                && (next == b.len()
-                    || (next < b.len() && frame(&b[next..]).is_some_and(|n| n.key == f.key)))
-        });
-        match here {
-            Some(f) => {
-                total = total.saturating_add(micros(f.samples, f.sample_rate));
-                frames += 1;
-                at += f.bytes;
-            }
-            None => {
-                unparsed += 1;
-                at += 1;
-            }
-        }
+    let b = &b[..b.len() - id3v1_len(b)];
+    let b = &b[id3v2_len(b)..];
+    let first = frame(b)?;
+    let agreed = first.bytes >= b.len()
+        || frame(&b[first.bytes..]).is_some_and(|next| next.key == first.key);
+    if !agreed {
+        return None;
     }
-    (frames > 0).then(|| total.saturating_add(unparsed.saturating_mul(MP3_MICROS_PER_BYTE)))
+    // longest[i % FRAME_WINDOW]: the longest reading of b[i..]. Reading
+    // back from the end, position i needs only i + 1 and i + a frame.
+    let mut longest = vec![0u64; FRAME_WINDOW];
+    let at = |longest: &[u64], i: usize| {
+        if i >= b.len() {
+            0
+        } else {
+            longest[i % FRAME_WINDOW]
+        }
+    };
+    for i in (0..b.len()).rev() {
+        let skip = at(&longest, i + 1);
+        let take = frame(&b[i..]).map_or(0, |f| {
+            micros(f.samples, f.sample_rate).saturating_add(at(&longest, i + f.bytes))
+        });
+        longest[i % FRAME_WINDOW] = skip.max(take);
+    }
+    Some(at(&longest, 0))
 }
 
 /// Length of a well-formed ID3v2 tag at the start of `b` (0 if none): a
@@ -360,6 +385,37 @@ mod tests {
         second.extend_from_slice(&[4, 0, 16, 0]);
         let twice = [&w[..36], &second, &w[36..]].concat();
         assert_eq!(audio_micros_at_most(&b64(&twice), "wav"), Some(1_000_000));
+        // A-law and µ-law are one byte a sample, whatever the bit depth says.
+        let mut alaw = one_second();
+        alaw[20..22].copy_from_slice(&6u16.to_le_bytes());
+        alaw[34..36].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(audio_micros_at_most(&b64(&alaw), "wav"), Some(1_000_000));
+        // Extensible: the valid bits count when fewer than the container's.
+        let extensible = |valid: u16, tail: [u8; 14]| {
+            let w = one_second();
+            let mut fmt = Vec::new();
+            fmt.extend_from_slice(b"fmt \x28\0\0\0\xFE\xFF\x01\0");
+            fmt.extend_from_slice(&8_000u32.to_le_bytes());
+            fmt.extend_from_slice(&u32::MAX.to_le_bytes());
+            fmt.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF, 22, 0]);
+            fmt.extend_from_slice(&valid.to_le_bytes());
+            fmt.extend_from_slice(&[0, 0, 0, 0, 1, 0]);
+            fmt.extend_from_slice(&tail);
+            b64(&[&w[..12], &fmt, &w[36..]].concat())
+        };
+        assert_eq!(
+            audio_micros_at_most(&extensible(8, EXTENSIBLE_GUID_TAIL), "wav"),
+            Some(1_000_000)
+        );
+        assert_eq!(
+            audio_micros_at_most(&extensible(8, [0; 14]), "wav"),
+            None,
+            "another sub-format"
+        );
+        // A 14-byte `fmt ` chunk is 8-bit, and nothing past it is read.
+        let w = one_second();
+        let short = [&w[..16], &14u32.to_le_bytes(), &w[20..34], &w[36..]].concat();
+        assert_eq!(audio_micros_at_most(&b64(&short), "wav"), Some(1_000_000));
         // A low sample rate is exact, however slow.
         let slow = wav(100, 1, 8, 2);
         assert_eq!(audio_micros_at_most(&b64(&slow), "wav"), Some(2_000_000));
@@ -427,8 +483,9 @@ mod tests {
             audio_micros_at_most(&b64(&tagged), "mp3"),
             Some(10 * per_frame)
         );
-        // A tag with version 0xFF is not one (decoders play what follows),
-        // nor is one said to run past the end: its bytes count as junk.
+        // A tag with version 0xFF is not one, nor is one said to run past
+        // the end: the file does not start with frames, so it is no MP3
+        // these rules can bound.
         for header in [
             [b'I', b'D', b'3', 0xFF, 0, 0, 0x7F, 0x7F, 0x7F, 0x7F],
             [b'I', b'D', b'3', 4, 0, 0, 0x7F, 0x7F, 0x7F, 0x7F],
@@ -436,37 +493,47 @@ mod tests {
             let fake = [&header[..], &mp3(64, 10)].concat();
             assert_eq!(
                 audio_micros_at_most(&b64(&fake), "mp3"),
-                Some(10 * per_frame + 10 * MP3_MICROS_PER_BYTE),
+                None,
                 "{header:x?}"
             );
         }
     }
 
     #[test]
-    fn a_frame_counts_only_when_the_next_agrees() {
-        // Junk after the last frame: that frame has no agreeing successor,
-        // so its 208 bytes count as junk too.
+    fn junk_never_shortens_an_mp3() {
         let per_frame = micros(1152, 44_100);
         let mut junk = mp3(64, 10);
         junk.extend_from_slice(&[1, 2, 3, 4, 5]);
         assert_eq!(
             audio_micros_at_most(&b64(&junk), "mp3"),
-            Some(9 * per_frame + (208 + 5) * MP3_MICROS_PER_BYTE)
+            Some(10 * per_frame)
         );
-        // A fake MPEG-1 layer II header (384 kbit/s, 32 kHz: 1,728 bytes,
-        // 36 ms) over 30 real MPEG-2.5 frames of 72 ms each.
+        // A last frame cut short counts whole.
+        let cut = &mp3(64, 10)[..208 * 9 + 100];
+        assert_eq!(audio_micros_at_most(&b64(cut), "mp3"), Some(10 * per_frame));
+        // Five 8 kbit/s MPEG-2.5 frames (72 bytes, 72 ms each), a sixth
+        // followed by a stray byte, 29 more; inside their payloads a chain
+        // of fake MPEG-1 layer I headers (672 bytes, 12 ms each) that a
+        // walker thrown off by the stray byte would follow instead.
         let real = [0xFF, 0xE3, 0x18, 0x00];
-        let mut hidden = vec![0xFF, 0xFD, 0xE8, 0x00];
-        for _ in 0..30 {
-            let start = hidden.len();
-            hidden.extend_from_slice(&real);
-            hidden.resize(start + 72, 0);
+        let fake = [0xFF, 0xFF, 0xE8, 0x00];
+        assert_eq!(frame(&fake).map(|f| (f.bytes, f.samples)), Some((672, 384)));
+        let mut b = Vec::new();
+        for n in 0..35 {
+            let start = b.len();
+            b.extend_from_slice(&real);
+            b.resize(start + 72, 0);
+            if n == 5 {
+                b.push(0x00);
+            }
         }
-        assert_eq!(frame(&hidden).map(|f| f.bytes), Some(1_728));
-        assert_eq!(
-            audio_micros_at_most(&b64(&hidden), "mp3"),
-            Some(30 * 72_000 + 4 * MP3_MICROS_PER_BYTE)
-        );
+        for at in [374, 1046, 1718, 2390] {
+            b[at..at + 4].copy_from_slice(&fake);
+        }
+        assert_eq!(audio_micros_at_most(&b64(&b), "mp3"), Some(35 * 72_000));
+        // Starting with one frame and junk: not known to be an MP3.
+        let lone = [&real[..], &[0u8; 68], b"junk"].concat();
+        assert_eq!(audio_micros_at_most(&b64(&lone), "mp3"), None);
     }
 
     #[test]

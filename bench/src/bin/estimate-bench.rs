@@ -3,7 +3,11 @@
 //! `o200k_base`), for a new conversation of each size and for the same one
 //! sent again, and over a 40-turn chat that resends its history every turn,
 //! as chat clients do: with each message counted once (what the proxy does)
-//! against every turn counted from scratch.
+//! against every turn counted from scratch. Then what bounding an audio
+//! part's length costs (`proxy::media::audio_micros_at_most`: base64
+//! decoding and the WAV or MP3 reading), and how far above the true length
+//! the bound of an MP3 with random payloads (where fake frame headers
+//! appear, as in real compressed audio) lands.
 //!
 //! `cargo run --release -p tollgate-bench --bin estimate-bench`
 #![allow(clippy::print_stdout)]
@@ -85,6 +89,79 @@ fn main() -> anyhow::Result<()> {
          {scratch:.1} ms counting every turn from scratch ({:.0}x); last turn's history {} KB",
         scratch / total.max(1e-9),
         history.iter().map(String::len).sum::<usize>() / 1024
+    );
+    audio()
+}
+
+/// `seconds` of MPEG-1 layer III at 128 kbit/s and 44.1 kHz, payloads random.
+fn mp3(seconds: u64) -> (Vec<u8>, u64) {
+    let header = [0xFF, 0xFB, 0x90, 0x00];
+    let (frame_bytes, micros_per_frame) = (417, 1152.0 / 44_100.0 * 1e6);
+    let frames = (seconds as f64 * 1e6 / micros_per_frame).ceil() as usize;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut out = Vec::with_capacity(frames * frame_bytes);
+    for _ in 0..frames {
+        out.extend_from_slice(&header);
+        for _ in 4..frame_bytes {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.push(state as u8);
+        }
+    }
+    (out, (frames as f64 * micros_per_frame) as u64)
+}
+
+fn audio() -> anyhow::Result<()> {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    println!();
+    println!(
+        "{:<34} {:>10} {:>14} {:>14}",
+        "audio part", "base64 KB", "bound ms", "bound / true"
+    );
+    for seconds in [10, 60, 380] {
+        let (bytes, true_micros) = mp3(seconds);
+        let data = b64(&bytes);
+        let mut bound = None;
+        let took = ms(|| bound = proxy::media::audio_micros_at_most(black_box(&data), "mp3"));
+        let bound = bound.ok_or_else(|| anyhow::anyhow!("no bound for the MP3"))?;
+        println!(
+            "{:<34} {:>10} {took:>14.3} {:>14.3}",
+            format!("MP3 128 kbit/s, {seconds} s"),
+            data.len() / 1024,
+            bound as f64 / true_micros as f64
+        );
+    }
+    // 16-bit mono at 24 kHz: 6 MB (about what an 8 MB body holds) is 131 s.
+    let mut wav = Vec::new();
+    let data_len: u32 = 6 * 1024 * 1024;
+    for part in [
+        &b"RIFF"[..],
+        &(36 + data_len).to_le_bytes(),
+        b"WAVEfmt ",
+        &16u32.to_le_bytes(),
+        &1u16.to_le_bytes(),
+        &1u16.to_le_bytes(),
+        &24_000u32.to_le_bytes(),
+        &48_000u32.to_le_bytes(),
+        &2u16.to_le_bytes(),
+        &16u16.to_le_bytes(),
+        b"data",
+        &data_len.to_le_bytes(),
+    ] {
+        wav.extend_from_slice(part);
+    }
+    wav.resize(wav.len() + data_len as usize, 0x55);
+    let data = b64(&wav);
+    let mut bound = None;
+    let took = ms(|| bound = proxy::media::audio_micros_at_most(black_box(&data), "wav"));
+    let true_micros = u64::from(data_len) * 1_000_000 / 48_000;
+    println!(
+        "{:<34} {:>10} {took:>14.3} {:>14.3}",
+        "WAV 24 kHz 16-bit, 6 MB",
+        data.len() / 1024,
+        bound.unwrap_or(0) as f64 / true_micros as f64
     );
     Ok(())
 }
