@@ -111,9 +111,19 @@ async fn measure(
     Ok(outcome)
 }
 
-/// Starts the mock provider on its own thread and runtime, as a separate
-/// server would run; it stops when the returned sender is dropped.
+/// Starts a mock OpenAI provider on its own thread and runtime, as a
+/// separate server would run; it stops when the returned sender is dropped.
+///
+/// By default it is a replay of testkit's full mock: the full mock answers
+/// the bench's request once in each shape (JSON, a stream, a stream with
+/// `stream_options.include_usage`, as the proxy asks), and the replay
+/// serves those bytes, a stream event by event, choosing by the request.
+/// The full mock builds every answer as a JSON tree (≈ 60 µs of CPU per
+/// answer here, a fifth of the machine at 6,500 requests/s) on the cores
+/// the proxy is measured on; a provider does not. `TOLLGATE_BENCH_MOCK=full`
+/// measures against the full mock instead.
 fn start_mock() -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
+    let full = std::env::var("TOLLGATE_BENCH_MOCK").is_ok_and(|v| v == "full");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (started, base) = std::sync::mpsc::channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -127,9 +137,27 @@ fn start_mock() -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
                     input_tokens: Some(12),
                     ..MockBehavior::default()
                 };
-                match MockProvider::start_with(MockKind::OpenAi, behavior).await {
-                    Ok(mock) => {
-                        let _ = started.send(Ok(mock.base_url()));
+                let served = async {
+                    let mock = MockProvider::start_with(MockKind::OpenAi, behavior).await?;
+                    if full {
+                        return Ok((mock.base_url(), (mock, None)));
+                    }
+                    let answers = Answers::capture(&mock.base_url()).await?;
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let base = format!("http://{}/v1", listener.local_addr()?);
+                    let app = axum::Router::new().route(
+                        "/v1/chat/completions",
+                        axum::routing::post(move |body: Bytes| {
+                            let answers = answers.clone();
+                            async move { answers.answer(&body) }
+                        }),
+                    );
+                    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+                    anyhow::Ok((base, (mock, Some(server))))
+                };
+                match served.await {
+                    Ok((base, _serving)) => {
+                        let _ = started.send(Ok(base));
                         let _ = stopped.await;
                     }
                     Err(e) => {
@@ -140,6 +168,68 @@ fn start_mock() -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
         })?;
     let base = base.recv().context("the mock's thread died")??;
     Ok((base, stop))
+}
+
+/// The full mock's answers to the bench's request, to replay.
+#[derive(Clone)]
+struct Answers {
+    json: Bytes,
+    stream: Arc<Vec<Bytes>>,
+    stream_with_usage: Arc<Vec<Bytes>>,
+}
+
+impl Answers {
+    async fn capture(base: &str) -> anyhow::Result<Answers> {
+        let client = reqwest::Client::new();
+        let ask = |body: serde_json::Value| {
+            let request = client
+                .post(format!("{base}/chat/completions"))
+                .bearer_auth("sk-bench")
+                .json(&body);
+            async move {
+                let response = request.send().await?.error_for_status()?;
+                anyhow::Ok(response.bytes().await?)
+            }
+        };
+        // A stream's events, each sent as its own write.
+        let events = |all: Bytes| {
+            let text = String::from_utf8_lossy(&all).into_owned();
+            let events: Vec<Bytes> = text
+                .split_inclusive("\n\n")
+                .map(|e| Bytes::from(e.to_owned()))
+                .collect();
+            Arc::new(events)
+        };
+        let mut with_usage = body(true);
+        with_usage["stream_options"] = serde_json::json!({"include_usage": true});
+        Ok(Answers {
+            json: ask(body(false)).await?,
+            stream: events(ask(body(true)).await?),
+            stream_with_usage: events(ask(with_usage).await?),
+        })
+    }
+
+    fn answer(&self, request: &[u8]) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let has = |needle: &[u8]| request.windows(needle.len()).any(|w| w == needle);
+        if !has(b"\"stream\":true") {
+            return ([("content-type", "application/json")], self.json.clone()).into_response();
+        }
+        let events = if has(b"\"include_usage\":true") {
+            self.stream_with_usage.clone()
+        } else {
+            self.stream.clone()
+        };
+        let frames = (0..events.len()).map(move |i| Ok::<_, std::io::Error>(events[i].clone()));
+        (
+            [
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+            ],
+            axum::body::Body::from_stream(futures::stream::iter(frames)),
+        )
+            .into_response()
+    }
 }
 
 #[tokio::main]
@@ -243,7 +333,12 @@ async fn main() -> anyhow::Result<()> {
         .context("warm-up through the proxy")?;
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("proxy-bench: {secs} s per row after 0.5 s of warm-up, mock OpenAI answering instantly on its own thread, {cores} cores; load generator in this process ({LOADGEN_THREADS} threads, one runtime each)");
+    let mock_kind = if std::env::var("TOLLGATE_BENCH_MOCK").is_ok_and(|v| v == "full") {
+        "testkit's full mock"
+    } else {
+        "replaying testkit's mock's answers"
+    };
+    println!("proxy-bench: {secs} s per row after 0.5 s of warm-up, mock OpenAI answering instantly on its own thread ({mock_kind}), {cores} cores; load generator in this process ({LOADGEN_THREADS} threads, one runtime each)");
     println!(
         "{:<9} {:>7} | {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} | {:>11} {:>11}",
         "mode",
