@@ -50,6 +50,32 @@ async fn admitted_of_concurrent_calls(p: &Proxy, identity: &str, body: &Value, n
     admitted
 }
 
+/// Waits for `identity`'s `admitted` calls to settle; each must be
+/// committed with `input_tokens` of input and no overage (what the
+/// provider counted stayed within the hold). Returns the USD committed.
+async fn committed_within_holds(
+    p: &Proxy,
+    identity: &str,
+    admitted: usize,
+    input_tokens: u64,
+) -> Decimal {
+    let mut committed = Decimal::ZERO;
+    for (kind, e) in p.settled(identity, admitted).await {
+        assert_eq!(kind, "committed", "{e}");
+        assert_eq!(
+            dec(&e["actual"]["input_tokens"]),
+            Decimal::from(input_tokens),
+            "{e}"
+        );
+        assert!(
+            e["overage"].as_object().is_none_or(|o| o.is_empty()),
+            "the provider's count must stay within the held input: {e}"
+        );
+        committed += dec(&e["actual"]["usd"]);
+    }
+    committed
+}
+
 #[tokio::test]
 async fn two_hundred_concurrent_streams_never_spend_past_the_cap() {
     let p = Proxy::start(CAP_PLAN).await;
@@ -122,16 +148,7 @@ async fn claude_counting_more_tokens_than_the_estimate_never_spends_past_the_cap
     });
     let admitted = admitted_of_concurrent_calls(&p, "claude-user", &body, 40).await;
     assert!(admitted >= 5, "admitted {admitted}");
-    let mut committed = Decimal::ZERO;
-    for (kind, e) in p.settled("claude-user", admitted).await {
-        assert_eq!(kind, "committed", "{e}");
-        assert_eq!(dec(&e["actual"]["input_tokens"]), Decimal::from(2_800));
-        assert!(
-            e["overage"].as_object().is_none_or(|o| o.is_empty()),
-            "Claude's count must stay within the held input: {e}"
-        );
-        committed += dec(&e["actual"]["usd"]);
-    }
+    let committed = committed_within_holds(&p, "claude-user", admitted, 2_800).await;
     assert!(committed <= cap, "committed {committed} > cap {cap}");
     let reserved = p.events("claude-user").await;
     let (_, first) = reserved.iter().find(|(k, _)| k == "reserved").unwrap();
@@ -163,16 +180,7 @@ async fn audio_input_is_held_so_voice_calls_never_spend_past_the_cap() {
     });
     let admitted = admitted_of_concurrent_calls(&p, "voice-user", &body, 40).await;
     assert!(admitted >= 3, "admitted {admitted}");
-    let mut committed = Decimal::ZERO;
-    for (kind, e) in p.settled("voice-user", admitted).await {
-        assert_eq!(kind, "committed", "{e}");
-        assert_eq!(dec(&e["actual"]["input_tokens"]), Decimal::from(170), "{e}");
-        assert!(
-            e["overage"].as_object().is_none_or(|o| o.is_empty()),
-            "the audio must stay within the held input: {e}"
-        );
-        committed += dec(&e["actual"]["usd"]);
-    }
+    let committed = committed_within_holds(&p, "voice-user", admitted, 170).await;
     assert!(committed <= cap, "committed {committed} > cap {cap}");
     assert!(
         committed > Decimal::from_str("0.045").unwrap(),

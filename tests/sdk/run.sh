@@ -275,6 +275,9 @@ tiers:
     deep_link: "myapp://upgrade"
     limits:
       - { unit: requests, window: minute, cap: 2 }
+  metered:
+    limits:
+      - { unit: usd, window: month, cap: "100" }
 EOF
 "$TOLLGATE" plans apply --project "$PROJECT_KEY" "$PLAN" >/dev/null 2>>"$LOG"
 

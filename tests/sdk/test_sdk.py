@@ -16,10 +16,14 @@ tokens are the number of reply pieces (words) sent.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import time
 import uuid
+import wave
+from decimal import Decimal
 
 import httpx
 import openai
@@ -53,11 +57,16 @@ def new_identity(label: str) -> str:
     return f"sdk-{label}-{uuid.uuid4().hex[:12]}"
 
 
-def make_client(identity: str, project_key: str = PROJECT_KEY) -> openai.OpenAI:
+def make_client(
+    identity: str, project_key: str = PROJECT_KEY, tier: str | None = None
+) -> openai.OpenAI:
+    headers = {"x-project-key": project_key, "x-identity": identity}
+    if tier is not None:
+        headers["x-tier"] = tier
     return openai.OpenAI(
         base_url=PROXY_URL + "/v1",
         api_key="sk-test-provider-key",
-        default_headers={"x-project-key": project_key, "x-identity": identity},
+        default_headers=headers,
         max_retries=0,
         timeout=30.0,
     )
@@ -248,6 +257,57 @@ def test_streamed_tool_call_through_claude() -> None:
     assert finishes[-1] == "tool_calls", finishes
 
     assert_requests_used(identity, 1)
+
+
+def wav_silence(seconds: int, rate: int = 16000) -> bytes:
+    """A 16-bit mono PCM WAV file, as Python's `wave` writes one."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\0\0" * rate * seconds)
+    return buffer.getvalue()
+
+
+def test_audio_input_is_charged_at_the_audio_price() -> None:
+    identity = new_identity("audio")
+    client = make_client(identity, tier="metered")
+    audio = base64.b64encode(wav_silence(2)).decode()
+    completion = client.chat.completions.create(
+        model="gpt-4o-audio-preview",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is said in this recording?"},
+                    {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+                ],
+            }
+        ],
+    )
+    assert completion.choices[0].message.content == REPLY
+    # The mock counts 10 tokens a second of WAV, OpenAI's published rate.
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == INPUT_TOKENS + 20
+    details = completion.usage.prompt_tokens_details
+    assert details is not None and details.audio_tokens == 20
+    # gpt-4o-audio-preview's prices: text input $0.0000025, audio input
+    # $0.0001 (40 times), output $0.00001 a token.
+    expected = (
+        INPUT_TOKENS * Decimal("0.0000025")
+        + 20 * Decimal("0.0001")
+        + OUTPUT_TOKENS * Decimal("0.00001")
+    )
+    deadline = time.monotonic() + 10.0
+    while True:
+        view = usage_view(identity, "metered")
+        usd = [Decimal(l["used"]) for l in view["limits"] if l["unit"] == "usd"]
+        if usd == [expected]:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"usd used {usd}, expected {expected}: {view}")
+        time.sleep(0.1)
 
 
 def wait_for_a_fresh_minute(margin_s: float = 15.0) -> None:
