@@ -239,41 +239,72 @@ fn frame(h: &[u8]) -> Option<Frame> {
 }
 
 /// More than the largest MPEG audio frame (MPEG-2.5 layer II at
-/// 160 kbit/s and 8 kHz: 2,881 bytes).
+/// 160 kbit/s and 8 kHz, padded: 2,881 bytes; a test checks every header).
 const FRAME_WINDOW: usize = 4096;
+
+/// Bytes after an MP3's tag that no reading as frames may cover before it
+/// is taken for another format: room for an APE or Lyrics3 tag at the end.
+const UNCOVERED_SLACK: usize = 4096;
 
 /// An MP3's duration at most: the longest way to read its bytes as whole
 /// frames, skipping the rest. A decoder plays frames and skips what is not
 /// one, and which frames it finds depends on where it synchronises; taking
 /// the longest of every reading covers them all (junk costs nothing, a
-/// last frame cut short counts whole). `None` unless it starts, after an
-/// ID3v2 tag, with two agreeing frames (or one that is all of it), as
-/// decoders probe an MP3: other bytes labelled `mp3` may be another format.
+/// last frame cut short counts whole, and every frame plays at most at the
+/// first frame's sample rate, which a decoder may keep). An ID3v2 tag's
+/// bytes are read too (a decoder that ignores the tag would find its frames).
+///
+/// `None` unless the bytes after an ID3v2 tag start with two agreeing frames
+/// (or one that is all of them), as decoders probe an MP3, and frames can
+/// cover all of them but [`UNCOVERED_SLACK`]: other bytes labelled `mp3`
+/// (AAC, a container) may be another format that plays far longer.
 fn mp3_micros(b: &[u8]) -> Option<u64> {
-    let b = &b[..b.len() - id3v1_len(b)];
-    let b = &b[id3v2_len(b)..];
-    let first = frame(b)?;
-    let agreed = first.bytes >= b.len()
-        || frame(&b[first.bytes..]).is_some_and(|next| next.key == first.key);
+    let tag = id3v2_len(b);
+    let audio = &b[tag..];
+    let first = frame(audio)?;
+    let agreed = first.bytes >= audio.len()
+        || frame(&audio[first.bytes..]).is_some_and(|next| next.key == first.key);
     if !agreed {
         return None;
     }
-    // longest[i % FRAME_WINDOW]: the longest reading of b[i..]. Reading
-    // back from the end, position i needs only i + 1 and i + a frame.
+    // Reading back from the end, position i needs only i + 1 and i + a
+    // frame: longest[i % FRAME_WINDOW] is the longest reading of b[i..],
+    // covered[i % FRAME_WINDOW] the most bytes a reading of it covers.
     let mut longest = vec![0u64; FRAME_WINDOW];
-    let at = |longest: &[u64], i: usize| {
+    let mut covered = vec![0usize; FRAME_WINDOW];
+    let at = |ring: &[u64], i: usize| {
         if i >= b.len() {
             0
         } else {
-            longest[i % FRAME_WINDOW]
+            ring[i % FRAME_WINDOW]
+        }
+    };
+    let covered_at = |ring: &[usize], i: usize| {
+        if i >= b.len() {
+            0
+        } else {
+            ring[i % FRAME_WINDOW]
         }
     };
     for i in (0..b.len()).rev() {
-        let skip = at(&longest, i + 1);
-        let take = frame(&b[i..]).map_or(0, |f| {
-            micros(f.samples, f.sample_rate).saturating_add(at(&longest, i + f.bytes))
-        });
-        longest[i % FRAME_WINDOW] = skip.max(take);
+        let (mut time, mut cover) = (at(&longest, i + 1), covered_at(&covered, i + 1));
+        if let Some(f) = frame(&b[i..]) {
+            let rate = f.sample_rate.min(first.sample_rate);
+            let next = i + f.bytes;
+            time = time.max(micros(f.samples, rate).saturating_add(at(&longest, next)));
+            let bytes = f.bytes.min(b.len() - i);
+            cover = cover.max(bytes + covered_at(&covered, next));
+        }
+        longest[i % FRAME_WINDOW] = time;
+        covered[i % FRAME_WINDOW] = cover;
+    }
+    let covered_after_tag = if tag < b.len() {
+        covered_at(&covered, tag)
+    } else {
+        0
+    };
+    if covered_after_tag + UNCOVERED_SLACK < audio.len() {
+        return None;
     }
     Some(at(&longest, 0))
 }
@@ -298,14 +329,6 @@ fn id3v2_len(b: &[u8]) -> usize {
                 0
             }
         }
-        _ => 0,
-    }
-}
-
-/// Length of an ID3v1 tag at the end of `b` (128 bytes from `TAG`), or 0.
-fn id3v1_len(b: &[u8]) -> usize {
-    match b.len().checked_sub(128).and_then(|at| b.get(at..at + 3)) {
-        Some(b"TAG") => 128,
         _ => 0,
     }
 }
@@ -534,6 +557,75 @@ mod tests {
         // Starting with one frame and junk: not known to be an MP3.
         let lone = [&real[..], &[0u8; 68], b"junk"].concat();
         assert_eq!(audio_micros_at_most(&b64(&lone), "mp3"), None);
+    }
+
+    /// `n` frames with `header`, payloads zero.
+    fn frames(header: [u8; 4], n: usize) -> Vec<u8> {
+        let bytes = frame(&header).unwrap().bytes;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let start = out.len();
+            out.extend_from_slice(&header);
+            out.resize(start + bytes, 0);
+        }
+        out
+    }
+
+    #[test]
+    fn every_frame_fits_the_window() {
+        let mut largest = 0;
+        for b1 in 0xE0..=0xFFu8 {
+            for b2 in 0..=0xFFu8 {
+                if let Some(f) = frame(&[0xFF, b1, b2, 0]) {
+                    assert!(f.bytes >= 24, "{b1:x} {b2:x}: {f:?}");
+                    largest = largest.max(f.bytes);
+                }
+            }
+        }
+        assert_eq!(largest, 2_881);
+        assert!(largest < FRAME_WINDOW);
+        // A chain of the largest (MPEG-2.5 layer II, 160 kbit/s, 8 kHz,
+        // padded: 1152 samples, 144 ms) reads whole.
+        let big = frames([0xFF, 0xE5, 0xEA, 0x00], 5);
+        assert_eq!(big.len(), 5 * 2_881);
+        assert_eq!(audio_micros_at_most(&b64(&big), "mp3"), Some(5 * 144_000));
+    }
+
+    #[test]
+    fn an_mp3_that_frames_do_not_cover_is_another_format() {
+        let per_frame = micros(1152, 44_100);
+        // Two agreeing frames, then 10 KB that no frame covers (AAC, say).
+        let mut aac = mp3(64, 2);
+        aac.resize(aac.len() + 10_240, 0x21);
+        assert_eq!(audio_micros_at_most(&b64(&aac), "mp3"), None);
+        // A 1 KB tag at the end is allowed for.
+        let mut ape = mp3(64, 10);
+        ape.resize(ape.len() + 1_024, 0x21);
+        assert_eq!(
+            audio_micros_at_most(&b64(&ape), "mp3"),
+            Some(10 * per_frame)
+        );
+        // A tag footer flag adds 10 bytes to the tag.
+        let mut footer = vec![b'I', b'D', b'3', 4, 0, 0x10, 0, 0, 0, 20];
+        footer.resize(10 + 20 + 10, 0);
+        footer.extend(mp3(64, 3));
+        assert_eq!(
+            audio_micros_at_most(&b64(&footer), "mp3"),
+            Some(3 * per_frame)
+        );
+    }
+
+    #[test]
+    fn frames_play_at_most_at_the_first_frame_s_sample_rate() {
+        // Two 8 kHz MPEG-2.5 frames (72 ms), then 48 kHz MPEG-1 layer III
+        // frames (384 bytes, 24 ms at 48 kHz; 144 ms if played at 8 kHz).
+        let mut b = frames([0xFF, 0xE3, 0x18, 0x00], 2);
+        b.extend(frames([0xFF, 0xFB, 0x94, 0x00], 3));
+        assert_eq!(frame(&[0xFF, 0xFB, 0x94, 0x00]).map(|f| f.bytes), Some(384));
+        assert_eq!(
+            audio_micros_at_most(&b64(&b), "mp3"),
+            Some(2 * 72_000 + 3 * 144_000)
+        );
     }
 
     #[test]
