@@ -11,13 +11,13 @@
 //!   so no field a decoder might believe gives a longer clip).
 //! - MP3: the longest way to read its bytes as whole frames (exact for an
 //!   ordinary file, constant or variable bit rate; junk that hides frames
-//!   cannot shorten it, whatever a decoder synchronises on). A well-formed
-//!   ID3v2 tag at the start and an ID3v1 tag at the end are skipped.
+//!   cannot shorten it, whatever a decoder synchronises on).
 //!
 //! Anything else (another format or WAV encoding, a header these parsers do
 //! not read, data that is not base64, an "MP3" that does not start with two
-//! agreeing frames) has no bound here: [`audio_micros_at_most`] says
-//! `None`, and the hold takes the model's whole context window.
+//! agreeing frames after its ID3v2 tag or that frames do not cover) has no
+//! bound here: [`audio_micros_at_most`] says `None`, and the hold takes the
+//! model's whole context window.
 //!
 //! Durations are integer microseconds, rounded up.
 
