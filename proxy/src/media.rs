@@ -340,17 +340,9 @@ mod tests {
     use testkit::mock_providers::pcm_wav as wav;
 
     /// `frames` MPEG-1 layer III frames at `kbps` and 44.1 kHz.
-    fn mp3(kbps: u64, frames: usize) -> Vec<u8> {
+    fn mp3(kbps: u64, n: usize) -> Vec<u8> {
         let index = BITRATES[2].iter().position(|k| *k == kbps).unwrap() as u8;
-        let header = [0xFF, 0xFB, index << 4, 0xC4];
-        let f = frame(&header).unwrap();
-        let mut out = Vec::new();
-        for _ in 0..frames {
-            let start = out.len();
-            out.extend_from_slice(&header);
-            out.resize(start + f.bytes, 0);
-        }
-        out
+        frames([0xFF, 0xFB, index << 4, 0xC4], n)
     }
 
     fn b64(bytes: &[u8]) -> String {
