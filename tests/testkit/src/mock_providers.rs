@@ -80,8 +80,9 @@ pub struct MockBehavior {
     /// for a call alone, as models usually answer), in the provider's shape.
     pub tool_call: Option<MockToolCall>,
     /// Tokens counted per second of a WAV `input_audio` part (its data at
-    /// the header's byte rate, rounded up), on top of the input and reported
-    /// as `prompt_tokens_details.audio_tokens`. OpenAI publishes 10.
+    /// the header's sample rate × channels × bytes per sample, rounded up),
+    /// on top of the input and reported as
+    /// `prompt_tokens_details.audio_tokens`. OpenAI publishes 10.
     pub audio_tokens_per_second: u64,
 }
 
