@@ -297,6 +297,22 @@ impl Media {
     }
 }
 
+/// Bytes of `input_audio` data in `req` (base64, as sent): what bounding
+/// its length ([`Media::of`]) has to read.
+pub fn audio_to_read(req: &ChatRequest) -> usize {
+    req.messages
+        .iter()
+        .filter_map(|m| match &m.content {
+            Some(MessageContent::Parts(parts)) => Some(parts),
+            _ => None,
+        })
+        .flatten()
+        .filter(|p| p.kind == "input_audio")
+        .filter_map(|p| p.extra.get("input_audio")?.get("data")?.as_str())
+        .map(str::len)
+        .sum()
+}
+
 /// Input counted before the call: what is charged when a provider reports none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CountedInput {
@@ -614,6 +630,15 @@ mod tests {
         let e = estimate(&req, ProviderKind::OpenAi, "m", Some(&unknown), 4096);
         assert_eq!(e.flex.input_tokens, 128_000);
         assert_eq!(e.flex.input_usd, Decimal::new(128, 1));
+    }
+
+    #[test]
+    fn the_audio_to_read_is_the_base64_sent() {
+        let wav = testkit::mock_providers::pcm_wav(8_000, 1, 8, 1);
+        let req = with_part("m", audio_part(&wav, "wav"));
+        assert_eq!(audio_to_read(&req), wav.len().div_ceil(3) * 4);
+        let text = with_part("m", serde_json::json!({"type": "text", "text": "hi"}));
+        assert_eq!(audio_to_read(&text), 0);
     }
 
     #[test]

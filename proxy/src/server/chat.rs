@@ -8,7 +8,7 @@ use super::error::openai_error;
 use super::headers::rate_limit_headers;
 use super::stream::MeteredStream;
 use super::{ProxyError, ProxyState};
-use crate::estimate::{actual, estimate, Estimate};
+use crate::estimate::{actual, audio_to_read, estimate, Estimate};
 use crate::hold::Hold;
 use crate::pricing::{lookup_override, ModelPrice};
 use crate::providers::openai::ChatRequest;
@@ -147,6 +147,10 @@ fn denied_response(tier: &Tier, d: &Denied) -> Response {
     response
 }
 
+/// Bytes of audio (base64) above which a request's hold is estimated on
+/// the blocking pool: ≈ 0.2 ms of reading, several times a thread hop.
+const READ_ON_THE_BLOCKING_POOL: usize = 64 * 1024;
+
 pub async fn completions(
     State(state): State<ProxyState>,
     headers: HeaderMap,
@@ -195,13 +199,21 @@ pub async fn completions(
                 .ok_or_else(|| ProxyError::NoProviderKey(route.provider.clone()))?,
         ),
     };
-    let est = estimate(
-        &req,
-        route.kind,
-        &model,
-        price.as_ref(),
-        inner.settings.default_max_output_tokens,
-    );
+    let max_output = inner.settings.default_max_output_tokens;
+    let (req, est) = if audio_to_read(&req) > READ_ON_THE_BLOCKING_POOL {
+        // Reading a long clip's length takes milliseconds (≈ 3.5 per
+        // minute of MP3): off this thread, whose other requests would wait.
+        let (kind, model, price) = (route.kind, model.clone(), price.clone());
+        tokio::task::spawn_blocking(move || {
+            let est = estimate(&req, kind, &model, price.as_ref(), max_output);
+            (req, est)
+        })
+        .await
+        .map_err(|e| ProxyError::Internal(anyhow::anyhow!("estimating the hold failed: {e}")))?
+    } else {
+        let est = estimate(&req, route.kind, &model, price.as_ref(), max_output);
+        (req, est)
+    };
     // Translated before the hold, so a request its provider cannot take is
     // refused without recording anything; translated again only if the
     // budget lowers the output cap.
