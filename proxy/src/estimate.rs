@@ -371,9 +371,23 @@ pub fn estimate(
     price: Option<&ModelPrice>,
     default_max_output_tokens: u64,
 ) -> Estimate {
+    let media = Media::of(req);
+    estimate_with(req, media, kind, model, price, default_max_output_tokens)
+}
+
+/// [`estimate`] with `req`'s [`Media`] already read (the proxy reads long
+/// audio on the blocking pool, and counts text on its own thread, whose
+/// count cache holds the conversation's earlier turns).
+pub fn estimate_with(
+    req: &ChatRequest,
+    mut media: Media,
+    kind: ProviderKind,
+    model: &str,
+    price: Option<&ModelPrice>,
+    default_max_output_tokens: u64,
+) -> Estimate {
     let counted = input_tokens(req, Encoding::for_model(kind, model));
     let model_max = price.and_then(|p| p.max_output_tokens);
-    let mut media = Media::of(req);
     let per_second = audio_tokens_per_second(kind);
     let audio = media.audio_tokens(per_second);
     // An earlier answer sent back is at most one answer: the model's

@@ -251,7 +251,8 @@ const UNCOVERED_SLACK: usize = 4096;
 /// one, and which frames it finds depends on where it synchronises; taking
 /// the longest of every reading covers them all (junk costs nothing, a
 /// last frame cut short counts whole, and every frame plays at most at the
-/// first frame's sample rate, which a decoder may keep). An ID3v2 tag's
+/// sample rate of the first frames, which a decoder may keep: those after
+/// the tag, or an agreeing pair inside it). An ID3v2 tag's
 /// bytes are read too (a decoder that ignores the tag would find its frames).
 ///
 /// `None` unless the bytes after an ID3v2 tag start with two agreeing frames
@@ -267,6 +268,15 @@ fn mp3_micros(b: &[u8]) -> Option<u64> {
     if !agreed {
         return None;
     }
+    // A decoder that ignores the tag synchronises on the first agreeing
+    // pair of frames in it, if any, and may keep that pair's sample rate.
+    let slowest = (0..tag)
+        .filter_map(|i| {
+            let f = frame(&b[i..])?;
+            let next = frame(b.get(i + f.bytes..)?)?;
+            (next.key == f.key).then_some(f.sample_rate)
+        })
+        .fold(first.sample_rate, u64::min);
     // Reading back from the end, position i needs only i + 1 and i + a
     // frame: longest[i % FRAME_WINDOW] is the longest reading of b[i..],
     // covered[i % FRAME_WINDOW] the most bytes a reading of it covers.
@@ -289,7 +299,7 @@ fn mp3_micros(b: &[u8]) -> Option<u64> {
     for i in (0..b.len()).rev() {
         let (mut time, mut cover) = (at(&longest, i + 1), covered_at(&covered, i + 1));
         if let Some(f) = frame(&b[i..]) {
-            let rate = f.sample_rate.min(first.sample_rate);
+            let rate = f.sample_rate.min(slowest);
             let next = i + f.bytes;
             time = time.max(micros(f.samples, rate).saturating_add(at(&longest, next)));
             let bytes = f.bytes.min(b.len() - i);
@@ -604,6 +614,30 @@ mod tests {
         assert_eq!(
             audio_micros_at_most(&b64(&footer), "mp3"),
             Some(3 * per_frame)
+        );
+    }
+
+    #[test]
+    fn a_tag_is_read_for_frames_a_decoder_ignoring_it_would_find() {
+        // A 10 KB tag (more than the slack: coverage counts from its end)
+        // holding two agreeing 8 kHz frames, then 44.1 kHz frames that such
+        // a decoder might play at 8 kHz: 1152 samples, 144 ms each.
+        let mut tagged = vec![b'I', b'D', b'3', 4, 0, 0, 0, 0, 0x50, 0];
+        let body = 0x50 << 7;
+        tagged.extend(frames([0xFF, 0xE3, 0x18, 0x00], 2));
+        tagged.resize(10 + body, 0);
+        tagged.extend(mp3(64, 10));
+        assert_eq!(
+            audio_micros_at_most(&b64(&tagged), "mp3"),
+            Some(2 * 72_000 + 10 * 144_000)
+        );
+        // The same tag without frames in it: the frames at their own rate.
+        let mut plain = vec![b'I', b'D', b'3', 4, 0, 0, 0, 0, 0x50, 0];
+        plain.resize(10 + body, 0);
+        plain.extend(mp3(64, 10));
+        assert_eq!(
+            audio_micros_at_most(&b64(&plain), "mp3"),
+            Some(10 * micros(1152, 44_100))
         );
     }
 

@@ -8,7 +8,7 @@ use super::error::openai_error;
 use super::headers::rate_limit_headers;
 use super::stream::MeteredStream;
 use super::{ProxyError, ProxyState};
-use crate::estimate::{actual, audio_to_read, estimate, Estimate};
+use crate::estimate::{actual, audio_to_read, estimate_with, Estimate, Media};
 use crate::hold::Hold;
 use crate::pricing::{lookup_override, ModelPrice};
 use crate::providers::openai::ChatRequest;
@@ -28,6 +28,7 @@ use ledger::gate::{Denied, GateError, ReserveOutcome};
 use schemas::plan::{scope_matches, Tier};
 use schemas::{Account, ProjectId, ReservationId, Unit};
 use serde_json::json;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Why a call still running when the proxy's shutdown grace ran out failed.
@@ -147,9 +148,22 @@ fn denied_response(tier: &Tier, d: &Denied) -> Response {
     response
 }
 
-/// Bytes of audio (base64) above which a request's hold is estimated on
-/// the blocking pool: ≈ 0.2 ms of reading, several times a thread hop.
+/// Bytes of audio (base64) above which a request's audio is read on the
+/// blocking pool: ≈ 0.2 ms of reading, several times a thread hop.
 const READ_ON_THE_BLOCKING_POOL: usize = 64 * 1024;
+
+/// Permits for reading audio on the blocking pool: one per core, shared by
+/// every HTTP thread (each runtime has its own pool of up to 512 threads,
+/// and each read holds a decoded copy of up to 6 MB).
+fn blocking_reads() -> Arc<tokio::sync::Semaphore> {
+    static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    PERMITS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            Arc::new(tokio::sync::Semaphore::new(cores))
+        })
+        .clone()
+}
 
 pub async fn completions(
     State(state): State<ProxyState>,
@@ -160,7 +174,7 @@ pub async fn completions(
     let inner = &state.0;
     let project = project(&state, &headers).await?;
     let account = identity(&headers)?;
-    let req = parse_request(&body).map_err(ProxyError::Request)?;
+    let mut req = parse_request(&body).map_err(ProxyError::Request)?;
     let (tier_name, tier) = project
         .tier(header_str(&headers, "x-tier"))
         .map_err(tier_error)?;
@@ -199,21 +213,34 @@ pub async fn completions(
                 .ok_or_else(|| ProxyError::NoProviderKey(route.provider.clone()))?,
         ),
     };
-    let max_output = inner.settings.default_max_output_tokens;
-    let (req, est) = if audio_to_read(&req) > READ_ON_THE_BLOCKING_POOL {
+    let media = if audio_to_read(&req) > READ_ON_THE_BLOCKING_POOL {
         // Reading a long clip's length takes milliseconds (≈ 3.5 per
-        // minute of MP3): off this thread, whose other requests would wait.
-        let (kind, model, price) = (route.kind, model.clone(), price.clone());
-        tokio::task::spawn_blocking(move || {
-            let est = estimate(&req, kind, &model, price.as_ref(), max_output);
-            (req, est)
+        // minute of MP3): off this thread, whose other requests would wait,
+        // and at most one clip per core at a time.
+        let permit = blocking_reads()
+            .acquire_owned()
+            .await
+            .map_err(|e| ProxyError::Internal(anyhow::anyhow!("reading audio: {e}")))?;
+        let (req_back, media) = tokio::task::spawn_blocking(move || {
+            let media = Media::of(&req);
+            drop(permit);
+            (req, media)
         })
         .await
-        .map_err(|e| ProxyError::Internal(anyhow::anyhow!("estimating the hold failed: {e}")))?
+        .map_err(|e| ProxyError::Internal(anyhow::anyhow!("reading audio failed: {e}")))?;
+        req = req_back;
+        media
     } else {
-        let est = estimate(&req, route.kind, &model, price.as_ref(), max_output);
-        (req, est)
+        Media::of(&req)
     };
+    let est = estimate_with(
+        &req,
+        media,
+        route.kind,
+        &model,
+        price.as_ref(),
+        inner.settings.default_max_output_tokens,
+    );
     // Translated before the hold, so a request its provider cannot take is
     // refused without recording anything; translated again only if the
     // budget lowers the output cap.
