@@ -257,8 +257,9 @@ const UNCOVERED_SLACK: usize = 4096;
 ///
 /// `None` unless the bytes after an ID3v2 tag start with two agreeing frames
 /// (or one that is all of them), as decoders probe an MP3, and frames can
-/// cover all of them but [`UNCOVERED_SLACK`]: other bytes labelled `mp3`
-/// (AAC, a container) may be another format that plays far longer.
+/// cover all of them but [`UNCOVERED_SLACK`] and the tags and padding at
+/// the end ([`trailer_len`]): other bytes labelled `mp3` (AAC, a
+/// container) may be another format that plays far longer.
 fn mp3_micros(b: &[u8]) -> Option<u64> {
     let tag = id3v2_len(b);
     let audio = &b[tag..];
@@ -313,10 +314,89 @@ fn mp3_micros(b: &[u8]) -> Option<u64> {
     } else {
         0
     };
-    if covered_after_tag + UNCOVERED_SLACK < audio.len() {
+    if covered_after_tag + UNCOVERED_SLACK < audio.len() - trailer_len(audio) {
         return None;
     }
     Some(at(&longest, 0))
+}
+
+/// Bytes at the end of an MP3 that are tags or padding, not audio in any
+/// format: zeros, and ID3v1, APEv2, Lyrics3v2 and appended ID3v2 tags, in
+/// any order. They need no frames to cover them (their bytes are still
+/// read for frames).
+fn trailer_len(b: &[u8]) -> usize {
+    let mut end = b.len();
+    loop {
+        let zeros = b[..end].iter().rev().take_while(|&&x| x == 0).count();
+        // A tag may end in zeros of its own (ID3v1's padding, APEv2's
+        // reserved bytes), and padding may follow it: the fewest first.
+        let tag = (0..=zeros.min(128)).find_map(|own| {
+            let tag_end = end - zeros + own;
+            let len = tag_ending_at(&b[..tag_end]).filter(|len| *len <= tag_end)?;
+            Some(tag_end - len)
+        });
+        let new_end = tag.unwrap_or(end - zeros);
+        if new_end == end {
+            return b.len() - end;
+        }
+        end = new_end;
+    }
+}
+
+/// The length of an ID3v1, APEv2, appended ID3v2 or Lyrics3v2 tag ending
+/// exactly at the end of `b`.
+fn tag_ending_at(b: &[u8]) -> Option<usize> {
+    if b.len() >= 128 && b[b.len() - 128..].starts_with(b"TAG") {
+        return Some(128);
+    }
+    let footer = &b[b.len().checked_sub(32)?..];
+    apev2_len(footer)
+        .or_else(|| id3v2_footer_len(b))
+        .or_else(|| lyrics3_len(b))
+        .filter(|len| *len > 0)
+}
+
+/// An APEv2 tag ending with `footer` (its last 32 bytes): "APETAGEX", the
+/// tag's size with the footer, and a flag for a 32-byte header before it.
+fn apev2_len(footer: &[u8]) -> Option<usize> {
+    if !footer.starts_with(b"APETAGEX") {
+        return None;
+    }
+    let size = usize::try_from(u32_le(footer, 12)?).ok()?;
+    let header = if u32_le(footer, 20)? & (1 << 31) != 0 {
+        32
+    } else {
+        0
+    };
+    size.checked_add(header)
+}
+
+/// An ID3v2 tag appended at the end of `b`, found by its 10-byte footer
+/// ("3DI", version, flags, synchsafe size): header, body and footer.
+fn id3v2_footer_len(b: &[u8]) -> Option<usize> {
+    let footer = b.get(b.len().checked_sub(10)?..)?;
+    let [b'3', b'D', b'I', major, minor, _, s0, s1, s2, s3] = *footer else {
+        return None;
+    };
+    let size_bytes = [s0, s1, s2, s3];
+    if major == 0xFF || minor == 0xFF || size_bytes.iter().any(|s| *s >= 0x80) {
+        return None;
+    }
+    let size = size_bytes
+        .iter()
+        .fold(0usize, |n, s| (n << 7) | usize::from(*s));
+    Some(size + 20)
+}
+
+/// A Lyrics3v2 tag at the end of `b`: "LYRICS200" after its size in six
+/// decimal digits, which counts from its "LYRICSBEGIN".
+fn lyrics3_len(b: &[u8]) -> Option<usize> {
+    let end = b.len().checked_sub(15)?;
+    if &b[end + 6..] != b"LYRICS200" {
+        return None;
+    }
+    let digits = std::str::from_utf8(&b[end..end + 6]).ok()?;
+    digits.parse::<usize>().ok()?.checked_add(15)
 }
 
 /// Length of a well-formed ID3v2 tag at the start of `b` (0 if none): a
@@ -639,6 +719,43 @@ mod tests {
             audio_micros_at_most(&b64(&plain), "mp3"),
             Some(10 * micros(1152, 44_100))
         );
+    }
+
+    #[test]
+    fn tags_and_padding_at_the_end_need_no_frames() {
+        let per_frame = micros(1152, 44_100);
+        let audio = mp3(64, 10);
+        // An APEv2 tag with a 9 KB picture and a header, then 6 KB of zeros.
+        let mut ape = b"APETAGEX\xd0\x07\0\0".to_vec();
+        let size: u32 = 9_000 + 32;
+        let mut tag = ape.clone();
+        tag.extend_from_slice(&[0; 20]);
+        tag.resize(32 + 9_000, 0x42);
+        ape.extend_from_slice(&size.to_le_bytes());
+        ape.extend_from_slice(&1u32.to_le_bytes());
+        ape.extend_from_slice(&(1u32 << 31).to_le_bytes());
+        ape.extend_from_slice(&[0; 8]);
+        tag.extend_from_slice(&ape);
+        let mut b = [&audio[..], &tag].concat();
+        b.resize(b.len() + 6_000, 0);
+        assert_eq!(audio_micros_at_most(&b64(&b), "mp3"), Some(10 * per_frame));
+        // An appended ID3v2 tag (footer "3DI") of 8 KB, then ID3v1.
+        let mut id3 = b"ID3\x04\0\x10\0\0\x40\0".to_vec();
+        id3.resize(10 + 8_192, 0x42);
+        id3.extend_from_slice(b"3DI\x04\0\x10\0\0\x40\0");
+        let mut v1 = b"TAG".to_vec();
+        v1.resize(128, b'x');
+        let b = [&audio[..], &id3, &v1].concat();
+        assert_eq!(audio_micros_at_most(&b64(&b), "mp3"), Some(10 * per_frame));
+        // A Lyrics3v2 tag of 6 KB.
+        let mut lyrics = b"LYRICSBEGIN".to_vec();
+        lyrics.resize(6_000, b'l');
+        lyrics.extend_from_slice(b"006000LYRICS200");
+        let b = [&audio[..], &lyrics].concat();
+        assert_eq!(audio_micros_at_most(&b64(&b), "mp3"), Some(10 * per_frame));
+        // The same 6 KB without the tag's footer: not known, another format.
+        let b = [&audio[..], &lyrics[..6_000]].concat();
+        assert_eq!(audio_micros_at_most(&b64(&b), "mp3"), None);
     }
 
     #[test]
