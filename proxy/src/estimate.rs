@@ -269,14 +269,8 @@ impl Media {
                 match p.kind.as_str() {
                     "text" | "image_url" | "refusal" => {}
                     "input_audio" => {
-                        let audio = p.extra.get("input_audio");
-                        let field = |name| {
-                            audio
-                                .and_then(|a| a.get(name))
-                                .and_then(serde_json::Value::as_str)
-                                .unwrap_or_default()
-                        };
-                        match crate::media::audio_micros_at_most(field("data"), field("format")) {
+                        let (data, format) = (audio_field(p, "data"), audio_field(p, "format"));
+                        match crate::media::audio_micros_at_most(data, format) {
                             Some(micros) => {
                                 media.audio_micros = media.audio_micros.saturating_add(micros);
                             }
@@ -308,9 +302,17 @@ pub fn audio_to_read(req: &ChatRequest) -> usize {
         })
         .flatten()
         .filter(|p| p.kind == "input_audio")
-        .filter_map(|p| p.extra.get("input_audio")?.get("data")?.as_str())
-        .map(str::len)
+        .map(|p| audio_field(p, "data").len())
         .sum()
+}
+
+/// A field of an `input_audio` part's payload (`data`, `format`), or "".
+fn audio_field<'a>(part: &'a ContentPart, name: &str) -> &'a str {
+    part.extra
+        .get("input_audio")
+        .and_then(|a| a.get(name))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
 }
 
 /// Input counted before the call: what is charged when a provider reports none.

@@ -283,41 +283,31 @@ fn mp3_micros(b: &[u8]) -> Option<u64> {
     // covered[i % FRAME_WINDOW] the most bytes a reading of it covers.
     let mut longest = vec![0u64; FRAME_WINDOW];
     let mut covered = vec![0usize; FRAME_WINDOW];
-    let at = |ring: &[u64], i: usize| {
-        if i >= b.len() {
-            0
+    fn at<T: Copy + Default>(ring: &[T], i: usize, len: usize) -> T {
+        // Past the end, nothing is left to read or cover.
+        if i >= len {
+            T::default()
         } else {
             ring[i % FRAME_WINDOW]
         }
-    };
-    let covered_at = |ring: &[usize], i: usize| {
-        if i >= b.len() {
-            0
-        } else {
-            ring[i % FRAME_WINDOW]
-        }
-    };
+    }
+    let len = b.len();
     for i in (0..b.len()).rev() {
-        let (mut time, mut cover) = (at(&longest, i + 1), covered_at(&covered, i + 1));
+        let (mut time, mut cover) = (at(&longest, i + 1, len), at(&covered, i + 1, len));
         if let Some(f) = frame(&b[i..]) {
             let rate = f.sample_rate.min(slowest);
             let next = i + f.bytes;
-            time = time.max(micros(f.samples, rate).saturating_add(at(&longest, next)));
+            time = time.max(micros(f.samples, rate).saturating_add(at(&longest, next, len)));
             let bytes = f.bytes.min(b.len() - i);
-            cover = cover.max(bytes + covered_at(&covered, next));
+            cover = cover.max(bytes + at(&covered, next, len));
         }
         longest[i % FRAME_WINDOW] = time;
         covered[i % FRAME_WINDOW] = cover;
     }
-    let covered_after_tag = if tag < b.len() {
-        covered_at(&covered, tag)
-    } else {
-        0
-    };
-    if covered_after_tag + UNCOVERED_SLACK < audio.len() - trailer_len(audio) {
+    if at(&covered, tag, len) + UNCOVERED_SLACK < audio.len() - trailer_len(audio) {
         return None;
     }
-    Some(at(&longest, 0))
+    Some(at(&longest, 0, len))
 }
 
 /// Bytes at the end of an MP3 that are tags or padding, not audio in any

@@ -133,30 +133,13 @@ fn audio() -> anyhow::Result<()> {
             bound as f64 / true_micros as f64
         );
     }
-    // 16-bit mono at 24 kHz: 6 MB (about what an 8 MB body holds) is 131 s.
-    let mut wav = Vec::new();
-    let data_len: u32 = 6 * 1024 * 1024;
-    for part in [
-        &b"RIFF"[..],
-        &(36 + data_len).to_le_bytes(),
-        b"WAVEfmt ",
-        &16u32.to_le_bytes(),
-        &1u16.to_le_bytes(),
-        &1u16.to_le_bytes(),
-        &24_000u32.to_le_bytes(),
-        &48_000u32.to_le_bytes(),
-        &2u16.to_le_bytes(),
-        &16u16.to_le_bytes(),
-        b"data",
-        &data_len.to_le_bytes(),
-    ] {
-        wav.extend_from_slice(part);
-    }
-    wav.resize(wav.len() + data_len as usize, 0x55);
+    // 16-bit mono at 24 kHz: 131 s is 6 MB, about what an 8 MB body holds.
+    let wav = testkit::mock_providers::pcm_wav(24_000, 1, 16, 131);
+    let data_len = wav.len() as u64 - 44;
     let data = b64(&wav);
     let mut bound = None;
     let took = ms(|| bound = proxy::media::audio_micros_at_most(black_box(&data), "wav"));
-    let true_micros = u64::from(data_len) * 1_000_000 / 48_000;
+    let true_micros = data_len * 1_000_000 / 48_000;
     println!(
         "{:<34} {:>10} {took:>14.3} {:>14.3}",
         "WAV 24 kHz 16-bit, 6 MB",
