@@ -49,6 +49,11 @@ struct Addrs {
     /// Threads serving HTTP, each with its own runtime and NATS connection (default: one per core).
     #[arg(long, env = "TOLLGATE_HTTP_THREADS")]
     http_threads: Option<usize>,
+    /// How long (µs) an HTTP thread keeps polling its sockets instead of
+    /// sleeping after a request on it started or ended, while the process
+    /// has at most one request in flight; 0 turns it off.
+    #[arg(long, env = "TOLLGATE_BUSY_POLL_US", default_value_t = ingest::threads::BusyPoll::DEFAULT_MICROS)]
+    busy_poll_us: u64,
     /// How long an account stays in a process's memory after its last use
     /// (with no hold still within its TTL); it is read back from the stream
     /// when used again.
@@ -106,6 +111,7 @@ impl Addrs {
                 .http_threads
                 .unwrap_or_else(ingest::threads::default_threads)
                 .clamp(1, 256),
+            busy_poll: ingest::threads::BusyPoll::from_micros(self.busy_poll_us),
             account_idle: std::time::Duration::from_secs(
                 self.account_idle_secs.clamp(1, 366 * 24 * 3600),
             ),

@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub projection_window: Duration,
     /// Threads serving HTTP (`ingest::threads`).
     pub http_threads: usize,
+    /// How the HTTP threads poll while the process is nearly idle (`ingest::busy_poll`).
+    pub busy_poll: ingest::threads::BusyPoll,
     /// How long an unused account stays in memory (`Gate::forget_idle`).
     pub account_idle: Duration,
     /// See `ledger::gate::SNAPSHOT_EVERY` (0: no snapshots).
@@ -250,7 +252,14 @@ async fn serve_http(
             Ok(routers)
         }
     };
-    ingest::threads::serve(listeners, config.http_threads, setup, shutdown.clone()).await
+    ingest::threads::serve(
+        listeners,
+        config.http_threads,
+        config.busy_poll,
+        setup,
+        shutdown.clone(),
+    )
+    .await
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

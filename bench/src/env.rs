@@ -179,6 +179,7 @@ async fn run_services(
     let served = ingest::threads::serve(
         vec![listener],
         tollgate_bench::http_threads(),
+        tollgate_bench::busy_poll(),
         setup,
         shutdown.clone(),
     )

@@ -102,6 +102,7 @@ pub async fn serve_empty(
     let served = ingest::threads::serve(
         vec![listener],
         tollgate_bench::http_threads(),
+        tollgate_bench::busy_poll(),
         setup,
         shutdown,
     )

@@ -13,3 +13,15 @@ pub fn http_threads() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(ingest::threads::default_threads)
 }
+
+/// `TOLLGATE_BUSY_POLL_US`, else the default: how `tollgate`'s HTTP threads
+/// poll while the process is nearly idle (`ingest::busy_poll`).
+pub fn busy_poll() -> ingest::threads::BusyPoll {
+    std::env::var("TOLLGATE_BUSY_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            ingest::threads::BusyPoll::DEFAULT,
+            ingest::threads::BusyPoll::from_micros,
+        )
+}

@@ -15,6 +15,7 @@
 //!
 //! [`Gate`]: ledger::Gate
 
+pub use crate::busy_poll::BusyPoll;
 use anyhow::Context as _;
 use axum::Router;
 use std::future::Future;
@@ -53,7 +54,9 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
 
-/// Serves `listeners` on `threads` threads until `shutdown`. `setup` runs on
+/// Serves `listeners` on `threads` threads until `shutdown`, each polling
+/// its sockets per `busy_poll` while the process is nearly idle (see
+/// [`crate::busy_poll`]). `setup` runs on
 /// each thread, inside its runtime, and returns one router per listener (in
 /// the same order). Returns once every thread has set up (the first error
 /// fails the whole start and stops the others); the returned future ends when
@@ -61,6 +64,7 @@ pub fn default_threads() -> usize {
 pub async fn serve<F, Fut>(
     listeners: Vec<TcpListener>,
     threads: usize,
+    busy_poll: BusyPoll,
     setup: F,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static>
@@ -68,13 +72,22 @@ where
     F: Fn(Worker) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<Vec<Router>>> + 'static,
 {
-    serve_with_grace(listeners, threads, setup, shutdown, SHUTDOWN_GRACE).await
+    serve_with_grace(
+        listeners,
+        threads,
+        busy_poll,
+        setup,
+        shutdown,
+        SHUTDOWN_GRACE,
+    )
+    .await
 }
 
 /// [`serve`], cutting requests short `grace` after `shutdown` (tests use a short one).
 pub async fn serve_with_grace<F, Fut>(
     listeners: Vec<TcpListener>,
     threads: usize,
+    busy_poll: BusyPoll,
     setup: F,
     shutdown: CancellationToken,
     grace: Duration,
@@ -115,7 +128,9 @@ where
         std::thread::Builder::new()
             .name(format!("tg-http-{index}"))
             .spawn(move || {
-                runtime.block_on(run_thread(index, inboxes, setup, ready_tx, stop, grace));
+                runtime.block_on(run_thread(
+                    index, inboxes, setup, ready_tx, stop, grace, busy_poll,
+                ));
                 drop(done_tx);
             })
             .context("starting an HTTP thread")?;
@@ -148,6 +163,7 @@ async fn run_thread<F, Fut>(
     ready: oneshot::Sender<anyhow::Result<()>>,
     stop: CancellationToken,
     grace: Duration,
+    busy_poll: BusyPoll,
 ) where
     F: Fn(Worker) -> Fut,
     Fut: Future<Output = anyhow::Result<Vec<Router>>>,
@@ -185,12 +201,18 @@ async fn run_thread<F, Fut>(
         }
     };
     let _ = ready.send(Ok(()));
+    tokio::spawn(crate::busy_poll::poll_while_idle(busy_poll));
     let servers: Vec<_> = routers
         .into_iter()
         .zip(inboxes)
         .map(|(router, inbox)| {
             let stop = stop.clone();
             tokio::spawn(async move {
+                let router = if busy_poll.is_off() {
+                    router
+                } else {
+                    router.layer(crate::busy_poll::Layer)
+                };
                 let served = axum::serve(inbox, router)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await;

@@ -296,6 +296,7 @@ async fn main() -> anyhow::Result<()> {
     let served = ingest::threads::serve(
         vec![listener],
         tollgate_bench::http_threads(),
+        tollgate_bench::busy_poll(),
         setup,
         shutdown.clone(),
     )

@@ -73,10 +73,15 @@ impl Harness {
                 })])
             }
         };
-        let served =
-            tollgate_ingest::threads::serve(vec![listener], HTTP_THREADS, setup, shutdown.clone())
-                .await
-                .unwrap();
+        let served = tollgate_ingest::threads::serve(
+            vec![listener],
+            HTTP_THREADS,
+            tollgate_ingest::threads::BusyPoll::DEFAULT,
+            setup,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         tokio::spawn(served);
         if consumers {
             // The ledger and projector consumers run too, as in `tollgate up`.

@@ -171,6 +171,7 @@ impl Proxy {
         let served = ingest::threads::serve_with_grace(
             vec![listener],
             2,
+            ingest::threads::BusyPoll::DEFAULT,
             setup,
             shutdown.clone(),
             SHUTDOWN_GRACE,
