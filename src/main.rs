@@ -51,7 +51,7 @@ struct Addrs {
     http_threads: Option<usize>,
     /// How long (µs) an HTTP thread keeps polling its sockets instead of
     /// sleeping after a request on it started or ended, while the process
-    /// has at most one request in flight; 0 turns it off.
+    /// has at most one request in flight; 0 turns it off (at most 1000000).
     #[arg(long, env = "TOLLGATE_BUSY_POLL_US", default_value_t = ingest::threads::BusyPoll::DEFAULT_MICROS)]
     busy_poll_us: u64,
     /// How long an account stays in a process's memory after its last use

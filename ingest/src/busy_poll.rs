@@ -14,8 +14,8 @@
 //! request of a keep-alive client usually comes within that). It is Linux's
 //! `busy_poll` idea at the runtime's level: a tokio task that yields in a
 //! loop makes the current-thread scheduler poll its I/O driver with a zero
-//! timeout between turns, and `sched_yield` before each turn hands the core
-//! to any other thread that is ready to run on it.
+//! timeout between turns, and `sched_yield` before each turn lets another
+//! thread that is ready to run on the same core have it.
 //!
 //! It costs CPU only when the process is nearly idle, and at most one core:
 //!
@@ -25,6 +25,15 @@
 //!   PostgreSQL.
 //! - A request that waits longer than the window (a slow provider) is waited
 //!   for asleep.
+//!
+//! A request counts as in flight until its response head is ready; a streamed
+//! body goes on uncounted. Its chunks come from a provider milliseconds
+//! apart, far too slow to poll for.
+//!
+//! Nothing wakes a sleeping thread when polling becomes right for it because
+//! of another thread (the token is given back, or the other thread's request
+//! ended): that wake-up would cost the interrupt this saves. It polls again
+//! from its next request.
 //!
 //! `TOLLGATE_BUSY_POLL_US=0` turns it off.
 
@@ -193,6 +202,7 @@ impl Drop for InFlight {
         }
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         LOCAL.with(|l| {
+            debug_assert!(l.in_flight.get() > 0, "a request ended on another thread");
             l.in_flight.set(l.in_flight.get().saturating_sub(1));
             l.last_activity.set(Some(Instant::now()));
             // A thread that stopped polling during a long request polls
@@ -239,8 +249,8 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A request's future; it stops counting when it is dropped (answered,
-    /// or the client went away).
+    /// A request's future; it stops counting when it is dropped (its response
+    /// head is ready, or the client went away).
     pub(crate) struct Tracked<F> {
         #[pin]
         inner: F,
@@ -315,7 +325,8 @@ mod tests {
         })
     }
 
-    /// One test, as the token and the count are the process's.
+    /// One test, as the token and the count are the process's: no other
+    /// unit test in this crate may start requests or pollers.
     #[test]
     fn a_thread_polls_for_its_lone_request_and_sleeps_past_the_window_or_when_busy() {
         let window = Duration::from_millis(300);
