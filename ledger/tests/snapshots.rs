@@ -251,6 +251,36 @@ async fn long_histories_are_saved_every_n_events() {
     assert_eq!(gate_d.save_snapshots().await, 0);
 }
 
+/// A busy account's state (more entries than are encoded inline, so encoded
+/// on the blocking pool) is saved and read back the same.
+#[tokio::test]
+async fn a_busy_accounts_large_state_is_saved_and_read_back() {
+    let nats = NatsServer::start().await.unwrap();
+    let db = fresh_database().await.unwrap();
+    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let gate_a = gate(&nats, &clock, Some(db.pool())).await;
+    // Saved only when asked, so the one save below holds all 300 settlements.
+    gate_a.set_snapshot_every(1_000_000);
+    let project = ProjectId::new();
+    let who = account("busy-day");
+    let busy = support::tier(
+        "default_tier: busy\ntiers:\n  busy:\n    limits:\n      - { unit: requests, window: day, cap: 1000 }\n",
+    );
+    for _ in 0..300 {
+        let req = request(clock.now() + Duration::minutes(1));
+        assert!(reserve_and_commit(&gate_a, project, &who, &busy, req, used_tokens(1)).await);
+    }
+    assert_eq!(gate_a.save_snapshots().await, 1);
+
+    let gate_b = gate(&nats, &clock, Some(db.pool())).await;
+    let view = |g: Gate| {
+        let (who, busy) = (who.clone(), busy.clone());
+        async move { serde_json::to_value(g.view(project, &who, &busy).await.unwrap()).unwrap() }
+    };
+    assert_eq!(view(gate_b.clone()).await, view(gate_a.clone()).await);
+    assert_eq!(delta(gate_b.load_stats(), LoadStats::default()), (1, 1, 0));
+}
+
 /// Replaces the snapshot of `subject` with `row` (seq, event id, state).
 async fn put_snapshot(
     pool: &PgPool,

@@ -183,7 +183,7 @@ impl Shared {
         pool: &PgPool,
         project: ProjectId,
         subject: &str,
-        state: &AccountState,
+        state: AccountState,
     ) -> Option<bool> {
         match snapshots::write(pool, project, subject, state).await {
             Ok(written) => {
@@ -374,7 +374,7 @@ impl Gate {
             return;
         };
         let shared = self.shared.clone();
-        runtime.spawn(async move { shared.save(&pool, project, &subject, &state).await });
+        runtime.spawn(async move { shared.save(&pool, project, &subject, state).await });
     }
 
     /// Saves a snapshot of every account in memory with at least
@@ -403,7 +403,7 @@ impl Gate {
                     _ => continue,
                 }
             };
-            match self.shared.save(pool, project, &subject, &state).await {
+            match self.shared.save(pool, project, &subject, state).await {
                 Some(true) => saved += 1,
                 Some(false) => {}
                 None => break,

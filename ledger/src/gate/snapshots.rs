@@ -87,18 +87,33 @@ pub(super) async fn restore(
     Ok(state)
 }
 
+/// States with up to this many entries are encoded where they are saved;
+/// larger ones on the blocking pool. A state keeps every settlement of the
+/// last day, so a busy account's is megabytes (21 MB at 100,000 requests a
+/// day, `bench/README.md` "Sixth pass"), and encoding it on the HTTP thread
+/// whose request triggered the save stalled every other request on that
+/// thread for as long.
+const ENCODE_INLINE_UP_TO: usize = 256;
+
 /// Stores `state` as the snapshot of `subject` unless a later one is stored.
 /// Returns whether it was stored.
 pub(super) async fn write(
     pool: &PgPool,
     project: ProjectId,
     subject: &str,
-    state: &AccountState,
+    state: AccountState,
 ) -> anyhow::Result<bool> {
     let Some(event) = state.last_event() else {
         return Ok(false);
     };
-    let bytes = state.to_snapshot()?;
+    let last_seq = i64::try_from(state.last_seq)?;
+    let bytes = if state.entries() <= ENCODE_INLINE_UP_TO {
+        state.to_snapshot()?
+    } else {
+        tokio::task::spawn_blocking(move || state.to_snapshot())
+            .await
+            .map_err(|e| anyhow::anyhow!("encoding a snapshot failed: {e}"))??
+    };
     let written = sqlx::query(
         "INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state, saved_at)
          VALUES ($1, $2, $3, $4, $5, $6, now())
@@ -109,7 +124,7 @@ pub(super) async fn write(
     )
     .bind(subject)
     .bind(project.0)
-    .bind(i64::try_from(state.last_seq)?)
+    .bind(last_seq)
     .bind(event.0)
     .bind(SNAPSHOT_FORMAT)
     .bind(bytes)
