@@ -16,7 +16,7 @@
 //! answering, and answers with everything it decoded meanwhile: a
 //! few task switches on the same thread, where each write saved is a system
 //! call. A chunk that arrives alone (a provider still generating) goes out
-//! after [`IDLE_TURNS`] turns.
+//! after [`IDLE_TURNS`] polls.
 
 use crate::estimate::{actual, CountedInput};
 use crate::hold::Hold;
@@ -33,13 +33,16 @@ type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 /// At most this much is held back to be written together.
 const BATCH_BYTES: usize = 64 * 1024;
-/// At most this many turns are given to the provider's connection for one
+/// At most this many polls are spent waiting for the provider's connection in one
 /// batch, so a provider streaming faster than it is read cannot hold the
 /// client's bytes back for long.
 const BATCH_TURNS: u32 = 64;
-/// Turns without a new chunk before the batch goes out. hyper's client
-/// connection hands over the next chunk on its second turn (measured: with
-/// one, `proxy-bench` at 16 clients still wrote one batch per event).
+/// Polls without a new chunk before the batch goes out. hyper's HTTP/1
+/// server polls a body twice in one pass of its connection's task (the
+/// second to re-check a pending write, `proto/h1/dispatch.rs`), so it takes
+/// two for the scheduler to run the provider's connection once in between.
+/// Measured: with one, `proxy-bench` at 16 clients still wrote one batch per
+/// event, and `a_stream_that_arrived_whole_goes_out_in_one_piece` fails.
 const IDLE_TURNS: u32 = 2;
 
 pub struct MeteredStream {
@@ -54,9 +57,9 @@ pub struct MeteredStream {
     done: bool,
     /// Translated bytes not yet handed to the server.
     batch: BytesMut,
-    /// Turns given to the provider's connection since `batch` last grew.
+    /// Polls spent waiting for the provider's connection since `batch` last grew.
     idle: u32,
-    /// Turns given to the provider's connection for the current batch.
+    /// Polls spent waiting for the provider's connection for the current batch.
     turns: u32,
 }
 
@@ -212,13 +215,13 @@ mod tests {
         }
     }
 
-    /// Like hyper's client body: each chunk needs [`IDLE_TURNS`] turns of the
-    /// connection's task (Pending, with a wake-up) before it is ready.
+    /// Like hyper's client body read from hyper's HTTP/1 server: each chunk
+    /// is ready only after two polls that found it pending.
     fn turns_per_chunk(chunks: Vec<Bytes>) -> impl Stream<Item = Result<Bytes, hyper::Error>> {
         let mut chunks = chunks.into_iter();
         let mut waited = 0;
         futures::stream::poll_fn(move |cx| {
-            if waited < IDLE_TURNS {
+            if waited < 2 {
                 waited += 1;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
