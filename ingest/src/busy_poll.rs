@@ -187,8 +187,11 @@ impl InFlight {
             }
             l.in_flight.set(l.in_flight.get() + 1);
             l.last_activity.set(Some(Instant::now()));
-            IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-            l.wake.notify_one();
+            // Only a lone request can start polling; waking the poller for
+            // any other would cost a busy thread a task switch per request.
+            if IN_FLIGHT.fetch_add(1, Ordering::Relaxed) == 0 {
+                l.wake.notify_one();
+            }
             true
         });
         InFlight { counted }
@@ -200,14 +203,16 @@ impl Drop for InFlight {
         if !self.counted {
             return;
         }
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        let idle = IN_FLIGHT.fetch_sub(1, Ordering::Relaxed) == 1;
         LOCAL.with(|l| {
             debug_assert!(l.in_flight.get() > 0, "a request ended on another thread");
             l.in_flight.set(l.in_flight.get().saturating_sub(1));
             l.last_activity.set(Some(Instant::now()));
             // A thread that stopped polling during a long request polls
-            // again for the client's next one.
-            l.wake.notify_one();
+            // again for the client's next one (only once nothing else is in flight).
+            if idle {
+                l.wake.notify_one();
+            }
         });
     }
 }
