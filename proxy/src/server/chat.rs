@@ -404,7 +404,7 @@ impl Call {
         let now = Utc::now();
         if upstream.stream && status.is_success() {
             let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
-            let stream = MeteredStream::new(
+            let mut stream = MeteredStream::new(
                 crate::upstream::body_stream(response),
                 translator,
                 hold,
@@ -412,6 +412,7 @@ impl Call {
                 est.input,
                 inner.cut_off.clone(),
             );
+            stream.prefetch().await;
             let mut out = Response::new(Body::from_stream(stream));
             let h = out.headers_mut();
             h.insert(
