@@ -357,6 +357,7 @@ fn init_tracing() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    ingest::alloc::no_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Up { conn, addrs } => {

@@ -110,6 +110,8 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // As `tollgate` runs (src/main.rs).
+    ingest::alloc::no_huge_pages();
     let cli = Cli::parse();
     // The services' runtime: one worker per core, as `#[tokio::main]` gives `tollgate up`.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -6,6 +6,7 @@
 //! appends, [`ledger::control`] knows projects and plans. Handlers hold no
 //! SQL and no business rules.
 
+pub mod alloc;
 pub mod busy_poll;
 pub mod error;
 pub mod http;

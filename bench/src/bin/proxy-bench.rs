@@ -234,6 +234,8 @@ impl Answers {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As `tollgate` runs (src/main.rs).
+    ingest::alloc::no_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     let secs: f64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5.0);
     let clients: Vec<usize> = args
