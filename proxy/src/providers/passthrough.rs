@@ -11,54 +11,59 @@ use super::openai::OpenAiUsage;
 use super::sse::SseEvent;
 use super::stream::StreamCtx;
 use super::usage::{estimate_output_tokens, Usage};
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+use std::borrow::Cow;
 
-/// Only what Tollgate reads from a chunk; everything else is ignored.
+/// Only what Tollgate reads from a chunk; everything else is skipped. Text
+/// is borrowed from the chunk where it has no escapes: every chunk of every
+/// stream is read, only to count its text.
 #[derive(Debug, Default, Deserialize)]
-struct ChunkView {
-    #[serde(default)]
-    choices: Option<Vec<ChoiceView>>,
+struct ChunkView<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChoiceView<'a>>>,
     #[serde(default)]
     usage: Option<OpenAiUsage>,
     #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+    error: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct ChoiceView {
+struct ChoiceView<'a> {
+    #[serde(default, borrow)]
+    delta: Option<DeltaView<'a>>,
+    #[serde(default, borrow)]
+    message: Option<DeltaView<'a>>,
+    /// Only whether there is one (`null` is none).
     #[serde(default)]
-    delta: Option<DeltaView>,
-    #[serde(default)]
-    message: Option<DeltaView>,
-    #[serde(default)]
-    finish_reason: Option<String>,
+    finish_reason: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct DeltaView {
-    #[serde(default)]
-    content: Option<String>,
-    #[serde(default)]
-    reasoning_content: Option<String>,
-    #[serde(default)]
-    tool_calls: Option<Vec<ToolCallView>>,
+struct DeltaView<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallView<'a>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct ToolCallView {
-    #[serde(default)]
-    function: Option<FunctionView>,
+struct ToolCallView<'a> {
+    #[serde(default, borrow)]
+    function: Option<FunctionView<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct FunctionView {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    arguments: Option<String>,
+struct FunctionView<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
 }
 
-impl DeltaView {
+impl DeltaView<'_> {
     fn texts(&self) -> impl Iterator<Item = &str> {
         let calls = self
             .tool_calls
