@@ -77,11 +77,6 @@ impl Hold {
         );
         // Boxed for the reason `chat::completions` boxes the call.
         self.tracker.spawn(Box::pin(async move {
-            // Settled after the thread's other ready work: the call that
-            // settles is usually just handing its answer over, and the
-            // client's response goes out first (the decision, the event's
-            // encoding and its publish were on the answer's path).
-            tokio::task::yield_now().await;
             let started = tokio::time::Instant::now();
             let mut backoff = Duration::from_millis(50);
             loop {
