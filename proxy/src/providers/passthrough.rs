@@ -39,12 +39,23 @@ struct ChoiceView<'a> {
     finish_reason: Option<IgnoredAny>,
 }
 
+/// A string borrowed from the chunk unless it has escapes. (serde borrows
+/// only a bare `Cow<str>` field: inside an `Option` it would copy.)
+#[derive(Debug, Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Text<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct DeltaView<'a> {
     #[serde(default, borrow)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Text<'a>>,
     #[serde(default, borrow)]
-    reasoning_content: Option<Cow<'a, str>>,
+    reasoning_content: Option<Text<'a>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallView<'a>>>,
 }
@@ -58,9 +69,9 @@ struct ToolCallView<'a> {
 #[derive(Debug, Default, Deserialize)]
 struct FunctionView<'a> {
     #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Text<'a>>,
     #[serde(default, borrow)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<Text<'a>>,
 }
 
 impl DeltaView<'_> {
@@ -71,10 +82,10 @@ impl DeltaView<'_> {
             .flatten()
             .filter_map(|c| c.function.as_ref());
         self.content
-            .as_deref()
-            .into_iter()
-            .chain(self.reasoning_content.as_deref())
-            .chain(calls.flat_map(|f| f.name.as_deref().into_iter().chain(f.arguments.as_deref())))
+            .iter()
+            .chain(&self.reasoning_content)
+            .chain(calls.flat_map(|f| f.name.iter().chain(&f.arguments)))
+            .map(Text::as_str)
     }
 }
 
@@ -143,5 +154,28 @@ impl StreamHandler {
             ctx.usage_sent = true;
         }
         ctx.emit_data(&event.data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunks_text_is_borrowed_unless_escaped() {
+        let data = r#"{"choices":[{"delta":{"content":"plain","reasoning_content":"a\nb","tool_calls":[{"function":{"name":"f","arguments":"{\"x\":1}"}}]},"finish_reason":null}]}"#;
+        let view: ChunkView = serde_json::from_str(data).unwrap();
+        let choice = &view.choices.as_deref().unwrap()[0];
+        assert!(choice.finish_reason.is_none(), "null is no finish reason");
+        let delta = choice.delta.as_ref().unwrap();
+        assert!(matches!(
+            delta.content.as_ref().unwrap().0,
+            Cow::Borrowed("plain")
+        ));
+        assert!(
+            matches!(&delta.reasoning_content.as_ref().unwrap().0, Cow::Owned(s) if s == "a\nb")
+        );
+        let texts: Vec<&str> = delta.texts().collect();
+        assert_eq!(texts, ["plain", "a\nb", "f", "{\"x\":1}"]);
     }
 }
