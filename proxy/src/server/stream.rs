@@ -304,6 +304,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_that_ends_during_prefetch_goes_out_ended() {
+        // The provider's body ends before any event: the client still gets
+        // the error event and `[DONE]`, with the head, and then the end.
+        let mut stream = metered(futures::stream::empty());
+        stream.prefetch().await;
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let Poll::Ready(Some(Ok(all))) = stream.poll_next_unpin(&mut cx) else {
+            panic!("the end of the stream was not ready with the head");
+        };
+        let text = String::from_utf8(all.to_vec()).unwrap();
+        assert!(text.contains("server_error"), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(matches!(stream.poll_next_unpin(&mut cx), Poll::Ready(None)));
+    }
+
+    #[tokio::test]
     async fn a_provider_that_has_sent_nothing_yet_does_not_hold_the_head() {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, hyper::Error>>();
         let mut stream = metered(rx);
