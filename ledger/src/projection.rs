@@ -7,26 +7,20 @@
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use projector::consumer::{Decoded, Projection};
-use projector::copy::CopyRows;
+use projector::copy::{copy_into, CopyRows};
 use projector::deltas::balance_deltas;
 use projector::pg_text::pg_string;
 use projector::rebuild::Accounts;
 use rust_decimal::Decimal;
 use schemas::events::{Envelope, Event, HoldRef};
-use schemas::subjects::{account_token, LEDGER_CONSUMER};
+use schemas::subjects::LEDGER_CONSUMER;
 use schemas::{Amounts, Unit};
+use sqlx::types::Json;
 use sqlx::PgConnection;
 use std::collections::HashMap;
 use uuid::Uuid;
 
 pub struct LedgerProjection;
-
-/// (project, account token, identity, unit) of one balance row.
-type BalanceKey = (Uuid, String, String, String);
-
-fn json(v: &impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
-}
 
 /// How a reservation was settled, as its row records it (borrowed from the event).
 #[derive(Clone, Copy)]
@@ -67,6 +61,17 @@ fn settled(seq: u64, env: &Envelope) -> Option<(&HoldRef, Settled<'_>)> {
     ))
 }
 
+/// Adds what `env` changes in its account's balances to `sums` (committed,
+/// held and overage per account and unit).
+fn add_balance_deltas(sums: &mut HashMap<(u32, Unit), [Decimal; 3]>, account: u32, env: &Envelope) {
+    for (unit, d) in balance_deltas(env) {
+        let b = sums.entry((account, unit)).or_default();
+        b[0] += d.committed;
+        b[1] += d.held;
+        b[2] += d.overage;
+    }
+}
+
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
@@ -75,17 +80,36 @@ fn seq_i64(seq: u64) -> i64 {
 struct NewRow<'a> {
     env: &'a Envelope,
     reserved: &'a schemas::events::Reserved,
-    seq: i64,
+    account: u32,
+    seq: u64,
     settled: Option<Settled<'a>>,
 }
 
-/// Applies a batch's reservation events with one INSERT and at most one
+impl<'a> NewRow<'a> {
+    fn row(&self) -> ReservationRow<'a> {
+        ReservationRow {
+            account: self.account,
+            model: self.reserved.model.as_deref(),
+            tier: self.reserved.tier.as_deref(),
+            held: &self.reserved.amounts,
+            reserved_at: self.env.occurred_at,
+            expires_at: self.reserved.expires_at,
+            reserved_seq: self.seq,
+        }
+    }
+}
+
+/// Applies a batch's reservation events with one COPY and at most one
 /// UPDATE. Under load a hold is usually reserved and settled within one
 /// batch; folding the batch first writes such a row once, already settled,
 /// instead of inserting it and then updating it. The outcome is the same as
 /// applying the events one by one: the first `reserved` of an id creates its
 /// row, and only the first settlement of an open row counts.
-async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Result<()> {
+async fn write_reservations(
+    conn: &mut PgConnection,
+    batch: &[Decoded],
+    accounts: &mut Accounts,
+) -> sqlx::Result<()> {
     let mut new_rows: Vec<NewRow<'_>> = Vec::new();
     let mut new_index: HashMap<(Uuid, Uuid), usize> = HashMap::new();
     // Settlements of rows from earlier batches: the first per id.
@@ -100,7 +124,8 @@ async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx:
                 new_rows.push(NewRow {
                     env: &d.envelope,
                     reserved: r,
-                    seq: i64::try_from(d.seq).unwrap_or(i64::MAX),
+                    account: accounts.id(&d.envelope),
+                    seq: d.seq,
                     settled: None,
                 });
             }
@@ -129,7 +154,10 @@ async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx:
     if new_rows.is_empty() {
         return Ok(());
     }
-    let inserted: Vec<(Uuid, Uuid)> = insert_rows(conn, &new_rows).await?;
+    if copy_rows(conn, &new_rows, accounts).await? {
+        return Ok(());
+    }
+    let inserted: Vec<(Uuid, Uuid)> = insert_rows(conn, &new_rows, accounts).await?;
     if inserted.len() < new_rows.len() {
         // An id that already had a row (a repeated `reserved`): its
         // settlement in this batch applies to that row, if still open.
@@ -149,9 +177,47 @@ async fn write_reservations(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx:
     Ok(())
 }
 
+/// A reservation id the batch reserves was reserved before (a repeated
+/// `reserved`, which the stream may hold): COPY cannot skip its row.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// Writes `rows` with COPY, cheaper for PostgreSQL than an INSERT (about
+/// half the time per row), if none of them exists yet. Returns false, with
+/// nothing written, if one does; [`insert_rows`] then skips those.
+async fn copy_rows(
+    conn: &mut PgConnection,
+    rows: &[NewRow<'_>],
+    accounts: &Accounts,
+) -> sqlx::Result<bool> {
+    let mut data = CopyRows::new();
+    for row in rows {
+        let id = row.reserved.reservation_id.0;
+        write_reservation(&mut data, accounts, id, &row.row(), row.settled);
+    }
+    sqlx::query("SAVEPOINT reservations_copy")
+        .execute(&mut *conn)
+        .await?;
+    match copy_into(conn, "reservations", RESERVATION_COLUMNS, data.take()).await {
+        Ok(()) => {
+            sqlx::query("RELEASE SAVEPOINT reservations_copy")
+                .execute(&mut *conn)
+                .await?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT reservations_copy")
+                .execute(&mut *conn)
+                .await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 async fn insert_rows(
     conn: &mut PgConnection,
     rows: &[NewRow<'_>],
+    accounts: &Accounts,
 ) -> sqlx::Result<Vec<(Uuid, Uuid)>> {
     let n = rows.len();
     let mut project = Vec::with_capacity(n);
@@ -172,20 +238,21 @@ async fn insert_rows(
     let mut settled_seq = Vec::with_capacity(n);
     for row in rows {
         let (env, r) = (row.env, row.reserved);
+        let a = accounts.get(row.account);
         project.push(env.project_id.0);
         id.push(r.reservation_id.0);
-        token.push(account_token(env.project_id, &env.account));
-        identity.push(pg_string(env.identity()));
+        token.push(a.token.clone());
+        identity.push(pg_string(&a.identity));
         model.push(r.model.as_deref().map(pg_string));
         tier.push(r.tier.as_deref().map(pg_string));
-        held.push(json(&r.amounts));
+        held.push(Json(&r.amounts));
         reserved_at.push(env.occurred_at);
         expires_at.push(r.expires_at);
-        reserved_seq.push(row.seq);
+        reserved_seq.push(seq_i64(row.seq));
         let s = row.settled.as_ref();
-        status.push(s.map_or("open", |s| s.status).to_owned());
-        actual.push(s.and_then(|s| s.actual).map(json));
-        overage.push(s.and_then(|s| s.overage).map(json));
+        status.push(s.map_or("open", |s| s.status));
+        actual.push(s.and_then(|s| s.actual).map(Json));
+        overage.push(s.and_then(|s| s.overage).map(Json));
         reason.push(s.and_then(|s| s.reason).map(pg_string));
         settled_at.push(s.map(|s| s.at));
         settled_seq.push(s.map(|s| seq_i64(s.seq)));
@@ -237,9 +304,9 @@ async fn settle_rows(
     for ((project, id), s) in updates {
         p.push(project);
         r.push(id);
-        status.push(s.status.to_owned());
-        actual.push(s.actual.map(json));
-        overage.push(s.overage.map(json));
+        status.push(s.status);
+        actual.push(s.actual.map(Json));
+        overage.push(s.overage.map(Json));
         reason.push(s.reason.map(pg_string));
         at.push(s.at);
         seq.push(seq_i64(s.seq));
@@ -263,24 +330,15 @@ async fn settle_rows(
     Ok(())
 }
 
-async fn update_balances(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Result<()> {
-    let mut sums: HashMap<BalanceKey, (Decimal, Decimal, Decimal)> = HashMap::new();
+async fn update_balances(
+    conn: &mut PgConnection,
+    batch: &[Decoded],
+    accounts: &mut Accounts,
+) -> sqlx::Result<()> {
+    let mut sums: HashMap<(u32, Unit), [Decimal; 3]> = HashMap::new();
     for d in batch {
-        let env = &d.envelope;
-        let token = account_token(env.project_id, &env.account);
-        for (unit, delta) in balance_deltas(env) {
-            let e = sums
-                .entry((
-                    env.project_id.0,
-                    token.clone(),
-                    pg_string(env.identity()),
-                    unit.to_string(),
-                ))
-                .or_default();
-            e.0 += delta.committed;
-            e.1 += delta.held;
-            e.2 += delta.overage;
-        }
+        let account = accounts.id(&d.envelope);
+        add_balance_deltas(&mut sums, account, &d.envelope);
     }
     if sums.is_empty() {
         return Ok(());
@@ -294,11 +352,12 @@ async fn update_balances(conn: &mut PgConnection, batch: &[Decoded]) -> sqlx::Re
         Vec::new(),
         Vec::new(),
     );
-    for ((project, token, identity, unit), (committed, held, overage)) in sums {
-        p.push(project);
-        a.push(token);
-        i.push(identity);
-        u.push(unit);
+    for ((account, unit), [committed, held, overage]) in sums {
+        let row = accounts.get(account);
+        p.push(row.project);
+        a.push(row.token.clone());
+        i.push(pg_string(&row.identity));
+        u.push(unit.as_str().to_owned());
         c.push(committed);
         h.push(held);
         o.push(overage);
@@ -333,8 +392,9 @@ impl Projection for LedgerProjection {
         batch: &'a [Decoded],
     ) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(async move {
-            write_reservations(conn, batch).await?;
-            update_balances(conn, batch).await
+            let mut accounts = Accounts::default();
+            write_reservations(conn, batch, &mut accounts).await?;
+            update_balances(conn, batch, &mut accounts).await
         })
     }
 
@@ -372,6 +432,31 @@ struct OpenRow {
     reserved_seq: u64,
 }
 
+impl OpenRow {
+    fn row(&self) -> ReservationRow<'_> {
+        ReservationRow {
+            account: self.account,
+            model: self.model.as_deref(),
+            tier: self.tier.as_deref(),
+            held: &self.held,
+            reserved_at: self.reserved_at,
+            expires_at: self.expires_at,
+            reserved_seq: self.reserved_seq,
+        }
+    }
+}
+
+/// What a reservation's row says about its `reserved` event.
+struct ReservationRow<'a> {
+    account: u32,
+    model: Option<&'a str>,
+    tier: Option<&'a str>,
+    held: &'a Amounts,
+    reserved_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    reserved_seq: u64,
+}
+
 pub const RESERVATION_COLUMNS: &str = "project_id, reservation_id, account_token, identity, model, tier, status, held, actual, overage, reason, reserved_at, expires_at, settled_at, reserved_seq, settled_seq";
 pub const BALANCE_COLUMNS: &str =
     "project_id, account_token, identity, unit, committed, held, overage";
@@ -379,12 +464,7 @@ pub const BALANCE_COLUMNS: &str =
 impl LedgerRebuild {
     /// Folds one event (stream order) of account `account`.
     pub fn add(&mut self, accounts: &Accounts, account: u32, seq: u64, env: &Envelope) {
-        for (unit, d) in balance_deltas(env) {
-            let b = self.balances.entry((account, unit)).or_default();
-            b[0] += d.committed;
-            b[1] += d.held;
-            b[2] += d.overage;
-        }
+        add_balance_deltas(&mut self.balances, account, env);
         let project = env.project_id.0;
         if let Event::Reserved(r) = &env.event {
             let key = (project, r.reservation_id.0);
@@ -407,7 +487,13 @@ impl LedgerRebuild {
         let key = (project, hold.reservation_id.0);
         if let Some(row) = self.open.remove(&key) {
             self.settled.insert(key);
-            write_reservation(&mut self.final_rows, accounts, key.1, &row, Some(settled));
+            write_reservation(
+                &mut self.final_rows,
+                accounts,
+                key.1,
+                &row.row(),
+                Some(settled),
+            );
         }
     }
 
@@ -415,7 +501,7 @@ impl LedgerRebuild {
     pub fn finish(mut self, accounts: &Accounts) -> (CopyRows, CopyRows) {
         let mut open = std::mem::take(&mut self.final_rows);
         for ((_, id), row) in &self.open {
-            write_reservation(&mut open, accounts, *id, row, None);
+            write_reservation(&mut open, accounts, *id, &row.row(), None);
         }
         let mut balances = CopyRows::new();
         for ((account, unit), [committed, held, overage]) in self.balances {
@@ -438,7 +524,7 @@ fn write_reservation(
     rows: &mut CopyRows,
     accounts: &Accounts,
     id: Uuid,
-    row: &OpenRow,
+    row: &ReservationRow<'_>,
     settled: Option<Settled<'_>>,
 ) {
     let a = accounts.get(row.account);
@@ -446,10 +532,10 @@ fn write_reservation(
         .display(id)
         .text(&a.token)
         .text(&a.identity)
-        .opt_text(row.model.as_deref())
-        .opt_text(row.tier.as_deref())
+        .opt_text(row.model)
+        .opt_text(row.tier)
         .text(settled.as_ref().map_or("open", |s| s.status))
-        .json(&row.held);
+        .json(row.held);
     match &settled.as_ref().and_then(|s| s.actual) {
         Some(actual) => rows.json(actual),
         None => rows.null(),

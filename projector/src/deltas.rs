@@ -30,14 +30,22 @@ pub fn usage_deltas(env: &Envelope) -> Vec<(CounterKey, Decimal)> {
     out
 }
 
+/// The usage an event adds to the counters: the instant it is attributed
+/// to, its model and its amounts (`None` for events that add none).
+pub fn attributed_usage(env: &Envelope) -> Option<(DateTime<Utc>, &Option<String>, &Amounts)> {
+    match &env.event {
+        Event::Committed(c) => Some((c.hold.reserved_at, &c.hold.model, &c.actual)),
+        Event::UsageRecorded(u) => Some((env.occurred_at, &u.model, &u.amounts)),
+        Event::Reserved(_) | Event::Released(_) | Event::Expired(_) => None,
+    }
+}
+
 /// [`usage_deltas`] without building a key per increment: `f` sees one key,
 /// changed in place (the model is cloned once per event, not once per
 /// window and unit; an account's fold applies 30 increments per commit).
 pub fn for_each_usage_delta(env: &Envelope, mut f: impl FnMut(&CounterKey, Decimal)) {
-    let (at, model, amounts): (DateTime<Utc>, &Option<String>, &Amounts) = match &env.event {
-        Event::Committed(c) => (c.hold.reserved_at, &c.hold.model, &c.actual),
-        Event::UsageRecorded(u) => (env.occurred_at, &u.model, &u.amounts),
-        Event::Reserved(_) | Event::Released(_) | Event::Expired(_) => return,
+    let Some((at, model, amounts)) = attributed_usage(env) else {
+        return;
     };
     let mut key: Option<CounterKey> = None;
     for window in Window::ALL {

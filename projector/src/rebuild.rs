@@ -4,12 +4,13 @@
 //! consumers write (checked by the replay-equality tests).
 
 use crate::copy::CopyRows;
+use crate::deltas::attributed_usage;
 use crate::pg_text::pg_text;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use schemas::events::{Envelope, Event};
+use schemas::events::Envelope;
 use schemas::subjects::account_token;
-use schemas::{period, Amounts, Unit, Window};
+use schemas::{period, Unit, Window};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -49,10 +50,11 @@ impl Accounts {
     }
 }
 
-/// `usage_counters` rebuilt in memory. Usage is summed per account, model,
-/// unit and minute; the other windows are unions of whole UTC minutes, so
-/// they are rolled up from the minutes at the end (one hash update per unit
-/// of an event rather than one per window).
+/// `usage_counters` summed in memory, for a rebuild (the whole stream) or
+/// a live batch. Usage is summed per account, model, unit and minute; the
+/// other windows are unions of whole UTC minutes, so they are rolled up
+/// from the minutes at the end (one hash update per unit of an event rather
+/// than one per window).
 #[derive(Default)]
 pub struct CountersRebuild {
     models: HashMap<String, u32>,
@@ -66,10 +68,8 @@ pub const COUNTER_COLUMNS: &str =
 impl CountersRebuild {
     /// Folds one event of account `account` (see [`crate::deltas::usage_deltas`]).
     pub fn add(&mut self, account: u32, env: &Envelope) {
-        let (at, model, amounts): (DateTime<Utc>, &Option<String>, &Amounts) = match &env.event {
-            Event::Committed(c) => (c.hold.reserved_at, &c.hold.model, &c.actual),
-            Event::UsageRecorded(u) => (env.occurred_at, &u.model, &u.amounts),
-            Event::Reserved(_) | Event::Released(_) | Event::Expired(_) => return,
+        let Some((at, model, amounts)) = attributed_usage(env) else {
+            return;
         };
         // The live projection keys a counter without model by '', and by
         // the model as stored (a NUL replaced), so two names that store
@@ -97,8 +97,10 @@ impl CountersRebuild {
         }
     }
 
-    /// Every counter row, in COPY text format.
-    pub fn finish(self, accounts: &Accounts) -> CopyRows {
+    /// Every counter's sum, rolled up from the minutes to all windows: `f`
+    /// gets the account, the model as stored, the window, the period's
+    /// start (Unix seconds), the unit and the amount.
+    pub fn for_each_counter(self, mut f: impl FnMut(u32, &str, Window, i64, &Unit, Decimal)) {
         let mut sums: HashMap<(u32, u32, Window, i64, Unit), Decimal> = HashMap::new();
         let mut starts: HashMap<(Window, i64), i64> = HashMap::new();
         for ((account, model, minute, unit), amount) in self.minutes {
@@ -112,8 +114,22 @@ impl CountersRebuild {
                     .or_default() += amount;
             }
         }
-        let mut rows = CopyRows::new();
         for ((account, model, window, start, unit), amount) in sums {
+            f(
+                account,
+                &self.model_names[model as usize],
+                window,
+                start,
+                &unit,
+                amount,
+            );
+        }
+    }
+
+    /// Every counter row, in COPY text format.
+    pub fn finish(self, accounts: &Accounts) -> CopyRows {
+        let mut rows = CopyRows::new();
+        self.for_each_counter(|account, model, window, start, unit, amount| {
             let a = accounts.get(account);
             rows.display(a.project)
                 .text(&a.token)
@@ -121,10 +137,10 @@ impl CountersRebuild {
                 .text(window.as_str())
                 .timestamp(DateTime::<Utc>::from_timestamp(start, 0).unwrap_or_default())
                 .text(unit.as_str())
-                .text(&self.model_names[model as usize])
+                .text(model)
                 .decimal(amount);
             rows.end_row();
-        }
+        });
         rows
     }
 }

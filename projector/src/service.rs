@@ -1,22 +1,19 @@
 //! The projector's PostgreSQL projection: per-period usage counters for
 //! reporting and dashboards (`usage_counters`). Each batch is folded in
-//! memory into one increment per counter and written with one statement.
+//! memory into one increment per counter, as `tollgate replay` folds the
+//! whole stream ([`CountersRebuild`]), and written with one statement.
 
 use crate::consumer::{Decoded, Projection};
-use crate::deltas::usage_deltas;
+use crate::deltas::attributed_usage;
 use crate::pg_text::pg_string;
+use crate::rebuild::{Accounts, CountersRebuild};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use rust_decimal::Decimal;
-use schemas::subjects::{account_token, PROJECTOR_CONSUMER};
+use schemas::subjects::PROJECTOR_CONSUMER;
 use sqlx::PgConnection;
-use std::collections::HashMap;
-use uuid::Uuid;
 
 /// `usage_counters`, fed by the projector's durable consumer.
 pub struct CountersProjection;
-
-type Key = (Uuid, String, String, &'static str, i64, String, String);
 
 impl Projection for CountersProjection {
     fn name(&self) -> &'static str {
@@ -29,48 +26,36 @@ impl Projection for CountersProjection {
         batch: &'a [Decoded],
     ) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(async move {
-            let mut sums: HashMap<Key, Decimal> = HashMap::new();
+            let mut accounts = Accounts::default();
+            let mut sums = CountersRebuild::default();
             for d in batch {
-                let env = &d.envelope;
-                let token = account_token(env.project_id, &env.account);
-                for (k, amount) in usage_deltas(env) {
-                    let key = (
-                        env.project_id.0,
-                        token.clone(),
-                        pg_string(env.identity()),
-                        k.window.as_str(),
-                        k.period_start,
-                        k.unit.to_string(),
-                        // As stored: two names that differ only where a NUL
-                        // was replaced must add to one row, not conflict.
-                        k.model.as_deref().map(pg_string).unwrap_or_default(),
-                    );
-                    *sums.entry(key).or_default() += amount;
+                if attributed_usage(&d.envelope).is_some() {
+                    sums.add(accounts.id(&d.envelope), &d.envelope);
                 }
             }
-            if sums.is_empty() {
-                return Ok(());
-            }
-            let n = sums.len();
             let (mut p, mut a, mut i, mut w, mut s, mut u, mut m, mut v) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
             );
-            for ((project, token, identity, window, start, unit, model), amount) in sums {
-                p.push(project);
-                a.push(token);
-                i.push(identity);
-                w.push(window.to_owned());
+            sums.for_each_counter(|account, model, window, start, unit, amount| {
+                let row = accounts.get(account);
+                p.push(row.project);
+                a.push(row.token.clone());
+                i.push(pg_string(&row.identity));
+                w.push(window.as_str());
                 s.push(DateTime::<Utc>::from_timestamp(start, 0).unwrap_or_default());
-                u.push(unit);
-                m.push(model);
+                u.push(unit.as_str().to_owned());
+                m.push(model.to_owned());
                 v.push(amount);
+            });
+            if p.is_empty() {
+                return Ok(());
             }
             sqlx::query(
                 "INSERT INTO usage_counters AS c (project_id, account_token, identity, window_kind, period_start, unit, model, amount)
