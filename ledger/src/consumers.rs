@@ -115,7 +115,7 @@ where
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            lower_priority(nice);
+            lower_priority(nice, "projection consumers");
             runtime.block_on(make());
             let _ = done_tx.send(());
         })?;
@@ -124,17 +124,18 @@ where
     }))
 }
 
-/// Lowers this thread's CPU priority (on Linux the nice value is per thread).
-fn lower_priority(nice: i32) {
+/// Lowers this thread's CPU priority (on Linux the nice value is per
+/// thread); `what` names the thread in the warning if it cannot.
+pub(crate) fn lower_priority(nice: i32, what: &str) {
     #[cfg(target_os = "linux")]
     {
         let tid = rustix::thread::gettid();
         let lowered = rustix::process::getpriority_process(Some(tid))
             .and_then(|now| rustix::process::setpriority_process(Some(tid), now + nice));
         if let Err(err) = lowered {
-            tracing::warn!(error = %err, "could not lower the projection thread's priority");
+            tracing::warn!(error = %err, thread = what, "could not lower a background thread's priority");
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = nice;
+    let _ = (nice, what);
 }

@@ -111,6 +111,30 @@ async fn saved(gate: &Gate, n: u64) {
     panic!("{n} snapshots were not saved: {:?}", gate.load_stats());
 }
 
+/// Nice values of this process's threads named `name`, and of the calling thread.
+fn nice_of_threads(name: &str) -> (Vec<i64>, i64) {
+    let nice = |stat: &str| -> i64 {
+        let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+        // Fields from the third (state) on; nice is the 19th.
+        after_name.split_whitespace().nth(16).unwrap().parse().unwrap()
+    };
+    let mut named = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread has exited
+        };
+        if comm.trim_end() == name {
+            named.push(nice(&stat));
+        }
+    }
+    let own = nice(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    (named, own)
+}
+
 fn delta(after: LoadStats, before: LoadStats) -> (u64, u64, u64) {
     (
         after.loads - before.loads,
@@ -225,6 +249,12 @@ async fn long_histories_are_saved_every_n_events() {
     pairs(&gate_a, &clock, project, &who, 45).await;
     saved(&gate_a, 1).await;
     assert_eq!(gate_a.cached_accounts(), 1);
+    // By the snapshot writer's thread, below the requests' priority.
+    let (writers, own) = nice_of_threads("tg-snapshots");
+    assert!(
+        !writers.is_empty() && writers.iter().all(|&n| n > own),
+        "writer threads' nice {writers:?}, this thread's {own}"
+    );
 
     // A restarted process reads the 40 events after the 50th.
     let gate_b = gate(&nats, &clock, Some(db.pool())).await;

@@ -24,7 +24,7 @@ use schemas::plan::Tier;
 use schemas::{subjects, Account, Amounts, EventId, ProjectId, ReservationId, SCHEMA_VERSION};
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::Mutex;
 
 /// How many times a decision is retried after losing a race to another process.
@@ -158,7 +158,7 @@ pub struct LoadStats {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(super) struct Counters {
     loads: AtomicU64,
     from_snapshot: AtomicU64,
     events_read: AtomicU64,
@@ -173,33 +173,10 @@ struct Shared {
     pool: Option<PgPool>,
     /// See [`SNAPSHOT_EVERY`]; 0 turns snapshots off.
     snapshot_every: AtomicU64,
-    counters: Counters,
-}
-
-impl Shared {
-    /// Writes the snapshot of `subject` and counts it; `None` if it failed (logged).
-    async fn save(
-        &self,
-        pool: &PgPool,
-        project: ProjectId,
-        subject: &str,
-        state: AccountState,
-    ) -> Option<bool> {
-        match snapshots::write(pool, project, subject, state).await {
-            Ok(written) => {
-                if written {
-                    self.counters
-                        .snapshots_saved
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Some(written)
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "could not save an account snapshot");
-                None
-            }
-        }
-    }
+    counters: Arc<Counters>,
+    /// The thread that saves snapshots in the background, started with the
+    /// first such save (`None`: it could not be started).
+    writer: OnceLock<Option<snapshots::Writer>>,
 }
 
 /// The NATS connection one handle appends and reads over.
@@ -239,7 +216,8 @@ impl Gate {
             index: DashMap::new(),
             pool,
             snapshot_every: AtomicU64::new(SNAPSHOT_EVERY),
-            counters: Counters::default(),
+            counters: Arc::default(),
+            writer: OnceLock::new(),
         };
         Ok(Gate {
             shared: Arc::new(shared),
@@ -365,16 +343,19 @@ impl Gate {
         Ok((state, read))
     }
 
-    /// Saves `state` as the snapshot of `subject` in the background.
+    /// Saves `state` as the snapshot of `subject` in the background, on
+    /// the snapshot writer's thread ([`snapshots::Writer`]).
     fn save_later(&self, project: ProjectId, subject: String, state: AccountState) {
-        let (Some(pool), Ok(runtime)) = (
-            self.snapshot_pool().cloned(),
-            tokio::runtime::Handle::try_current(),
-        ) else {
+        let Some(pool) = self.snapshot_pool() else {
             return;
         };
-        let shared = self.shared.clone();
-        runtime.spawn(async move { shared.save(&pool, project, &subject, state).await });
+        let writer = self
+            .shared
+            .writer
+            .get_or_init(|| snapshots::Writer::start(pool, self.shared.counters.clone()));
+        if let Some(writer) = writer {
+            writer.save(project, subject, state);
+        }
     }
 
     /// Saves a snapshot of every account in memory with at least
@@ -403,7 +384,16 @@ impl Gate {
                     _ => continue,
                 }
             };
-            match self.shared.save(pool, project, &subject, state).await {
+            match snapshots::save(
+                pool,
+                &self.shared.counters,
+                project,
+                &subject,
+                state,
+                snapshots::Encode::OffThread,
+            )
+            .await
+            {
                 Some(true) => saved += 1,
                 Some(false) => {}
                 None => break,

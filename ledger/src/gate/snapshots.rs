@@ -9,13 +9,16 @@
 //! database, another format, unreadable bytes) it is deleted and the
 //! account is folded from its events, as without snapshots.
 
-use super::GateError;
+use super::{Counters, GateError};
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use projector::snapshot::SNAPSHOT_FORMAT;
 use projector::AccountState;
 use schemas::events::Envelope;
 use schemas::ProjectId;
 use sqlx::PgPool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// A row of `account_snapshots`.
@@ -88,12 +91,107 @@ pub(super) async fn restore(
 }
 
 /// States with up to this many entries are encoded where they are saved;
-/// larger ones on the blocking pool. A state keeps every settlement of the
-/// last day, so a busy account's is megabytes (21 MB at 100,000 requests a
-/// day, `bench/README.md` "Sixth pass"), and encoding it on the HTTP thread
-/// whose request triggered the save stalled every other request on that
-/// thread for as long.
+/// larger ones on the blocking pool, with [`Encode::OffThread`]. A state
+/// keeps every settlement of the last day, so a busy account's is megabytes
+/// (21 MB at 100,000 requests a day, `bench/README.md` "Sixth pass"), and
+/// encoding it on the HTTP thread whose request triggered the save stalled
+/// every other request on that thread for as long.
 const ENCODE_INLINE_UP_TO: usize = 256;
+
+/// Where [`write`] encodes a state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Encode {
+    /// On the calling thread (one that serves no requests).
+    Here,
+    /// Above [`ENCODE_INLINE_UP_TO`] entries, on the blocking pool.
+    OffThread,
+}
+
+/// How many saves may wait for the [`Writer`]; more are dropped (the
+/// account is then read back from an older snapshot and more events).
+const WRITER_QUEUE: usize = 64;
+
+/// How much lower than the rest of the process the writer's thread runs.
+const WRITER_NICE: i32 = crate::consumers::NICE;
+
+/// A thread that saves the snapshots requests make due, one at a time and
+/// at a lower CPU priority than the request path, with its own PostgreSQL
+/// connection. Encoding a state costs CPU in proportion to its size (one
+/// entry per settled request of the last day), and on the runtime of the
+/// HTTP thread that made the save due (as saves were made before), or on
+/// its blocking pool, it ran at the priority of requests and slowed the
+/// ones that came while it ran. The thread stops when the gate is dropped.
+pub(super) struct Writer {
+    queue: tokio::sync::mpsc::Sender<(ProjectId, String, AccountState)>,
+}
+
+impl Writer {
+    /// Starts the thread (`None`, logged, if it could not be started).
+    pub(super) fn start(pool: &PgPool, counters: Arc<Counters>) -> Option<Writer> {
+        let (queue, mut saves) =
+            tokio::sync::mpsc::channel::<(ProjectId, String, AccountState)>(WRITER_QUEUE);
+        let options = (*pool.connect_options()).clone();
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|runtime| {
+                std::thread::Builder::new()
+                    .name("tg-snapshots".to_owned())
+                    .spawn(move || {
+                        crate::consumers::lower_priority(WRITER_NICE, "snapshot writer");
+                        runtime.block_on(async move {
+                            // Its own connection, made on this thread's runtime.
+                            let pool = sqlx::postgres::PgPoolOptions::new()
+                                .max_connections(1)
+                                .acquire_timeout(Duration::from_secs(5))
+                                .connect_lazy_with(options);
+                            while let Some((project, subject, state)) = saves.recv().await {
+                                save(&pool, &counters, project, &subject, state, Encode::Here)
+                                    .await;
+                            }
+                            pool.close().await;
+                        });
+                    })
+            });
+        match started {
+            Ok(_) => Some(Writer { queue }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start the snapshot writer; snapshots are saved only when the process stops");
+                None
+            }
+        }
+    }
+
+    /// Queues a save; drops it if the queue is full.
+    pub(super) fn save(&self, project: ProjectId, subject: String, state: AccountState) {
+        if self.queue.try_send((project, subject, state)).is_err() {
+            tracing::debug!("snapshot writer behind; a save was skipped");
+        }
+    }
+}
+
+/// [`write`], counted in `counters`; `None` if it failed (logged).
+pub(super) async fn save(
+    pool: &PgPool,
+    counters: &Counters,
+    project: ProjectId,
+    subject: &str,
+    state: AccountState,
+    encode: Encode,
+) -> Option<bool> {
+    match write(pool, project, subject, state, encode).await {
+        Ok(written) => {
+            if written {
+                counters.snapshots_saved.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(written)
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not save an account snapshot");
+            None
+        }
+    }
+}
 
 /// Stores `state` as the snapshot of `subject` unless a later one is stored.
 /// Returns whether it was stored.
@@ -102,12 +200,13 @@ pub(super) async fn write(
     project: ProjectId,
     subject: &str,
     state: AccountState,
+    encode: Encode,
 ) -> anyhow::Result<bool> {
     let Some(event) = state.last_event() else {
         return Ok(false);
     };
     let last_seq = i64::try_from(state.last_seq)?;
-    let bytes = if state.entries() <= ENCODE_INLINE_UP_TO {
+    let bytes = if encode == Encode::Here || state.entries() <= ENCODE_INLINE_UP_TO {
         state.to_snapshot()?
     } else {
         tokio::task::spawn_blocking(move || state.to_snapshot())

@@ -1,0 +1,8 @@
+-- Snapshots are a cache of what the stream already says (deleting rows loses
+-- nothing but speed), rewritten whole as an account keeps being used: a busy
+-- account's is megabytes. Writing them to the WAL as well was most of what a
+-- save cost PostgreSQL. An unlogged table is not written to the WAL; after a
+-- crash of PostgreSQL (not a clean stop) it comes back empty, and accounts
+-- are then read from their events, as when no snapshot was ever saved.
+-- Standbys do not get its rows either, for the same reason.
+ALTER TABLE account_snapshots SET UNLOGGED;
