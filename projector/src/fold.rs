@@ -13,6 +13,7 @@ use schemas::events::{Envelope, Event, HoldRef};
 use schemas::{Amounts, EventId, ReservationId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// How long settled reservations and usage ids are remembered for retries.
@@ -90,7 +91,10 @@ pub struct AccountState {
     /// Id of the event at `last_seq` (what a snapshot is checked against).
     pub(crate) last_event: Option<EventId>,
     pub(crate) open: HashMap<ReservationId, OpenHold>,
-    pub(crate) settled: HashMap<ReservationId, Settled>,
+    /// Shared, not copied, when the state is cloned (to be saved as a
+    /// snapshot while the account goes on): a busy account keeps a day of
+    /// them, each with its amounts in three maps.
+    pub(crate) settled: HashMap<ReservationId, Arc<Settled>>,
     pub(crate) usage_ids: HashMap<Uuid, DateTime<Utc>>,
     pub(crate) used: HashMap<CounterKey, Decimal>,
     pub(crate) latest_at: Option<DateTime<Utc>>,
@@ -107,7 +111,7 @@ impl AccountState {
     }
 
     pub fn settled(&self, id: &ReservationId) -> Option<&Settled> {
-        self.settled.get(id)
+        self.settled.get(id).map(|s| &**s)
     }
 
     pub fn has_usage_id(&self, id: &Uuid) -> bool {
@@ -208,7 +212,7 @@ impl AccountState {
                 }
                 if let Some(settled) = self.settled.get_mut(&ReservationId(u.usage_id)) {
                     if settled.settlement == Settlement::Expired && settled.late_actual.is_none() {
-                        settled.late_actual = Some(u.amounts.clone());
+                        Arc::make_mut(settled).late_actual = Some(u.amounts.clone());
                     }
                 }
                 Applied::Changed
@@ -227,7 +231,7 @@ impl AccountState {
             settlement,
             late_actual: None,
         };
-        self.settled.insert(hold.reservation_id, settled);
+        self.settled.insert(hold.reservation_id, Arc::new(settled));
         Applied::Changed
     }
 

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::{EventId, ReservationId};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The layout of [`AccountState::to_snapshot`]'s bytes.
@@ -62,7 +63,7 @@ impl AccountState {
             last_seq: self.last_seq,
             last_event: self.last_event,
             open: sorted(self.open.iter()),
-            settled: sorted(self.settled.iter()),
+            settled: sorted(self.settled.iter().map(|(id, s)| (id, &**s))),
             usage_ids: sorted(self.usage_ids.iter()),
             used: sorted(self.used.iter()),
             latest_at: self.latest_at,
@@ -78,7 +79,11 @@ impl AccountState {
             last_seq: stored.last_seq,
             last_event: stored.last_event,
             open: stored.open.into_iter().collect(),
-            settled: stored.settled.into_iter().collect(),
+            settled: stored
+                .settled
+                .into_iter()
+                .map(|(id, s)| (id, Arc::new(s)))
+                .collect(),
             usage_ids: stored.usage_ids.into_iter().collect(),
             used: stored.used.into_iter().collect(),
             latest_at: stored.latest_at,
