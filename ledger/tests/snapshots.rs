@@ -116,7 +116,12 @@ fn nice_of_threads(name: &str) -> (Vec<i64>, i64) {
     let nice = |stat: &str| -> i64 {
         let after_name = &stat[stat.rfind(')').unwrap() + 1..];
         // Fields from the third (state) on; nice is the 19th.
-        after_name.split_whitespace().nth(16).unwrap().parse().unwrap()
+        after_name
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let mut named = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").unwrap() {
