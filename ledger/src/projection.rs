@@ -99,8 +99,10 @@ impl<'a> NewRow<'a> {
     }
 }
 
-/// Applies a batch's reservation events with one COPY and at most one
-/// UPDATE. Under load a hold is usually reserved and settled within one
+/// Applies a batch's reservation events: an UPDATE of the rows earlier
+/// batches created that this one settles, and one COPY of the rows it
+/// creates (or, if one of those exists already, an INSERT that skips it and
+/// an UPDATE settling it if it is still open). Under load a hold is usually reserved and settled within one
 /// batch; folding the batch first writes such a row once, already settled,
 /// instead of inserting it and then updating it. The outcome is the same as
 /// applying the events one by one: the first `reserved` of an id creates its
@@ -206,6 +208,9 @@ async fn copy_rows(
         }
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
             sqlx::query("ROLLBACK TO SAVEPOINT reservations_copy")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT reservations_copy")
                 .execute(&mut *conn)
                 .await?;
             Ok(false)
@@ -343,15 +348,16 @@ async fn update_balances(
     if sums.is_empty() {
         return Ok(());
     }
-    let (mut p, mut a, mut i, mut u, mut c, mut h, mut o) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    #[allow(clippy::type_complexity)] // the bind arrays, one per column
+    let (mut p, mut a, mut i, mut u, mut c, mut h, mut o): (
+        Vec<Uuid>,
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        Vec<Decimal>,
+        Vec<Decimal>,
+        Vec<Decimal>,
+    ) = Default::default();
     for ((account, unit), [committed, held, overage]) in sums {
         let row = accounts.get(account);
         p.push(row.project);

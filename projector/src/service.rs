@@ -9,8 +9,10 @@ use crate::pg_text::pg_string;
 use crate::rebuild::{Accounts, CountersRebuild};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use rust_decimal::Decimal;
 use schemas::subjects::PROJECTOR_CONSUMER;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 /// `usage_counters`, fed by the projector's durable consumer.
 pub struct CountersProjection;
@@ -33,16 +35,17 @@ impl Projection for CountersProjection {
                     sums.add(accounts.id(&d.envelope), &d.envelope);
                 }
             }
-            let (mut p, mut a, mut i, mut w, mut s, mut u, mut m, mut v) = (
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-            );
+            #[allow(clippy::type_complexity)] // the bind arrays, one per column
+            let (mut p, mut a, mut i, mut w, mut s, mut u, mut m, mut v): (
+                Vec<Uuid>,
+                Vec<String>,
+                Vec<String>,
+                Vec<&str>,
+                Vec<DateTime<Utc>>,
+                Vec<String>,
+                Vec<String>,
+                Vec<Decimal>,
+            ) = Default::default();
             sums.for_each_counter(|account, model, window, start, unit, amount| {
                 let row = accounts.get(account);
                 p.push(row.project);
