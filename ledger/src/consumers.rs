@@ -109,14 +109,22 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let thread = name.to_owned();
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
-            lower_priority(nice, "projection consumers");
-            runtime.block_on(make());
+            lower_priority(nice, &thread);
+            // Built here: a runtime must not be dropped on a runtime's thread,
+            // as it would be if the spawn failed after building it there.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(make()),
+                Err(err) => {
+                    tracing::error!(error = %err, thread, "could not build the thread's runtime")
+                }
+            }
             let _ = done_tx.send(());
         })?;
     Ok(tokio::spawn(async move {

@@ -343,19 +343,17 @@ impl Gate {
         Ok((state, read))
     }
 
-    /// Saves `state` as the snapshot of `subject` in the background, on
-    /// the snapshot writer's thread ([`snapshots::Writer`]).
-    fn save_later(&self, project: ProjectId, subject: String, state: AccountState) {
-        let Some(pool) = self.snapshot_pool() else {
-            return;
-        };
-        let writer = self
-            .shared
+    /// A place in the snapshot writer's queue ([`snapshots::Writer`]) for
+    /// one save in the background. Without one the account stays unsaved,
+    /// so a later event makes its save due again.
+    fn snapshot_place(&self) -> Result<snapshots::Place<'_>, snapshots::NoPlace> {
+        let pool = self.snapshot_pool().ok_or(snapshots::NoPlace::Off)?;
+        self.shared
             .writer
-            .get_or_init(|| snapshots::Writer::start(pool, self.shared.counters.clone()));
-        if let Some(writer) = writer {
-            writer.save(project, subject, state);
-        }
+            .get_or_init(|| snapshots::Writer::start(pool, self.shared.counters.clone()))
+            .as_ref()
+            .ok_or(snapshots::NoPlace::Off)?
+            .place()
     }
 
     /// Saves a snapshot of every account in memory with at least
@@ -365,6 +363,10 @@ impl Gate {
         let Some(pool) = self.snapshot_pool() else {
             return 0;
         };
+        // Saves already queued count their accounts as saved: finish them.
+        if let Some(Some(writer)) = self.shared.writer.get() {
+            writer.flush().await;
+        }
         let slots: Vec<(String, Arc<Mutex<Slot>>)> = self
             .shared
             .accounts
@@ -794,10 +796,12 @@ impl Gate {
                             slot.unsaved += 1;
                             let every = self.shared.snapshot_every.load(Ordering::Relaxed);
                             if save_due(slot.unsaved, every, slot.saved_entries) {
-                                // (Slot::mark_saved, on the fields: `state` borrows the slot.)
-                                slot.unsaved = 0;
-                                slot.saved_entries = state.entries() as u64;
-                                self.save_later(project, subject, state.clone());
+                                if let Ok(place) = self.snapshot_place() {
+                                    // (Slot::mark_saved, on the fields: `state` borrows the slot.)
+                                    slot.unsaved = 0;
+                                    slot.saved_entries = state.entries() as u64;
+                                    place.save(project, subject, state.clone());
+                                }
                             }
                             return Ok(finish(state));
                         }
@@ -825,7 +829,8 @@ impl Gate {
     /// is read back from its subject on its next use, as after a restart, so
     /// no decision changes; with a database, an account with at least
     /// [`io::SHORT_HISTORY`] events unsaved is saved as a snapshot first, so
-    /// reading it back is short. (An open hold past its TTL does not keep
+    /// reading it back is short (kept for a later sweep while the snapshot
+    /// writer's queue is full). (An open hold past its TTL does not keep
     /// its account: the ledger expires it, possibly from another process,
     /// and this copy would not see that until its next use anyway.)
     /// Returns how many accounts were forgotten.
@@ -835,7 +840,6 @@ impl Gate {
             .checked_sub_signed(idle)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let mut forgotten = 0;
-        let mut save = Vec::new();
         self.shared.accounts.retain(|subject, slot| {
             // Tasks clone a slot only under its shard's lock, which `retain`
             // holds: a single reference means nobody uses it or waits for it.
@@ -852,19 +856,25 @@ impl Gate {
                         || state.open_holds().any(|(_, hold)| hold.expires_at > now)
                 }
             };
-            if !keep {
-                forgotten += 1;
-                if slot.unsaved >= io::SHORT_HISTORY as u64 {
-                    if let Some(state) = slot.state.take() {
-                        save.push((slot.project, subject.clone(), state));
+            if keep {
+                return true;
+            }
+            if slot.unsaved >= io::SHORT_HISTORY as u64 && slot.state.is_some() {
+                // Worth a snapshot: forgotten only if it can be saved (else
+                // kept until a later sweep finds room in the writer's queue).
+                match self.snapshot_place() {
+                    Ok(place) => {
+                        if let Some(state) = slot.state.take() {
+                            place.save(slot.project, subject.clone(), state);
+                        }
                     }
+                    Err(snapshots::NoPlace::Full) => return true,
+                    Err(snapshots::NoPlace::Off) => {}
                 }
             }
-            keep
+            forgotten += 1;
+            false
         });
-        for (project, subject, state) in save {
-            self.save_later(project, subject, state);
-        }
         forgotten
     }
 

@@ -16,7 +16,7 @@ use projector::AccountState;
 use schemas::events::Envelope;
 use schemas::ProjectId;
 use sqlx::PgPool;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -107,12 +107,20 @@ pub(super) enum Encode {
     OffThread,
 }
 
-/// How many saves may wait for the [`Writer`]; more are dropped (the
-/// account is then read back from an older snapshot and more events).
+/// How many saves may wait for the [`Writer`]. A save that finds the queue
+/// full is not made and its account is not marked saved, so it is made due
+/// again by the account's next event (or the next idle sweep).
 const WRITER_QUEUE: usize = 64;
 
 /// How much lower than the rest of the process the writer's thread runs.
 const WRITER_NICE: i32 = crate::consumers::NICE;
+
+/// What the [`Writer`] is asked to do.
+enum Job {
+    Save(ProjectId, String, Box<AccountState>),
+    /// Answer once every save queued before this one is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
 
 /// A thread that saves the snapshots requests make due, one at a time and
 /// at a lower CPU priority than the request path, with its own PostgreSQL
@@ -120,41 +128,77 @@ const WRITER_NICE: i32 = crate::consumers::NICE;
 /// entry per settled request of the last day), and on the runtime of the
 /// HTTP thread that made the save due (as saves were made before), or on
 /// its blocking pool, it ran at the priority of requests and slowed the
-/// ones that came while it ran. The thread stops when the gate is dropped.
+/// ones that came while it ran. The thread ends once every handle of its
+/// gate is dropped and the saves queued before are done.
 pub(super) struct Writer {
-    queue: tokio::sync::mpsc::Sender<(ProjectId, String, AccountState)>,
+    queue: tokio::sync::mpsc::Sender<Job>,
+    /// Whether the thread was found gone (warned about once).
+    gone: AtomicBool,
+}
+
+/// Why a save cannot be queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NoPlace {
+    /// The queue is full for now.
+    Full,
+    /// Snapshots are off, or the writer could not be started or has stopped.
+    Off,
+}
+
+/// A place in the [`Writer`]'s queue, taken before the state is cloned.
+pub(super) struct Place<'a>(tokio::sync::mpsc::Permit<'a, Job>);
+
+impl Place<'_> {
+    pub(super) fn save(self, project: ProjectId, subject: String, state: AccountState) {
+        self.0.send(Job::Save(project, subject, Box::new(state)));
+    }
 }
 
 impl Writer {
     /// Starts the thread (`None`, logged, if it could not be started).
     pub(super) fn start(pool: &PgPool, counters: Arc<Counters>) -> Option<Writer> {
-        let (queue, mut saves) =
-            tokio::sync::mpsc::channel::<(ProjectId, String, AccountState)>(WRITER_QUEUE);
+        let (queue, mut jobs) = tokio::sync::mpsc::channel::<Job>(WRITER_QUEUE);
         let options = (*pool.connect_options()).clone();
-        let started = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .and_then(|runtime| {
-                std::thread::Builder::new()
-                    .name("tg-snapshots".to_owned())
-                    .spawn(move || {
-                        crate::consumers::lower_priority(WRITER_NICE, "snapshot writer");
-                        runtime.block_on(async move {
-                            // Its own connection, made on this thread's runtime.
-                            let pool = sqlx::postgres::PgPoolOptions::new()
-                                .max_connections(1)
-                                .acquire_timeout(Duration::from_secs(5))
-                                .connect_lazy_with(options);
-                            while let Some((project, subject, state)) = saves.recv().await {
-                                save(&pool, &counters, project, &subject, state, Encode::Here)
+        let started = std::thread::Builder::new()
+            .name("tg-snapshots".to_owned())
+            .spawn(move || {
+                crate::consumers::lower_priority(WRITER_NICE, "snapshot writer");
+                // Built here: a runtime must not be dropped on a runtime's thread.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not start the snapshot writer's runtime; snapshots are saved only when the process stops");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    // Its own connection, made on this thread's runtime.
+                    let pool = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(1)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect_lazy_with(options);
+                    while let Some(job) = jobs.recv().await {
+                        match job {
+                            Job::Save(project, subject, state) => {
+                                save(&pool, &counters, project, &subject, *state, Encode::Here)
                                     .await;
                             }
-                            pool.close().await;
-                        });
-                    })
+                            Job::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                    pool.close().await;
+                });
             });
         match started {
-            Ok(_) => Some(Writer { queue }),
+            Ok(_) => Some(Writer {
+                queue,
+                gone: AtomicBool::new(false),
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "could not start the snapshot writer; snapshots are saved only when the process stops");
                 None
@@ -162,10 +206,30 @@ impl Writer {
         }
     }
 
-    /// Queues a save; drops it if the queue is full.
-    pub(super) fn save(&self, project: ProjectId, subject: String, state: AccountState) {
-        if self.queue.try_send((project, subject, state)).is_err() {
-            tracing::debug!("snapshot writer behind; a save was skipped");
+    /// A place for one save, if the queue has one.
+    pub(super) fn place(&self) -> Result<Place<'_>, NoPlace> {
+        match self.queue.try_reserve() {
+            Ok(permit) => Ok(Place(permit)),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(())) => {
+                tracing::debug!(
+                    "snapshot writer behind; a save waits for the account's next event"
+                );
+                Err(NoPlace::Full)
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(())) => {
+                if !self.gone.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("the snapshot writer has stopped; snapshots are saved only when the process stops");
+                }
+                Err(NoPlace::Off)
+            }
+        }
+    }
+
+    /// Waits until every save queued so far is done (or the writer is gone).
+    pub(super) async fn flush(&self) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        if self.queue.send(Job::Flush(done)).await.is_ok() {
+            let _ = finished.await;
         }
     }
 }
