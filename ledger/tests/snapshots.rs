@@ -310,6 +310,48 @@ async fn stopping_waits_for_the_saves_already_queued() {
     );
 }
 
+/// A save that fails leaves its account unsaved, whether the writer made it
+/// (due after 50 events) or stopping did, so the next chance saves it.
+#[tokio::test]
+async fn a_failed_save_leaves_the_account_unsaved() {
+    let nats = NatsServer::start().await.unwrap();
+    let db = fresh_database().await.unwrap();
+    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let gate = gate(&nats, &clock, Some(db.pool())).await;
+    gate.set_snapshot_every(50);
+    let project = ProjectId::new();
+    let who = account("unlucky");
+    let subject = subjects::account_subject(project, &who);
+    let table = |from: &str, to: &str| format!("ALTER TABLE {from} RENAME TO {to}");
+
+    // Every write fails while the table is away.
+    sqlx::query(&table("account_snapshots", "snapshots_away"))
+        .execute(db.pool())
+        .await
+        .unwrap();
+    pairs(&gate, &clock, project, &who, 25).await; // the 50th event queues a save
+    assert_eq!(
+        gate.save_snapshots().await,
+        0,
+        "the writer's and its own save fail"
+    );
+    sqlx::query(&table("snapshots_away", "account_snapshots"))
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(snapshot_seq(db.pool(), &subject).await, None);
+
+    assert_eq!(
+        gate.save_snapshots().await,
+        1,
+        "still unsaved, so saved now"
+    );
+    assert_eq!(
+        snapshot_seq(db.pool(), &subject).await,
+        Some(last_seq(&gate, &subject).await as i64)
+    );
+}
+
 /// A busy account's state (more entries than are encoded inline, so encoded
 /// on the blocking pool) is saved and read back the same.
 #[tokio::test]

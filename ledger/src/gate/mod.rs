@@ -137,9 +137,42 @@ struct Slot {
 
 impl Slot {
     /// `state` is being saved (or was just read back) with `entries` entries.
-    fn mark_saved(&mut self, entries: usize) {
+    /// Returns what to give [`Slot::save_failed`] if the save fails.
+    fn mark_saved(&mut self, entries: usize) -> SavedMark {
+        let mark = SavedMark {
+            unsaved: self.unsaved,
+            saved_entries: self.saved_entries,
+        };
         self.unsaved = 0;
         self.saved_entries = entries as u64;
+        mark
+    }
+
+    /// The save `mark` was for failed: the events it covered are unsaved
+    /// again (with any folded since), so a later event or stop saves them.
+    fn save_failed(&mut self, mark: SavedMark) {
+        self.unsaved = self.unsaved.saturating_add(mark.unsaved);
+        self.saved_entries = mark.saved_entries;
+    }
+}
+
+/// What a slot said before it was marked saved ([`Slot::mark_saved`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SavedMark {
+    unsaved: u64,
+    saved_entries: u64,
+}
+
+/// An account's slot and what it said before a save, to undo the marking
+/// if the save fails.
+pub(super) struct SaveUndo {
+    slot: Arc<Mutex<Slot>>,
+    mark: SavedMark,
+}
+
+impl SaveUndo {
+    pub(super) async fn apply(self) {
+        self.slot.lock().await.save_failed(self.mark);
     }
 }
 
@@ -374,14 +407,14 @@ impl Gate {
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
         let mut saved = 0;
-        for (subject, slot) in slots {
-            let (project, state) = {
-                let mut slot = slot.lock().await;
+        for (subject, handle) in slots {
+            let (project, state, mark) = {
+                let mut slot = handle.lock().await;
                 match &slot.state {
                     Some(state) if slot.unsaved >= io::SHORT_HISTORY as u64 => {
                         let state = state.clone();
-                        slot.mark_saved(state.entries());
-                        (slot.project, state)
+                        let mark = slot.mark_saved(state.entries());
+                        (slot.project, state, mark)
                     }
                     _ => continue,
                 }
@@ -398,7 +431,10 @@ impl Gate {
             {
                 Some(true) => saved += 1,
                 Some(false) => {}
-                None => break,
+                None => {
+                    handle.lock().await.save_failed(mark);
+                    break;
+                }
             }
         }
         saved
@@ -731,7 +767,7 @@ impl Gate {
         mut decide: impl FnMut(&AccountState, DateTime<Utc>) -> Step<T> + Send,
     ) -> Result<T, GateError> {
         let subject = subjects::account_subject(project, account);
-        let slot = self
+        let handle = self
             .shared
             .accounts
             .entry(subject.clone())
@@ -745,7 +781,7 @@ impl Gate {
                 }))
             })
             .clone();
-        let mut guard = slot.lock().await;
+        let mut guard = handle.lock().await;
         let slot = &mut *guard;
         slot.touched = self.shared.clock.now();
         if self.io.client.connection_state() != async_nats::connection::State::Connected {
@@ -798,9 +834,17 @@ impl Gate {
                             if save_due(slot.unsaved, every, slot.saved_entries) {
                                 if let Ok(place) = self.snapshot_place() {
                                     // (Slot::mark_saved, on the fields: `state` borrows the slot.)
+                                    let mark = SavedMark {
+                                        unsaved: slot.unsaved,
+                                        saved_entries: slot.saved_entries,
+                                    };
                                     slot.unsaved = 0;
                                     slot.saved_entries = state.entries() as u64;
-                                    place.save(project, subject, state.clone());
+                                    let undo = SaveUndo {
+                                        slot: handle.clone(),
+                                        mark,
+                                    };
+                                    place.save(project, subject, state.clone(), Some(undo));
                                 }
                             }
                             return Ok(finish(state));
@@ -865,7 +909,8 @@ impl Gate {
                 match self.snapshot_place() {
                     Ok(place) => {
                         if let Some(state) = slot.state.take() {
-                            place.save(slot.project, subject.clone(), state);
+                            // (Forgotten: nothing is left to mark unsaved.)
+                            place.save(slot.project, subject.clone(), state, None);
                         }
                     }
                     Err(snapshots::NoPlace::Full) => return true,

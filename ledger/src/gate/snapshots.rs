@@ -9,7 +9,7 @@
 //! database, another format, unreadable bytes) it is deleted and the
 //! account is folded from its events, as without snapshots.
 
-use super::{Counters, GateError};
+use super::{Counters, GateError, SaveUndo};
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use projector::snapshot::SNAPSHOT_FORMAT;
 use projector::AccountState;
@@ -117,7 +117,8 @@ const WRITER_NICE: i32 = crate::consumers::NICE;
 
 /// What the [`Writer`] is asked to do.
 enum Job {
-    Save(ProjectId, String, Box<AccountState>),
+    /// A save, and how to mark its account unsaved again if it fails.
+    Save(ProjectId, String, Box<AccountState>, Option<SaveUndo>),
     /// Answer once every save queued before this one is done.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -149,8 +150,15 @@ pub(super) enum NoPlace {
 pub(super) struct Place<'a>(tokio::sync::mpsc::Permit<'a, Job>);
 
 impl Place<'_> {
-    pub(super) fn save(self, project: ProjectId, subject: String, state: AccountState) {
-        self.0.send(Job::Save(project, subject, Box::new(state)));
+    pub(super) fn save(
+        self,
+        project: ProjectId,
+        subject: String,
+        state: AccountState,
+        undo: Option<SaveUndo>,
+    ) {
+        self.0
+            .send(Job::Save(project, subject, Box::new(state), undo));
     }
 }
 
@@ -182,9 +190,13 @@ impl Writer {
                         .connect_lazy_with(options);
                     while let Some(job) = jobs.recv().await {
                         match job {
-                            Job::Save(project, subject, state) => {
-                                save(&pool, &counters, project, &subject, *state, Encode::Here)
-                                    .await;
+                            Job::Save(project, subject, state, undo) => {
+                                let saved =
+                                    save(&pool, &counters, project, &subject, *state, Encode::Here)
+                                        .await;
+                                if let (None, Some(undo)) = (saved, undo) {
+                                    undo.apply().await;
+                                }
                             }
                             Job::Flush(done) => {
                                 let _ = done.send(());
