@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use testkit::nats::NatsServer;
-use testkit::pg::fresh_database;
+use testkit::pg::{fresh_database, TestDb};
 use tollgate_ledger::gate::decide::ReserveRequest;
 use tollgate_ledger::gate::{Admitted, LoadStats};
 use tollgate_ledger::{Clock, Gate, ManualClock};
@@ -100,6 +100,14 @@ async fn snapshot_seq(pool: &PgPool, subject: &str) -> Option<i64> {
         .unwrap()
 }
 
+/// A nats-server, a fresh database and the clock every test here starts from.
+async fn backends() -> (NatsServer, TestDb, ManualClock) {
+    let nats = NatsServer::start().await.unwrap();
+    let db = fresh_database().await.unwrap();
+    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    (nats, db, clock)
+}
+
 /// Waits (bounded) until `gate` has saved `n` snapshots in all.
 async fn saved(gate: &Gate, n: u64) {
     for _ in 0..500 {
@@ -150,9 +158,7 @@ fn delta(after: LoadStats, before: LoadStats) -> (u64, u64, u64) {
 
 #[tokio::test]
 async fn a_forgotten_account_comes_back_from_its_snapshot_and_the_events_after_it() {
-    let nats = NatsServer::start().await.unwrap();
-    let db = fresh_database().await.unwrap();
-    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let (nats, db, clock) = backends().await;
     let gate_a = gate(&nats, &clock, Some(db.pool())).await;
     let project = ProjectId::new();
     let who = account("long-history");
@@ -241,9 +247,7 @@ async fn a_forgotten_account_comes_back_from_its_snapshot_and_the_events_after_i
 
 #[tokio::test]
 async fn long_histories_are_saved_every_n_events() {
-    let nats = NatsServer::start().await.unwrap();
-    let db = fresh_database().await.unwrap();
-    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let (nats, db, clock) = backends().await;
     let gate_a = gate(&nats, &clock, Some(db.pool())).await;
     gate_a.set_snapshot_every(50);
     let project = ProjectId::new();
@@ -291,9 +295,7 @@ async fn long_histories_are_saved_every_n_events() {
 /// (`save_snapshots`) waits for the queue rather than skip that account.
 #[tokio::test]
 async fn stopping_waits_for_the_saves_already_queued() {
-    let nats = NatsServer::start().await.unwrap();
-    let db = fresh_database().await.unwrap();
-    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let (nats, db, clock) = backends().await;
     let gate = gate(&nats, &clock, Some(db.pool())).await;
     gate.set_snapshot_every(50);
     let project = ProjectId::new();
@@ -314,9 +316,7 @@ async fn stopping_waits_for_the_saves_already_queued() {
 /// (due after 50 events) or stopping did, so the next chance saves it.
 #[tokio::test]
 async fn a_failed_save_leaves_the_account_unsaved() {
-    let nats = NatsServer::start().await.unwrap();
-    let db = fresh_database().await.unwrap();
-    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let (nats, db, clock) = backends().await;
     let gate = gate(&nats, &clock, Some(db.pool())).await;
     gate.set_snapshot_every(50);
     let project = ProjectId::new();
@@ -356,9 +356,7 @@ async fn a_failed_save_leaves_the_account_unsaved() {
 /// on the blocking pool) is saved and read back the same.
 #[tokio::test]
 async fn a_busy_accounts_large_state_is_saved_and_read_back() {
-    let nats = NatsServer::start().await.unwrap();
-    let db = fresh_database().await.unwrap();
-    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let (nats, db, clock) = backends().await;
     let gate_a = gate(&nats, &clock, Some(db.pool())).await;
     // Saved only when asked, so the one save below holds all 300 settlements.
     gate_a.set_snapshot_every(1_000_000);
@@ -408,10 +406,8 @@ async fn put_snapshot(
 
 #[tokio::test]
 async fn snapshots_the_stream_does_not_agree_with_are_deleted_and_not_used() {
-    let nats = NatsServer::start().await.unwrap();
-    let db = fresh_database().await.unwrap();
+    let (nats, db, clock) = backends().await;
     let pool = db.pool();
-    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
     let gate_a = gate(&nats, &clock, Some(pool)).await;
     let project = ProjectId::new();
     let who = account("checked");
@@ -473,9 +469,7 @@ async fn snapshots_the_stream_does_not_agree_with_are_deleted_and_not_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_saved_all_the_time_never_change_admission() {
-    let nats = NatsServer::start().await.unwrap();
-    let db = fresh_database().await.unwrap();
-    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let (nats, db, clock) = backends().await;
     // Two processes on one account, each saving a snapshot every 3 events
     // (or as many as its last snapshot had entries) and forgetting the
     // account whenever it is not in use.
@@ -556,9 +550,7 @@ async fn snapshots_saved_all_the_time_never_change_admission() {
 
 #[tokio::test]
 async fn without_a_reachable_database_the_whole_history_is_read() {
-    let nats = NatsServer::start().await.unwrap();
-    let db = fresh_database().await.unwrap();
-    let clock = ManualClock::new("2026-03-10T12:00:00Z".parse().unwrap());
+    let (nats, db, clock) = backends().await;
     let gate_a = gate(&nats, &clock, Some(db.pool())).await;
     let project = ProjectId::new();
     let who = account("offline");
