@@ -128,51 +128,51 @@ struct Slot {
     state: Option<AccountState>,
     /// When a task last took this slot (the gate's clock).
     touched: DateTime<Utc>,
-    /// Events folded into `state` since it was last saved as, or read
+    saves: Saves,
+}
+
+/// How far an account's state is from its last snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Saves {
+    /// Events folded into the state since it was last saved as, or read
     /// from, a snapshot.
     unsaved: u64,
-    /// How many entries `state` had then ([`AccountState::entries`]).
+    /// How many entries the state had then ([`AccountState::entries`]).
     saved_entries: u64,
 }
 
-impl Slot {
-    /// `state` is being saved (or was just read back) with `entries` entries.
-    /// Returns what to give [`Slot::save_failed`] if the save fails.
-    fn mark_saved(&mut self, entries: usize) -> SavedMark {
-        let mark = SavedMark {
-            unsaved: self.unsaved,
-            saved_entries: self.saved_entries,
-        };
-        self.unsaved = 0;
-        self.saved_entries = entries as u64;
-        mark
+impl Saves {
+    /// The state is being saved (or was just read back) with `entries`
+    /// entries. Returns what to give [`Saves::save_failed`] if the save fails.
+    fn mark_saved(&mut self, entries: usize) -> Saves {
+        std::mem::replace(
+            self,
+            Saves {
+                unsaved: 0,
+                saved_entries: entries as u64,
+            },
+        )
     }
 
-    /// The save `mark` was for failed: the events it covered are unsaved
-    /// again (with any folded since), so a later event or stop saves them.
-    fn save_failed(&mut self, mark: SavedMark) {
-        self.unsaved = self.unsaved.saturating_add(mark.unsaved);
-        self.saved_entries = mark.saved_entries;
+    /// The save marked when it said `before` failed: the events it covered
+    /// are unsaved again (with any folded since), so a later event or stop
+    /// saves them.
+    fn save_failed(&mut self, before: Saves) {
+        self.unsaved = self.unsaved.saturating_add(before.unsaved);
+        self.saved_entries = before.saved_entries;
     }
-}
-
-/// What a slot said before it was marked saved ([`Slot::mark_saved`]).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct SavedMark {
-    unsaved: u64,
-    saved_entries: u64,
 }
 
 /// An account's slot and what it said before a save, to undo the marking
 /// if the save fails.
 pub(super) struct SaveUndo {
     slot: Arc<Mutex<Slot>>,
-    mark: SavedMark,
+    before: Saves,
 }
 
 impl SaveUndo {
     pub(super) async fn apply(self) {
-        self.slot.lock().await.save_failed(self.mark);
+        self.slot.lock().await.saves.save_failed(self.before);
     }
 }
 
@@ -408,13 +408,13 @@ impl Gate {
             .collect();
         let mut saved = 0;
         for (subject, handle) in slots {
-            let (project, state, mark) = {
+            let (project, state, before) = {
                 let mut slot = handle.lock().await;
                 match &slot.state {
-                    Some(state) if slot.unsaved >= io::SHORT_HISTORY as u64 => {
+                    Some(state) if slot.saves.unsaved >= io::SHORT_HISTORY as u64 => {
                         let state = state.clone();
-                        let mark = slot.mark_saved(state.entries());
-                        (slot.project, state, mark)
+                        let before = slot.saves.mark_saved(state.entries());
+                        (slot.project, state, before)
                     }
                     _ => continue,
                 }
@@ -432,7 +432,7 @@ impl Gate {
                 Some(true) => saved += 1,
                 Some(false) => {}
                 None => {
-                    handle.lock().await.save_failed(mark);
+                    handle.lock().await.saves.save_failed(before);
                     break;
                 }
             }
@@ -776,8 +776,7 @@ impl Gate {
                     project,
                     state: None,
                     touched: DateTime::<Utc>::MIN_UTC,
-                    unsaved: 0,
-                    saved_entries: 0,
+                    saves: Saves::default(),
                 }))
             })
             .clone();
@@ -797,8 +796,8 @@ impl Gate {
                     // Boxed, as below: rare paths whose futures would otherwise
                     // make every call's future (moved on each spawn) kilobytes larger.
                     let (state, read) = Box::pin(self.load(&subject)).await?;
-                    slot.mark_saved(state.entries());
-                    slot.unsaved = read;
+                    slot.saves.mark_saved(state.entries());
+                    slot.saves.unsaved = read;
                     slot.state.insert(state)
                 }
             };
@@ -810,7 +809,7 @@ impl Gate {
                         return Ok(t);
                     }
                     let read = Box::pin(io::catch_up(&self.io.stream, &subject, state)).await?;
-                    slot.unsaved += read as u64;
+                    slot.saves.unsaved += read as u64;
                     if read == 0 {
                         return Ok(t);
                     }
@@ -829,20 +828,13 @@ impl Gate {
                     match io::append(&self.io.js, &subject, &envelope, state.last_seq).await {
                         Ok(seq) => {
                             state.apply(seq, &envelope);
-                            slot.unsaved += 1;
+                            slot.saves.unsaved += 1;
                             let every = self.shared.snapshot_every.load(Ordering::Relaxed);
-                            if save_due(slot.unsaved, every, slot.saved_entries) {
+                            if save_due(slot.saves.unsaved, every, slot.saves.saved_entries) {
                                 if let Ok(place) = self.snapshot_place() {
-                                    // (Slot::mark_saved, on the fields: `state` borrows the slot.)
-                                    let mark = SavedMark {
-                                        unsaved: slot.unsaved,
-                                        saved_entries: slot.saved_entries,
-                                    };
-                                    slot.unsaved = 0;
-                                    slot.saved_entries = state.entries() as u64;
                                     let undo = SaveUndo {
                                         slot: handle.clone(),
-                                        mark,
+                                        before: slot.saves.mark_saved(state.entries()),
                                     };
                                     place.save(project, subject, state.clone(), Some(undo));
                                 }
@@ -852,7 +844,7 @@ impl Gate {
                         Err(io::AppendError::Conflict) => {
                             let read =
                                 Box::pin(io::catch_up(&self.io.stream, &subject, state)).await?;
-                            slot.unsaved += read as u64;
+                            slot.saves.unsaved += read as u64;
                             fresh = true;
                         }
                         Err(io::AppendError::Unavailable(why)) => {
@@ -903,7 +895,7 @@ impl Gate {
             if keep {
                 return true;
             }
-            if slot.unsaved >= io::SHORT_HISTORY as u64 && slot.state.is_some() {
+            if slot.saves.unsaved >= io::SHORT_HISTORY as u64 && slot.state.is_some() {
                 // Worth a snapshot: forgotten only if it can be saved (else
                 // kept until a later sweep finds room in the writer's queue).
                 match self.snapshot_place() {
