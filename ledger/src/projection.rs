@@ -102,11 +102,12 @@ impl<'a> NewRow<'a> {
 /// Applies a batch's reservation events: an UPDATE of the rows earlier
 /// batches created that this one settles, and one COPY of the rows it
 /// creates (or, if one of those exists already, an INSERT that skips it and
-/// an UPDATE settling it if it is still open). Under load a hold is usually reserved and settled within one
-/// batch; folding the batch first writes such a row once, already settled,
-/// instead of inserting it and then updating it. The outcome is the same as
-/// applying the events one by one: the first `reserved` of an id creates its
-/// row, and only the first settlement of an open row counts.
+/// an UPDATE settling it if it is still open). Under load a hold is usually
+/// reserved and settled within one batch; folding the batch first writes
+/// such a row once, already settled, instead of inserting it and then
+/// updating it. The outcome is the same as applying the events one by one:
+/// the first `reserved` of an id creates its row, and only the first
+/// settlement of an open row counts.
 async fn write_reservations(
     conn: &mut PgConnection,
     batch: &[Decoded],
