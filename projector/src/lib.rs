@@ -16,4 +16,5 @@ pub mod snapshot;
 pub mod view;
 
 pub use fold::{AccountState, Applied, OpenHold, Settlement};
+pub use snapshot::SnapshotCopy;
 pub use view::LimitView;

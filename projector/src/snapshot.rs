@@ -9,7 +9,7 @@
 //! format are not read (the account is folded from its events instead).
 
 use crate::deltas::CounterKey;
-use crate::fold::{AccountState, OpenHold, Settled};
+use crate::fold::{AccountState, OpenHold, PruneOrder, Settled};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::{EventId, ReservationId};
@@ -56,7 +56,56 @@ fn sorted<'a, K: Ord, V>(map: impl Iterator<Item = (&'a K, &'a V)>) -> Vec<(&'a 
     v
 }
 
+/// A copy of a state to save as a snapshot: its entries without its
+/// [`PruneOrder`], which a snapshot does not hold (restoring rebuilds it).
+/// Saving copies a busy account's state under the account's lock: at
+/// 200,000 settled holds this copy takes 2.6–5.7 ms, a whole clone with the
+/// order 17–20 ms (`fold-bench`).
+#[derive(Debug)]
+pub struct SnapshotCopy(AccountState);
+
+impl SnapshotCopy {
+    pub fn last_seq(&self) -> u64 {
+        self.0.last_seq
+    }
+
+    pub fn last_event(&self) -> Option<EventId> {
+        self.0.last_event
+    }
+
+    pub fn entries(&self) -> usize {
+        self.0.entries()
+    }
+
+    /// The state in [`SNAPSHOT_FORMAT`], as [`AccountState::to_snapshot`].
+    pub fn to_snapshot(&self) -> serde_json::Result<Vec<u8>> {
+        self.0.to_snapshot()
+    }
+}
+
+impl From<AccountState> for SnapshotCopy {
+    fn from(mut state: AccountState) -> SnapshotCopy {
+        state.prune_order = PruneOrder::default();
+        SnapshotCopy(state)
+    }
+}
+
 impl AccountState {
+    /// A copy of this state to save (see [`SnapshotCopy`]).
+    pub fn snapshot_copy(&self) -> SnapshotCopy {
+        SnapshotCopy(AccountState {
+            last_seq: self.last_seq,
+            last_event: self.last_event,
+            open: self.open.clone(),
+            settled: self.settled.clone(),
+            usage_ids: self.usage_ids.clone(),
+            used: self.used.clone(),
+            latest_at: self.latest_at,
+            applied_since_prune: self.applied_since_prune,
+            prune_order: PruneOrder::default(),
+        })
+    }
+
     /// This state in [`SNAPSHOT_FORMAT`].
     pub fn to_snapshot(&self) -> serde_json::Result<Vec<u8>> {
         let stored = StoredRef {
@@ -75,16 +124,19 @@ impl AccountState {
     /// The state [`AccountState::to_snapshot`] wrote.
     pub fn from_snapshot(bytes: &[u8]) -> serde_json::Result<AccountState> {
         let stored: Stored = serde_json::from_slice(bytes)?;
+        let settled = stored
+            .settled
+            .into_iter()
+            .map(|(id, s)| (id, Arc::new(s)))
+            .collect();
+        let usage_ids = stored.usage_ids.into_iter().collect();
         Ok(AccountState {
             last_seq: stored.last_seq,
             last_event: stored.last_event,
             open: stored.open.into_iter().collect(),
-            settled: stored
-                .settled
-                .into_iter()
-                .map(|(id, s)| (id, Arc::new(s)))
-                .collect(),
-            usage_ids: stored.usage_ids.into_iter().collect(),
+            prune_order: PruneOrder::of(&settled, &usage_ids),
+            settled,
+            usage_ids,
             used: stored.used.into_iter().collect(),
             latest_at: stored.latest_at,
             applied_since_prune: stored.applied_since_prune,

@@ -412,7 +412,7 @@ impl Gate {
                 let mut slot = handle.lock().await;
                 match &slot.state {
                     Some(state) if slot.saves.unsaved >= io::SHORT_HISTORY as u64 => {
-                        let state = state.clone();
+                        let state = state.snapshot_copy();
                         let before = slot.saves.mark_saved(state.entries());
                         (slot.project, state, before)
                     }
@@ -836,7 +836,7 @@ impl Gate {
                                         slot: handle.clone(),
                                         before: slot.saves.mark_saved(state.entries()),
                                     };
-                                    place.save(project, subject, state.clone(), Some(undo));
+                                    place.save(project, subject, state.snapshot_copy(), Some(undo));
                                 }
                             }
                             return Ok(finish(state));
@@ -902,7 +902,7 @@ impl Gate {
                     Ok(place) => {
                         if let Some(state) = slot.state.take() {
                             // (Forgotten: nothing is left to mark unsaved.)
-                            place.save(slot.project, subject.clone(), state, None);
+                            place.save(slot.project, subject.clone(), state.into(), None);
                         }
                     }
                     Err(snapshots::NoPlace::Full) => return true,

@@ -12,7 +12,7 @@
 use super::{Counters, GateError, SaveUndo};
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use projector::snapshot::SNAPSHOT_FORMAT;
-use projector::AccountState;
+use projector::{AccountState, SnapshotCopy};
 use schemas::events::Envelope;
 use schemas::ProjectId;
 use sqlx::PgPool;
@@ -118,7 +118,7 @@ const WRITER_NICE: i32 = crate::consumers::NICE;
 /// What the [`Writer`] is asked to do.
 enum Job {
     /// A save, and how to mark its account unsaved again if it fails.
-    Save(ProjectId, String, Box<AccountState>, Option<SaveUndo>),
+    Save(ProjectId, String, Box<SnapshotCopy>, Option<SaveUndo>),
     /// Answer once every save queued before this one is done.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -154,7 +154,7 @@ impl Place<'_> {
         self,
         project: ProjectId,
         subject: String,
-        state: AccountState,
+        state: SnapshotCopy,
         undo: Option<SaveUndo>,
     ) {
         self.0
@@ -252,7 +252,7 @@ pub(super) async fn save(
     counters: &Counters,
     project: ProjectId,
     subject: &str,
-    state: AccountState,
+    state: SnapshotCopy,
     encode: Encode,
 ) -> Option<bool> {
     match write(pool, project, subject, state, encode).await {
@@ -275,13 +275,13 @@ pub(super) async fn write(
     pool: &PgPool,
     project: ProjectId,
     subject: &str,
-    state: AccountState,
+    state: SnapshotCopy,
     encode: Encode,
 ) -> anyhow::Result<bool> {
     let Some(event) = state.last_event() else {
         return Ok(false);
     };
-    let last_seq = i64::try_from(state.last_seq)?;
+    let last_seq = i64::try_from(state.last_seq())?;
     let bytes = if encode == Encode::Here || state.entries() <= ENCODE_INLINE_UP_TO {
         state.to_snapshot()?
     } else {
