@@ -168,9 +168,66 @@ impl JsonSchema for Quantity {
 }
 
 /// Amounts per unit. Missing units are zero.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(transparent)]
-pub struct Amounts(pub BTreeMap<Unit, Quantity>);
+///
+/// On the wire a JSON object by unit (`{"tokens":"1200","usd":"0.05"}`). In
+/// memory a vector sorted by unit, each unit once: an amount names a few of a
+/// handful of units, and a `BTreeMap` allocated a 512-byte node for each
+/// (half the memory of a settled hold a state keeps for a day; `fold-bench`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Amounts(Vec<(Unit, Quantity)>);
+
+impl fmt::Debug for Amounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(u, q)| (u, q)))
+            .finish()
+    }
+}
+
+impl Serialize for Amounts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(u, q)| (u, q)))
+    }
+}
+
+struct AmountsVisitor;
+
+impl<'de> Visitor<'de> for AmountsVisitor {
+    type Value = Amounts;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of amounts by unit")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Amounts, A::Error> {
+        let mut entries: Vec<(Unit, Quantity)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        // A unit named twice keeps its last amount, as a map would.
+        entries.reverse();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, kept| later.0 == kept.0);
+        Ok(Amounts(entries))
+    }
+}
+
+impl<'de> Deserialize<'de> for Amounts {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(AmountsVisitor)
+    }
+}
+
+/// The schema of the map it is on the wire (inlined where used, as before).
+impl JsonSchema for Amounts {
+    fn is_referenceable() -> bool {
+        <BTreeMap<Unit, Quantity>>::is_referenceable()
+    }
+    fn schema_name() -> String {
+        <BTreeMap<Unit, Quantity>>::schema_name()
+    }
+    fn json_schema(generator: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        <BTreeMap<Unit, Quantity>>::json_schema(generator)
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AmountError {
@@ -187,16 +244,23 @@ impl Amounts {
         Self::default()
     }
 
+    fn find(&self, unit: &Unit) -> Result<usize, usize> {
+        self.0.binary_search_by(|(u, _)| u.cmp(unit))
+    }
+
     pub fn get(&self, unit: &Unit) -> Decimal {
-        self.0.get(unit).map(|q| q.0).unwrap_or_default()
+        self.find(unit).map(|i| self.0[i].1 .0).unwrap_or_default()
     }
 
     pub fn contains(&self, unit: &Unit) -> bool {
-        self.0.contains_key(unit)
+        self.find(unit).is_ok()
     }
 
     pub fn set(&mut self, unit: Unit, amount: Decimal) {
-        self.0.insert(unit, Quantity(amount));
+        match self.find(&unit) {
+            Ok(i) => self.0[i].1 = Quantity(amount),
+            Err(i) => self.0.insert(i, (unit, Quantity(amount))),
+        }
     }
 
     pub fn with(mut self, unit: Unit, amount: Decimal) -> Self {
@@ -204,6 +268,7 @@ impl Amounts {
         self
     }
 
+    /// By unit, in the order of [`Unit`].
     pub fn iter(&self) -> impl Iterator<Item = (&Unit, Decimal)> {
         self.0.iter().map(|(u, q)| (u, q.0))
     }
@@ -214,7 +279,7 @@ impl Amounts {
 
     /// Checks bounds and whole-number units; rounds USD charges up (see [`crate::money`]).
     pub fn validated_charge(mut self) -> Result<Self, AmountError> {
-        for (unit, q) in self.0.iter_mut() {
+        for (unit, q) in &mut self.0 {
             if q.0.is_sign_negative() && !q.0.is_zero() {
                 return Err(AmountError::Negative(unit.clone()));
             }
@@ -272,6 +337,40 @@ mod tests {
             serde_json::to_string(&a).unwrap(),
             r#"{"requests":"1","tokens":"1200","usd":"0.05"}"#
         );
+    }
+
+    #[test]
+    fn amounts_read_in_any_order_and_a_repeated_unit_keeps_its_last_amount() {
+        let a: Amounts =
+            serde_json::from_str(r#"{"images":2,"usd":"1","tokens":5,"usd":"0.5","requests":1}"#)
+                .unwrap();
+        let b = Amounts::new()
+            .with(Unit::Usd, dec!(0.5))
+            .with(Unit::Custom("images".into()), dec!(2))
+            .with(Unit::Requests, dec!(1))
+            .with(Unit::Tokens, dec!(5));
+        assert_eq!(a, b, "equal whatever order they were read or set in");
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            r#"{"requests":"1","tokens":"5","usd":"0.5","images":"2"}"#
+        );
+        let units: Vec<&Unit> = a.iter().map(|(u, _)| u).collect();
+        assert_eq!(
+            units,
+            [
+                &Unit::Requests,
+                &Unit::Tokens,
+                &Unit::Usd,
+                &Unit::Custom("images".into())
+            ]
+        );
+        let mut c = b.clone();
+        c.set(Unit::Tokens, dec!(6));
+        assert_eq!(c.get(&Unit::Tokens), dec!(6));
+        assert_eq!(c.get(&Unit::InputTokens), Decimal::ZERO);
+        assert!(!c.contains(&Unit::InputTokens));
+        assert_ne!(c, b);
+        assert!(serde_json::from_str::<Amounts>("[]").is_err());
     }
 
     #[test]
