@@ -198,7 +198,8 @@ impl<'de> Visitor<'de> for AmountsVisitor {
         f.write_str("an object of amounts by unit")
     }
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Amounts, A::Error> {
-        let mut entries: Vec<(Unit, Quantity)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
+        let hint = map.size_hint().unwrap_or(4).min(8);
+        let mut entries: Vec<(Unit, Quantity)> = Vec::with_capacity(hint);
         while let Some(entry) = map.next_entry()? {
             entries.push(entry);
         }
@@ -223,6 +224,9 @@ impl JsonSchema for Amounts {
     }
     fn schema_name() -> String {
         <BTreeMap<Unit, Quantity>>::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        <BTreeMap<Unit, Quantity>>::schema_id()
     }
     fn json_schema(generator: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
         <BTreeMap<Unit, Quantity>>::json_schema(generator)

@@ -20,15 +20,24 @@ use schemas::events::{Committed, Envelope, Event, HoldRef, Reserved};
 use schemas::{Account, Amounts, EventId, ProjectId, ReservationId, Unit, SCHEMA_VERSION};
 use std::time::Instant;
 
+// As `tollgate` allocates (src/main.rs), so the memory figures are its.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Resident memory of this process, in KiB.
 fn resident_kib() -> anyhow::Result<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .context("statm has no resident field")?
-        .parse()?;
-    Ok(pages * 4)
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc/self/status")?;
+    let kib = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim();
+    Ok(kib.parse()?)
 }
 
 /// A reserve and its commit, with the amounts the proxy records.
@@ -82,6 +91,7 @@ fn pair(project: ProjectId, at: DateTime<Utc>) -> [Envelope; 2] {
 }
 
 fn main() -> anyhow::Result<()> {
+    ingest::alloc::no_huge_pages();
     let arg = |n: usize, default: u64| -> anyhow::Result<u64> {
         std::env::args().nth(n).map_or(Ok(default), |a| {
             a.parse()

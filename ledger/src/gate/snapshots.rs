@@ -146,7 +146,7 @@ pub(super) enum NoPlace {
     Off,
 }
 
-/// A place in the [`Writer`]'s queue, taken before the state is cloned.
+/// A place in the [`Writer`]'s queue, taken before the state is copied.
 pub(super) struct Place<'a>(tokio::sync::mpsc::Permit<'a, Job>);
 
 impl Place<'_> {
