@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
+use projector::snapshot::{JSON_SNAPSHOT_FORMAT, SNAPSHOT_FORMAT};
 use rust_decimal::Decimal;
 use schemas::plan::Tier;
 use schemas::{subjects, Account, Amounts, ProjectId, ReservationId, Unit};
@@ -387,6 +388,24 @@ async fn put_snapshot(
     project: ProjectId,
     row: &(i64, uuid::Uuid, Vec<u8>),
 ) {
+    put_snapshot_as(
+        pool,
+        subject,
+        project,
+        row,
+        projector::snapshot::SNAPSHOT_FORMAT,
+    )
+    .await;
+}
+
+/// [`put_snapshot`] with the state in `format`.
+async fn put_snapshot_as(
+    pool: &PgPool,
+    subject: &str,
+    project: ProjectId,
+    row: &(i64, uuid::Uuid, Vec<u8>),
+    format: i32,
+) {
     sqlx::query("DELETE FROM account_snapshots WHERE subject = $1")
         .bind(subject)
         .execute(pool)
@@ -397,7 +416,7 @@ async fn put_snapshot(
         .bind(project.0)
         .bind(row.0)
         .bind(row.1)
-        .bind(projector::snapshot::SNAPSHOT_FORMAT)
+        .bind(format)
         .bind(&row.2)
         .execute(pool)
         .await
@@ -430,14 +449,30 @@ async fn snapshots_the_stream_does_not_agree_with_are_deleted_and_not_used() {
             .unwrap();
 
     let spoilers = [
-        ("another event id", "UPDATE account_snapshots SET event_id = gen_random_uuid()"),
-        ("another account's sequence", "UPDATE account_snapshots SET seq = $1"),
-        ("past the stream's end", "UPDATE account_snapshots SET seq = $1 + 1000"),
-        ("an unknown format", "UPDATE account_snapshots SET format = 99"),
-        ("unreadable state", "UPDATE account_snapshots SET state = '\\x7b7d'::bytea"),
+        (
+            "another event id",
+            "UPDATE account_snapshots SET event_id = gen_random_uuid()",
+        ),
+        (
+            "another account's sequence",
+            "UPDATE account_snapshots SET seq = $1",
+        ),
+        (
+            "past the stream's end",
+            "UPDATE account_snapshots SET seq = $1 + 1000",
+        ),
+        (
+            "an unknown format",
+            "UPDATE account_snapshots SET format = 99",
+        ),
+        (
+            "unreadable state",
+            "UPDATE account_snapshots SET state = '\\x7b7d'::bytea",
+        ),
         (
             "a state that ends elsewhere",
-            "UPDATE account_snapshots SET state = convert_to(replace(convert_from(state, 'UTF8'), '\"last_seq\":', '\"last_seq\":1'), 'UTF8')",
+            // The low bit of the first byte of `last_seq` (after the format byte).
+            "UPDATE account_snapshots SET state = set_byte(state, 1, get_byte(state, 1) # 1)",
         ),
     ];
     for (what, spoil) in spoilers {
@@ -465,6 +500,23 @@ async fn snapshots_the_stream_does_not_agree_with_are_deleted_and_not_used() {
     let fresh = gate(&nats, &clock, Some(pool)).await;
     assert_eq!(view_json(&fresh, project, &who).await, view);
     assert_eq!(delta(fresh.load_stats(), LoadStats::default()), (1, 1, 0));
+
+    // So is the same state as a version before format 3 saved it (JSON),
+    // and the next save writes the current format.
+    let state = projector::AccountState::from_snapshot(SNAPSHOT_FORMAT, &good.2).unwrap();
+    let json = (good.0, good.1, state.to_json_snapshot().unwrap());
+    put_snapshot_as(pool, &subject, project, &json, JSON_SNAPSHOT_FORMAT).await;
+    let fresh = gate(&nats, &clock, Some(pool)).await;
+    assert_eq!(view_json(&fresh, project, &who).await, view);
+    assert_eq!(delta(fresh.load_stats(), LoadStats::default()), (1, 1, 0));
+    pairs(&fresh, &clock, project, &who, 20).await;
+    assert_eq!(fresh.save_snapshots().await, 1);
+    let format: i32 = sqlx::query_scalar("SELECT format FROM account_snapshots WHERE subject = $1")
+        .bind(&subject)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(format, SNAPSHOT_FORMAT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@
 
 use anyhow::Context as _;
 use chrono::{DateTime, Duration, Utc};
+use projector::snapshot::{JSON_SNAPSHOT_FORMAT, SNAPSHOT_FORMAT};
 use projector::AccountState;
 use rust_decimal::Decimal;
 use schemas::events::{Committed, Envelope, Event, HoldRef, Reserved};
@@ -149,17 +150,29 @@ fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64() * 1e3,
         cloned.as_secs_f64() * 1e3
     );
-    let t = Instant::now();
-    let bytes = copy.to_snapshot()?;
-    println!(
-        "snapshot: {} bytes ({} per pair), encoded in {:.1} ms",
-        bytes.len(),
-        bytes.len() as u64 / pairs.max(1),
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    let t = Instant::now();
-    let back = AccountState::from_snapshot(&bytes)?;
-    println!("restored in {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-    anyhow::ensure!(back == state, "the restored state differs");
+    // Format 3, what is saved, and format 2 (JSON), what was before it.
+    for (format, name) in [
+        (SNAPSHOT_FORMAT, "binary"),
+        (JSON_SNAPSHOT_FORMAT, "JSON (format 2)"),
+    ] {
+        let t = Instant::now();
+        let bytes = if format == SNAPSHOT_FORMAT {
+            copy.to_snapshot()
+        } else {
+            state.to_json_snapshot()?
+        };
+        let encoded = t.elapsed();
+        let t = Instant::now();
+        let back = AccountState::from_snapshot(format, &bytes)?;
+        let restored = t.elapsed();
+        println!(
+            "snapshot, {name}: {} bytes ({} per pair), encoded in {:.1} ms, restored in {:.1} ms",
+            bytes.len(),
+            bytes.len() as u64 / pairs.max(1),
+            encoded.as_secs_f64() * 1e3,
+            restored.as_secs_f64() * 1e3
+        );
+        anyhow::ensure!(back == state, "the state restored from {name} differs");
+    }
     Ok(())
 }

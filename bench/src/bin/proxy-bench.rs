@@ -254,6 +254,10 @@ async fn main() -> anyhow::Result<()> {
         Some(db.pool().clone()),
     )
     .await?;
+    // As `tollgate` reads it (src/main.rs): 0 turns snapshots off.
+    if let Ok(every) = std::env::var("TOLLGATE_SNAPSHOT_EVERY") {
+        gate.set_snapshot_every(every.parse()?);
+    }
     let project = ledger::control::create_project(db.pool(), "bench").await?;
     ledger::control::apply_plan(
         db.pool(),

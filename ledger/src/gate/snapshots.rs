@@ -54,8 +54,8 @@ pub(super) async fn restore(
     last: &jetstream::message::StreamMessage,
 ) -> Result<AccountState, Unusable> {
     let invalid = |why: &str| Unusable::Invalid(why.to_owned());
-    if stored.format != SNAPSHOT_FORMAT {
-        return Err(invalid("written in another format"));
+    if !projector::snapshot::readable(stored.format) {
+        return Err(invalid("written in a format this version does not read"));
     }
     let seq = u64::try_from(stored.seq).map_err(|_| invalid("negative sequence"))?;
     if seq > last.sequence {
@@ -82,7 +82,7 @@ pub(super) async fn restore(
     if event.event_id.0 != stored.event_id {
         return Err(invalid("its sequence holds another event"));
     }
-    let state = AccountState::from_snapshot(&stored.state)
+    let state = AccountState::from_snapshot(stored.format, &stored.state)
         .map_err(|e| Unusable::Invalid(format!("unreadable state: {e}")))?;
     if state.last_seq != seq || state.last_event() != Some(event.event_id) {
         return Err(invalid("its state does not end with its event"));
@@ -283,11 +283,11 @@ pub(super) async fn write(
     };
     let last_seq = i64::try_from(state.last_seq())?;
     let bytes = if encode == Encode::Here || state.entries() <= ENCODE_INLINE_UP_TO {
-        state.to_snapshot()?
+        state.to_snapshot()
     } else {
         tokio::task::spawn_blocking(move || state.to_snapshot())
             .await
-            .map_err(|e| anyhow::anyhow!("encoding a snapshot failed: {e}"))??
+            .map_err(|e| anyhow::anyhow!("encoding a snapshot failed: {e}"))?
     };
     let written = sqlx::query(
         "INSERT INTO account_snapshots (subject, project_id, seq, event_id, format, state, saved_at)

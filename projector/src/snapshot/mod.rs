@@ -3,10 +3,16 @@
 //!
 //! A snapshot holds everything the state holds, including when it last
 //! pruned, so restoring it and applying the events after it gives a state
-//! equal to folding every event (`tests/fold_props.rs`). The bytes are JSON
-//! with every collection sorted, so equal states give equal bytes. A change to
-//! what the state holds must bump [`SNAPSHOT_FORMAT`]; snapshots of another
-//! format are not read (the account is folded from its events instead).
+//! equal to folding every event (`tests/fold_props.rs`). Every collection is
+//! written sorted, so equal states give equal bytes. States are written in
+//! [`SNAPSHOT_FORMAT`] 3, a compact binary layout ([`binary`]); format 2,
+//! JSON with field names, is still read, so snapshots saved by an older
+//! version spare their accounts a fold of their whole history after an
+//! upgrade. A change to what the state holds must bump [`SNAPSHOT_FORMAT`];
+//! snapshots of a format not read are not used (the account is folded from
+//! its events instead).
+
+mod binary;
 
 use crate::deltas::CounterKey;
 use crate::fold::{AccountState, OpenHold, PruneOrder, Settled};
@@ -18,10 +24,30 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// The layout of [`AccountState::to_snapshot`]'s bytes.
-/// 2: settled holds carry `late_actual`.
-pub const SNAPSHOT_FORMAT: i32 = 2;
+/// 2: JSON; settled holds carry `late_actual`.
+/// 3: the same fields, binary ([`binary`]).
+pub const SNAPSHOT_FORMAT: i32 = 3;
 
-/// What [`AccountState::from_snapshot`] reads.
+/// Format 2: JSON, as [`AccountState::to_json_snapshot`] writes it.
+pub const JSON_SNAPSHOT_FORMAT: i32 = 2;
+
+/// Whether [`AccountState::from_snapshot`] reads snapshots of `format`.
+pub fn readable(format: i32) -> bool {
+    format == SNAPSHOT_FORMAT || format == JSON_SNAPSHOT_FORMAT
+}
+
+/// Why stored bytes could not be read back as a state.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot format {0} is not read by this version")]
+    Format(i32),
+    #[error(transparent)]
+    Binary(#[from] binary::Malformed),
+    #[error("JSON snapshot: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What [`AccountState::from_snapshot`] reads in format 2.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Stored {
@@ -35,9 +61,8 @@ struct Stored {
     applied_since_prune: u32,
 }
 
-/// [`Stored`] as it is written: the state's entries borrowed, not cloned
-/// (a busy account's state has hundreds of thousands). The same fields in the
-/// same order, so the same bytes.
+/// [`Stored`] as format 2 writes it: the state's entries borrowed, not
+/// cloned. The same fields in the same order, so the same bytes.
 #[derive(Serialize)]
 struct StoredRef<'a> {
     last_seq: u64,
@@ -79,7 +104,7 @@ impl SnapshotCopy {
     }
 
     /// The state in [`SNAPSHOT_FORMAT`], as [`AccountState::to_snapshot`].
-    pub fn to_snapshot(&self) -> serde_json::Result<Vec<u8>> {
+    pub fn to_snapshot(&self) -> Vec<u8> {
         self.0.to_snapshot()
     }
 }
@@ -109,7 +134,14 @@ impl AccountState {
     }
 
     /// This state in [`SNAPSHOT_FORMAT`].
-    pub fn to_snapshot(&self) -> serde_json::Result<Vec<u8>> {
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        binary::encode(self)
+    }
+
+    /// This state in [`JSON_SNAPSHOT_FORMAT`], as versions before format 3
+    /// saved it (for tests of reading old snapshots, and `fold-bench`'s
+    /// comparison).
+    pub fn to_json_snapshot(&self) -> serde_json::Result<Vec<u8>> {
         let stored = StoredRef {
             last_seq: self.last_seq,
             last_event: self.last_event,
@@ -123,8 +155,17 @@ impl AccountState {
         serde_json::to_vec(&stored)
     }
 
-    /// The state [`AccountState::to_snapshot`] wrote.
-    pub fn from_snapshot(bytes: &[u8]) -> serde_json::Result<AccountState> {
+    /// The state [`AccountState::to_snapshot`] (format 3) or
+    /// [`AccountState::to_json_snapshot`] (format 2) wrote.
+    pub fn from_snapshot(format: i32, bytes: &[u8]) -> Result<AccountState, SnapshotError> {
+        match format {
+            SNAPSHOT_FORMAT => Ok(binary::decode(bytes)?),
+            JSON_SNAPSHOT_FORMAT => Ok(AccountState::from_json_snapshot(bytes)?),
+            other => Err(SnapshotError::Format(other)),
+        }
+    }
+
+    fn from_json_snapshot(bytes: &[u8]) -> serde_json::Result<AccountState> {
         let stored: Stored = serde_json::from_slice(bytes)?;
         let settled = stored
             .settled
@@ -152,20 +193,32 @@ mod tests {
 
     #[test]
     fn garbage_and_other_layouts_are_refused() {
-        assert!(AccountState::from_snapshot(b"not json").is_err());
-        assert!(AccountState::from_snapshot(br#"{"last_seq": 3}"#).is_err());
+        for format in [JSON_SNAPSHOT_FORMAT, SNAPSHOT_FORMAT] {
+            assert!(AccountState::from_snapshot(format, b"not a state").is_err());
+            assert!(AccountState::from_snapshot(format, b"").is_err());
+        }
+        let json = |state: &AccountState| state.to_json_snapshot().unwrap();
+        assert!(AccountState::from_snapshot(2, br#"{"last_seq": 3}"#).is_err());
         let mut extra: serde_json::Value =
-            serde_json::from_slice(&AccountState::new().to_snapshot().unwrap()).unwrap();
+            serde_json::from_slice(&json(&AccountState::new())).unwrap();
         extra["new_field"] = serde_json::json!(1);
-        assert!(AccountState::from_snapshot(&serde_json::to_vec(&extra).unwrap()).is_err());
+        assert!(AccountState::from_snapshot(2, &serde_json::to_vec(&extra).unwrap()).is_err());
+        // Each format's bytes are read as that format only.
+        let state = AccountState::new();
+        assert!(AccountState::from_snapshot(SNAPSHOT_FORMAT, &json(&state)).is_err());
+        assert!(AccountState::from_snapshot(2, &state.to_snapshot()).is_err());
+        assert!(matches!(
+            AccountState::from_snapshot(1, &state.to_snapshot()),
+            Err(SnapshotError::Format(1))
+        ));
     }
 
     #[test]
     fn an_empty_state_round_trips() {
-        let bytes = AccountState::new().to_snapshot().unwrap();
-        assert_eq!(
-            AccountState::from_snapshot(&bytes).unwrap(),
-            AccountState::new()
-        );
+        let state = AccountState::new();
+        let binary = AccountState::from_snapshot(SNAPSHOT_FORMAT, &state.to_snapshot()).unwrap();
+        assert_eq!(binary, state);
+        let json = AccountState::from_snapshot(2, &state.to_json_snapshot().unwrap()).unwrap();
+        assert_eq!(json, state);
     }
 }

@@ -1,0 +1,570 @@
+//! [`SNAPSHOT_FORMAT`] 3: an [`AccountState`] in a compact binary layout.
+//!
+//! A busy account's state keeps every settlement of the last day, and a
+//! save encodes all of them: as JSON with field names (format 2) that was
+//! 420–500 bytes per settled hold, every timestamp, id and amount formatted
+//! as text, and it took a sixth of the CPU of `proxy-bench`'s streamed row
+//! at 16 clients (`bench/README.md`, "Fourteenth pass"). Here ids are their
+//! 16 bytes, timestamps and amounts integers, and nothing is named.
+//!
+//! Layout: the byte `3`, then the state's fields in declaration order.
+//! Integers are LEB128 varints (signed ones zigzagged first); a collection
+//! is its length then its entries, sorted by key as in format 2, so equal
+//! states give equal bytes; an `Option` is a byte 0 or 1 then the value.
+//! A timestamp is its Unix seconds (signed) and nanoseconds; a decimal one
+//! byte of sign (bit 7) and scale, then its mantissa's magnitude, which keeps
+//! its exact representation (`1.0` stays `1.0`). A reader refuses anything
+//! that does not parse to the end, without panicking or allocating more than
+//! the input could hold.
+
+use super::SNAPSHOT_FORMAT;
+use crate::deltas::CounterKey;
+use crate::fold::{AccountState, OpenHold, PruneOrder, Settled, Settlement};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use schemas::events::HoldRef;
+use schemas::window::Window;
+use schemas::{Amounts, EventId, ReservationId, Unit};
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Why bytes are not a format-3 state.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("binary snapshot: {0}")]
+pub struct Malformed(&'static str);
+
+type Result<T> = std::result::Result<T, Malformed>;
+
+/// A rough guess of the encoded size, to allocate once.
+const BYTES_PER_ENTRY: usize = 96;
+
+pub(super) fn encode(state: &AccountState) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(16 + state.entries() * BYTES_PER_ENTRY));
+    w.byte(SNAPSHOT_FORMAT as u8);
+    w.varint(state.last_seq);
+    w.option(state.last_event.as_ref(), |w, id| w.uuid(&id.0));
+    w.entries(super::sorted(state.open.iter()), |w, (id, hold)| {
+        w.uuid(&id.0);
+        w.time(&hold.reserved_at);
+        w.time(&hold.expires_at);
+        w.option(hold.model.as_ref(), |w, m| w.str(m));
+        w.amounts(&hold.amounts);
+        w.option(hold.tier.as_ref(), |w, t| w.str(t));
+    });
+    let settled = super::sorted(state.settled.iter().map(|(id, s)| (id, &**s)));
+    w.entries(settled, |w, (id, s)| {
+        w.uuid(&id.0);
+        // The hold's own id is the key's but for a state built otherwise.
+        w.option(
+            Some(&s.hold.reservation_id).filter(|own| *own != id),
+            |w, own| w.uuid(&own.0),
+        );
+        w.time(&s.hold.reserved_at);
+        w.option(s.hold.model.as_ref(), |w, m| w.str(m));
+        w.amounts(&s.hold.held);
+        w.time(&s.expires_at);
+        w.time(&s.settled_at);
+        match &s.settlement {
+            Settlement::Committed { actual, overage } => {
+                w.byte(0);
+                w.amounts(actual);
+                w.amounts(overage);
+            }
+            Settlement::Released { reason } => {
+                w.byte(1);
+                w.option(reason.as_ref(), |w, r| w.str(r));
+            }
+            Settlement::Expired => w.byte(2),
+        }
+        w.option(s.late_actual.as_ref(), |w, a| w.amounts(a));
+    });
+    w.entries(super::sorted(state.usage_ids.iter()), |w, (id, at)| {
+        w.uuid(id);
+        w.time(at);
+    });
+    w.entries(super::sorted(state.used.iter()), |w, (key, amount)| {
+        w.byte(window_tag(key.window));
+        w.signed(key.period_start);
+        w.unit(&key.unit);
+        w.option(key.model.as_ref(), |w, m| w.str(m));
+        w.decimal(amount);
+    });
+    w.option(state.latest_at.as_ref(), |w, at| w.time(at));
+    w.varint(u64::from(state.applied_since_prune));
+    w.0
+}
+
+pub(super) fn decode(bytes: &[u8]) -> Result<AccountState> {
+    let mut r = Reader(bytes);
+    if r.byte()? != SNAPSHOT_FORMAT as u8 {
+        return Err(Malformed("not format 3"));
+    }
+    let last_seq = r.varint()?;
+    let last_event = r.option(|r| r.uuid().map(EventId))?;
+    let open: HashMap<ReservationId, OpenHold> = r.entries(|r| {
+        let id = ReservationId(r.uuid()?);
+        let hold = OpenHold {
+            reserved_at: r.time()?,
+            expires_at: r.time()?,
+            model: r.option(Reader::string)?,
+            amounts: r.amounts()?,
+            tier: r.option(Reader::string)?,
+        };
+        Ok((id, hold))
+    })?;
+    let settled: HashMap<ReservationId, Arc<Settled>> = r.entries(|r| {
+        let id = ReservationId(r.uuid()?);
+        let own = r.option(|r| r.uuid().map(ReservationId))?;
+        let hold = HoldRef {
+            reservation_id: own.unwrap_or(id),
+            reserved_at: r.time()?,
+            model: r.option(Reader::string)?,
+            held: r.amounts()?,
+        };
+        let expires_at = r.time()?;
+        let settled_at = r.time()?;
+        let settlement = match r.byte()? {
+            0 => Settlement::Committed {
+                actual: r.amounts()?,
+                overage: r.amounts()?,
+            },
+            1 => Settlement::Released {
+                reason: r.option(Reader::string)?,
+            },
+            2 => Settlement::Expired,
+            _ => return Err(Malformed("unknown settlement")),
+        };
+        let settled = Settled {
+            hold,
+            expires_at,
+            settled_at,
+            settlement,
+            late_actual: r.option(Reader::amounts)?,
+        };
+        Ok((id, Arc::new(settled)))
+    })?;
+    let usage_ids: HashMap<Uuid, DateTime<Utc>> = r.entries(|r| Ok((r.uuid()?, r.time()?)))?;
+    let used: HashMap<CounterKey, Decimal> = r.entries(|r| {
+        let key = CounterKey {
+            window: *Window::ALL
+                .get(usize::from(r.byte()?))
+                .ok_or(Malformed("unknown window"))?,
+            period_start: r.signed()?,
+            unit: r.unit()?,
+            model: r.option(Reader::string)?,
+        };
+        Ok((key, r.decimal()?))
+    })?;
+    let latest_at = r.option(Reader::time)?;
+    let applied_since_prune =
+        u32::try_from(r.varint()?).map_err(|_| Malformed("prune counter out of range"))?;
+    if !r.0.is_empty() {
+        return Err(Malformed("bytes after the state"));
+    }
+    Ok(AccountState {
+        last_seq,
+        last_event,
+        open,
+        prune_order: PruneOrder::of(&settled, &usage_ids),
+        settled,
+        usage_ids,
+        used,
+        latest_at,
+        applied_since_prune,
+    })
+}
+
+fn window_tag(window: Window) -> u8 {
+    Window::ALL.iter().position(|w| *w == window).unwrap_or(0) as u8
+}
+
+/// Built-in units by tag; a custom one is [`CUSTOM_UNIT`] then its name.
+const UNITS: [Unit; 5] = [
+    Unit::Requests,
+    Unit::Tokens,
+    Unit::InputTokens,
+    Unit::OutputTokens,
+    Unit::Usd,
+];
+const CUSTOM_UNIT: u8 = UNITS.len() as u8;
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn byte(&mut self, b: u8) {
+        self.0.push(b);
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn signed(&mut self, v: i64) {
+        self.varint(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    fn len(&mut self, n: usize) {
+        self.varint(n as u64);
+    }
+
+    fn uuid(&mut self, id: &Uuid) {
+        self.0.extend_from_slice(id.as_bytes());
+    }
+
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn time(&mut self, t: &DateTime<Utc>) {
+        self.signed(t.timestamp());
+        self.varint(u64::from(t.timestamp_subsec_nanos()));
+    }
+
+    fn decimal(&mut self, d: &Decimal) {
+        let sign = if d.is_sign_negative() { 0x80 } else { 0 };
+        // Scale is at most 28 (rust_decimal's limit), so it fits the low bits.
+        self.byte(sign | d.scale() as u8);
+        let mut m = d.mantissa().unsigned_abs();
+        while m >= 0x80 {
+            self.0.push(m as u8 | 0x80);
+            m >>= 7;
+        }
+        self.0.push(m as u8);
+    }
+
+    fn unit(&mut self, unit: &Unit) {
+        match unit {
+            Unit::Custom(name) => {
+                self.byte(CUSTOM_UNIT);
+                self.str(name);
+            }
+            builtin => self.byte(UNITS.iter().position(|u| u == builtin).unwrap_or(0) as u8),
+        }
+    }
+
+    fn amounts(&mut self, amounts: &Amounts) {
+        self.entries(amounts.iter().collect::<Vec<_>>(), |w, (unit, amount)| {
+            w.unit(unit);
+            w.decimal(&amount);
+        });
+    }
+
+    fn option<T>(&mut self, v: Option<T>, write: impl FnOnce(&mut Self, T)) {
+        match v {
+            None => self.byte(0),
+            Some(v) => {
+                self.byte(1);
+                write(self, v);
+            }
+        }
+    }
+
+    fn entries<T>(&mut self, items: Vec<T>, mut write: impl FnMut(&mut Self, T)) {
+        self.len(items.len());
+        for item in items {
+            write(self, item);
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(Malformed("ends early"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn wide_varint(&mut self, max_bits: u32) -> Result<u128> {
+        let mut v: u128 = 0;
+        let mut shift = 0;
+        loop {
+            let b = self.byte()?;
+            let chunk = u128::from(b & 0x7f);
+            if shift >= max_bits || chunk >> (max_bits - shift) != 0 {
+                return Err(Malformed("integer out of range"));
+            }
+            v |= chunk << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+            shift += 7;
+        }
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        Ok(self.wide_varint(64)? as u64)
+    }
+
+    fn signed(&mut self) -> Result<i64> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+
+    fn len(&mut self) -> Result<usize> {
+        usize::try_from(self.varint()?).map_err(|_| Malformed("length out of range"))
+    }
+
+    fn uuid(&mut self) -> Result<Uuid> {
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(self.take(16)?);
+        Ok(Uuid::from_bytes(bytes))
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let n = self.len()?;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| Malformed("text is not UTF-8"))
+    }
+
+    fn time(&mut self) -> Result<DateTime<Utc>> {
+        let secs = self.signed()?;
+        let nanos = u32::try_from(self.varint()?).map_err(|_| Malformed("bad timestamp"))?;
+        DateTime::from_timestamp(secs, nanos).ok_or(Malformed("bad timestamp"))
+    }
+
+    fn decimal(&mut self) -> Result<Decimal> {
+        let head = self.byte()?;
+        let (negative, scale) = (head & 0x80 != 0, u32::from(head & 0x7f));
+        // rust_decimal's mantissa is 96 bits.
+        let magnitude = self.wide_varint(96)?;
+        let m = i128::try_from(magnitude).map_err(|_| Malformed("decimal out of range"))?;
+        let mut d = Decimal::try_from_i128_with_scale(m, scale)
+            .map_err(|_| Malformed("decimal out of range"))?;
+        d.set_sign_negative(negative);
+        Ok(d)
+    }
+
+    fn unit(&mut self) -> Result<Unit> {
+        match self.byte()? {
+            CUSTOM_UNIT => self
+                .string()?
+                .parse()
+                .map_err(|_| Malformed("bad unit name")),
+            tag => UNITS
+                .get(usize::from(tag))
+                .cloned()
+                .ok_or(Malformed("unknown unit")),
+        }
+    }
+
+    fn amounts(&mut self) -> Result<Amounts> {
+        let n = self.len()?;
+        let mut amounts = Amounts::new();
+        for _ in 0..n {
+            let unit = self.unit()?;
+            amounts.set(unit, self.decimal()?);
+        }
+        Ok(amounts)
+    }
+
+    fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => read(self).map(Some),
+            _ => Err(Malformed("bad option tag")),
+        }
+    }
+
+    /// A collection of `K → V`, refused if a key repeats (a writer never
+    /// repeats one, so the bytes were not written by it).
+    fn entries<K: std::hash::Hash + Eq, V>(
+        &mut self,
+        mut read: impl FnMut(&mut Self) -> Result<(K, V)>,
+    ) -> Result<HashMap<K, V>> {
+        let n = self.len()?;
+        // Every entry takes at least one byte: never reserve more than is left.
+        let mut map = HashMap::with_capacity(n.min(self.0.len()));
+        for _ in 0..n {
+            let (k, v) = read(self)?;
+            if map.insert(k, v).is_some() {
+                return Err(Malformed("a key repeats"));
+            }
+        }
+        Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decimal_round_trip(d: Decimal) {
+        let mut w = Writer(Vec::new());
+        w.decimal(&d);
+        let back = Reader(&w.0).decimal().unwrap();
+        assert_eq!(
+            (back, back.scale(), back.is_sign_negative()),
+            (d, d.scale(), d.is_sign_negative())
+        );
+    }
+
+    #[test]
+    fn decimals_keep_their_exact_representation() {
+        for text in [
+            "0",
+            "1.0",
+            "1.00",
+            "0.000123",
+            "-3.5",
+            "123456789.123456789",
+        ] {
+            decimal_round_trip(text.parse().unwrap());
+        }
+        decimal_round_trip(Decimal::MAX);
+        decimal_round_trip(Decimal::MIN);
+        let mut negative_zero = Decimal::new(0, 3);
+        negative_zero.set_sign_negative(true);
+        decimal_round_trip(negative_zero);
+    }
+
+    #[test]
+    fn integers_round_trip_and_overlong_ones_are_refused() {
+        let mut w = Writer(Vec::new());
+        for v in [0, 1, -1, i64::MAX, i64::MIN, 1_700_000_000] {
+            w.signed(v);
+        }
+        w.varint(u64::MAX);
+        let mut r = Reader(&w.0);
+        for v in [0, 1, -1, i64::MAX, i64::MIN, 1_700_000_000] {
+            assert_eq!(r.signed().unwrap(), v);
+        }
+        assert_eq!(r.varint().unwrap(), u64::MAX);
+        // 2^64 does not fit.
+        let too_big = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02];
+        assert!(Reader(&too_big).varint().is_err());
+        assert!(Reader(&[0x80; 30]).varint().is_err());
+    }
+
+    fn at(secs: i64, nanos: u32) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, nanos).unwrap()
+    }
+
+    /// Every variant and option the fold's property test leaves out.
+    #[test]
+    fn every_kind_of_entry_round_trips() {
+        let usd = |text: &str| Amounts::new().with(Unit::Usd, text.parse().unwrap());
+        let images = Amounts::new()
+            .with(Unit::Custom("images".into()), Decimal::from(3))
+            .with(Unit::Requests, Decimal::ONE);
+        let hold = |id: ReservationId, model: Option<&str>| HoldRef {
+            reservation_id: id,
+            reserved_at: at(1_700_000_000, 999_999_999),
+            model: model.map(str::to_owned),
+            held: usd("0.0100"),
+        };
+        let settled = |s: Settlement, late: Option<Amounts>, own: ReservationId| Settled {
+            hold: hold(own, None),
+            expires_at: at(1_700_000_300, 0),
+            settled_at: at(1_700_000_100, 1),
+            settlement: s,
+            late_actual: late,
+        };
+        let mut state = AccountState::new();
+        state.last_seq = u64::MAX;
+        state.last_event = Some(EventId(Uuid::from_u128(7)));
+        state.open.insert(
+            ReservationId(Uuid::from_u128(1)),
+            OpenHold {
+                reserved_at: at(-86_400, 5),
+                expires_at: at(0, 0),
+                model: None,
+                amounts: images.clone(),
+                tier: Some("free".into()),
+            },
+        );
+        let ids: Vec<ReservationId> = (10..14)
+            .map(|i| ReservationId(Uuid::from_u128(i)))
+            .collect();
+        let kinds = [
+            settled(
+                Settlement::Committed {
+                    actual: usd("0.02"),
+                    overage: usd("0.01"),
+                },
+                None,
+                ids[0],
+            ),
+            settled(
+                Settlement::Released {
+                    reason: Some("client_gone".into()),
+                },
+                None,
+                ids[1],
+            ),
+            settled(Settlement::Released { reason: None }, None, ids[2]),
+            // A hold whose own id is not its key, and late usage after expiry.
+            settled(
+                Settlement::Expired,
+                Some(images.clone()),
+                ReservationId(Uuid::from_u128(99)),
+            ),
+        ];
+        for (id, s) in ids.iter().zip(kinds) {
+            state.settled.insert(*id, Arc::new(s));
+        }
+        state
+            .usage_ids
+            .insert(Uuid::from_u128(20), at(1_700_000_200, 3));
+        for (window, period_start, unit, model) in [
+            (Window::Minute, -60, Unit::Usd, Some("gpt-4o")),
+            (Window::Lifetime, 0, Unit::Custom("images".into()), None),
+        ] {
+            let key = CounterKey {
+                window,
+                period_start,
+                unit,
+                model: model.map(str::to_owned),
+            };
+            state.used.insert(key, "-1.50".parse().unwrap());
+        }
+        state.latest_at = Some(at(1_700_000_200, 3));
+        state.applied_since_prune = u32::MAX;
+
+        let bytes = encode(&state);
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(encode(&back), bytes);
+        let own = |s: &AccountState| s.settled[&ids[3]].hold.reservation_id;
+        assert_eq!(own(&back), ReservationId(Uuid::from_u128(99)));
+    }
+
+    #[test]
+    fn a_truncated_or_extended_state_is_refused() {
+        let mut state = AccountState::new();
+        state.last_seq = 7;
+        state.latest_at = Some(DateTime::from_timestamp(1_700_000_000, 5).unwrap());
+        let bytes = encode(&state);
+        assert_eq!(decode(&bytes).unwrap(), state);
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_err());
+    }
+
+    #[test]
+    fn a_huge_count_does_not_allocate_for_it() {
+        // Format byte, last_seq 0, no last event, then 2^62 open holds.
+        let mut w = Writer(vec![SNAPSHOT_FORMAT as u8, 0, 0]);
+        w.varint(1 << 62);
+        assert_eq!(decode(&w.0), Err(Malformed("ends early")));
+    }
+}
