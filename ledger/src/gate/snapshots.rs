@@ -93,7 +93,8 @@ pub(super) async fn restore(
 /// States with up to this many entries are encoded where they are saved;
 /// larger ones on the blocking pool, with [`Encode::OffThread`]. A state
 /// keeps every settlement of the last day, so a busy account's is megabytes
-/// (21 MB at 100,000 requests a day, `bench/README.md` "Sixth pass"), and
+/// (4.2 MB at 100,000 requests a day, 21 MB in the JSON of format 2;
+/// `bench/README.md` "Sixth pass" and "Fourteenth pass"), and
 /// encoding it on the HTTP thread whose request triggered the save stalled
 /// every other request on that thread for as long.
 const ENCODE_INLINE_UP_TO: usize = 256;

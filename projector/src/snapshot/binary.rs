@@ -1,21 +1,30 @@
 //! [`SNAPSHOT_FORMAT`] 3: an [`AccountState`] in a compact binary layout.
 //!
 //! A busy account's state keeps every settlement of the last day, and a
-//! save encodes all of them: as JSON with field names (format 2) that was
+//! save encodes all of them. As JSON with field names (format 2) that was
 //! 420–500 bytes per settled hold, every timestamp, id and amount formatted
-//! as text, and it took a sixth of the CPU of `proxy-bench`'s streamed row
-//! at 16 clients (`bench/README.md`, "Fourteenth pass"). Here ids are their
-//! 16 bytes, timestamps and amounts integers, and nothing is named.
+//! as text, and the snapshot thread alone took 3.3 % of all samples in a
+//! profile of `proxy-bench`'s streamed row at 16 clients (1.2 % with this
+//! layout; `bench/README.md`, "Fourteenth pass"). Here ids are their 16
+//! bytes, timestamps and amounts integers, and nothing is named: 98 bytes
+//! per settled hold.
 //!
 //! Layout: the byte `3`, then the state's fields in declaration order.
 //! Integers are LEB128 varints (signed ones zigzagged first); a collection
-//! is its length then its entries, sorted by key as in format 2, so equal
-//! states give equal bytes; an `Option` is a byte 0 or 1 then the value.
-//! A timestamp is its Unix seconds (signed) and nanoseconds; a decimal one
-//! byte of sign (bit 7) and scale, then its mantissa's magnitude, which keeps
-//! its exact representation (`1.0` stays `1.0`). A reader refuses anything
-//! that does not parse to the end, without panicking or allocating more than
-//! the input could hold.
+//! is its length then its entries in increasing order of key, so identical
+//! states give identical bytes; an `Option` is a byte 0 or 1 then the
+//! value. A timestamp is its Unix seconds (signed) and nanoseconds; a
+//! decimal one byte of sign (bit 7) and scale, then its mantissa's
+//! magnitude, which keeps its exact representation (`1.0` stays `1.0`).
+//! Windows and units are tags fixed by the `match`es below, not by any
+//! list's order, so a new variant does not compile until it has one.
+//!
+//! A reader takes only the bytes a writer would write: anything else
+//! (truncated, trailing bytes, an overlong integer, keys out of order or
+//! repeated, an unknown tag) is refused, without panicking or reserving
+//! more memory than the input could hold. So any bytes it accepts encode
+//! back to themselves (`binary/tests.rs` checks that for every one-byte
+//! change of a state's bytes, and against a golden file).
 
 use super::SNAPSHOT_FORMAT;
 use crate::deltas::CounterKey;
@@ -102,7 +111,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<AccountState> {
     }
     let last_seq = r.varint()?;
     let last_event = r.option(|r| r.uuid().map(EventId))?;
-    let open: HashMap<ReservationId, OpenHold> = r.entries(|r| {
+    let open: HashMap<ReservationId, OpenHold> = r.entries(MIN_OPEN, |r| {
         let id = ReservationId(r.uuid()?);
         let hold = OpenHold {
             reserved_at: r.time()?,
@@ -113,9 +122,14 @@ pub(super) fn decode(bytes: &[u8]) -> Result<AccountState> {
         };
         Ok((id, hold))
     })?;
-    let settled: HashMap<ReservationId, Arc<Settled>> = r.entries(|r| {
+    let settled: HashMap<ReservationId, Arc<Settled>> = r.entries(MIN_SETTLED, |r| {
         let id = ReservationId(r.uuid()?);
         let own = r.option(|r| r.uuid().map(ReservationId))?;
+        if own == Some(id) {
+            return Err(Malformed(
+                "a settled hold's own id written though it is its key",
+            ));
+        }
         let hold = HoldRef {
             reservation_id: own.unwrap_or(id),
             reserved_at: r.time()?,
@@ -144,12 +158,11 @@ pub(super) fn decode(bytes: &[u8]) -> Result<AccountState> {
         };
         Ok((id, Arc::new(settled)))
     })?;
-    let usage_ids: HashMap<Uuid, DateTime<Utc>> = r.entries(|r| Ok((r.uuid()?, r.time()?)))?;
-    let used: HashMap<CounterKey, Decimal> = r.entries(|r| {
+    let usage_ids: HashMap<Uuid, DateTime<Utc>> =
+        r.entries(MIN_USAGE_ID, |r| Ok((r.uuid()?, r.time()?)))?;
+    let used: HashMap<CounterKey, Decimal> = r.entries(MIN_COUNTER, |r| {
         let key = CounterKey {
-            window: *Window::ALL
-                .get(usize::from(r.byte()?))
-                .ok_or(Malformed("unknown window"))?,
+            window: window_of(r.byte()?)?,
             period_start: r.signed()?,
             unit: r.unit()?,
             model: r.option(Reader::string)?,
@@ -175,19 +188,49 @@ pub(super) fn decode(bytes: &[u8]) -> Result<AccountState> {
     })
 }
 
+/// The fewest bytes an entry of each collection takes (every field at its
+/// shortest), which bounds how many entries the bytes left can hold.
+const MIN_OPEN: usize = 16 + 2 + 2 + 1 + 1 + 1;
+const MIN_SETTLED: usize = 16 + 1 + 2 + 1 + 1 + 2 + 2 + 1 + 1;
+const MIN_USAGE_ID: usize = 16 + 2;
+const MIN_COUNTER: usize = 1 + 1 + 1 + 1 + 2;
+
 fn window_tag(window: Window) -> u8 {
-    Window::ALL.iter().position(|w| *w == window).unwrap_or(0) as u8
+    match window {
+        Window::Minute => 0,
+        Window::Hour => 1,
+        Window::Day => 2,
+        Window::Week => 3,
+        Window::Month => 4,
+        Window::Lifetime => 5,
+    }
 }
 
-/// Built-in units by tag; a custom one is [`CUSTOM_UNIT`] then its name.
-const UNITS: [Unit; 5] = [
-    Unit::Requests,
-    Unit::Tokens,
-    Unit::InputTokens,
-    Unit::OutputTokens,
-    Unit::Usd,
-];
-const CUSTOM_UNIT: u8 = UNITS.len() as u8;
+fn window_of(tag: u8) -> Result<Window> {
+    Ok(match tag {
+        0 => Window::Minute,
+        1 => Window::Hour,
+        2 => Window::Day,
+        3 => Window::Week,
+        4 => Window::Month,
+        5 => Window::Lifetime,
+        _ => return Err(Malformed("unknown window")),
+    })
+}
+
+/// A custom unit's tag, followed by its name.
+const CUSTOM_UNIT: u8 = 5;
+
+fn unit_tag(unit: &Unit) -> u8 {
+    match unit {
+        Unit::Requests => 0,
+        Unit::Tokens => 1,
+        Unit::InputTokens => 2,
+        Unit::OutputTokens => 3,
+        Unit::Usd => 4,
+        Unit::Custom(_) => CUSTOM_UNIT,
+    }
+}
 
 struct Writer(Vec<u8>);
 
@@ -226,6 +269,8 @@ impl Writer {
         self.varint(u64::from(t.timestamp_subsec_nanos()));
     }
 
+    // The `as u8` casts here and in `varint` take the low seven bits of a
+    // group (the rest is shifted out next), never a value's whole amount.
     fn decimal(&mut self, d: &Decimal) {
         let sign = if d.is_sign_negative() { 0x80 } else { 0 };
         // Scale is at most 28 (rust_decimal's limit), so it fits the low bits.
@@ -239,12 +284,9 @@ impl Writer {
     }
 
     fn unit(&mut self, unit: &Unit) {
-        match unit {
-            Unit::Custom(name) => {
-                self.byte(CUSTOM_UNIT);
-                self.str(name);
-            }
-            builtin => self.byte(UNITS.iter().position(|u| u == builtin).unwrap_or(0) as u8),
+        self.byte(unit_tag(unit));
+        if let Unit::Custom(name) = unit {
+            self.str(name);
         }
     }
 
@@ -300,6 +342,11 @@ impl Reader<'_> {
             }
             v |= chunk << shift;
             if b & 0x80 == 0 {
+                // A last group of 0 after others is a longer way to write a
+                // shorter number, which a writer never does.
+                if b == 0 && shift > 0 {
+                    return Err(Malformed("overlong integer"));
+                }
                 return Ok(v);
             }
             shift += 7;
@@ -352,24 +399,34 @@ impl Reader<'_> {
     }
 
     fn unit(&mut self) -> Result<Unit> {
-        match self.byte()? {
-            CUSTOM_UNIT => self
-                .string()?
-                .parse()
-                .map_err(|_| Malformed("bad unit name")),
-            tag => UNITS
-                .get(usize::from(tag))
-                .cloned()
-                .ok_or(Malformed("unknown unit")),
-        }
+        Ok(match self.byte()? {
+            0 => Unit::Requests,
+            1 => Unit::Tokens,
+            2 => Unit::InputTokens,
+            3 => Unit::OutputTokens,
+            4 => Unit::Usd,
+            CUSTOM_UNIT => match self.string()?.parse() {
+                Ok(custom @ Unit::Custom(_)) => custom,
+                // A built-in unit's name is written as its tag.
+                _ => return Err(Malformed("bad custom unit name")),
+            },
+            _ => return Err(Malformed("unknown unit")),
+        })
     }
 
+    /// Units in increasing order, as [`Amounts::iter`] gives them; each is
+    /// then appended.
     fn amounts(&mut self) -> Result<Amounts> {
         let n = self.len()?;
         let mut amounts = Amounts::new();
+        let mut last: Option<Unit> = None;
         for _ in 0..n {
             let unit = self.unit()?;
-            amounts.set(unit, self.decimal()?);
+            if last.as_ref().is_some_and(|last| *last >= unit) {
+                return Err(Malformed("units out of order or repeated"));
+            }
+            amounts.set(unit.clone(), self.decimal()?);
+            last = Some(unit);
         }
         Ok(amounts)
     }
@@ -382,20 +439,26 @@ impl Reader<'_> {
         }
     }
 
-    /// A collection of `K → V`, refused if a key repeats (a writer never
-    /// repeats one, so the bytes were not written by it).
-    fn entries<K: std::hash::Hash + Eq, V>(
+    /// A collection of `K → V` whose entries take at least `min_bytes`
+    /// each, refused unless its keys increase (as a writer sorts them).
+    fn entries<K: std::hash::Hash + Ord + Clone, V>(
         &mut self,
+        min_bytes: usize,
         mut read: impl FnMut(&mut Self) -> Result<(K, V)>,
     ) -> Result<HashMap<K, V>> {
         let n = self.len()?;
-        // Every entry takes at least one byte: never reserve more than is left.
-        let mut map = HashMap::with_capacity(n.min(self.0.len()));
+        if n > self.0.len() / min_bytes {
+            return Err(Malformed("ends early"));
+        }
+        let mut map = HashMap::with_capacity(n);
+        let mut last: Option<K> = None;
         for _ in 0..n {
             let (k, v) = read(self)?;
-            if map.insert(k, v).is_some() {
-                return Err(Malformed("a key repeats"));
+            if last.as_ref().is_some_and(|last| *last >= k) {
+                return Err(Malformed("keys out of order or repeated"));
             }
+            last = Some(k.clone());
+            map.insert(k, v);
         }
         Ok(map)
     }

@@ -4,11 +4,16 @@
 //! A snapshot holds everything the state holds, including when it last
 //! pruned, so restoring it and applying the events after it gives a state
 //! equal to folding every event (`tests/fold_props.rs`). Every collection is
-//! written sorted, so equal states give equal bytes. States are written in
+//! written sorted, so identical states give identical bytes (equal ones may
+//! not: a state compares amounts by value, `1.0` equal to `1`, and format 3
+//! keeps their scale). States are written in
 //! [`SNAPSHOT_FORMAT`] 3, a compact binary layout ([`binary`]); format 2,
 //! JSON with field names, is still read, so snapshots saved by an older
 //! version spare their accounts a fold of their whole history after an
-//! upgrade. A change to what the state holds must bump [`SNAPSHOT_FORMAT`];
+//! upgrade (processes of a version before format 3 do not read it: in a
+//! rolling upgrade they fold such accounts from their events, correct but
+//! slower, until they are replaced). A change to what the state holds or to
+//! how it is laid out must bump [`SNAPSHOT_FORMAT`];
 //! snapshots of a format not read are not used (the account is folded from
 //! its events instead).
 
