@@ -291,10 +291,12 @@ impl Writer {
     }
 
     fn amounts(&mut self, amounts: &Amounts) {
-        self.entries(amounts.iter().collect::<Vec<_>>(), |w, (unit, amount)| {
-            w.unit(unit);
-            w.decimal(&amount);
-        });
+        // Counted, not collected: three amounts per settled hold.
+        self.len(amounts.iter().count());
+        for (unit, amount) in amounts.iter() {
+            self.unit(unit);
+            self.decimal(&amount);
+        }
     }
 
     fn option<T>(&mut self, v: Option<T>, write: impl FnOnce(&mut Self, T)) {
