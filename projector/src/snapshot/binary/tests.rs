@@ -359,10 +359,10 @@ fn a_count_the_bytes_cannot_hold_is_refused_before_reserving_for_it() {
     let zeros = 1 << 20;
     let mut w = Writer(vec![SNAPSHOT_FORMAT as u8, 0, 0]);
     w.varint((zeros / MIN_OPEN + 1) as u64);
-    w.0.extend(std::iter::repeat(0).take(zeros));
+    w.0.extend(std::iter::repeat_n(0, zeros));
     assert_eq!(decode(&w.0), Err(Malformed("ends early")));
     let mut w = Writer(vec![SNAPSHOT_FORMAT as u8, 0, 0]);
     w.varint(1 << 62);
-    w.0.extend(std::iter::repeat(0).take(zeros));
+    w.0.extend(std::iter::repeat_n(0, zeros));
     assert_eq!(decode(&w.0), Err(Malformed("ends early")));
 }
