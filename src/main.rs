@@ -340,9 +340,35 @@ async fn nats(conn: &Conn) -> anyhow::Result<async_nats::Client> {
     ledger::stream::connect(&nats).await
 }
 
-fn init_tracing() {
+/// PostgreSQL's notices (`relation "_sqlx_migrations" already exists,
+/// skipping` on every start) say nothing to a user; warnings still show.
+const QUIET_NOTICES: &str = "sqlx::postgres::notice=warn";
+
+impl Command {
+    /// The log filter when `TOLLGATE_LOG` is unset: services and long jobs
+    /// say what they do; one-shot commands print their answer on stdout and
+    /// only warnings and errors on stderr.
+    fn default_log_filter(&self) -> String {
+        let level = match self {
+            Command::Up { .. }
+            | Command::Serve { .. }
+            | Command::Migrate { .. }
+            | Command::Replay { .. } => "info",
+            Command::Project { .. }
+            | Command::Plans { .. }
+            | Command::Keys { .. }
+            | Command::Providers { .. }
+            | Command::Prices { .. }
+            | Command::Balances { .. }
+            | Command::Audit { .. } => "warn",
+        };
+        format!("{level},{QUIET_NOTICES}")
+    }
+}
+
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -356,9 +382,9 @@ fn init_tracing() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
-    ingest::alloc::no_huge_pages();
     let cli = Cli::parse();
+    init_tracing(&cli.command.default_log_filter());
+    ingest::alloc::no_huge_pages();
     match cli.command {
         Command::Up { conn, addrs } => {
             let shutdown = CancellationToken::new();
