@@ -137,10 +137,30 @@ impl tower_service::Service<hyper::Uri> for EgressConnector {
 
 /// Why a provider could not be called or read, with every cause.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UpstreamError(String);
+#[error("{text}")]
+pub struct UpstreamError {
+    text: String,
+    /// The request may have reached the provider (it failed after the
+    /// connection was made), so the provider may have done the work.
+    may_have_reached: bool,
+}
 
 impl UpstreamError {
+    /// Nothing was sent: no connection to the provider was made.
+    fn not_sent(text: impl Into<String>) -> UpstreamError {
+        UpstreamError {
+            text: text.into(),
+            may_have_reached: false,
+        }
+    }
+
+    /// Whether the provider may have received the request, and so may
+    /// bill for it: anything but a failure to connect (DNS, refused, TLS,
+    /// the egress proxy's tunnel).
+    pub fn may_have_reached(&self) -> bool {
+        self.may_have_reached
+    }
+
     fn from_chain(err: &(dyn std::error::Error + 'static)) -> UpstreamError {
         let mut text = err.to_string();
         let mut source = err.source();
@@ -152,7 +172,10 @@ impl UpstreamError {
             }
             source = cause.source();
         }
-        UpstreamError(text)
+        UpstreamError {
+            text,
+            may_have_reached: true,
+        }
     }
 }
 
@@ -183,7 +206,7 @@ impl UpstreamClient {
         let uri: hyper::Uri = req
             .url
             .parse()
-            .map_err(|_| UpstreamError("the provider's base URL is not a valid URL".into()))?;
+            .map_err(|_| UpstreamError::not_sent("the provider's base URL is not a valid URL"))?;
         let mut request = hyper::Request::new(Full::new(req.body.clone()));
         *request.method_mut() = req.method.clone();
         *request.uri_mut() = uri;
@@ -192,10 +215,12 @@ impl UpstreamClient {
             .headers_mut()
             .entry(hyper::header::USER_AGENT)
             .or_insert(hyper::header::HeaderValue::from_static(USER_AGENT));
-        self.client
-            .request(request)
-            .await
-            .map_err(|e| UpstreamError::from_chain(&e))
+        self.client.request(request).await.map_err(|e| {
+            let connect = e.is_connect();
+            let mut err = UpstreamError::from_chain(&e);
+            err.may_have_reached = !connect;
+            err
+        })
     }
 }
 

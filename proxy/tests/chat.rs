@@ -508,6 +508,123 @@ async fn a_cancelled_stream_commits_what_was_consumed_never_zero() {
     }
 }
 
+/// A stream the network cuts before any text (a model still thinking, a
+/// reset connection) was still read by the provider: it is charged its
+/// input, not released at $0 as a provider's own error event is.
+#[tokio::test]
+async fn a_stream_cut_before_any_text_is_charged_its_input() {
+    let p = Proxy::start(PLAN).await;
+    for (i, (model, _)) in MODELS.iter().take(3).enumerate() {
+        for mock in [&p.openai, &p.anthropic, &p.gemini] {
+            // Each mock's first write carries no text (OpenAI's role chunk,
+            // Anthropic's message_start; Gemini's first chunk is text, so
+            // it is cut before any write).
+            let writes = if mock.kind() == testkit::mock_providers::MockKind::Gemini {
+                0
+            } else {
+                1
+            };
+            mock.update_behavior(|b| b.cut_after_writes = Some(writes));
+        }
+        let identity = format!("cut-{i}");
+        let r = p
+            .request(&identity, &chat_body(model, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{model}");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("ended before the answer was complete"),
+            "{model}: {text}"
+        );
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{model}: {text}");
+        let settled = p.settled(&identity, 1).await;
+        assert_eq!(settled[0].0, "committed", "{model}: {settled:?}");
+        let actual = &settled[0].1["actual"];
+        let input: u64 = actual["input_tokens"].as_str().unwrap().parse().unwrap();
+        assert!(input > 0, "{model}: {actual}");
+        assert!(dec(&actual["usd"]) > Decimal::ZERO, "{model}: {actual}");
+    }
+}
+
+/// A provider that takes the request and drops the connection before
+/// answering may bill for it: the hold is charged, and the SDKs are told
+/// not to retry on their own (a retry would be charged again). A provider
+/// that cannot be connected to at all is not charged.
+#[tokio::test]
+async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
+    let p = Proxy::start(PLAN).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Read the request, then hang up without a word.
+            let mut buf = vec![0u8; 65536];
+            let _ = conn.read(&mut buf).await;
+            drop(conn);
+        }
+    });
+    // Nothing listens on `closed`.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    for (name, addr) in [("hangup", addr), ("nowhere", closed)] {
+        tollgate_proxy::project_config::add_custom_provider(
+            p.db.pool(),
+            p.project_id,
+            name,
+            &format!("http://{addr}/v1"),
+        )
+        .await
+        .unwrap();
+        tollgate_proxy::project_config::set_price_override(
+            &p.db.pool,
+            p.project_id,
+            &format!("{name}/m"),
+            &tollgate_proxy::pricing::ModelPrice::per_token(Decimal::new(1, 6), Decimal::new(2, 6)),
+        )
+        .await
+        .unwrap();
+    }
+    let r = p
+        .request("broken", &chat_body("hangup/m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_interrupted", "{body}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    p.settled("broken", 1).await;
+    let settled = p.events("broken").await;
+    assert_eq!(settled.len(), 2, "{settled:?}");
+    assert_eq!(settled[1].0, "committed", "{settled:?}");
+    assert_eq!(
+        settled[1].1["actual"], settled[0].1["amounts"],
+        "charged the hold"
+    );
+
+    // Never reached: released, and the SDKs may retry.
+    let r = p
+        .request("refused", &chat_body("nowhere/m", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(!r.headers().contains_key("x-should-retry"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unreachable", "{body}");
+    let settled = p.settled("refused", 1).await;
+    assert_eq!(settled[0].0, "released", "{settled:?}");
+}
+
 #[tokio::test]
 async fn calls_still_running_at_shutdown_are_settled_before_the_proxy_stops() {
     let mut p = Proxy::start(PLAN).await;
@@ -539,7 +656,12 @@ async fn calls_still_running_at_shutdown_are_settled_before_the_proxy_stops() {
             break;
         }
     }
-    let _ = waiting.await;
+    // The cut JSON call says it was charged, and not to retry it.
+    let waited_answer = waiting.await.unwrap().unwrap();
+    assert_eq!(waited_answer.status(), 503);
+    assert_eq!(waited_answer.headers()["x-should-retry"], "false");
+    let answer: Value = waited_answer.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "shutting_down", "{answer}");
     tokio::time::timeout(Duration::from_secs(30), &mut p.served)
         .await
         .expect("the proxy stops after its grace period")

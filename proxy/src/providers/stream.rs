@@ -98,7 +98,11 @@ impl StreamTranslator {
                 self.ctx.emit_usage_and_done();
             } else {
                 if !self.ctx.failed {
-                    self.ctx.emit_error(&ErrorBody::new(
+                    // Tollgate's own notice, not the provider's error: the
+                    // stream was cut (network, shutdown), so what the
+                    // provider did is still charged ([`Self::upstream_failed`]
+                    // stays false).
+                    self.ctx.emit_json(&ErrorBody::new(
                         "server_error",
                         "the provider's stream ended before the answer was complete",
                     ));

@@ -31,9 +31,6 @@ use serde_json::json;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Why a call still running when the proxy's shutdown grace ran out failed.
-const SHUTTING_DOWN: &str = "the proxy is shutting down";
-
 /// `work`'s output, or `None` if the proxy's shutdown grace runs out first.
 async fn unless_cut_off<T>(
     inner: &super::Inner,
@@ -379,10 +376,20 @@ impl Call {
         // unknown, so the hold is charged rather than $0.
         let Some(sent) = unless_cut_off(inner, inner.http.send(&upstream)).await else {
             hold.commit(admitted.held.clone());
-            return Err(ProxyError::Unavailable(SHUTTING_DOWN.into()));
+            return Err(ProxyError::ShuttingDown);
         };
         let response = match sent {
             Ok(r) => r,
+            // Connected, then the answer's head never came (the connection
+            // broke, a middlebox timed out): the provider may be billing
+            // for it, so charge what was held rather than $0.
+            Err(e) if e.may_have_reached() => {
+                hold.commit(admitted.held.clone());
+                return Err(ProxyError::UpstreamBroken(format!(
+                    "{}: {e}",
+                    route.provider
+                )));
+            }
             Err(e) => {
                 hold.release("upstream_unreachable");
                 return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
@@ -425,14 +432,17 @@ impl Call {
         }
         let Some(read) = unless_cut_off(inner, crate::upstream::read_all(response)).await else {
             hold.commit(admitted.held.clone());
-            return Err(ProxyError::Unavailable(SHUTTING_DOWN.into()));
+            return Err(ProxyError::ShuttingDown);
         };
         let bytes = match read {
             Ok(b) => b,
             Err(e) => {
                 // The provider may have done the work: charge what was held rather than $0.
                 hold.commit(admitted.held.clone());
-                return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
+                return Err(ProxyError::UpstreamBroken(format!(
+                    "{}: {e}",
+                    route.provider
+                )));
             }
         };
         let translated = if upstream.stream {

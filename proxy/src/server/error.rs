@@ -42,6 +42,13 @@ pub enum ProxyError {
     Unavailable(String),
     #[error("the provider could not be reached")]
     Upstream(String),
+    /// The call was forwarded and charged, then broke off: told so, and
+    /// SDKs are asked not to retry it by themselves ([`NO_RETRY`]).
+    #[error("the connection to the provider broke after the request was sent; the call was charged what was held, since the provider may have done the work")]
+    UpstreamBroken(String),
+    /// Like [`ProxyError::UpstreamBroken`], cut by the proxy's shutdown.
+    #[error("the proxy shut down while the provider was answering; the call was charged what was held, since the provider may have done the work")]
+    ShuttingDown,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -63,6 +70,11 @@ impl From<sqlx::Error> for ProxyError {
         ProxyError::Unavailable(format!("control plane: {e}"))
     }
 }
+
+/// `x-should-retry: false`: the official OpenAI SDKs retry 5xx answers by
+/// themselves unless told not to, and a call that was forwarded and
+/// charged would be charged again.
+pub const NO_RETRY: (&str, &str) = ("x-should-retry", "false");
 
 /// An OpenAI-shaped error response.
 pub fn openai_error(
@@ -192,6 +204,21 @@ impl IntoResponse for ProxyError {
                     None,
                 )
             }
+            ProxyError::UpstreamBroken(detail) => {
+                tracing::warn!(detail = %detail, "provider connection broke after the request was sent; charged");
+                (
+                    StatusCode::BAD_GATEWAY,
+                    "api_error",
+                    "upstream_interrupted",
+                    None,
+                )
+            }
+            ProxyError::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "shutting_down",
+                None,
+            ),
             ProxyError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 (
@@ -202,6 +229,17 @@ impl IntoResponse for ProxyError {
                 )
             }
         };
-        openai_error(status, kind, code, &message, param)
+        let charged = matches!(
+            self,
+            ProxyError::UpstreamBroken(_) | ProxyError::ShuttingDown
+        );
+        let mut response = openai_error(status, kind, code, &message, param);
+        if charged {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_static(NO_RETRY.0),
+                axum::http::HeaderValue::from_static(NO_RETRY.1),
+            );
+        }
+        response
     }
 }
