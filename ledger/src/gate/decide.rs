@@ -77,7 +77,12 @@ impl OutputFlex {
             Unit::OutputTokens => room,
             Unit::Tokens => room - Decimal::from(self.input_tokens),
             Unit::Usd if self.usd_per_output_token > Decimal::ZERO => {
-                (room - self.input_usd) / self.usd_per_output_token
+                // A room so large (a cap used as "unlimited") that the
+                // quotient overflows a decimal affords any output.
+                match (room - self.input_usd).checked_div(self.usd_per_output_token) {
+                    Some(tokens) => tokens,
+                    None => return Some(u64::MAX),
+                }
             }
             _ => return None,
         };
@@ -332,4 +337,39 @@ pub fn decide_usage(
         model,
         amounts,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flex(usd_per_output_token: Decimal) -> OutputFlex {
+        OutputFlex {
+            input_tokens: 10,
+            max_output_tokens: 1_000,
+            min_output_tokens: 1,
+            choices: 1,
+            input_usd: Decimal::new(1, 5),
+            usd_per_output_token,
+        }
+    }
+
+    fn usd_limit(cap: Decimal) -> Limit {
+        Limit {
+            unit: Unit::Usd,
+            window: schemas::Window::Month,
+            cap: schemas::units::Quantity(cap),
+            model: None,
+        }
+    }
+
+    #[test]
+    fn a_huge_dollar_room_affords_any_output_instead_of_overflowing() {
+        // 7.9e28 / 1e-7 does not fit a decimal: this divided with `/` and panicked.
+        let f = flex(Decimal::new(1, 7));
+        let limit = usd_limit(Decimal::MAX);
+        assert_eq!(f.affordable(&limit, Decimal::MAX), Some(u64::MAX));
+        // An ordinary room still divides: (0.01 - 0.00001) / 0.0000001.
+        assert_eq!(f.affordable(&limit, Decimal::new(1, 2)), Some(99_900));
+    }
 }
