@@ -426,4 +426,31 @@ async fn bad_input_is_an_openai_shaped_4xx_and_is_never_forwarded() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // A chunked body that breaks off in a malformed chunk is a 400 saying
+    // the body could not be read, not a 413 "too large".
+    let mut conn = tokio::net::TcpStream::connect(p.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         x-project-key: {}\r\nx-identity: u\r\nauthorization: Bearer sk-provider\r\n\
+         transfer-encoding: chunked\r\n\r\n5\r\n{{\"mod\r\nzz\r\n",
+        p.project_key
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("could not be read"), "{answer}");
+    assert!(
+        answer.contains("\"type\":\"invalid_request_error\""),
+        "{answer}"
+    );
+    assert_eq!(p.openai.request_count(), 0);
 }

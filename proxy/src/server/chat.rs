@@ -120,7 +120,7 @@ fn limits_usd(tier: &Tier, model: &str) -> bool {
         .any(|l| l.unit == Unit::Usd && scope_matches(l.model.as_ref(), Some(model)))
 }
 
-fn denied_response(tier: &Tier, d: &Denied) -> Response {
+fn denied_response(tier: &Tier, d: &Denied, model: &str) -> Response {
     let now = Utc::now();
     let message = denial_message(tier, d);
     let mut error = json!({"message": message, "type": "rate_limit_exceeded", "param": null, "code": "limit_exceeded"});
@@ -141,7 +141,7 @@ fn denied_response(tier: &Tier, d: &Denied) -> Response {
     if let Some(v) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
-    rate_limit_headers(response.headers_mut(), &d.limits, now);
+    rate_limit_headers(response.headers_mut(), &d.limits, model, now);
     response
 }
 
@@ -167,7 +167,14 @@ pub async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ProxyError> {
-    let body = body.map_err(|_| ProxyError::TooLarge)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ProxyError::TooLarge
+        } else {
+            // A client that hung up or sent a broken chunked body.
+            ProxyError::BadRequest(format!("the request body could not be read: {rejection}"))
+        }
+    })?;
     let inner = &state.0;
     let project = project(&state, &headers).await?;
     let account = identity(&headers)?;
@@ -323,12 +330,14 @@ impl Call {
         } = self;
         let inner = &state.0;
         let reservation_id = reserve.reservation_id;
+        // The model as limits name it, for the rate-limit headers.
+        let limits_model = reserve.model.clone().unwrap_or_default();
         let admitted = match inner
             .gate
             .reserve(project_id, &account, &tier, reserve, request_id.clone())
             .await
         {
-            Ok(ReserveOutcome::Denied(d)) => return Ok(denied_response(&tier, &d)),
+            Ok(ReserveOutcome::Denied(d)) => return Ok(denied_response(&tier, &d, &limits_model)),
             Ok(ReserveOutcome::Admitted(a)) => a,
             Err(e @ GateError::Unconfirmed(_)) => {
                 // The hold may exist although nobody was told: release it once
@@ -427,7 +436,7 @@ impl Call {
                 HeaderValue::from_static("text/event-stream"),
             );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            rate_limit_headers(h, &admitted.limits, now);
+            rate_limit_headers(h, &admitted.limits, &limits_model, now);
             return Ok(out);
         }
         let Some(read) = unless_cut_off(inner, crate::upstream::read_all(response)).await else {
@@ -461,7 +470,7 @@ impl Call {
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                rate_limit_headers(out.headers_mut(), &admitted.limits, now);
+                rate_limit_headers(out.headers_mut(), &admitted.limits, &limits_model, now);
                 Ok(out)
             }
             Err(ProviderError::Malformed { reason }) if status.is_success() => {
@@ -485,7 +494,7 @@ impl Call {
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                rate_limit_headers(h, &admitted.limits, now);
+                rate_limit_headers(h, &admitted.limits, &limits_model, now);
                 h.extend(retry_headers);
                 Ok(out)
             }
