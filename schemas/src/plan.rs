@@ -76,6 +76,12 @@ impl ModelGlob {
     }
 }
 
+/// Whether `model` matches the glob `pattern` (as [`ModelGlob::matches`],
+/// for a glob held as text, such as a limits view's `model`).
+pub fn glob_matches(pattern: &str, model: &str) -> bool {
+    glob_match(pattern.as_bytes(), model.as_bytes())
+}
+
 /// Whether a policy scoped to `scope` applies to usage of `model`.
 pub fn scope_matches(scope: Option<&ModelGlob>, model: Option<&str>) -> bool {
     match (scope, model) {

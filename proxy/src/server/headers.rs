@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, Utc};
 use projector::LimitView;
 use rust_decimal::Decimal;
+use schemas::plan::glob_matches;
 use schemas::Unit;
 
 /// OpenAI's reset format: `1s`, `6m0s`, `2h3m4s`.
@@ -17,12 +18,22 @@ fn duration(secs: i64) -> String {
     }
 }
 
-/// The limit of a kind with the smallest share left (a zero cap has none
-/// left), then the fewest left.
-fn tightest(limits: &[LimitView], of_kind: impl Fn(&Unit) -> bool) -> Option<&LimitView> {
+/// Of the limits that apply to `model` (unscoped, or scoped to a glob it
+/// matches), the one of a kind with the smallest share left (a zero cap
+/// has none left), then the fewest left.
+fn tightest<'a>(
+    limits: &'a [LimitView],
+    model: &str,
+    of_kind: impl Fn(&Unit) -> bool,
+) -> Option<&'a LimitView> {
     limits
         .iter()
         .filter(|l| of_kind(&l.unit))
+        .filter(|l| {
+            l.model
+                .as_deref()
+                .is_none_or(|glob| glob_matches(glob, model))
+        })
         .map(|l| {
             let share = if l.cap.is_zero() {
                 Decimal::ZERO
@@ -47,9 +58,15 @@ const TOKEN_HEADERS: [&str; 3] = [
     "x-ratelimit-reset-tokens",
 ];
 
-pub fn rate_limit_headers(headers: &mut HeaderMap, limits: &[LimitView], now: DateTime<Utc>) {
-    let requests = tightest(limits, |u| *u == Unit::Requests);
-    let tokens = tightest(limits, |u| {
+/// The headers for a call of `model` (as limits name it).
+pub fn rate_limit_headers(
+    headers: &mut HeaderMap,
+    limits: &[LimitView],
+    model: &str,
+    now: DateTime<Utc>,
+) {
+    let requests = tightest(limits, model, |u| *u == Unit::Requests);
+    let tokens = tightest(limits, model, |u| {
         matches!(u, Unit::Tokens | Unit::InputTokens | Unit::OutputTokens)
     });
     for (names, limit) in [(REQUEST_HEADERS, requests), (TOKEN_HEADERS, tokens)] {
@@ -92,8 +109,28 @@ mod tests {
 
     fn headers(limits: &[LimitView]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        rate_limit_headers(&mut h, limits, Utc::now());
+        rate_limit_headers(&mut h, limits, "gpt-4o-mini", Utc::now());
         h
+    }
+
+    #[test]
+    fn only_limits_that_apply_to_the_calls_model_are_shown() {
+        let scoped = |glob: &str, cap, remaining| LimitView {
+            model: Some(glob.to_owned()),
+            ..limit(Unit::Requests, cap, remaining)
+        };
+        // gpt-4o's own limit is used up; it says nothing about gpt-4o-mini.
+        let h = headers(&[
+            limit(Unit::Requests, 1000, 900),
+            scoped("gpt-4o", 10, 0),
+            scoped("claude-*", 5, 1),
+        ]);
+        assert_eq!(h["x-ratelimit-limit-requests"], "1000");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "900");
+        // A glob the model matches counts.
+        let h = headers(&[limit(Unit::Requests, 1000, 900), scoped("gpt-4o*", 10, 3)]);
+        assert_eq!(h["x-ratelimit-limit-requests"], "10");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "3");
     }
 
     #[test]
