@@ -11,7 +11,7 @@ use super::openai::OpenAiUsage;
 use super::sse::SseEvent;
 use super::stream::StreamCtx;
 use super::usage::{estimate_output_tokens, Usage};
-use serde::de::IgnoredAny;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
 
@@ -39,14 +39,74 @@ struct ChoiceView<'a> {
     finish_reason: Option<IgnoredAny>,
 }
 
-/// A string borrowed from the chunk unless it has escapes. (serde borrows
-/// only a bare `Cow<str>` field: inside an `Option` it would copy.)
-#[derive(Debug, Deserialize)]
-struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+/// Text to count: a string, borrowed from the chunk unless it has escapes
+/// (the usual case, read fast). Anything else is accepted too, since this
+/// view only estimates and must never make a good answer unreadable:
+/// some OpenAI-compatible servers send `content` as an array of parts
+/// (Mistral's `[{"type":"thinking",…},{"type":"text","text":…}]`) or tool
+/// `arguments` as an object. Their strings are counted, joined (`type`
+/// tags left out); numbers, booleans and `null` count as nothing.
+#[derive(Debug)]
+struct Text<'a>(Cow<'a, str>);
 
 impl Text<'_> {
     fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed("")))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed("")))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed("")))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed("")))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed("")))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut joined = String::new();
+                while let Some(part) = seq.next_element::<Text<'a>>()? {
+                    joined.push_str(part.as_str());
+                }
+                Ok(Text(Cow::Owned(joined)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut joined = String::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key == "type" {
+                        map.next_value::<IgnoredAny>()?;
+                    } else {
+                        joined.push_str(map.next_value::<Text<'a>>()?.as_str());
+                    }
+                }
+                Ok(Text(Cow::Owned(joined)))
+            }
+        }
+        d.deserialize_any(TextVisitor(std::marker::PhantomData))
     }
 }
 
@@ -147,10 +207,13 @@ impl StreamHandler {
             ctx.usage = Usage::from_openai(usage);
             ctx.usage_final = true;
         }
-        if usage_only {
-            if !ctx.client_wants_usage {
-                return;
-            }
+        if usage_only && !ctx.client_wants_usage {
+            return;
+        }
+        // Some servers (vLLM, Together) put the usage on the last chunk
+        // with choices: the client has it then, and a stream that ends
+        // without `[DONE]` must not get a second one.
+        if view.usage.is_some() {
             ctx.usage_sent = true;
         }
         ctx.emit_data(&event.data);
@@ -160,6 +223,57 @@ impl StreamHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::routing::ProviderKind;
+    use crate::providers::stream::StreamTranslator;
+
+    #[test]
+    fn content_parts_and_object_arguments_are_counted_not_refused() {
+        // Mistral's Magistral answers with content parts; some servers send
+        // tool arguments as an object. The usage is read, the text counted.
+        let body = br#"{"choices":[{"index":0,"message":{"role":"assistant","content":[
+            {"type":"thinking","thinking":[{"type":"text","text":"abcd"}]},
+            {"type":"text","text":"efgh"}],
+            "tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":{"q":"ijkl","n":3}}}]},
+            "finish_reason":"stop"}],
+            "usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}"#;
+        let usage = response_usage(body).unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (11, 7));
+        assert!(!usage.estimated);
+        // Without usage, the estimate counts every string: "abcd", "efgh",
+        // "f", "ijkl" = 13 characters, so 4 tokens.
+        let no_usage = String::from_utf8(body.to_vec()).unwrap();
+        let no_usage = no_usage.replace(
+            r#""usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}"#,
+            r#""usage":null"#,
+        );
+        assert!(!no_usage.contains("prompt_tokens"));
+        let usage = response_usage(no_usage.as_bytes()).unwrap();
+        assert_eq!(usage.output_tokens, 4);
+        assert!(usage.estimated);
+        // The same in a stream: the chunk is read, so its finish counts.
+        let mut t = StreamTranslator::new(ProviderKind::Custom, false, "m");
+        t.push(br#"data: {"choices":[{"index":0,"delta":{"content":[{"type":"text","text":"hello"}]},"finish_reason":"stop"}]}
+
+"#);
+        assert!(t.is_complete());
+        assert_eq!(t.usage_so_far().output_tokens, 2);
+    }
+
+    #[test]
+    fn usage_on_the_last_chunk_with_choices_is_not_sent_twice() {
+        let mut t = StreamTranslator::new(ProviderKind::Custom, true, "m");
+        let mut out = t
+            .push(br#"data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}
+
+"#)
+            .to_vec();
+        // The server closes without `[DONE]`.
+        out.extend_from_slice(&t.finish());
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out.matches("\"usage\"").count(), 1, "{out}");
+        assert!(out.trim_end().ends_with("data: [DONE]"), "{out}");
+        assert_eq!(t.usage_so_far().input_tokens, 3);
+    }
 
     #[test]
     fn a_chunks_text_is_borrowed_unless_escaped() {
