@@ -124,3 +124,40 @@ async fn monthly_dollars_reset_on_the_first_and_a_hold_counts_in_the_period_it_w
         (Some("0"), Some("1"))
     );
 }
+
+/// A refusal caused only by holds in flight (what is used leaves room)
+/// tells the client to retry in a second, when a hold may have settled;
+/// one caused by what is used tells it when the period resets.
+#[tokio::test]
+async fn retry_after_says_when_a_refused_request_can_succeed() {
+    let clock = ManualClock::new(at("2026-04-30T22:00:00Z"));
+    let h = Harness::start_with_clock(PLAN, Arc::new(clock.clone())).await;
+    let reserve = |usd: &'static str| {
+        h.http
+            .post(format!("{}/v1/reservations", h.base))
+            .bearer_auth(&h.secret)
+            .json(&json!({"identity": "r", "amounts": {"usd": usd}}))
+            .send()
+    };
+    let open = reserve("0.90").await.unwrap();
+    assert_eq!(open.status(), 200);
+    let open: serde_json::Value = open.json().await.unwrap();
+    // 0.90 held, nothing used: 0.20 more does not fit until the hold settles.
+    let r = reserve("0.20").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Committed at 0.85: used, so 0.20 waits for the month to end (2 h).
+    let id = open["reservation_id"].as_str().unwrap();
+    let (s, _) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"usd": "0.85"}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let r = reserve("0.20").await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "7200");
+    // What the hold freed fits at once.
+    assert_eq!(reserve("0.15").await.unwrap().status(), 200);
+}

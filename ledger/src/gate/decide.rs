@@ -19,6 +19,11 @@ use schemas::plan::{scope_matches, Limit, Tier};
 use schemas::{round_usd, Amounts, ReservationId, Rounding, Unit};
 use uuid::Uuid;
 
+/// When to retry a request refused only because holds in flight fill a
+/// limit that what is used still leaves room in: such holds settle as
+/// their calls end, usually within seconds, not at the period's end.
+pub const HOLDS_RETRY: chrono::Duration = chrono::Duration::seconds(1);
+
 /// A reservation request, already validated.
 #[derive(Clone, Debug)]
 pub struct ReserveRequest {
@@ -201,17 +206,25 @@ pub fn decide_reserve(
         let fits = view.used + view.held + requested <= view.cap
             && (requested > Decimal::ZERO || view.used + view.held < view.cap);
         if !fits {
+            // When it frees up: if what is used leaves room and only holds
+            // in flight fill it, as soon as one settles (usually within
+            // seconds; [`HOLDS_RETRY`]), else when the period resets.
+            let frees_at = if view.used + requested <= view.cap && requested > Decimal::ZERO {
+                Some(now + HOLDS_RETRY)
+            } else {
+                view.resets_at
+            };
             // Report the violated limit that frees up last: retrying earlier is pointless.
             let later = match &worst {
                 None => true,
-                Some((_, _, at)) => match (view.resets_at, at) {
+                Some((_, _, at)) => match (frees_at, at) {
                     (None, _) => true,
                     (Some(_), None) => false,
                     (Some(a), Some(b)) => a > *b,
                 },
             };
             if later {
-                worst = Some((index, requested, view.resets_at));
+                worst = Some((index, requested, frees_at));
             }
         }
     }
