@@ -625,6 +625,61 @@ async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
     assert_eq!(settled[0].0, "released", "{settled:?}");
 }
 
+/// A call may not outlive its hold: the ledger would expire the hold and
+/// free its budget while the provider still works. It is cut before
+/// (`Settings::call_limit`) and settled as a shutdown cut is: a stream with
+/// what it consumed, a JSON call with its hold.
+#[tokio::test]
+async fn a_call_is_cut_before_its_hold_could_expire() {
+    let p = Proxy::start_with_hold_ttl(PLAN, Duration::from_secs(2)).await;
+    p.anthropic.update_behavior(|b| {
+        b.reply_text = "word ".repeat(200);
+        b.chunk_delay = Duration::from_millis(100);
+    });
+    p.openai
+        .update_behavior(|b| b.answer_delay = Duration::from_secs(20));
+    let streamed = p
+        .request(
+            "long-stream",
+            &chat_body("claude-3-5-sonnet-20240620", true),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let text = streamed.text().await.unwrap();
+    assert!(
+        text.contains("ended before the answer was complete"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let settled = p.settled("long-stream", 1).await;
+    assert_eq!(settled[0].0, "committed", "not expired: {settled:?}");
+    let output: u64 = settled[0].1["actual"]["output_tokens"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(output > 0 && output < 200, "partial output {output}");
+
+    let json = p
+        .request("long-json", &chat_body("gpt-4o", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 504);
+    assert_eq!(json.headers()["x-should-retry"], "false");
+    let body: Value = json.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "call_outlived_hold", "{body}");
+    p.settled("long-json", 1).await;
+    let events = p.events("long-json").await;
+    assert_eq!(events[1].0, "committed", "not expired: {events:?}");
+    assert_eq!(
+        events[1].1["actual"], events[0].1["amounts"],
+        "charged the hold"
+    );
+}
+
 #[tokio::test]
 async fn calls_still_running_at_shutdown_are_settled_before_the_proxy_stops() {
     let mut p = Proxy::start(PLAN).await;

@@ -31,14 +31,35 @@ use serde_json::json;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// `work`'s output, or `None` if the proxy's shutdown grace runs out first.
+/// Why a call was cut short with the provider still working.
+enum Cut {
+    /// The proxy's shutdown grace ran out.
+    ShuttingDown,
+    /// The call reached [`Settings::call_limit`](super::Settings::call_limit):
+    /// its hold would expire under it.
+    HoldLifetime,
+}
+
+impl Cut {
+    fn error(self, inner: &super::Inner) -> ProxyError {
+        match self {
+            Cut::ShuttingDown => ProxyError::ShuttingDown,
+            Cut::HoldLifetime => ProxyError::CallTooLong(inner.settings.hold_ttl.as_secs()),
+        }
+    }
+}
+
+/// `work`'s output, or why it was cut first: the proxy's shutdown grace
+/// ran out, or the call's `deadline` passed.
 async fn unless_cut_off<T>(
     inner: &super::Inner,
+    deadline: tokio::time::Instant,
     work: impl std::future::Future<Output = T>,
-) -> Option<T> {
+) -> Result<T, Cut> {
     tokio::select! {
-        out = work => Some(out),
-        () = inner.cut_off.cancelled() => None,
+        out = work => Ok(out),
+        () = inner.cut_off.cancelled() => Err(Cut::ShuttingDown),
+        () = tokio::time::sleep_until(deadline) => Err(Cut::HoldLifetime),
     }
 }
 
@@ -329,6 +350,10 @@ impl Call {
             model,
         } = self;
         let inner = &state.0;
+        // Counted from before the hold is taken, so it ends before the hold
+        // could expire under the call (invariant 4 would then free its
+        // budget while the provider still works).
+        let deadline = tokio::time::Instant::now() + inner.settings.call_limit();
         let reservation_id = reserve.reservation_id;
         // The model as limits name it, for the rate-limit headers.
         let limits_model = reserve.model.clone().unwrap_or_default();
@@ -383,9 +408,12 @@ impl Call {
         };
         // Shutting down with the provider still working: what it did is
         // unknown, so the hold is charged rather than $0.
-        let Some(sent) = unless_cut_off(inner, inner.http.send(&upstream)).await else {
-            hold.commit(admitted.held.clone());
-            return Err(ProxyError::ShuttingDown);
+        let sent = match unless_cut_off(inner, deadline, inner.http.send(&upstream)).await {
+            Ok(sent) => sent,
+            Err(cut) => {
+                hold.commit(admitted.held.clone());
+                return Err(cut.error(inner));
+            }
         };
         let response = match sent {
             Ok(r) => r,
@@ -427,6 +455,7 @@ impl Call {
                 price,
                 est.input,
                 inner.cut_off.clone(),
+                deadline,
             );
             stream.prefetch().await;
             let mut out = Response::new(Body::from_stream(stream));
@@ -439,9 +468,13 @@ impl Call {
             rate_limit_headers(h, &admitted.limits, &limits_model, now);
             return Ok(out);
         }
-        let Some(read) = unless_cut_off(inner, crate::upstream::read_all(response)).await else {
-            hold.commit(admitted.held.clone());
-            return Err(ProxyError::ShuttingDown);
+        let read = match unless_cut_off(inner, deadline, crate::upstream::read_all(response)).await
+        {
+            Ok(read) => read,
+            Err(cut) => {
+                hold.commit(admitted.held.clone());
+                return Err(cut.error(inner));
+            }
         };
         let bytes = match read {
             Ok(b) => b,

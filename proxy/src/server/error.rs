@@ -46,6 +46,10 @@ pub enum ProxyError {
     /// SDKs are asked not to retry it by themselves ([`NO_RETRY`]).
     #[error("the connection to the provider broke after the request was sent; the call was charged what was held, since the provider may have done the work")]
     UpstreamBroken(String),
+    /// Like [`ProxyError::UpstreamBroken`], cut because the call would have
+    /// outlived its hold (`TOLLGATE_HOLD_TTL_MS`, in seconds here).
+    #[error("the call ran longer than its hold may live ({0} s, TOLLGATE_HOLD_TTL_MS); it was cut and charged what was held, since the provider may have done the work")]
+    CallTooLong(u64),
     /// Like [`ProxyError::UpstreamBroken`], cut by the proxy's shutdown.
     #[error("the proxy shut down while the provider was answering; the call was charged what was held, since the provider may have done the work")]
     ShuttingDown,
@@ -213,6 +217,12 @@ impl IntoResponse for ProxyError {
                     None,
                 )
             }
+            ProxyError::CallTooLong(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "api_error",
+                "call_outlived_hold",
+                None,
+            ),
             ProxyError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
@@ -231,7 +241,7 @@ impl IntoResponse for ProxyError {
         };
         let charged = matches!(
             self,
-            ProxyError::UpstreamBroken(_) | ProxyError::ShuttingDown
+            ProxyError::UpstreamBroken(_) | ProxyError::ShuttingDown | ProxyError::CallTooLong(_)
         );
         let mut response = openai_error(status, kind, code, &message, param);
         if charged {

@@ -34,7 +34,8 @@ pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub struct Settings {
     /// Output reserved when a request sets no `max_tokens`.
     pub default_max_output_tokens: u64,
-    /// How long a hold lives if the proxy never settles it (crash).
+    /// How long a hold lives if the proxy never settles it (crash); a call
+    /// is cut short before then ([`Settings::call_limit`]).
     pub hold_ttl: Duration,
     pub base_urls: BaseUrls,
     /// Root certificates trusted for provider connections besides Mozilla's
@@ -42,6 +43,17 @@ pub struct Settings {
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Egress proxy rules for provider calls (`HTTPS_PROXY`, `NO_PROXY`).
     pub egress: crate::upstream::Egress,
+}
+
+impl Settings {
+    /// How long one call may run, from before its hold is taken: the
+    /// hold's lifetime less a tenth of it (at most 10 s), the margin for
+    /// settling before the ledger would expire the hold and free its budget
+    /// while the provider still works. A call cut there is charged as one
+    /// cut by shutdown is.
+    pub fn call_limit(&self) -> Duration {
+        self.hold_ttl - (self.hold_ttl / 10).min(Duration::from_secs(10))
+    }
 }
 
 impl Default for Settings {

@@ -62,6 +62,10 @@ pub struct MeteredStream {
     input_estimate: CountedInput,
     /// Ready when the stream must end now (shutdown).
     cut_off: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Ready when the call must end before its hold could expire
+    /// ([`super::Settings::call_limit`]); `None` in unit tests, polled
+    /// without a runtime.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     /// Translated bytes not yet handed to the server.
     batch: BytesMut,
@@ -81,6 +85,7 @@ impl MeteredStream {
         price: Option<ModelPrice>,
         input_estimate: CountedInput,
         cut_off: CancellationToken,
+        deadline: tokio::time::Instant,
     ) -> Self {
         MeteredStream {
             upstream: Box::pin(upstream),
@@ -89,6 +94,7 @@ impl MeteredStream {
             price,
             input_estimate,
             cut_off: Box::pin(cut_off.cancelled_owned()),
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
             done: false,
             batch: BytesMut::new(),
             idle: 0,
@@ -171,6 +177,17 @@ impl Stream for MeteredStream {
                 this.finish();
                 continue;
             }
+            if this
+                .deadline
+                .as_mut()
+                .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+            {
+                tracing::warn!(
+                    "a stream would outlive its hold (TOLLGATE_HOLD_TTL_MS): it ends here, charged what it consumed"
+                );
+                this.finish();
+                continue;
+            }
             match this.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let out = this.translator.push(&chunk);
@@ -240,6 +257,7 @@ mod tests {
             price: None,
             input_estimate: CountedInput::default(),
             cut_off: Box::pin(CancellationToken::new().cancelled_owned()),
+            deadline: None,
             done: false,
             batch: BytesMut::new(),
             idle: 0,

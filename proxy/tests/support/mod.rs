@@ -55,7 +55,12 @@ impl Proxy {
         plan_yaml: &str,
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
     ) -> Proxy {
-        Self::start_inner(plan_yaml, enc, None, None).await
+        Self::start_inner(plan_yaml, enc, None, None, None).await
+    }
+
+    /// With holds that live `hold_ttl` (`TOLLGATE_HOLD_TTL_MS`).
+    pub async fn start_with_hold_ttl(plan_yaml: &str, hold_ttl: Duration) -> Proxy {
+        Self::start_inner(plan_yaml, None, None, None, Some(hold_ttl)).await
     }
 
     /// With the OpenAI mock behind HTTPS (a certificate of the test
@@ -63,7 +68,7 @@ impl Proxy {
     /// providers' front ends do; the proxy trusts it if `trust`.
     pub async fn start_tls(plan_yaml: &str, trust: bool) -> Proxy {
         let tls = Tls { trust, h2: true };
-        Self::start_inner(plan_yaml, None, Some(tls), None).await
+        Self::start_inner(plan_yaml, None, Some(tls), None, None).await
     }
 
     /// Like [`Proxy::start_tls`] (trusted), the front offering HTTP/1.1 only.
@@ -72,7 +77,7 @@ impl Proxy {
             trust: true,
             h2: false,
         };
-        Self::start_inner(plan_yaml, None, Some(tls), None).await
+        Self::start_inner(plan_yaml, None, Some(tls), None, None).await
     }
 
     /// Like [`Proxy::start_tls`] with the authority trusted, and every
@@ -82,7 +87,7 @@ impl Proxy {
             trust: true,
             h2: true,
         };
-        Self::start_inner(plan_yaml, None, Some(tls), Some(egress_url)).await
+        Self::start_inner(plan_yaml, None, Some(tls), Some(egress_url), None).await
     }
 
     async fn start_inner(
@@ -90,6 +95,7 @@ impl Proxy {
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
         tls: Option<Tls>,
         egress_url: Option<&str>,
+        hold_ttl: Option<Duration>,
     ) -> Proxy {
         let nats = NatsServer::start().await.unwrap();
         let db = testkit::pg::fresh_database().await.unwrap();
@@ -142,6 +148,7 @@ impl Proxy {
                 Some(url) => tollgate_proxy::upstream::Egress::via(url),
                 None => tollgate_proxy::upstream::Egress::direct(),
             },
+            hold_ttl: hold_ttl.unwrap_or(Settings::default().hold_ttl),
             ..Settings::default()
         };
         let control = ledger::control::ControlCache::new(db.pool().clone());
