@@ -508,6 +508,35 @@ async fn a_cancelled_stream_commits_what_was_consumed_never_zero() {
     }
 }
 
+/// Sends a JSON call of `model` that the provider does not finish; it
+/// must answer `status` with `code` and `x-should-retry: false`, and be
+/// committed (not released, not expired) at what it held.
+async fn charged_the_hold_and_not_retried(
+    p: &Proxy,
+    identity: &str,
+    model: &str,
+    status: u16,
+    code: &str,
+) {
+    let r = p
+        .request(identity, &chat_body(model, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    p.settled(identity, 1).await;
+    let events = p.events(identity).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].0, "committed", "{events:?}");
+    assert_eq!(
+        events[1].1["actual"], events[0].1["amounts"],
+        "charged the hold"
+    );
+}
+
 /// A stream the network cuts before any text (a model still thinking, a
 /// reset connection) was still read by the provider: it is charged its
 /// input, not released at $0 as a provider's own error event is.
@@ -592,24 +621,8 @@ async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
         .await
         .unwrap();
     }
-    let r = p
-        .request("broken", &chat_body("hangup/m", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
-    assert_eq!(r.headers()["x-should-retry"], "false");
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "upstream_interrupted", "{body}");
+    charged_the_hold_and_not_retried(&p, "broken", "hangup/m", 502, "upstream_interrupted").await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-    p.settled("broken", 1).await;
-    let settled = p.events("broken").await;
-    assert_eq!(settled.len(), 2, "{settled:?}");
-    assert_eq!(settled[1].0, "committed", "{settled:?}");
-    assert_eq!(
-        settled[1].1["actual"], settled[0].1["amounts"],
-        "charged the hold"
-    );
 
     // Never reached: released, and the SDKs may retry.
     let r = p
@@ -662,22 +675,7 @@ async fn a_call_is_cut_before_its_hold_could_expire() {
         .unwrap();
     assert!(output > 0 && output < 200, "partial output {output}");
 
-    let json = p
-        .request("long-json", &chat_body("gpt-4o", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json.status(), 504);
-    assert_eq!(json.headers()["x-should-retry"], "false");
-    let body: Value = json.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "call_outlived_hold", "{body}");
-    p.settled("long-json", 1).await;
-    let events = p.events("long-json").await;
-    assert_eq!(events[1].0, "committed", "not expired: {events:?}");
-    assert_eq!(
-        events[1].1["actual"], events[0].1["amounts"],
-        "charged the hold"
-    );
+    charged_the_hold_and_not_retried(&p, "long-json", "gpt-4o", 504, "call_outlived_hold").await;
 }
 
 #[tokio::test]
