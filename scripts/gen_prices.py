@@ -53,6 +53,20 @@ def token_limit(value):
     return None
 
 
+def anthropic_one_hour_write(name, spec, entry):
+    """Anthropic bills a 1-hour cache write at twice the base input price, for
+    every model (docs.anthropic.com, prompt caching pricing). LiteLLM's table
+    has 0.000006 (Sonnet's) for some Haiku and Opus models: such a value is
+    dropped, so the proxy prices those writes by the documented rule."""
+    field = "cache_creation_input_token_cost_above_1hr"
+    if entry.get("provider") != "anthropic" or field not in entry:
+        return
+    rule = decimal.Decimal(entry["input_cost_per_token"]) * 2
+    if decimal.Decimal(entry[field]) != rule:
+        print(f"{name}: dropped {field} {entry[field]} (Anthropic's rule: 2 x input = {decimal_text(rule)})")
+        del entry[field]
+
+
 def convert(models):
     out = {}
     for name in sorted(models):
@@ -69,6 +83,7 @@ def convert(models):
             limit = token_limit(spec.get(field))
             if limit is not None:
                 entry[field] = limit
+        anthropic_one_hour_write(name, spec, entry)
         out[name] = entry
     return out
 

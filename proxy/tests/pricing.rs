@@ -192,3 +192,31 @@ fn shipped_file_has_no_float_artefacts() {
     }
     assert!(checked > 2000, "checked {checked} prices");
 }
+
+/// Anthropic bills a 1-hour cache write at twice the base input price, for
+/// every model. LiteLLM's table gave some Haiku and Opus models Sonnet's
+/// figure (0.000006, 12x too much for Claude 3 Haiku, 5x too little for
+/// Opus); `scripts/gen_prices.py` drops such values so the rule applies.
+#[test]
+fn anthropic_one_hour_cache_writes_cost_twice_the_input_price() {
+    let t = table();
+    let usage = Usage {
+        input_tokens: 1000,
+        cache_creation_input_tokens: 1000,
+        cache_creation_1h_input_tokens: 1000,
+        ..Usage::default()
+    };
+    let mut checked = 0;
+    for (name, price) in t.models().filter(|(_, p)| p.provider == "anthropic") {
+        assert_eq!(
+            cost(price, &usage),
+            Decimal::from(2000) * price.input_cost_per_token,
+            "{name}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked} Anthropic models");
+    // Claude 3 Haiku, whose table entry was wrong: 1000 × 2 × 0.00000025.
+    let haiku = t.lookup("anthropic", "claude-3-haiku-20240307").unwrap();
+    assert_eq!(cost(haiku, &usage), dec!(0.0005));
+}
