@@ -280,11 +280,16 @@ tiers:
       - { unit: usd, window: month, cap: "100" }
 EOF
 "$TOLLGATE" plans apply --project "$PROJECT_KEY" "$PLAN" >/dev/null 2>>"$LOG"
+# A custom provider on a port nothing listens on yet: the test that needs it
+# listens there itself, reads each request and hangs up.
+HANGUP_PORT=$(pick_port)
+"$TOLLGATE" providers add --project "$PROJECT_KEY" --name hangup \
+  --base-url "http://127.0.0.1:$HANGUP_PORT/v1" >/dev/null 2>>"$LOG"
 
 # ---------------------------------------------------------------- 5. pytest
 export TOLLGATE_PROXY_URL=$PROXY_URL TOLLGATE_INGEST_URL=$INGEST_URL
 export TOLLGATE_PROJECT_KEY=$PROJECT_KEY TOLLGATE_SECRET_KEY=$SECRET_KEY
-export TOLLGATE_MOCK_INPUT_TOKENS=11
+export TOLLGATE_MOCK_INPUT_TOKENS=11 TOLLGATE_HANGUP_PORT=$HANGUP_PORT
 status=0
 "$PY" -m pytest -q -p no:cacheprovider tests/sdk/test_sdk.py "$@" || status=$?
 exit "$status"

@@ -8,6 +8,8 @@ run.sh, and passes:
   TOLLGATE_PROJECT_KEY  pk_… of the project
   TOLLGATE_INGEST_URL   http://127.0.0.1:PORT (the ingest API)
   TOLLGATE_SECRET_KEY   sk_… of the project (for GET /v1/usage)
+  TOLLGATE_HANGUP_PORT  the port of the project's custom provider `hangup`,
+                        on which nothing listens until a test does
 
 The mocks answer with their default reply and report a fixed input token
 count (TOLLGATE_MOCK_INPUT_TOKENS, 11 unless run.sh says otherwise); output
@@ -20,6 +22,8 @@ import base64
 import io
 import json
 import os
+import socket
+import threading
 import time
 import uuid
 import wave
@@ -35,6 +39,7 @@ PROXY_URL = os.environ["TOLLGATE_PROXY_URL"].rstrip("/")
 PROJECT_KEY = os.environ["TOLLGATE_PROJECT_KEY"]
 INGEST_URL = os.environ["TOLLGATE_INGEST_URL"].rstrip("/")
 SECRET_KEY = os.environ["TOLLGATE_SECRET_KEY"]
+HANGUP_PORT = int(os.environ["TOLLGATE_HANGUP_PORT"])
 
 # What the mocks say (tests/testkit/src/mock_providers.rs, MockBehavior::default).
 REPLY = "Hello from the mock provider, nice to meet you."
@@ -389,3 +394,44 @@ def test_unknown_project_key_is_an_authentication_error() -> None:
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert err.value.status_code == 401
     assert err.value.code == "invalid_project_key"
+
+
+def test_a_call_charged_after_the_provider_hung_up_is_not_retried() -> None:
+    """The provider reads the request and hangs up: it may bill for it, so the
+    proxy charges the hold and answers 502 with `x-should-retry: false`. The
+    SDK, left at its default of 2 retries, must not send it again."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", HANGUP_PORT))
+    server.listen()
+    accepted = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    identity = new_identity("hangup")
+    client = openai.OpenAI(
+        base_url=PROXY_URL + "/v1",
+        api_key="sk-test-provider-key",
+        default_headers={"x-project-key": PROJECT_KEY, "x-identity": identity},
+        timeout=30.0,
+    )
+    assert client.max_retries == 2
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(model="hangup/m", messages=MESSAGES)
+    finally:
+        server.close()
+    assert len(accepted) == 1, f"the SDK sent the charged call {len(accepted)} times"
+    assert caught.value.status_code == 502
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert caught.value.code == "upstream_interrupted"
+    assert_requests_used(identity, 1)
