@@ -6,7 +6,7 @@
 //! client (serde's "invalid type: string \"…\""), so log `field()`, never
 //! the message.
 
-use super::openai::{ChatRequest, ErrorBody, ErrorDetail, Role, ToolChoice};
+use super::openai::{ChatRequest, ErrorBody, ErrorDetail, MessageContent, Role, ToolChoice};
 
 /// Most choices (`n`) one request may ask for, as OpenAI allows.
 pub const MAX_CHOICES: u32 = 128;
@@ -99,6 +99,21 @@ pub fn validate_request(request: &ChatRequest) -> Result<(), RequestError> {
                 field: format!("messages[{i}].tool_call_id"),
             });
         }
+        if let Some(MessageContent::Parts(parts)) = &message.content {
+            for (j, part) in parts.iter().enumerate() {
+                let Some(url) = part.image_url.as_ref().map(|i| i.url.as_str()) else {
+                    continue;
+                };
+                if let Some(kind) = data_url_media_type(url).filter(|t| !is_image(t)) {
+                    return Err(RequestError::InvalidField {
+                        field: format!("messages[{i}].content[{j}].image_url.url"),
+                        message: format!(
+                            "an image_url part carries an image; this data: URL is `{kind}`"
+                        ),
+                    });
+                }
+            }
+        }
         for (j, call) in message.tool_calls.iter().flatten().enumerate() {
             if call.kind == "function" && call.function.is_none() {
                 return Err(RequestError::MissingField {
@@ -130,6 +145,26 @@ pub fn validate_request(request: &ChatRequest) -> Result<(), RequestError> {
         });
     }
     Ok(())
+}
+
+/// The media type a `data:` URL names (`text/plain` when it names none, as
+/// RFC 2397 says), or `None` for any other URL.
+fn data_url_media_type(url: &str) -> Option<&str> {
+    let rest = url.get(..5).filter(|s| s.eq_ignore_ascii_case("data:"))?;
+    let rest = &url[rest.len()..];
+    let end = rest.find([';', ',']).unwrap_or(rest.len());
+    let kind = rest[..end].trim();
+    Some(if kind.is_empty() { "text/plain" } else { kind })
+}
+
+/// Only images may ride in an `image_url` part: the hold counts such a
+/// part as one image, and a provider that takes any inline data (Gemini's
+/// `inlineData` reads video, PDFs and audio) would bill a long video or
+/// document as its thousands of tokens.
+fn is_image(media_type: &str) -> bool {
+    media_type
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("image/"))
 }
 
 fn from_serde(path: &str, err: serde_json::Error) -> RequestError {
@@ -239,6 +274,37 @@ mod tests {
                 .as_deref(),
             Some("max_tokens")
         );
+    }
+
+    #[test]
+    fn image_url_data_must_be_an_image() {
+        let body = |url: &str| {
+            format!(
+                r#"{{"model":"gemini-2.5-pro","messages":[{{"role":"user","content":[
+                {{"type":"text","text":"what is this"}},
+                {{"type":"image_url","image_url":{{"url":"{url}"}}}}]}}]}}"#
+            )
+        };
+        for url in [
+            "data:video/mp4;base64,AAAA",
+            "data:application/pdf;base64,AAAA",
+            "DATA:audio/wav;base64,AAAA",
+            "data:,hello",
+        ] {
+            let err = parse_request(body(url).as_bytes()).unwrap_err();
+            assert_eq!(
+                err.field(),
+                Some("messages[0].content[1].image_url.url"),
+                "{url}"
+            );
+        }
+        for url in [
+            "data:image/png;base64,AAAA",
+            "data:IMAGE/JPEG;base64,AAAA",
+            "https://example.com/cat.mp4",
+        ] {
+            assert!(parse_request(body(url).as_bytes()).is_ok(), "{url}");
+        }
     }
 
     #[test]
