@@ -18,14 +18,69 @@ use tiktoken_rs::CoreBPE;
 /// Tokens OpenAI adds per message (role and separators) and to prime the reply.
 const TOKENS_PER_MESSAGE: u64 = 3;
 const TOKENS_PER_REPLY: u64 = 3;
-/// An image part at `detail: "low"`: OpenAI's fixed 85 tokens.
+/// An image part at `detail: "low"` on GPT-4o's tiling: a fixed 85 tokens.
 const LOW_DETAIL_IMAGE_TOKENS: u64 = 85;
 /// Any other image part, whose size is not known before the call: the most
-/// OpenAI's tiling can charge (85 + 170 per 512-px tile, 8 tiles for an image
-/// scaled to 768 × 2048). Anthropic's largest image (≈ 1,600 tokens) and
-/// Gemini's tiles (258 each) land near it; the commit records what the
-/// provider reports.
+/// GPT-4o's tiling can charge (85 + 170 per 512-px tile, 8 tiles for an
+/// image scaled to 768 × 2048); GPT-4.1, GPT-5 and the o-series tile with
+/// smaller figures. Anthropic's largest image (≈ 1,600 tokens) and xAI's
+/// (≈ 1,800) are within it once the provider margin is added
+/// ([`input_margin_percent`]). The commit records what the provider reports.
 const IMAGE_TOKENS: u64 = 85 + 170 * 8;
+
+/// The most one image part may cost on a provider and model, in input
+/// tokens before the provider margin, at `detail: "low"` and otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageTokens {
+    pub low: u64,
+    pub high: u64,
+}
+
+impl ImageTokens {
+    /// Only OpenAI's tiling honours `detail: "low"`; Anthropic, Gemini,
+    /// xAI and unknown models ignore it, so it lowers nothing there.
+    pub fn for_model(kind: ProviderKind, model: &str) -> ImageTokens {
+        let any_detail = |tokens| ImageTokens {
+            low: tokens,
+            high: tokens,
+        };
+        match kind {
+            ProviderKind::OpenAi => {
+                let model = model.strip_prefix("ft:").unwrap_or(model);
+                let is = |prefixes: &[&str]| prefixes.iter().any(|p| model.starts_with(p));
+                // Patch-based models: at most 1,536 32-px patches, times the
+                // model's multiplier; no low detail.
+                let patches = |multiplier_percent: u64| {
+                    any_detail((1_536 * multiplier_percent).div_ceil(100))
+                };
+                if is(&["gpt-4o-mini"]) {
+                    // GPT-4o's tiling at 2,833 + 5,667 per tile.
+                    ImageTokens {
+                        low: 2_833,
+                        high: 2_833 + 5_667 * 8,
+                    }
+                } else if is(&["gpt-4.1-nano", "gpt-5-nano"]) {
+                    patches(246)
+                } else if is(&["o4-mini"]) {
+                    patches(172)
+                } else if is(&["gpt-4.1-mini", "gpt-5-mini"]) {
+                    patches(162)
+                } else {
+                    ImageTokens {
+                        low: LOW_DETAIL_IMAGE_TOKENS,
+                        high: IMAGE_TOKENS,
+                    }
+                }
+            }
+            // 258 per 768-px tile of an image scaled to at most 3,072 px a side.
+            ProviderKind::Gemini => any_detail(258 * 16),
+            ProviderKind::Anthropic | ProviderKind::Xai => any_detail(IMAGE_TOKENS),
+            // An unknown vision model: open ones count up to 16,384 tokens
+            // an image (Qwen2-VL at its default largest size).
+            ProviderKind::Custom => any_detail(16_384),
+        }
+    }
+}
 /// Smallest answer worth sending when the budget is nearly spent.
 pub const MIN_OUTPUT_TOKENS: u64 = 16;
 /// The system prompt Anthropic adds to a request with tools: the largest
@@ -170,10 +225,10 @@ impl Counted {
 }
 
 /// Tokens an image part may cost at most.
-fn image_tokens(part: &ContentPart) -> u64 {
+fn image_tokens(part: &ContentPart, images: ImageTokens) -> u64 {
     match part.image_url.as_ref().and_then(|i| i.detail.as_deref()) {
-        Some("low") => LOW_DETAIL_IMAGE_TOKENS,
-        _ => IMAGE_TOKENS,
+        Some("low") => images.low,
+        _ => images.high,
     }
 }
 
@@ -182,7 +237,7 @@ fn image_tokens(part: &ContentPart) -> u64 {
 /// provider reads it as input: OpenAI's structured outputs, Gemini's
 /// response schema, the tool it becomes for Anthropic). Audio and other
 /// parts are bounded apart ([`Media`]).
-pub fn input_tokens(req: &ChatRequest, encoding: Encoding) -> u64 {
+pub fn input_tokens(req: &ChatRequest, encoding: Encoding, images: ImageTokens) -> u64 {
     let count = |text: &str| count(text, encoding);
     let mut total = TOKENS_PER_REPLY;
     for m in &req.messages {
@@ -190,7 +245,7 @@ pub fn input_tokens(req: &ChatRequest, encoding: Encoding) -> u64 {
         if let Some(MessageContent::Parts(parts)) = &m.content {
             for p in parts {
                 total += match p.kind.as_str() {
-                    "image_url" => image_tokens(p),
+                    "image_url" => image_tokens(p, images),
                     "refusal" => p
                         .extra
                         .get("refusal")
@@ -388,7 +443,11 @@ pub fn estimate_with(
     price: Option<&ModelPrice>,
     default_max_output_tokens: u64,
 ) -> Estimate {
-    let counted = input_tokens(req, Encoding::for_model(kind, model));
+    let counted = input_tokens(
+        req,
+        Encoding::for_model(kind, model),
+        ImageTokens::for_model(kind, model),
+    );
     let model_max = price.and_then(|p| p.max_output_tokens);
     let per_second = audio_tokens_per_second(kind);
     let audio = media.audio_tokens(per_second);
@@ -508,11 +567,15 @@ mod tests {
     use super::*;
     use crate::providers::parse_request;
 
+    fn gpt_4o_images() -> ImageTokens {
+        ImageTokens::for_model(ProviderKind::OpenAi, "gpt-4o")
+    }
+
     #[test]
     fn counts_tokens_like_openai_and_prices_the_maximum() {
         let req = parse_request(br#"{"model":"gpt-4o","max_tokens":100,"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
         // "Hello, world!" is 4 tokens in o200k_base; + 3 per message + 3 for the reply.
-        assert_eq!(input_tokens(&req, Encoding::O200k), 10);
+        assert_eq!(input_tokens(&req, Encoding::O200k, gpt_4o_images()), 10);
         let price = ModelPrice {
             max_output_tokens: Some(16384),
             ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
@@ -630,7 +693,7 @@ mod tests {
             max_output_tokens: Some(16_384),
             ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
         };
-        let counted = input_tokens(&req, Encoding::O200k);
+        let counted = input_tokens(&req, Encoding::O200k, gpt_4o_images());
         let e = estimate(&req, ProviderKind::OpenAi, "m", Some(&price), 4096);
         assert_eq!(e.flex.input_tokens, counted + 16_384);
         assert_eq!(
@@ -711,8 +774,9 @@ mod tests {
         let without = input_tokens(
             &with_part("gpt-4o", serde_json::json!({"type": "text", "text": ""})),
             Encoding::O200k,
+            gpt_4o_images(),
         );
-        assert!(input_tokens(&req, Encoding::O200k) > without + 5);
+        assert!(input_tokens(&req, Encoding::O200k, gpt_4o_images()) > without + 5);
     }
 
     #[test]
@@ -741,7 +805,35 @@ mod tests {
             {"type":"image_url","image_url":{"url":"https://example.com/b.png","detail":"low"}},
             {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo=","detail":"high"}}]}]}"#).unwrap();
         // 10 for the text as above, 1,445 for each image of unknown size, 85 at low detail.
-        assert_eq!(input_tokens(&req, Encoding::O200k), 10 + 1_445 + 85 + 1_445);
+        assert_eq!(
+            input_tokens(&req, Encoding::O200k, gpt_4o_images()),
+            10 + 1_445 + 85 + 1_445
+        );
+        let images = |kind, model| {
+            input_tokens(&req, Encoding::O200k, ImageTokens::for_model(kind, model)) - 10
+        };
+        // GPT-4o mini counts 33⅓ times GPT-4o's tokens (at a price that
+        // much lower than 16⅔ times): 2,833 + 5,667 per tile, 2,833 at low.
+        assert_eq!(
+            images(ProviderKind::OpenAi, "gpt-4o-mini"),
+            48_169 + 2_833 + 48_169
+        );
+        // Patch-based models: 1,536 patches times 1.62, 2.46, 1.72; no low detail.
+        assert_eq!(images(ProviderKind::OpenAi, "gpt-4.1-mini"), 3 * 2_489);
+        assert_eq!(
+            images(ProviderKind::OpenAi, "gpt-5-nano-2025-08-07"),
+            3 * 3_779
+        );
+        assert_eq!(images(ProviderKind::OpenAi, "o4-mini"), 3 * 2_642);
+        assert_eq!(
+            images(ProviderKind::OpenAi, "ft:gpt-4o-2024-08-06:acme::x"),
+            1_445 + 85 + 1_445
+        );
+        // Other providers ignore `detail`: the low-detail image is held in full.
+        assert_eq!(images(ProviderKind::Anthropic, "claude-opus-4"), 3 * 1_445);
+        assert_eq!(images(ProviderKind::Xai, "grok-2-vision"), 3 * 1_445);
+        assert_eq!(images(ProviderKind::Gemini, "gemini-2.5-pro"), 3 * 4_128);
+        assert_eq!(images(ProviderKind::Custom, "qwen2-vl"), 3 * 16_384);
     }
 
     #[test]
@@ -813,8 +905,8 @@ mod tests {
         let body = r#"{"model":"gpt-4","max_tokens":10,"messages":[{"role":"user","content":"मेरा नाम क्या है? यह एक परीक्षण वाक्य है जो हिंदी में लिखा गया है।"}]}"#;
         let req = parse_request(body.as_bytes()).unwrap();
         let (cl100k, o200k) = (
-            input_tokens(&req, Encoding::Cl100k),
-            input_tokens(&req, Encoding::O200k),
+            input_tokens(&req, Encoding::Cl100k, gpt_4o_images()),
+            input_tokens(&req, Encoding::O200k, gpt_4o_images()),
         );
         assert!(cl100k > o200k * 3 / 2, "cl100k {cl100k}, o200k {o200k}");
         let e = |model| {
@@ -829,7 +921,7 @@ mod tests {
     fn holds_cover_tokenizers_that_count_more_than_o200k() {
         let body = br#"{"model":"m","max_tokens":10,"messages":[{"role":"user","content":"Hello, world!"}]}"#;
         let req = parse_request(body).unwrap();
-        let counted = input_tokens(&req, Encoding::O200k);
+        let counted = input_tokens(&req, Encoding::O200k, gpt_4o_images());
         assert_eq!(counted, 10);
         let held = |kind| estimate(&req, kind, "m", None, 4096);
         let openai = held(ProviderKind::OpenAi);
@@ -873,7 +965,7 @@ mod tests {
                 r#"{{"model":"m","messages":[{{"role":"user","content":"Hello, world!"}}]{extra}}}"#
             );
             let req = parse_request(body.as_bytes()).unwrap();
-            let counted = input_tokens(&req, Encoding::O200k);
+            let counted = input_tokens(&req, Encoding::O200k, gpt_4o_images());
             (
                 counted,
                 held_input_tokens(&req, ProviderKind::Anthropic, counted),
@@ -917,7 +1009,13 @@ mod tests {
         let with_format = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"}],
             "response_format":{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object","properties":{"answer":{"type":"string"}}}}}}"#;
         let null_format = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hello, world!"}],"response_format":null}"#;
-        let tokens = |body: &[u8]| input_tokens(&parse_request(body).unwrap(), Encoding::O200k);
+        let tokens = |body: &[u8]| {
+            input_tokens(
+                &parse_request(body).unwrap(),
+                Encoding::O200k,
+                gpt_4o_images(),
+            )
+        };
         let format = r#"{"type":"json_schema","json_schema":{"name":"r","schema":{"type":"object","properties":{"answer":{"type":"string"}}}}}"#;
         assert_eq!(
             tokens(with_format),

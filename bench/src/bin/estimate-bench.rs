@@ -12,7 +12,8 @@
 //! `cargo run --release -p tollgate-bench --bin estimate-bench`
 #![allow(clippy::print_stdout)]
 
-use proxy::estimate::{input_tokens, Encoding};
+use proxy::estimate::{input_tokens, Encoding, ImageTokens};
+use proxy::providers::ProviderKind;
 use proxy::providers::openai::ChatRequest;
 use proxy::providers::parse_request;
 use std::hint::black_box;
@@ -43,6 +44,7 @@ fn ms(f: impl FnOnce()) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    let images = ImageTokens::for_model(ProviderKind::OpenAi, "gpt-4o");
     // (The tokenizer's tables load once per process, as the proxy does at start.)
     proxy::estimate::warm_up();
     println!("{:<34} {:>14} {:>14}", "conversation", "new ms", "again ms");
@@ -53,10 +55,10 @@ fn main() -> anyhow::Result<()> {
         )];
         let req = request(&texts)?;
         let new = ms(|| {
-            black_box(input_tokens(&req, Encoding::O200k));
+            black_box(input_tokens(&req, Encoding::O200k, images));
         });
         let again = ms(|| {
-            black_box(input_tokens(&req, Encoding::O200k));
+            black_box(input_tokens(&req, Encoding::O200k, images));
         });
         println!("{label:<34} {new:>14.3} {again:>14.3}");
     }
@@ -70,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         history.push(message(turn, "chat"));
         let req = request(&history)?;
         total += ms(|| {
-            black_box(input_tokens(&req, Encoding::O200k));
+            black_box(input_tokens(&req, Encoding::O200k, images));
         });
     }
     // The same chat with every turn's texts new, as without remembering.
@@ -81,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let req = request(&texts)?;
         scratch += ms(|| {
-            black_box(input_tokens(&req, Encoding::O200k));
+            black_box(input_tokens(&req, Encoding::O200k, images));
         });
     }
     println!(
