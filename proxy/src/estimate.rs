@@ -258,9 +258,28 @@ pub fn input_tokens(req: &ChatRequest, encoding: Encoding, images: ImageTokens) 
         if let Some(calls) = &m.tool_calls {
             total += count(&serde_json::to_string(calls).unwrap_or_default());
         }
+        // The author's name (OpenAI bills its tokens and one more), the id
+        // a tool result answers, and whatever else the message carries and
+        // is sent on as it came (a legacy `function_call`). An earlier
+        // audio answer sent back is held apart ([`Media::audio_replies`]).
+        if let Some(name) = &m.name {
+            total += 1 + count(name);
+        }
+        if let Some(id) = &m.tool_call_id {
+            total += count(id);
+        }
+        for (key, value) in &m.extra {
+            if key != "audio" && !value.is_null() {
+                total += count(&value.to_string());
+            }
+        }
     }
     if let Some(tools) = &req.tools {
         total += count(&serde_json::to_string(tools).unwrap_or_default());
+    }
+    // Legacy function declarations (`functions`), sent on as they came.
+    if let Some(functions) = req.extra.get("functions").filter(|f| !f.is_null()) {
+        total += count(&functions.to_string());
     }
     if let Some(format) = req.extra.get("response_format").filter(|f| !f.is_null()) {
         total += count(&format.to_string());
@@ -795,6 +814,45 @@ mod tests {
         };
         assert_eq!(usd(&text), Decimal::new(1025, 6));
         assert_eq!(usd(&audio), Decimal::new(20025, 6));
+    }
+
+    #[test]
+    fn names_ids_legacy_functions_and_function_calls_are_input() {
+        let plain = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+        let base = input_tokens(
+            &parse_request(plain).unwrap(),
+            Encoding::O200k,
+            gpt_4o_images(),
+        );
+        let long = "lorem ipsum dolor sit amet ".repeat(100);
+        let tokens = |body: String| {
+            input_tokens(
+                &parse_request(body.as_bytes()).unwrap(),
+                Encoding::O200k,
+                gpt_4o_images(),
+            ) - base
+        };
+        let text = count(&long, Encoding::O200k);
+        assert!(text >= 400, "{text}");
+        // Each of these carries the long text: each must count it.
+        let cases = [
+            format!(
+                r#"{{"model":"gpt-4o","functions":[{{"name":"f","description":"{long}","parameters":{{}}}}],
+                "messages":[{{"role":"user","content":"hi"}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"gpt-4o","messages":[{{"role":"user","name":"{long}","content":"hi"}}]}}"#
+            ),
+            format!(
+                r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"hi"}},
+                {{"role":"assistant","content":null,"function_call":{{"name":"f","arguments":"{long}"}}}}]}}"#
+            ),
+        ];
+        for body in cases {
+            let extra = tokens(body.clone());
+            let start: String = body.chars().take(90).collect();
+            assert!(extra >= text, "{extra} of {text} tokens for {start}");
+        }
     }
 
     #[test]

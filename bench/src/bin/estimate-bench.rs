@@ -13,9 +13,9 @@
 #![allow(clippy::print_stdout)]
 
 use proxy::estimate::{input_tokens, Encoding, ImageTokens};
-use proxy::providers::ProviderKind;
 use proxy::providers::openai::ChatRequest;
 use proxy::providers::parse_request;
+use proxy::providers::ProviderKind;
 use std::hint::black_box;
 use std::time::Instant;
 
