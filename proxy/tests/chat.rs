@@ -1088,6 +1088,35 @@ async fn the_model_list_holds_what_the_project_can_call() {
     let some = list("gpt4o_only").await;
     assert!(some.iter().any(|m| m == "gpt-4o"));
     assert!(some.iter().all(|m| m.starts_with("gpt-4o")), "{some:?}");
+    // One model, as the SDKs' `models.retrieve` asks (ids may hold a `/`).
+    let retrieve = |tier: &'static str, id: &'static str| {
+        let url = format!("{}/v1/models/{id}", p.base);
+        let request = p.http.get(url).header("x-project-key", &p.project_key);
+        async move {
+            let r = request.header("x-tier", tier).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    for id in [
+        "gpt-4o",
+        "gemini/gemini-2.0-flash",
+        "groq/llama-3.1-8b-instant",
+    ] {
+        let (status, model) = retrieve("free", id).await;
+        assert_eq!(status, 200, "{id}: {model}");
+        assert_eq!(
+            (model["id"].as_str(), model["object"].as_str()),
+            (Some(id), Some("model"))
+        );
+    }
+    for (tier, id) in [
+        ("free", "no-such-model"),
+        ("gpt4o_only", "claude-3-5-sonnet-20240620"),
+    ] {
+        let (status, body) = retrieve(tier, id).await;
+        assert_eq!(status, 404, "{id}: {body}");
+        assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+    }
 }
 
 #[tokio::test]

@@ -388,6 +388,17 @@ def test_models_list_contains_gpt_4o() -> None:
     assert "gpt-4o" in [m.id for m in models]
 
 
+def test_models_retrieve_finds_a_listed_model_and_not_others() -> None:
+    client = make_client(new_identity("retrieve"))
+    for model_id in ["gpt-4o", "gemini/gemini-2.0-flash"]:
+        model = client.models.retrieve(model_id)
+        assert isinstance(model, Model)
+        assert model.id == model_id
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert err.value.code == "model_not_found"
+
+
 def test_unknown_project_key_is_an_authentication_error() -> None:
     client = make_client(new_identity("badkey"), project_key="pk_does_not_exist")
     with pytest.raises(openai.AuthenticationError) as err:

@@ -141,6 +141,7 @@ pub fn router(state: ProxyState) -> Router {
         )
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::retrieve))
         .fallback(|| async { ProxyError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     ingest::http::with_request_ids(router).with_state(state)

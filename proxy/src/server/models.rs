@@ -1,4 +1,4 @@
-//! `GET /v1/models`: the models this project can call and price, in
+//! `GET /v1/models` and `GET /v1/models/{id}`: the models this project can call and price, in
 //! OpenAI's list shape: every price-table entry that routes to the provider
 //! it prices (so `azure/…` or Vertex AI's ids, which Tollgate does not call,
 //! are left out), the entries of the project's custom providers, and its
@@ -6,8 +6,9 @@
 
 use super::{ProxyError, ProxyState};
 use crate::providers::{route, ProviderKind};
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -16,16 +17,54 @@ pub async fn list(
     State(state): State<ProxyState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ProxyError> {
+    let data: Vec<Value> = available(&state, &headers)
+        .await?
+        .into_iter()
+        .map(|(id, owner)| model_object(&id, owner))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`): one model of the
+/// list, or OpenAI's 404 `model_not_found`. Ids may hold a `/`
+/// (`gemini/gemini-2.0-flash`, `groq/llama-3.1-8b-instant`).
+pub async fn retrieve(
+    State(state): State<ProxyState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ProxyError> {
+    let models = available(&state, &headers).await?;
+    Ok(match models.get(id.as_str()) {
+        Some(owner) => Json(model_object(&id, owner)).into_response(),
+        None => super::error::openai_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            &format!("The model `{id}` does not exist or this project cannot call it."),
+            Some("model"),
+        ),
+    })
+}
+
+fn model_object(id: &str, owner: &str) -> Value {
+    json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
+}
+
+/// The models the calling project and tier can call: id → owner.
+async fn available(
+    state: &ProxyState,
+    headers: &HeaderMap,
+) -> Result<BTreeMap<String, &'static str>, ProxyError> {
     let inner = &state.0;
-    let project = super::chat::project(&state, &headers).await?;
+    let project = super::chat::project(state, headers).await?;
     let tier_name = headers.get("x-tier").and_then(|v| v.to_str().ok());
     let (_, tier) = project
         .tier(tier_name)
         .map_err(|e| ProxyError::UnknownTier(e.to_string()))?;
-    let config = super::chat::project_config(&state, project.project_id).await?;
+    let config = super::chat::project_config(state, project.project_id).await?;
     let base_urls = config.base_urls(&inner.settings.base_urls);
     // id → owner, for the ids that route to the provider they are priced for.
-    let mut models: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut models: BTreeMap<String, &'static str> = BTreeMap::new();
     let table = inner
         .prices
         .models()
@@ -58,12 +97,8 @@ pub async fn list(
                 ProviderKind::Gemini => "google",
                 ProviderKind::Xai => "xai",
             };
-            models.entry(id).or_insert(owner);
+            models.entry(id.to_owned()).or_insert(owner);
         }
     }
-    let data: Vec<Value> = models
-        .into_iter()
-        .map(|(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
-        .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(models)
 }
