@@ -61,6 +61,9 @@ pub struct ProjectConfig {
     pub price_overrides: Vec<(String, ModelPrice)>,
     /// Provider name → decrypted key. Held in memory only.
     keys: HashMap<String, ProviderKey>,
+    /// Providers with a stored key this process cannot use: no
+    /// `TOLLGATE_ENCRYPTION_KEY`, or one that does not open it.
+    unusable_keys: Vec<String>,
 }
 
 impl ProjectConfig {
@@ -91,6 +94,7 @@ impl ProjectConfig {
             custom_providers,
             price_overrides,
             keys: keys.into_iter().collect(),
+            unusable_keys: Vec::new(),
         }
     }
 
@@ -98,6 +102,12 @@ impl ProjectConfig {
     /// and decrypted.
     pub fn key(&self, provider: &str) -> Option<&ProviderKey> {
         self.keys.get(provider)
+    }
+
+    /// Whether the project stored a key for `provider` that this process
+    /// cannot decrypt (a server misconfiguration, not the app's mistake).
+    pub fn stored_key_unusable(&self, provider: &str) -> bool {
+        self.unusable_keys.iter().any(|p| p == provider)
     }
 
     /// Loads `project`'s configuration. Keys are decrypted with `enc`; with
@@ -108,10 +118,12 @@ impl ProjectConfig {
         project: ProjectId,
         enc: Option<&EncryptionKey>,
     ) -> anyhow::Result<ProjectConfig> {
+        let (keys, unusable_keys) = load_keys(pool, project, enc).await?;
         Ok(ProjectConfig {
             custom_providers: load_custom_providers(pool, project).await?,
             price_overrides: load_price_overrides(pool, project).await?,
-            keys: load_keys(pool, project, enc).await?,
+            keys,
+            unusable_keys,
         })
     }
 }
@@ -160,7 +172,7 @@ async fn load_keys(
     pool: &PgPool,
     project: ProjectId,
     enc: Option<&EncryptionKey>,
-) -> anyhow::Result<HashMap<String, ProviderKey>> {
+) -> anyhow::Result<(HashMap<String, ProviderKey>, Vec<String>)> {
     let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
         "SELECT provider, ciphertext, nonce FROM provider_keys WHERE project_id = $1",
     )
@@ -174,9 +186,10 @@ async fn load_keys(
                 tracing::warn!(project_id = %project, "stored provider keys are ignored: {ENCRYPTION_KEY_ENV} is not set");
             });
         }
-        return Ok(HashMap::new());
+        return Ok((HashMap::new(), rows.into_iter().map(|r| r.0).collect()));
     };
     let mut keys = HashMap::with_capacity(rows.len());
+    let mut unusable = Vec::new();
     for (provider, ciphertext, nonce) in rows {
         match enc.open(project, &provider, &Sealed { ciphertext, nonce }) {
             Ok(key) => {
@@ -184,10 +197,11 @@ async fn load_keys(
             }
             Err(e) => {
                 tracing::error!(project_id = %project, provider = %provider, error = %e, "provider key skipped");
+                unusable.push(provider);
             }
         }
     }
-    Ok(keys)
+    Ok((keys, unusable))
 }
 
 /// Checks a custom provider and returns it normalized (trimmed, without a

@@ -1119,6 +1119,59 @@ async fn the_model_list_holds_what_the_project_can_call() {
     }
 }
 
+/// A stored key this server cannot decrypt (another TOLLGATE_ENCRYPTION_KEY,
+/// or none) is the operator's mistake: a 503 saying so, not a 401 asking
+/// the app for a provider key. Nothing is held or forwarded.
+#[tokio::test]
+async fn a_stored_key_the_server_cannot_decrypt_is_a_503_naming_the_cause() {
+    let stored_with = tollgate_proxy::keys::EncryptionKey::generate();
+    for server_key in [Some(tollgate_proxy::keys::EncryptionKey::generate()), None] {
+        let p = Proxy::start_with(PLAN, server_key).await;
+        let key = tollgate_proxy::providers::ProviderKey::new("sk-ant-stored-key-0123456789");
+        tollgate_proxy::keys::store_provider_key(
+            p.db.pool(),
+            p.project_id,
+            "anthropic",
+            &key,
+            &stored_with,
+        )
+        .await
+        .unwrap();
+        let r = p
+            .http
+            .post(format!("{}/v1/chat/completions", p.base))
+            .bearer_auth(&p.project_key)
+            .header("x-identity", "undecryptable")
+            .json(&chat_body("claude-3-5-sonnet-20240620", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "provider_key_unavailable", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("TOLLGATE_ENCRYPTION_KEY"),
+            "{body}"
+        );
+        assert_eq!(p.anthropic.request_count(), 0);
+        assert!(p.events("undecryptable").await.is_empty());
+        // A provider with no stored key still asks the app for one.
+        let r = p
+            .http
+            .post(format!("{}/v1/chat/completions", p.base))
+            .bearer_auth(&p.project_key)
+            .header("x-identity", "undecryptable")
+            .json(&chat_body("gpt-4o", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+}
+
 #[tokio::test]
 async fn a_stored_provider_key_is_used_when_the_app_sends_none() {
     let enc = tollgate_proxy::keys::EncryptionKey::generate();

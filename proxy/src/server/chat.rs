@@ -235,7 +235,13 @@ pub async fn completions(
         None => ProviderKey::new(
             bearer(&headers)
                 .filter(|b| !b.starts_with("pk_"))
-                .ok_or_else(|| ProxyError::NoProviderKey(route.provider.clone()))?,
+                .ok_or_else(|| {
+                    if config.stored_key_unusable(&route.provider) {
+                        ProxyError::StoredKeyUnusable(route.provider.clone())
+                    } else {
+                        ProxyError::NoProviderKey(route.provider.clone())
+                    }
+                })?,
         ),
     };
     let media = if audio_to_read(&req) > READ_ON_THE_BLOCKING_POOL {

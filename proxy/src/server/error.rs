@@ -32,6 +32,10 @@ pub enum ProxyError {
     ModelNotAllowed(String),
     #[error("no provider key: send `Authorization: Bearer <provider key>` or store one with `tollgate keys add --provider {0}`")]
     NoProviderKey(String),
+    /// The project stored a key for this provider, and this server cannot
+    /// decrypt it: the operator's mistake, so not a 401 asking the app for a key.
+    #[error("the project's stored key for {0} cannot be used by this server (TOLLGATE_ENCRYPTION_KEY is unset or is not the key it was stored with); the operator must fix the server's configuration")]
+    StoredKeyUnusable(String),
     #[error("model `{0}` has no known price and this tier limits US dollars; add a price (tollgate prices set) rather than count $0")]
     UnknownPrice(String),
     #[error("request body is too large")]
@@ -172,6 +176,15 @@ impl IntoResponse for ProxyError {
                 "missing_provider_key",
                 None,
             ),
+            ProxyError::StoredKeyUnusable(provider) => {
+                tracing::error!(provider = %provider, "a stored provider key cannot be decrypted: check TOLLGATE_ENCRYPTION_KEY");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "provider_key_unavailable",
+                    None,
+                )
+            }
             ProxyError::UnknownPrice(_) => (
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
