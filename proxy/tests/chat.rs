@@ -527,6 +527,12 @@ async fn charged_the_hold_and_not_retried(
     assert_eq!(r.headers()["x-should-retry"], "false");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{body}");
+    charged_the_hold(p, identity).await;
+}
+
+/// `identity`'s one call was committed (not released, not expired) at
+/// exactly what it held.
+async fn charged_the_hold(p: &Proxy, identity: &str) {
     p.settled(identity, 1).await;
     let events = p.events(identity).await;
     assert_eq!(events.len(), 2, "{events:?}");
@@ -730,13 +736,7 @@ async fn calls_still_running_at_shutdown_are_settled_before_the_proxy_stops() {
         .parse()
         .unwrap();
     assert!(output > 0 && output < 200, "partial output {output}");
-    let waited = p.events("waiting").await;
-    assert_eq!(waited.len(), 2, "{waited:?}");
-    assert_eq!(waited[1].0, "committed");
-    assert_eq!(
-        waited[1].1["actual"], waited[0].1["amounts"],
-        "charged the hold"
-    );
+    charged_the_hold(&p, "waiting").await;
 }
 
 #[tokio::test]
@@ -1119,6 +1119,19 @@ async fn the_model_list_holds_what_the_project_can_call() {
     }
 }
 
+/// A call whose only credential is the project key (as the SDK's
+/// `api_key`): no provider key is passed through.
+async fn project_key_only(p: &Proxy, identity: &str, model: &str) -> reqwest::Response {
+    p.http
+        .post(format!("{}/v1/chat/completions", p.base))
+        .bearer_auth(&p.project_key)
+        .header("x-identity", identity)
+        .json(&chat_body(model, false))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A stored key this server cannot decrypt (another TOLLGATE_ENCRYPTION_KEY,
 /// or none) is the operator's mistake: a 503 saying so, not a 401 asking
 /// the app for a provider key. Nothing is held or forwarded.
@@ -1137,15 +1150,7 @@ async fn a_stored_key_the_server_cannot_decrypt_is_a_503_naming_the_cause() {
         )
         .await
         .unwrap();
-        let r = p
-            .http
-            .post(format!("{}/v1/chat/completions", p.base))
-            .bearer_auth(&p.project_key)
-            .header("x-identity", "undecryptable")
-            .json(&chat_body("claude-3-5-sonnet-20240620", false))
-            .send()
-            .await
-            .unwrap();
+        let r = project_key_only(&p, "undecryptable", "claude-3-5-sonnet-20240620").await;
         assert_eq!(r.status(), 503);
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "provider_key_unavailable", "{body}");
@@ -1159,15 +1164,7 @@ async fn a_stored_key_the_server_cannot_decrypt_is_a_503_naming_the_cause() {
         assert_eq!(p.anthropic.request_count(), 0);
         assert!(p.events("undecryptable").await.is_empty());
         // A provider with no stored key still asks the app for one.
-        let r = p
-            .http
-            .post(format!("{}/v1/chat/completions", p.base))
-            .bearer_auth(&p.project_key)
-            .header("x-identity", "undecryptable")
-            .json(&chat_body("gpt-4o", false))
-            .send()
-            .await
-            .unwrap();
+        let r = project_key_only(&p, "undecryptable", "gpt-4o").await;
         assert_eq!(r.status(), 401);
     }
 }
@@ -1181,30 +1178,14 @@ async fn a_stored_provider_key_is_used_when_the_app_sends_none() {
         .await
         .unwrap();
     // The app sends only its project key (as the SDK's api_key) and the identity.
-    let r = p
-        .http
-        .post(format!("{}/v1/chat/completions", p.base))
-        .bearer_auth(&p.project_key)
-        .header("x-identity", "stored")
-        .json(&chat_body("claude-3-5-sonnet-20240620", false))
-        .send()
-        .await
-        .unwrap();
+    let r = project_key_only(&p, "stored", "claude-3-5-sonnet-20240620").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(
         p.anthropic.last_request().unwrap().header("x-api-key"),
         Some("sk-ant-stored-key-0123456789")
     );
     // Without a stored key for OpenAI and without a pass-through key: 401.
-    let r = p
-        .http
-        .post(format!("{}/v1/chat/completions", p.base))
-        .bearer_auth(&p.project_key)
-        .header("x-identity", "stored")
-        .json(&chat_body("gpt-4o", false))
-        .send()
-        .await
-        .unwrap();
+    let r = project_key_only(&p, "stored", "gpt-4o").await;
     assert_eq!(r.status(), 401);
     assert_eq!(p.openai.request_count(), 0);
 }
