@@ -412,8 +412,9 @@ impl Call {
                 }
             }
         };
-        // Shutting down with the provider still working: what it did is
-        // unknown, so the hold is charged rather than $0.
+        // Cut (shutdown, or the call's deadline) with the provider still
+        // working: what it did is unknown, so the hold is charged rather
+        // than $0.
         let sent = match unless_cut_off(inner, deadline, inner.http.send(&upstream)).await {
             Ok(sent) => sent,
             Err(cut) => {

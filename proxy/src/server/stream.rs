@@ -63,9 +63,8 @@ pub struct MeteredStream {
     /// Ready when the stream must end now (shutdown).
     cut_off: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Ready when the call must end before its hold could expire
-    /// ([`super::Settings::call_limit`]); `None` in unit tests, polled
-    /// without a runtime.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// ([`super::Settings::call_limit`]).
+    deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
     /// Translated bytes not yet handed to the server.
     batch: BytesMut,
@@ -94,7 +93,7 @@ impl MeteredStream {
             price,
             input_estimate,
             cut_off: Box::pin(cut_off.cancelled_owned()),
-            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
             done: false,
             batch: BytesMut::new(),
             idle: 0,
@@ -177,11 +176,7 @@ impl Stream for MeteredStream {
                 this.finish();
                 continue;
             }
-            if this
-                .deadline
-                .as_mut()
-                .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-            {
+            if this.deadline.as_mut().poll(cx).is_ready() {
                 tracing::warn!(
                     "a stream would outlive its hold (TOLLGATE_HOLD_TTL_MS): it ends here, charged what it consumed"
                 );
@@ -257,7 +252,19 @@ mod tests {
             price: None,
             input_estimate: CountedInput::default(),
             cut_off: Box::pin(CancellationToken::new().cancelled_owned()),
-            deadline: None,
+            // Far off; made in a runtime's context, which a timer needs,
+            // while the tests poll by hand.
+            deadline: {
+                static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
+                    std::sync::LazyLock::new(|| {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_time()
+                            .build()
+                            .unwrap()
+                    });
+                let _context = RUNTIME.enter();
+                Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600)))
+            },
             done: false,
             batch: BytesMut::new(),
             idle: 0,
