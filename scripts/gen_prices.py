@@ -13,6 +13,7 @@ Usage: python3 scripts/gen_prices.py [SOURCE] [DEST]
 import decimal
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,16 @@ PRICE_FIELDS = [
     "output_cost_per_audio_token",
 ]
 LIMIT_FIELDS = ["max_input_tokens", "max_output_tokens"]
+# Prices that change when a request's input is long (Gemini above 128k or
+# 200k prompt tokens, Claude's 1M-context models and Grok 4 above 200k or
+# 128k): LiteLLM writes them as `<field>_above_<N>k_tokens`.
+LONG_CONTEXT_FIELDS = [
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+]
+LONG_CONTEXT_KEY = re.compile(r"^(?P<field>[a-z_]+)_above_(?P<k>[0-9]+)k_tokens$")
 
 
 def decimal_text(value):
@@ -67,6 +78,36 @@ def anthropic_one_hour_write(name, spec, entry):
         del entry[field]
 
 
+def long_context(name, spec):
+    """The model's long-context tiers, lowest threshold first: each says above
+    how many input tokens it applies and the prices it replaces. A tier
+    without both an input and an output price is left out (the proxy would
+    otherwise keep the lower price on one side), and so is one cheaper than
+    the base prices: providers charge long prompts more, never less (LiteLLM
+    gives Vertex's gemini-2.0-flash-exp a free tier above 128k tokens)."""
+    tiers = {}
+    for key, value in spec.items():
+        m = LONG_CONTEXT_KEY.match(key)
+        if not m or m.group("field") not in LONG_CONTEXT_FIELDS or value is None:
+            continue
+        tier = tiers.setdefault(int(m.group("k")) * 1000, {})
+        tier[m.group("field")] = decimal_text(value)
+    out = []
+    for above in sorted(tiers):
+        tier = tiers[above]
+        if "input_cost_per_token" not in tier or "output_cost_per_token" not in tier:
+            continue
+        cheaper = [
+            f for f in ("input_cost_per_token", "output_cost_per_token")
+            if decimal.Decimal(tier[f]) < decimal.Decimal(spec[f])
+        ]
+        if cheaper:
+            print(f"{name}: dropped the tier above {above} input tokens ({', '.join(cheaper)} below the base price)")
+            continue
+        out.append({"above_input_tokens": above, **{f: tier[f] for f in LONG_CONTEXT_FIELDS if f in tier}})
+    return out
+
+
 def convert(models):
     out = {}
     for name in sorted(models):
@@ -83,6 +124,9 @@ def convert(models):
             limit = token_limit(spec.get(field))
             if limit is not None:
                 entry[field] = limit
+        tiers = long_context(name, spec)
+        if tiers:
+            entry["long_context"] = tiers
         anthropic_one_hour_write(name, spec, entry)
         out[name] = entry
     return out

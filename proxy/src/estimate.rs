@@ -491,7 +491,7 @@ pub fn estimate_with(
         // priced at the dearer of the text and audio rates.
         let context = price.and_then(|p| p.max_input_tokens);
         input = input.max(context.unwrap_or(UNKNOWN_CONTEXT_TOKENS));
-        let audio_dearer = price.is_some_and(|p| {
+        let audio_dearer = price.map(|p| p.for_input(input)).is_some_and(|p| {
             p.input_cost_per_audio_token
                 .is_some_and(|audio| audio > p.input_cost_per_token)
         });
@@ -513,7 +513,11 @@ pub fn estimate_with(
             Unit::Tokens,
             Decimal::from(input.saturating_add(all_output)),
         );
-    let (input_usd, usd_per_output_token) = match price {
+    // Past a long-context threshold every token costs more, output too:
+    // the held input is at least the input, so its tier is at least the
+    // call's.
+    let price = price.map(|p| p.for_input(input));
+    let (input_usd, usd_per_output_token) = match price.as_deref() {
         Some(p) => {
             let input_usd = cost(
                 p,
@@ -616,6 +620,36 @@ mod tests {
             e.max_output_tokens, 4096,
             "no max_tokens: the configured default, capped by the model's own maximum"
         );
+    }
+
+    #[test]
+    fn a_long_input_is_held_at_the_long_context_prices() {
+        let req = parse_request(br#"{"model":"gpt-4o","max_tokens":100,"messages":[{"role":"user","content":"Hello, world!"}]}"#).unwrap();
+        // 10 input tokens (see above); a tier for more than `above` of them.
+        let priced_above = |above: u64| ModelPrice {
+            long_context: vec![crate::pricing::LongContextPrice {
+                above_input_tokens: above,
+                input_cost_per_token: Decimal::new(5, 6),
+                output_cost_per_token: Decimal::new(3, 5),
+                cache_read_input_token_cost: None,
+                cache_creation_input_token_cost: None,
+            }],
+            ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
+        };
+        let held = |above: u64| {
+            let e = estimate(
+                &req,
+                ProviderKind::OpenAi,
+                "gpt-4o",
+                Some(&priced_above(above)),
+                4096,
+            );
+            (e.amounts.get(&Unit::Usd), e.flex.usd_per_output_token)
+        };
+        // 10 × 0.000005 + 100 × 0.00003
+        assert_eq!(held(9), (Decimal::new(305, 5), Decimal::new(3, 5)));
+        // 10 is not past 10: 10 × 0.0000025 + 100 × 0.00001
+        assert_eq!(held(10), (Decimal::new(1025, 6), Decimal::new(1, 5)));
     }
 
     fn with_part(model: &str, part: serde_json::Value) -> ChatRequest {

@@ -308,8 +308,29 @@ pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), Co
             price.output_cost_per_audio_token,
         ),
     ];
+    let tiers = price.long_context.iter().flat_map(|t| {
+        [
+            (
+                "long_context.input_cost_per_token",
+                Some(t.input_cost_per_token),
+            ),
+            (
+                "long_context.output_cost_per_token",
+                Some(t.output_cost_per_token),
+            ),
+            (
+                "long_context.cache_read_input_token_cost",
+                t.cache_read_input_token_cost,
+            ),
+            (
+                "long_context.cache_creation_input_token_cost",
+                t.cache_creation_input_token_cost,
+            ),
+        ]
+    });
     match amounts
         .into_iter()
+        .chain(tiers)
         .find(|(_, amount)| amount.is_some_and(|a| a.is_sign_negative() && !a.is_zero()))
     {
         Some((field, _)) => Err(ConfigInputError::NegativePrice { field }),
@@ -446,6 +467,20 @@ mod tests {
             validate_price_override("m", &price(1, -3)),
             Err(ConfigInputError::NegativePrice {
                 field: "output_cost_per_token"
+            })
+        );
+        let mut tiered = price(1, 1);
+        tiered.long_context.push(crate::pricing::LongContextPrice {
+            above_input_tokens: 200_000,
+            input_cost_per_token: Decimal::new(2, 6),
+            output_cost_per_token: Decimal::new(2, 6),
+            cache_read_input_token_cost: Some(Decimal::new(-1, 7)),
+            cache_creation_input_token_cost: None,
+        });
+        assert_eq!(
+            validate_price_override("m", &tiered),
+            Err(ConfigInputError::NegativePrice {
+                field: "long_context.cache_read_input_token_cost"
             })
         );
         assert_eq!(

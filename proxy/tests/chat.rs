@@ -849,6 +849,75 @@ async fn anthropic_cache_reads_and_one_hour_writes_are_priced_as_billed() {
     }
 }
 
+/// Gemini past 200k prompt tokens, Claude's 1M-context Sonnet past 200k
+/// and Grok 4 past 128k bill every token of the call at higher prices,
+/// output and cache reads included; at the threshold, the base prices.
+#[tokio::test]
+async fn long_context_calls_are_priced_at_the_providers_long_context_rates() {
+    let p = Proxy::start(PLAN).await;
+    let table: Value = serde_json::from_str(include_str!("../prices/model_prices.json")).unwrap();
+    // (model, price-table key, mock, input tokens reported, of which read from cache)
+    let cases = [
+        (
+            "gemini-2.5-pro",
+            "gemini/gemini-2.5-pro",
+            &p.gemini,
+            250_000,
+            0,
+        ),
+        (
+            "gemini-2.5-pro",
+            "gemini/gemini-2.5-pro",
+            &p.gemini,
+            200_000,
+            0,
+        ),
+        (
+            "claude-sonnet-4-5",
+            "claude-sonnet-4-5",
+            &p.anthropic,
+            300_000,
+            100_000,
+        ),
+        ("grok-4-0709", "xai/grok-4-0709", &p.xai, 128_001, 0),
+    ];
+    for (i, (model, key, mock, input, cached)) in cases.into_iter().enumerate() {
+        let price = &table["models"][key];
+        let tier = &price["long_context"][0];
+        let threshold = tier["above_input_tokens"].as_u64().unwrap();
+        let prices = if input > threshold { tier } else { price };
+        let cache_read = match &prices["cache_read_input_token_cost"] {
+            Value::Null => Decimal::ZERO,
+            read => dec(read),
+        };
+        let want = Decimal::from(input - cached) * dec(&prices["input_cost_per_token"])
+            + Decimal::from(cached) * cache_read
+            + Decimal::from(80) * dec(&prices["output_cost_per_token"]);
+        mock.update_behavior(|b| {
+            b.input_tokens = Some(input);
+            b.cached_input_tokens = cached;
+            b.output_tokens = Some(80);
+        });
+        for stream in [false, true] {
+            let identity = format!("long-{i}-{stream}");
+            let (status, _, body) = p.chat(&identity, chat_body(model, stream)).await;
+            assert_eq!(status, 200, "{model}: {body}");
+            let settled = p.settled(&identity, 1).await;
+            let actual = &settled[0].1["actual"];
+            assert_eq!(
+                actual["input_tokens"],
+                input.to_string(),
+                "{model}: {actual}"
+            );
+            assert_eq!(
+                dec(&actual["usd"]),
+                want,
+                "{model} {input} stream {stream}: {actual}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_is_charged_what_the_provider_reported() {
     let p = Proxy::start(PLAN).await;

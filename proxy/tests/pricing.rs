@@ -162,7 +162,13 @@ fn shipped_file_has_no_float_artefacts() {
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut checked = 0;
     for (model, entry) in file["models"].as_object().unwrap() {
-        for (field, value) in entry.as_object().unwrap() {
+        let tiers = entry["long_context"].as_array().into_iter().flatten();
+        let fields = entry
+            .as_object()
+            .unwrap()
+            .iter()
+            .chain(tiers.flat_map(|t| t.as_object().unwrap()));
+        for (field, value) in fields {
             if !field.contains("cost") {
                 continue;
             }
@@ -191,6 +197,42 @@ fn shipped_file_has_no_float_artefacts() {
         }
     }
     assert!(checked > 2000, "checked {checked} prices");
+}
+
+/// LiteLLM's long-context prices (`…_above_200k_tokens`) reach the table
+/// as tiers, dearer than the base prices, for the models whose providers
+/// bill long prompts more: Gemini 2.5 Pro and 1.5, Claude Sonnet 4 and 4.5,
+/// Grok 4.
+#[test]
+fn long_context_prices_are_shipped_as_dearer_tiers() {
+    let t = table();
+    for (provider, model, above) in [
+        ("gemini", "gemini-2.5-pro", 200_000),
+        ("gemini", "gemini-1.5-pro", 128_000),
+        ("anthropic", "claude-sonnet-4-5-20250929", 200_000),
+        ("anthropic", "claude-sonnet-4-20250514", 200_000),
+        ("xai", "grok-4-0709", 128_000),
+    ] {
+        let price = t.lookup(provider, model).unwrap();
+        let tiers: Vec<_> = price
+            .long_context
+            .iter()
+            .map(|t| t.above_input_tokens)
+            .collect();
+        assert_eq!(tiers, [above], "{model}");
+    }
+    let mut tiered = 0;
+    for (name, price) in t.models() {
+        for tier in &price.long_context {
+            assert!(
+                tier.input_cost_per_token >= price.input_cost_per_token
+                    && tier.output_cost_per_token >= price.output_cost_per_token,
+                "{name}: {tier:?}"
+            );
+            tiered += 1;
+        }
+    }
+    assert!(tiered > 30, "{tiered} tiers");
 }
 
 /// Anthropic bills a 1-hour cache write at twice the base input price, for

@@ -23,14 +23,17 @@
 //! ```
 //! Reasoning tokens are part of `output` and priced as output, unless the
 //! model has `output_cost_per_reasoning_token`: then they are taken out of
-//! `output` and priced at that. The result is exact and unrounded; rounding
-//! belongs to whoever holds or commits money. Tiered prices (above 200k
-//! tokens, priority, batch) are not applied. A model the table does not know
-//! has no price ([`PriceTable::lookup`] returns `None`): the caller refuses.
+//! `output` and priced at that. A request whose `input` is past one of the
+//! model's long-context thresholds is priced, every token of it, at that
+//! tier's prices ([`ModelPrice::for_input`]), as Google, Anthropic and xAI
+//! bill it. The result is exact and unrounded; rounding belongs to whoever
+//! holds or commits money. Priority and batch prices are not applied. A
+//! model the table does not know has no price ([`PriceTable::lookup`]
+//! returns `None`): the caller refuses.
 
 mod table;
 
-pub use table::{lookup_override, ModelPrice, PriceTable, PriceTableError};
+pub use table::{lookup_override, LongContextPrice, ModelPrice, PriceTable, PriceTableError};
 
 use crate::providers::Usage;
 use rust_decimal::Decimal;
@@ -38,6 +41,7 @@ use rust_decimal::Decimal;
 /// Cost of `usage` at `price` (see the module doc for the rule). Saturates at
 /// `Decimal::MAX` instead of overflowing.
 pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
+    let price = &*price.for_input(usage.input_tokens);
     let cached = usage.cached_input_tokens.min(usage.input_tokens);
     let creation = usage
         .cache_creation_input_tokens
@@ -175,6 +179,86 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(cost(&p, &usage), dec!(0.00009));
+    }
+
+    fn long_context(above: u64, input: Decimal, output: Decimal) -> LongContextPrice {
+        LongContextPrice {
+            above_input_tokens: above,
+            input_cost_per_token: input,
+            output_cost_per_token: output,
+            cache_read_input_token_cost: None,
+            cache_creation_input_token_cost: None,
+        }
+    }
+
+    #[test]
+    fn a_long_input_prices_every_token_at_its_tier() {
+        let mut p = price();
+        p.long_context = vec![long_context(200_000, dec!(0.000006), dec!(0.0000225))];
+        let usage = |input: u64| Usage {
+            input_tokens: input,
+            output_tokens: 1000,
+            ..Usage::default()
+        };
+        // At the threshold: the base prices.
+        assert_eq!(
+            cost(&p, &usage(200_000)),
+            dec!(200000) * dec!(0.000003) + dec!(1000) * dec!(0.000015)
+        );
+        // One past it: all of it, output too, at the tier's.
+        assert_eq!(
+            cost(&p, &usage(200_001)),
+            dec!(200001) * dec!(0.000006) + dec!(1000) * dec!(0.0000225)
+        );
+    }
+
+    #[test]
+    fn a_tier_scales_the_prices_it_does_not_name() {
+        let mut p = price();
+        p.output_cost_per_reasoning_token = Some(dec!(0.00002));
+        p.long_context = vec![long_context(100, dec!(0.000006), dec!(0.00003))];
+        let usage = Usage {
+            input_tokens: 1000,
+            cached_input_tokens: 300,
+            cache_creation_input_tokens: 500,
+            cache_creation_1h_input_tokens: 200,
+            output_tokens: 50,
+            reasoning_tokens: 20,
+            ..Usage::default()
+        };
+        // Input doubled: cache read 3e-7 → 6e-7, 5-minute write 3.75e-6 →
+        // 7.5e-6, 1-hour write 2 × the tier's input; output doubled:
+        // reasoning 2e-5 → 4e-5.
+        assert_eq!(
+            cost(&p, &usage),
+            dec!(200) * dec!(0.000006)
+                + dec!(300) * dec!(0.0000006)
+                + dec!(300) * dec!(0.0000075)
+                + dec!(200) * dec!(0.000012)
+                + dec!(30) * dec!(0.00003)
+                + dec!(20) * dec!(0.00004)
+        );
+        // A tier's own cache price wins over the scaled one.
+        p.long_context[0].cache_read_input_token_cost = Some(dec!(0.000001));
+        let priced = p.for_input(1000);
+        assert_eq!(priced.cache_read_input_token_cost, Some(dec!(0.000001)));
+        assert_eq!(
+            priced.cache_creation_input_token_cost,
+            Some(dec!(0.0000075))
+        );
+    }
+
+    #[test]
+    fn the_highest_tier_passed_applies() {
+        let mut p = price();
+        p.long_context = vec![
+            long_context(1000, dec!(0.000009), dec!(0.00009)),
+            long_context(100, dec!(0.000006), dec!(0.00003)),
+        ];
+        assert_eq!(p.for_input(100).input_cost_per_token, dec!(0.000003));
+        assert_eq!(p.for_input(101).input_cost_per_token, dec!(0.000006));
+        assert_eq!(p.for_input(1001).input_cost_per_token, dec!(0.000009));
+        assert!(matches!(p.for_input(5), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 const BUNDLED_JSON: &str = include_str!("../../prices/model_prices.json");
@@ -42,6 +43,28 @@ pub struct ModelPrice {
     pub max_input_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
+    /// Dearer prices for a request whose input is long (Gemini above 128k
+    /// or 200k prompt tokens, Claude's 1M-context models above 200k, Grok 4
+    /// above 128k), lowest threshold first; see [`ModelPrice::for_input`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub long_context: Vec<LongContextPrice>,
+}
+
+/// The prices of a request with more than `above_input_tokens` input tokens
+/// (all of them: fresh, read from cache and written to it), for the whole
+/// request: providers bill every token of such a request, output included,
+/// at these rates, not only the tokens past the threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongContextPrice {
+    pub above_input_tokens: u64,
+    pub input_cost_per_token: Decimal,
+    pub output_cost_per_token: Decimal,
+    /// Absent: the base cache-read price scaled as input is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_input_token_cost: Option<Decimal>,
+    /// Absent: the base cache-write price scaled as input is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation_input_token_cost: Option<Decimal>,
 }
 
 impl ModelPrice {
@@ -60,7 +83,66 @@ impl ModelPrice {
             output_cost_per_audio_token: None,
             max_input_tokens: None,
             max_output_tokens: None,
+            long_context: Vec::new(),
         }
+    }
+
+    /// The prices of a request with `input_tokens` input tokens: these, or,
+    /// past a long-context threshold, the highest such tier's. A price the
+    /// tier does not name (cache reads and writes where it has none,
+    /// one-hour writes, audio, reasoning) is scaled by the same factor as
+    /// its side's token price: Google and Anthropic raise their cache prices
+    /// in the same proportion as input, and Anthropic's one-hour writes stay
+    /// twice the (higher) input price. A factor that does not divide evenly
+    /// is rounded to `Decimal`'s 28 digits.
+    pub fn for_input(&self, input_tokens: u64) -> Cow<'_, ModelPrice> {
+        let Some(tier) = self
+            .long_context
+            .iter()
+            .filter(|t| input_tokens > t.above_input_tokens)
+            .max_by_key(|t| t.above_input_tokens)
+        else {
+            return Cow::Borrowed(self);
+        };
+        let scale = |base: Option<Decimal>, from: Decimal, to: Decimal| {
+            base.map(|b| {
+                if from.is_zero() {
+                    to
+                } else {
+                    b.checked_mul(to)
+                        .and_then(|x| x.checked_div(from))
+                        .unwrap_or(Decimal::MAX)
+                }
+            })
+        };
+        let (input, output) = (tier.input_cost_per_token, tier.output_cost_per_token);
+        let (base_in, base_out) = (self.input_cost_per_token, self.output_cost_per_token);
+        Cow::Owned(ModelPrice {
+            provider: self.provider.clone(),
+            input_cost_per_token: input,
+            output_cost_per_token: output,
+            cache_read_input_token_cost: tier
+                .cache_read_input_token_cost
+                .or_else(|| scale(self.cache_read_input_token_cost, base_in, input)),
+            cache_creation_input_token_cost: tier
+                .cache_creation_input_token_cost
+                .or_else(|| scale(self.cache_creation_input_token_cost, base_in, input)),
+            cache_creation_input_token_cost_above_1hr: scale(
+                self.cache_creation_input_token_cost_above_1hr,
+                base_in,
+                input,
+            ),
+            output_cost_per_reasoning_token: scale(
+                self.output_cost_per_reasoning_token,
+                base_out,
+                output,
+            ),
+            input_cost_per_audio_token: scale(self.input_cost_per_audio_token, base_in, input),
+            output_cost_per_audio_token: scale(self.output_cost_per_audio_token, base_out, output),
+            max_input_tokens: self.max_input_tokens,
+            max_output_tokens: self.max_output_tokens,
+            long_context: Vec::new(),
+        })
     }
 }
 
