@@ -108,6 +108,22 @@ def long_context(name, spec):
     return out
 
 
+def service_tiers(name, spec):
+    """Prices of calls served at OpenAI's `priority` and `flex` processing
+    tiers (`<field>_priority`, `<field>_flex`). A tier without both an input
+    and an output price is left out: LiteLLM gives gpt-5-nano a priority
+    input price (gpt-5's) and no output price, and OpenAI sells no priority
+    tier for it."""
+    out = {}
+    for tier in ("priority", "flex"):
+        prices = {f: spec[f + "_" + tier] for f in LONG_CONTEXT_FIELDS if spec.get(f + "_" + tier) is not None}
+        if "input_cost_per_token" in prices and "output_cost_per_token" in prices:
+            out[tier] = {f: decimal_text(v) for f, v in prices.items()}
+        elif prices:
+            print(f"{name}: dropped the {tier} tier (no input and output price)")
+    return out
+
+
 def convert(models):
     out = {}
     for name in sorted(models):
@@ -127,6 +143,9 @@ def convert(models):
         tiers = long_context(name, spec)
         if tiers:
             entry["long_context"] = tiers
+        served = service_tiers(name, spec)
+        if served:
+            entry["service_tiers"] = served
         anthropic_one_hour_write(name, spec, entry)
         out[name] = entry
     return out

@@ -6,7 +6,7 @@
 //! (invariant 1); the gate may lower the output to what the budget affords
 //! ([`ledger::gate::decide::OutputFlex`]).
 
-use crate::pricing::{cost, ModelPrice};
+use crate::pricing::{cost, ModelPrice, ServiceTier};
 use crate::providers::openai::{ChatRequest, ContentPart, MessageContent};
 use crate::providers::{anthropic_sends_tools, ProviderKind, Usage};
 use ledger::gate::decide::OutputFlex;
@@ -484,6 +484,14 @@ pub fn estimate_with(
         .audio_tokens(per_second * AUDIO_MARGIN_PERCENT / 100)
         .saturating_add(replies);
     let mut input = held_input_tokens(req, kind, counted).saturating_add(held_audio);
+    // Only a dearer tier changes the hold: a `flex` call is held at the
+    // base prices (a maximum) and committed at the tier it was served at.
+    let tier = req
+        .extra
+        .get("service_tier")
+        .and_then(serde_json::Value::as_str)
+        .and_then(ServiceTier::parse)
+        .filter(|t| *t == ServiceTier::Priority);
     if media.unbounded || media.unbounded_audio {
         // The provider refuses a request past the context window, so that
         // is the most it reads; what fills it may be audio (a custom
@@ -491,7 +499,7 @@ pub fn estimate_with(
         // priced at the dearer of the text and audio rates.
         let context = price.and_then(|p| p.max_input_tokens);
         input = input.max(context.unwrap_or(UNKNOWN_CONTEXT_TOKENS));
-        let audio_dearer = price.map(|p| p.for_input(input)).is_some_and(|p| {
+        let audio_dearer = price.map(|p| p.for_call(tier, input)).is_some_and(|p| {
             p.input_cost_per_audio_token
                 .is_some_and(|audio| audio > p.input_cost_per_token)
         });
@@ -515,8 +523,8 @@ pub fn estimate_with(
         );
     // Past a long-context threshold every token costs more, output too:
     // the held input is at least the input, so its tier is at least the
-    // call's.
-    let price = price.map(|p| p.for_input(input));
+    // call's. So does every token of a call sent at OpenAI's priority tier.
+    let price = price.map(|p| p.for_call(tier, input));
     let (input_usd, usd_per_output_token) = match price.as_deref() {
         Some(p) => {
             let input_usd = cost(
@@ -629,10 +637,12 @@ mod tests {
         let priced_above = |above: u64| ModelPrice {
             long_context: vec![crate::pricing::LongContextPrice {
                 above_input_tokens: above,
-                input_cost_per_token: Decimal::new(5, 6),
-                output_cost_per_token: Decimal::new(3, 5),
-                cache_read_input_token_cost: None,
-                cache_creation_input_token_cost: None,
+                rates: crate::pricing::Rates {
+                    input_cost_per_token: Decimal::new(5, 6),
+                    output_cost_per_token: Decimal::new(3, 5),
+                    cache_read_input_token_cost: None,
+                    cache_creation_input_token_cost: None,
+                },
             }],
             ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
         };

@@ -271,6 +271,27 @@ pub async fn add_custom_provider(
     Ok(provider)
 }
 
+/// The names of a [`crate::pricing::Rates`]'s amounts in each place one is
+/// kept, for [`ConfigInputError::NegativePrice`].
+const LONG_CONTEXT_FIELDS: [&str; 4] = [
+    "long_context.input_cost_per_token",
+    "long_context.output_cost_per_token",
+    "long_context.cache_read_input_token_cost",
+    "long_context.cache_creation_input_token_cost",
+];
+const PRIORITY_FIELDS: [&str; 4] = [
+    "service_tiers.priority.input_cost_per_token",
+    "service_tiers.priority.output_cost_per_token",
+    "service_tiers.priority.cache_read_input_token_cost",
+    "service_tiers.priority.cache_creation_input_token_cost",
+];
+const FLEX_FIELDS: [&str; 4] = [
+    "service_tiers.flex.input_cost_per_token",
+    "service_tiers.flex.output_cost_per_token",
+    "service_tiers.flex.cache_read_input_token_cost",
+    "service_tiers.flex.cache_creation_input_token_cost",
+];
+
 /// Checks a price override: the model id is a plausible table key and no
 /// amount is negative.
 pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), ConfigInputError> {
@@ -308,26 +329,26 @@ pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), Co
             price.output_cost_per_audio_token,
         ),
     ];
-    let tiers = price.long_context.iter().flat_map(|t| {
-        [
-            (
-                "long_context.input_cost_per_token",
-                Some(t.input_cost_per_token),
-            ),
-            (
-                "long_context.output_cost_per_token",
-                Some(t.output_cost_per_token),
-            ),
-            (
-                "long_context.cache_read_input_token_cost",
-                t.cache_read_input_token_cost,
-            ),
-            (
-                "long_context.cache_creation_input_token_cost",
-                t.cache_creation_input_token_cost,
-            ),
-        ]
-    });
+    let tiers = price
+        .long_context
+        .iter()
+        .map(|t| (LONG_CONTEXT_FIELDS, &t.rates))
+        .chain(
+            price
+                .service_tiers
+                .priority
+                .iter()
+                .map(|r| (PRIORITY_FIELDS, r)),
+        )
+        .chain(price.service_tiers.flex.iter().map(|r| (FLEX_FIELDS, r)))
+        .flat_map(|([input, output, read, write], r)| {
+            [
+                (input, Some(r.input_cost_per_token)),
+                (output, Some(r.output_cost_per_token)),
+                (read, r.cache_read_input_token_cost),
+                (write, r.cache_creation_input_token_cost),
+            ]
+        });
     match amounts
         .into_iter()
         .chain(tiers)
@@ -470,17 +491,28 @@ mod tests {
             })
         );
         let mut tiered = price(1, 1);
-        tiered.long_context.push(crate::pricing::LongContextPrice {
-            above_input_tokens: 200_000,
+        let rates = |read: i64| crate::pricing::Rates {
             input_cost_per_token: Decimal::new(2, 6),
             output_cost_per_token: Decimal::new(2, 6),
-            cache_read_input_token_cost: Some(Decimal::new(-1, 7)),
+            cache_read_input_token_cost: Some(Decimal::new(read, 7)),
             cache_creation_input_token_cost: None,
+        };
+        tiered.long_context.push(crate::pricing::LongContextPrice {
+            above_input_tokens: 200_000,
+            rates: rates(-1),
         });
         assert_eq!(
             validate_price_override("m", &tiered),
             Err(ConfigInputError::NegativePrice {
                 field: "long_context.cache_read_input_token_cost"
+            })
+        );
+        tiered.long_context[0].rates = rates(1);
+        tiered.service_tiers.flex = Some(rates(-1));
+        assert_eq!(
+            validate_price_override("m", &tiered),
+            Err(ConfigInputError::NegativePrice {
+                field: "service_tiers.flex.cache_read_input_token_cost"
             })
         );
         assert_eq!(

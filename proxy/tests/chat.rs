@@ -918,6 +918,51 @@ async fn long_context_calls_are_priced_at_the_providers_long_context_rates() {
     }
 }
 
+/// OpenAI bills a call at the processing tier its answer reports
+/// (`service_tier`): `priority` dearer, `flex` cheaper. A priority call is
+/// held at the priority prices too.
+#[tokio::test]
+async fn openai_calls_are_priced_at_the_service_tier_they_were_served_at() {
+    let p = Proxy::start(PLAN).await;
+    p.openai.update_behavior(|b| {
+        b.input_tokens = Some(1000);
+        b.cached_input_tokens = 200;
+        b.output_tokens = Some(40);
+    });
+    let table: Value = serde_json::from_str(include_str!("../prices/model_prices.json")).unwrap();
+    for (model, tier) in [
+        ("gpt-5-mini", "priority"),
+        ("gpt-5-mini", "flex"),
+        ("gpt-4o", "priority"),
+    ] {
+        let prices = &table["models"][model]["service_tiers"][tier];
+        let want = Decimal::from(800) * dec(&prices["input_cost_per_token"])
+            + Decimal::from(200) * dec(&prices["cache_read_input_token_cost"])
+            + Decimal::from(40) * dec(&prices["output_cost_per_token"]);
+        for stream in [false, true] {
+            let identity = format!("tier-{model}-{tier}-{stream}");
+            let mut body = chat_body(model, stream);
+            body["service_tier"] = json!(tier);
+            let (status, _, answer) = p.chat(&identity, body).await;
+            assert_eq!(status, 200, "{model} {tier}: {answer}");
+            let settled = p.settled(&identity, 1).await;
+            let (actual, held) = (&settled[0].1["actual"], &settled[0].1["hold"]["held"]);
+            assert_eq!(
+                dec(&actual["usd"]),
+                want,
+                "{model} {tier} stream {stream}: {actual}"
+            );
+            if tier == "priority" {
+                // 200 output tokens held at the priority output price at least.
+                assert!(
+                    dec(&held["usd"]) >= Decimal::from(200) * dec(&prices["output_cost_per_token"]),
+                    "{model}: {held}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_is_charged_what_the_provider_reported() {
     let p = Proxy::start(PLAN).await;

@@ -162,12 +162,16 @@ fn shipped_file_has_no_float_artefacts() {
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut checked = 0;
     for (model, entry) in file["models"].as_object().unwrap() {
-        let tiers = entry["long_context"].as_array().into_iter().flatten();
+        let long = entry["long_context"].as_array().into_iter().flatten();
+        let served = entry["service_tiers"]
+            .as_object()
+            .into_iter()
+            .flat_map(|t| t.values());
         let fields = entry
             .as_object()
             .unwrap()
             .iter()
-            .chain(tiers.flat_map(|t| t.as_object().unwrap()));
+            .chain(long.chain(served).flat_map(|t| t.as_object().unwrap()));
         for (field, value) in fields {
             if !field.contains("cost") {
                 continue;
@@ -225,14 +229,52 @@ fn long_context_prices_are_shipped_as_dearer_tiers() {
     for (name, price) in t.models() {
         for tier in &price.long_context {
             assert!(
-                tier.input_cost_per_token >= price.input_cost_per_token
-                    && tier.output_cost_per_token >= price.output_cost_per_token,
+                tier.rates.input_cost_per_token >= price.input_cost_per_token
+                    && tier.rates.output_cost_per_token >= price.output_cost_per_token,
                 "{name}: {tier:?}"
             );
             tiered += 1;
         }
     }
     assert!(tiered > 30, "{tiered} tiers");
+}
+
+/// OpenAI's `priority` tier costs more than the base prices and `flex`
+/// less; both reach the table for the models LiteLLM prices them for.
+#[test]
+fn openai_service_tiers_are_shipped() {
+    let t = table();
+    let gpt_5 = t.lookup("openai", "gpt-5").unwrap();
+    assert!(gpt_5.service_tiers.priority.is_some() && gpt_5.service_tiers.flex.is_some());
+    assert!(t
+        .lookup("openai", "gpt-4o")
+        .unwrap()
+        .service_tiers
+        .priority
+        .is_some());
+    let (mut priority, mut flex) = (0, 0);
+    for (name, price) in t.models() {
+        if let Some(p) = &price.service_tiers.priority {
+            assert!(
+                p.input_cost_per_token > price.input_cost_per_token
+                    && p.output_cost_per_token > price.output_cost_per_token,
+                "{name}: {p:?}"
+            );
+            priority += 1;
+        }
+        if let Some(f) = &price.service_tiers.flex {
+            assert!(
+                f.input_cost_per_token < price.input_cost_per_token
+                    && f.output_cost_per_token < price.output_cost_per_token,
+                "{name}: {f:?}"
+            );
+            flex += 1;
+        }
+    }
+    assert!(
+        priority >= 10 && flex >= 5,
+        "{priority} priority, {flex} flex"
+    );
 }
 
 /// Anthropic bills a 1-hour cache write at twice the base input price, for

@@ -25,15 +25,20 @@
 //! model has `output_cost_per_reasoning_token`: then they are taken out of
 //! `output` and priced at that. A request whose `input` is past one of the
 //! model's long-context thresholds is priced, every token of it, at that
-//! tier's prices ([`ModelPrice::for_input`]), as Google, Anthropic and xAI
-//! bill it. The result is exact and unrounded; rounding belongs to whoever
-//! holds or commits money. Priority and batch prices are not applied. A
-//! model the table does not know has no price ([`PriceTable::lookup`]
-//! returns `None`): the caller refuses.
+//! tier's prices, as Google, Anthropic and xAI bill it; a call the provider
+//! reports it served at a processing tier billed apart (OpenAI's
+//! `service_tier`: `priority`, `flex`) is priced at that tier's prices when
+//! the model has them ([`ModelPrice::for_call`]). The result is exact and
+//! unrounded; rounding belongs to whoever holds or commits money. Batch
+//! prices are not applied. A model the table does not know has no price
+//! ([`PriceTable::lookup`] returns `None`): the caller refuses.
 
 mod table;
 
-pub use table::{lookup_override, LongContextPrice, ModelPrice, PriceTable, PriceTableError};
+pub use table::{
+    lookup_override, LongContextPrice, ModelPrice, PriceTable, PriceTableError, Rates, ServiceTier,
+    ServiceTierPrices,
+};
 
 use crate::providers::Usage;
 use rust_decimal::Decimal;
@@ -41,7 +46,7 @@ use rust_decimal::Decimal;
 /// Cost of `usage` at `price` (see the module doc for the rule). Saturates at
 /// `Decimal::MAX` instead of overflowing.
 pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
-    let price = &*price.for_input(usage.input_tokens);
+    let price = &*price.for_call(usage.service_tier, usage.input_tokens);
     let cached = usage.cached_input_tokens.min(usage.input_tokens);
     let creation = usage
         .cache_creation_input_tokens
@@ -181,13 +186,19 @@ mod tests {
         assert_eq!(cost(&p, &usage), dec!(0.00009));
     }
 
-    fn long_context(above: u64, input: Decimal, output: Decimal) -> LongContextPrice {
-        LongContextPrice {
-            above_input_tokens: above,
+    fn rates(input: Decimal, output: Decimal) -> Rates {
+        Rates {
             input_cost_per_token: input,
             output_cost_per_token: output,
             cache_read_input_token_cost: None,
             cache_creation_input_token_cost: None,
+        }
+    }
+
+    fn long_context(above: u64, input: Decimal, output: Decimal) -> LongContextPrice {
+        LongContextPrice {
+            above_input_tokens: above,
+            rates: rates(input, output),
         }
     }
 
@@ -239,8 +250,8 @@ mod tests {
                 + dec!(20) * dec!(0.00004)
         );
         // A tier's own cache price wins over the scaled one.
-        p.long_context[0].cache_read_input_token_cost = Some(dec!(0.000001));
-        let priced = p.for_input(1000);
+        p.long_context[0].rates.cache_read_input_token_cost = Some(dec!(0.000001));
+        let priced = p.for_call(None, 1000);
         assert_eq!(priced.cache_read_input_token_cost, Some(dec!(0.000001)));
         assert_eq!(
             priced.cache_creation_input_token_cost,
@@ -255,10 +266,33 @@ mod tests {
             long_context(1000, dec!(0.000009), dec!(0.00009)),
             long_context(100, dec!(0.000006), dec!(0.00003)),
         ];
-        assert_eq!(p.for_input(100).input_cost_per_token, dec!(0.000003));
-        assert_eq!(p.for_input(101).input_cost_per_token, dec!(0.000006));
-        assert_eq!(p.for_input(1001).input_cost_per_token, dec!(0.000009));
-        assert!(matches!(p.for_input(5), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(p.for_call(None, 100).input_cost_per_token, dec!(0.000003));
+        assert_eq!(p.for_call(None, 101).input_cost_per_token, dec!(0.000006));
+        assert_eq!(p.for_call(None, 1001).input_cost_per_token, dec!(0.000009));
+        assert!(matches!(p.for_call(None, 5), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_call_served_at_a_priced_service_tier_costs_that_tiers_prices() {
+        let mut p = price();
+        p.service_tiers.priority = Some(rates(dec!(0.000005), dec!(0.00003)));
+        let usage = |tier| Usage {
+            input_tokens: 1100,
+            cached_input_tokens: 100,
+            output_tokens: 10,
+            service_tier: tier,
+            ..Usage::default()
+        };
+        // Priority: its own input and output, cache reads scaled as input (5/3).
+        assert_eq!(
+            cost(&p, &usage(Some(ServiceTier::Priority))),
+            dec!(1000) * dec!(0.000005) + dec!(100) * dec!(0.0000005) + dec!(10) * dec!(0.00003)
+        );
+        // Flex, which this model has no price for, and no tier: the base prices.
+        let base =
+            dec!(1000) * dec!(0.000003) + dec!(100) * dec!(0.0000003) + dec!(10) * dec!(0.000015);
+        assert_eq!(cost(&p, &usage(Some(ServiceTier::Flex))), base);
+        assert_eq!(cost(&p, &usage(None)), base);
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct ModelPrice {
     /// above 128k), lowest threshold first; see [`ModelPrice::for_input`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub long_context: Vec<LongContextPrice>,
+    /// Prices of calls served at a dearer or cheaper processing tier
+    /// (OpenAI's `priority` and `flex`); see [`ModelPrice::for_call`].
+    #[serde(default, skip_serializing_if = "ServiceTierPrices::is_empty")]
+    pub service_tiers: ServiceTierPrices,
 }
 
 /// The prices of a request with more than `above_input_tokens` input tokens
@@ -57,6 +61,13 @@ pub struct ModelPrice {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LongContextPrice {
     pub above_input_tokens: u64,
+    #[serde(flatten)]
+    pub rates: Rates,
+}
+
+/// Token prices that replace a model's base prices for some calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rates {
     pub input_cost_per_token: Decimal,
     pub output_cost_per_token: Decimal,
     /// Absent: the base cache-read price scaled as input is.
@@ -65,6 +76,42 @@ pub struct LongContextPrice {
     /// Absent: the base cache-write price scaled as input is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_creation_input_token_cost: Option<Decimal>,
+}
+
+/// A processing tier a provider bills apart: OpenAI's `service_tier`
+/// `priority` (faster, dearer) and `flex` (slower, cheaper). Other values
+/// (`default`, `auto`, `scale`) are billed at the base prices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceTier {
+    Priority,
+    Flex,
+}
+
+impl ServiceTier {
+    /// `priority` or `flex`; anything else is billed at the base prices.
+    pub fn parse(name: &str) -> Option<ServiceTier> {
+        match name {
+            "priority" => Some(ServiceTier::Priority),
+            "flex" => Some(ServiceTier::Flex),
+            _ => None,
+        }
+    }
+}
+
+/// A model's prices at each service tier it is billed apart at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTierPrices {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Rates>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flex: Option<Rates>,
+}
+
+impl ServiceTierPrices {
+    pub fn is_empty(&self) -> bool {
+        self.priority.is_none() && self.flex.is_none()
+    }
 }
 
 impl ModelPrice {
@@ -84,26 +131,46 @@ impl ModelPrice {
             max_input_tokens: None,
             max_output_tokens: None,
             long_context: Vec::new(),
+            service_tiers: ServiceTierPrices::default(),
         }
     }
 
-    /// The prices of a request with `input_tokens` input tokens: these, or,
-    /// past a long-context threshold, the highest such tier's. A price the
-    /// tier does not name (cache reads and writes where it has none,
-    /// one-hour writes, audio, reasoning) is scaled by the same factor as
-    /// its side's token price: Google and Anthropic raise their cache prices
-    /// in the same proportion as input, and Anthropic's one-hour writes stay
-    /// twice the (higher) input price. A factor that does not divide evenly
-    /// is rounded to `Decimal`'s 28 digits.
-    pub fn for_input(&self, input_tokens: u64) -> Cow<'_, ModelPrice> {
-        let Some(tier) = self
+    /// The prices of a call served at `service_tier` (OpenAI's `priority`
+    /// or `flex`, as its answer reports it) with `input_tokens` input
+    /// tokens: these, the service tier's, or, past a long-context threshold,
+    /// the highest such tier's. A price the tier does not name (cache reads
+    /// and writes where it has none, one-hour writes, audio, reasoning) is
+    /// scaled by the same factor as its side's token price: Google,
+    /// Anthropic and OpenAI raise their other prices in the same proportion,
+    /// and Anthropic's one-hour writes stay twice the (higher) input price.
+    /// A factor that does not divide evenly is rounded to `Decimal`'s 28
+    /// digits.
+    pub fn for_call(
+        &self,
+        service_tier: Option<ServiceTier>,
+        input_tokens: u64,
+    ) -> Cow<'_, ModelPrice> {
+        let served = match service_tier {
+            Some(ServiceTier::Priority) => self.service_tiers.priority.as_ref(),
+            Some(ServiceTier::Flex) => self.service_tiers.flex.as_ref(),
+            None => None,
+        };
+        if let Some(rates) = served {
+            return Cow::Owned(self.with_rates(rates));
+        }
+        match self
             .long_context
             .iter()
             .filter(|t| input_tokens > t.above_input_tokens)
             .max_by_key(|t| t.above_input_tokens)
-        else {
-            return Cow::Borrowed(self);
-        };
+        {
+            Some(tier) => Cow::Owned(self.with_rates(&tier.rates)),
+            None => Cow::Borrowed(self),
+        }
+    }
+
+    /// These prices with `rates` in place of the base ones (see [`ModelPrice::for_call`]).
+    fn with_rates(&self, rates: &Rates) -> ModelPrice {
         let scale = |base: Option<Decimal>, from: Decimal, to: Decimal| {
             base.map(|b| {
                 if from.is_zero() {
@@ -115,16 +182,16 @@ impl ModelPrice {
                 }
             })
         };
-        let (input, output) = (tier.input_cost_per_token, tier.output_cost_per_token);
+        let (input, output) = (rates.input_cost_per_token, rates.output_cost_per_token);
         let (base_in, base_out) = (self.input_cost_per_token, self.output_cost_per_token);
-        Cow::Owned(ModelPrice {
+        ModelPrice {
             provider: self.provider.clone(),
             input_cost_per_token: input,
             output_cost_per_token: output,
-            cache_read_input_token_cost: tier
+            cache_read_input_token_cost: rates
                 .cache_read_input_token_cost
                 .or_else(|| scale(self.cache_read_input_token_cost, base_in, input)),
-            cache_creation_input_token_cost: tier
+            cache_creation_input_token_cost: rates
                 .cache_creation_input_token_cost
                 .or_else(|| scale(self.cache_creation_input_token_cost, base_in, input)),
             cache_creation_input_token_cost_above_1hr: scale(
@@ -142,7 +209,8 @@ impl ModelPrice {
             max_input_tokens: self.max_input_tokens,
             max_output_tokens: self.max_output_tokens,
             long_context: Vec::new(),
-        })
+            service_tiers: ServiceTierPrices::default(),
+        }
     }
 }
 
@@ -291,5 +359,20 @@ mod tests {
         let json =
             r#"{"models":{"m":{"input_cost_per_token":2.5e-06,"output_cost_per_token":"1"}}}"#;
         assert!(PriceTable::from_json(json).is_err());
+        let tier = |input: &str| {
+            format!(
+                r#"{{"models":{{"m":{{"input_cost_per_token":"1","output_cost_per_token":"1","long_context":[{{"above_input_tokens":9,"input_cost_per_token":{input},"output_cost_per_token":"2"}}]}}}}}}"#
+            )
+        };
+        let table = PriceTable::from_json(&tier(r#""2""#)).unwrap();
+        assert_eq!(
+            table.get("m").unwrap().long_context[0]
+                .rates
+                .input_cost_per_token,
+            Decimal::TWO
+        );
+        assert!(PriceTable::from_json(&tier("2.5e-06")).is_err());
+        let served = r#"{"models":{"m":{"input_cost_per_token":"1","output_cost_per_token":"1","service_tiers":{"priority":{"input_cost_per_token":2,"output_cost_per_token":"2"}}}}}"#;
+        assert!(PriceTable::from_json(served).is_err());
     }
 }

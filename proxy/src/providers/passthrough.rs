@@ -11,6 +11,7 @@ use super::openai::OpenAiUsage;
 use super::sse::SseEvent;
 use super::stream::StreamCtx;
 use super::usage::{estimate_output_tokens, Usage};
+use crate::pricing::ServiceTier;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
@@ -26,6 +27,19 @@ struct ChunkView<'a> {
     usage: Option<OpenAiUsage>,
     #[serde(default)]
     error: Option<IgnoredAny>,
+    /// OpenAI's processing tier for the call (`default`, `priority`, `flex`),
+    /// on the answer and on every streamed chunk; priced apart when the
+    /// model has prices for it.
+    #[serde(default, borrow)]
+    service_tier: Option<Text<'a>>,
+}
+
+impl ChunkView<'_> {
+    fn service_tier(&self) -> Option<ServiceTier> {
+        self.service_tier
+            .as_ref()
+            .and_then(|t| ServiceTier::parse(t.as_str()))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,7 +167,10 @@ impl DeltaView<'_> {
 pub(crate) fn response_usage(body: &[u8]) -> Result<Usage, serde_json::Error> {
     let view: ChunkView = serde_json::from_slice(body)?;
     if let Some(usage) = &view.usage {
-        return Ok(Usage::from_openai(usage));
+        return Ok(Usage {
+            service_tier: view.service_tier(),
+            ..Usage::from_openai(usage)
+        });
     }
     let chars: usize = view
         .choices
@@ -166,6 +183,7 @@ pub(crate) fn response_usage(body: &[u8]) -> Result<Usage, serde_json::Error> {
     Ok(Usage {
         output_tokens: estimate_output_tokens(u64::try_from(chars).unwrap_or(u64::MAX)),
         estimated: true,
+        service_tier: view.service_tier(),
         ..Usage::default()
     })
 }
@@ -204,8 +222,14 @@ impl StreamHandler {
         let no_choices = view.choices.as_ref().map_or(0, Vec::len) == 0;
         let usage_only = no_choices && view.usage.is_some();
         if let Some(usage) = &view.usage {
-            ctx.usage = Usage::from_openai(usage);
+            ctx.usage = Usage {
+                service_tier: ctx.usage.service_tier,
+                ..Usage::from_openai(usage)
+            };
             ctx.usage_final = true;
+        }
+        if view.service_tier.is_some() {
+            ctx.usage.service_tier = view.service_tier();
         }
         if usage_only && !ctx.client_wants_usage {
             return;

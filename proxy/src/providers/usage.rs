@@ -52,6 +52,10 @@ pub struct Usage {
     pub audio_output_tokens: u64,
     /// True when some count is an estimate, not the provider's report.
     pub estimated: bool,
+    /// The processing tier the provider says it served the call at, when
+    /// that tier is billed apart (OpenAI's `service_tier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<crate::pricing::ServiceTier>,
 }
 
 impl Usage {
@@ -99,6 +103,7 @@ impl Usage {
                 .and_then(|d| d.audio_tokens)
                 .unwrap_or(0),
             estimated: false,
+            service_tier: None,
         }
     }
 
@@ -190,6 +195,7 @@ impl AnthropicUsage {
             audio_input_tokens: 0,
             audio_output_tokens: 0,
             estimated: false,
+            service_tier: None,
         }
     }
 }
@@ -229,6 +235,7 @@ impl GeminiUsage {
             audio_input_tokens: 0,
             audio_output_tokens: 0,
             estimated: false,
+            service_tier: None,
         }
     }
 }

@@ -86,10 +86,14 @@ pub(super) fn handle(
         .or(body["max_tokens"].as_u64());
     let reply = Reply::plan(behavior, &body["messages"], cap);
     let model = body["model"].as_str().unwrap_or_default();
+    let tier = service_tier(&body, convention);
     if stream {
-        stream_reply(&reply, model, include_usage, behavior, convention)
+        stream_reply(&reply, model, include_usage, behavior, convention, tier)
     } else {
         let mut answer = completion(&reply, model, convention);
+        if let Some(tier) = tier {
+            answer["service_tier"] = json!(tier);
+        }
         if behavior.omit_usage {
             answer.as_object_mut().map(|a| a.remove("usage"));
         }
@@ -197,6 +201,18 @@ fn usage(reply: &Reply, convention: Convention) -> Value {
     })
 }
 
+/// The processing tier OpenAI reports serving the call at, on the answer
+/// and on every chunk: the one asked for (`priority`, `flex`), else
+/// `default`. xAI's answers have no such field.
+fn service_tier(body: &Value, convention: Convention) -> Option<&'static str> {
+    match (convention, body["service_tier"].as_str()) {
+        (Convention::Xai, _) => None,
+        (Convention::OpenAi, Some("priority")) => Some("priority"),
+        (Convention::OpenAi, Some("flex")) => Some("flex"),
+        (Convention::OpenAi, _) => Some("default"),
+    }
+}
+
 fn completion(reply: &Reply, model: &str, convention: Convention) -> Value {
     json!({
         "id": format!("chatcmpl-mock{}", answer_id()),
@@ -210,7 +226,6 @@ fn completion(reply: &Reply, model: &str, convention: Convention) -> Value {
             "finish_reason": finish_reason(reply)
         }],
         "usage": usage(reply, convention),
-        "service_tier": "default",
         "system_fingerprint": "fp_mock"
     })
 }
@@ -235,6 +250,7 @@ fn stream_reply(
     include_usage: bool,
     behavior: &MockBehavior,
     convention: Convention,
+    tier: Option<&str>,
 ) -> Response {
     let id = format!("chatcmpl-mock{}", answer_id());
     let created = now_unix_s();
@@ -243,6 +259,9 @@ fn stream_reply(
             "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "system_fingerprint": "fp_mock", "choices": choices
         });
+        if let Some(tier) = tier {
+            c["service_tier"] = json!(tier);
+        }
         if include_usage {
             c["usage"] = usage.unwrap_or(Value::Null);
         }
