@@ -124,6 +124,20 @@ def service_tiers(name, spec):
     return out
 
 
+def web_search(spec):
+    """OpenAI's fee per call of a model that searches the web
+    (`gpt-4o-search-preview`, or a request with `web_search_options`), by
+    the request's `search_context_size`; LiteLLM's
+    `search_context_cost_per_query`. Kept only when all three sizes are."""
+    fees = spec.get("search_context_cost_per_query")
+    if not isinstance(fees, dict):
+        return None
+    sizes = {size: fees.get("search_context_size_" + size) for size in ("low", "medium", "high")}
+    if any(v is None for v in sizes.values()):
+        return None
+    return {size: decimal_text(v) for size, v in sizes.items()}
+
+
 def convert(models):
     out = {}
     for name in sorted(models):
@@ -146,6 +160,9 @@ def convert(models):
         served = service_tiers(name, spec)
         if served:
             entry["service_tiers"] = served
+        search = web_search(spec)
+        if search:
+            entry["web_search_cost_per_call"] = search
         anthropic_one_hour_write(name, spec, entry)
         out[name] = entry
     return out

@@ -6,7 +6,7 @@
 //! (invariant 1); the gate may lower the output to what the budget affords
 //! ([`ledger::gate::decide::OutputFlex`]).
 
-use crate::pricing::{cost, ModelPrice, ServiceTier};
+use crate::pricing::{cost, ModelPrice, SearchContextSize, ServiceTier};
 use crate::providers::openai::{ChatRequest, ContentPart, MessageContent};
 use crate::providers::{anthropic_sends_tools, ProviderKind, Usage};
 use ledger::gate::decide::OutputFlex;
@@ -396,6 +396,8 @@ pub struct CountedInput {
     pub tokens: u64,
     /// The audio part of `tokens`.
     pub audio_tokens: u64,
+    /// The call searches the web at a fee ([`web_search`]).
+    pub web_search: Option<SearchContextSize>,
 }
 
 impl CountedInput {
@@ -411,8 +413,33 @@ impl CountedInput {
         if usage.audio_input_tokens == 0 {
             usage.audio_input_tokens = self.audio_tokens.min(usage.input_tokens);
         }
+        // The answer does not say whether it searched: the request does.
+        usage.web_search = usage.web_search.or(self.web_search);
         missing
     }
+}
+
+/// Whether the call searches the web at a fee, and with what context
+/// size: on OpenAI, a model priced per search call
+/// (`web_search_cost_per_call`) that is a search model
+/// (`gpt-4o-search-preview`, which always searches) or is asked to
+/// (`web_search_options`). Other providers are not sent a search tool.
+pub fn web_search(
+    req: &ChatRequest,
+    kind: ProviderKind,
+    model: &str,
+    price: Option<&ModelPrice>,
+) -> Option<SearchContextSize> {
+    let options = req.extra.get("web_search_options");
+    let searches = options.is_some_and(|o| !o.is_null()) || model.contains("-search");
+    let priced = price.is_some_and(|p| p.web_search_cost_per_call.is_some());
+    (kind == ProviderKind::OpenAi && searches && priced).then(|| {
+        SearchContextSize::parse(
+            options
+                .and_then(|o| o.get("search_context_size"))
+                .and_then(serde_json::Value::as_str),
+        )
+    })
 }
 
 /// Input tokens the hold covers for `req` going to `kind`: the count,
@@ -524,6 +551,7 @@ pub fn estimate_with(
     // Past a long-context threshold every token costs more, output too:
     // the held input is at least the input, so its tier is at least the
     // call's. So does every token of a call sent at OpenAI's priority tier.
+    let searched = web_search(req, kind, model, price);
     let price = price.map(|p| p.for_call(tier, input));
     let (input_usd, usd_per_output_token) = match price.as_deref() {
         Some(p) => {
@@ -532,6 +560,7 @@ pub fn estimate_with(
                 &Usage {
                     input_tokens: input,
                     audio_input_tokens: held_audio,
+                    web_search: searched,
                     ..Usage::default()
                 },
             );
@@ -573,6 +602,7 @@ pub fn estimate_with(
         input: CountedInput {
             tokens: counted.saturating_add(audio),
             audio_tokens: audio,
+            web_search: searched,
         },
         max_output_tokens: max_output,
         amounts,
@@ -662,6 +692,64 @@ mod tests {
         assert_eq!(held(10), (Decimal::new(1025, 6), Decimal::new(1, 5)));
     }
 
+    #[test]
+    fn a_call_that_searches_the_web_is_held_its_fee() {
+        let price = ModelPrice {
+            web_search_cost_per_call: Some(crate::pricing::WebSearchPrices {
+                low: Decimal::new(3, 2),
+                medium: Decimal::new(35, 3),
+                high: Decimal::new(5, 2),
+            }),
+            ..ModelPrice::per_token(Decimal::new(25, 7), Decimal::new(1, 5))
+        };
+        let held = |model: &str, options: &str, kind| {
+            let body = format!(
+                r#"{{"model":"{model}","max_tokens":100,{options}"messages":[{{"role":"user","content":"Hello, world!"}}]}}"#
+            );
+            let e = estimate(
+                &parse_request(body.as_bytes()).unwrap(),
+                kind,
+                model,
+                Some(&price),
+                4096,
+            );
+            (e.input.web_search, e.amounts.get(&Unit::Usd))
+        };
+        let tokens = Decimal::new(1025, 6); // 10 × 0.0000025 + 100 × 0.00001
+        let openai = ProviderKind::OpenAi;
+        // A search model always searches: medium unless told.
+        assert_eq!(
+            held("gpt-4o-search-preview", "", openai),
+            (
+                Some(SearchContextSize::Medium),
+                tokens + Decimal::new(35, 3)
+            )
+        );
+        assert_eq!(
+            held(
+                "gpt-4o-search-preview",
+                r#""web_search_options":{"search_context_size":"high"},"#,
+                openai
+            ),
+            (Some(SearchContextSize::High), tokens + Decimal::new(5, 2))
+        );
+        assert_eq!(
+            held("gpt-4o-mini", r#""web_search_options":{},"#, openai),
+            (
+                Some(SearchContextSize::Medium),
+                tokens + Decimal::new(35, 3)
+            )
+        );
+        // No search asked for, or a provider Tollgate sends no search tool.
+        assert_eq!(held("gpt-4o-mini", "", openai), (None, tokens));
+        let claude = held(
+            "claude-x",
+            r#""web_search_options":{},"#,
+            ProviderKind::Anthropic,
+        );
+        assert_eq!(claude.0, None);
+    }
+
     fn with_part(model: &str, part: serde_json::Value) -> ChatRequest {
         let body = serde_json::json!({"model": model, "max_tokens": 100, "messages": [
             {"role": "user", "content": [{"type": "text", "text": "Hello, world!"}, part]}]});
@@ -695,7 +783,8 @@ mod tests {
             e.input,
             CountedInput {
                 tokens: 40,
-                audio_tokens: 30
+                audio_tokens: 30,
+                web_search: None,
             }
         );
         assert_eq!(e.flex.input_tokens, 70);
@@ -709,7 +798,8 @@ mod tests {
             custom.input,
             CountedInput {
                 tokens: 106,
-                audio_tokens: 96
+                audio_tokens: 96,
+                web_search: None,
             }
         );
         assert_eq!(custom.flex.input_tokens, 15 + 192);

@@ -349,9 +349,17 @@ pub fn validate_price_override(model: &str, price: &ModelPrice) -> Result<(), Co
                 (write, r.cache_creation_input_token_cost),
             ]
         });
+    let search = price.web_search_cost_per_call.iter().flat_map(|w| {
+        [
+            ("web_search_cost_per_call.low", Some(w.low)),
+            ("web_search_cost_per_call.medium", Some(w.medium)),
+            ("web_search_cost_per_call.high", Some(w.high)),
+        ]
+    });
     match amounts
         .into_iter()
         .chain(tiers)
+        .chain(search)
         .find(|(_, amount)| amount.is_some_and(|a| a.is_sign_negative() && !a.is_zero()))
     {
         Some((field, _)) => Err(ConfigInputError::NegativePrice { field }),
@@ -490,31 +498,36 @@ mod tests {
                 field: "output_cost_per_token"
             })
         );
-        let mut tiered = price(1, 1);
+        // One negative amount in each place a price keeps amounts.
         let rates = |read: i64| crate::pricing::Rates {
             input_cost_per_token: Decimal::new(2, 6),
             output_cost_per_token: Decimal::new(2, 6),
             cache_read_input_token_cost: Some(Decimal::new(read, 7)),
             cache_creation_input_token_cost: None,
         };
-        tiered.long_context.push(crate::pricing::LongContextPrice {
+        let mut long = price(1, 1);
+        long.long_context.push(crate::pricing::LongContextPrice {
             above_input_tokens: 200_000,
             rates: rates(-1),
         });
-        assert_eq!(
-            validate_price_override("m", &tiered),
-            Err(ConfigInputError::NegativePrice {
-                field: "long_context.cache_read_input_token_cost"
-            })
-        );
-        tiered.long_context[0].rates = rates(1);
-        tiered.service_tiers.flex = Some(rates(-1));
-        assert_eq!(
-            validate_price_override("m", &tiered),
-            Err(ConfigInputError::NegativePrice {
-                field: "service_tiers.flex.cache_read_input_token_cost"
-            })
-        );
+        let mut flex = price(1, 1);
+        flex.service_tiers.flex = Some(rates(-1));
+        let mut search = price(1, 1);
+        search.web_search_cost_per_call = Some(crate::pricing::WebSearchPrices {
+            low: Decimal::ONE,
+            medium: Decimal::NEGATIVE_ONE,
+            high: Decimal::ONE,
+        });
+        for (bad, field) in [
+            (long, "long_context.cache_read_input_token_cost"),
+            (flex, "service_tiers.flex.cache_read_input_token_cost"),
+            (search, "web_search_cost_per_call.medium"),
+        ] {
+            assert_eq!(
+                validate_price_override("m", &bad),
+                Err(ConfigInputError::NegativePrice { field })
+            );
+        }
         assert_eq!(
             validate_price_override("a model", &price(1, 1)),
             Err(ConfigInputError::Model)

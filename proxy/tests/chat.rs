@@ -963,6 +963,50 @@ async fn openai_calls_are_priced_at_the_service_tier_they_were_served_at() {
     }
 }
 
+/// OpenAI's search models charge a fee per call on top of the tokens, by
+/// the request's `search_context_size` (`medium` when not given).
+#[tokio::test]
+async fn a_web_search_call_is_charged_its_search_fee() {
+    let p = Proxy::start(PLAN).await;
+    p.openai.update_behavior(|b| {
+        b.input_tokens = Some(500);
+        b.output_tokens = Some(60);
+    });
+    let table: Value = serde_json::from_str(include_str!("../prices/model_prices.json")).unwrap();
+    let model = "gpt-4o-search-preview";
+    let price = &table["models"][model];
+    let tokens = Decimal::from(500) * dec(&price["input_cost_per_token"])
+        + Decimal::from(60) * dec(&price["output_cost_per_token"]);
+    for (size, options) in [
+        ("medium", Value::Null),
+        ("high", json!({"search_context_size": "high"})),
+        (
+            "low",
+            json!({"search_context_size": "low", "user_location": {"type": "approximate"}}),
+        ),
+    ] {
+        let fee = dec(&price["web_search_cost_per_call"][size]);
+        assert!(fee > Decimal::ZERO);
+        for stream in [false, true] {
+            let identity = format!("search-{size}-{stream}");
+            let mut body = chat_body(model, stream);
+            if !options.is_null() {
+                body["web_search_options"] = options.clone();
+            }
+            let (status, _, answer) = p.chat(&identity, body).await;
+            assert_eq!(status, 200, "{size}: {answer}");
+            let settled = p.settled(&identity, 1).await;
+            let (actual, held) = (&settled[0].1["actual"], &settled[0].1["hold"]["held"]);
+            assert_eq!(
+                dec(&actual["usd"]),
+                tokens + fee,
+                "{size} stream {stream}: {actual}"
+            );
+            assert!(dec(&held["usd"]) >= fee, "{size}: {held}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_is_charged_what_the_provider_reported() {
     let p = Proxy::start(PLAN).await;

@@ -162,18 +162,24 @@ fn shipped_file_has_no_float_artefacts() {
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut checked = 0;
     for (model, entry) in file["models"].as_object().unwrap() {
+        // Nested prices: long-context and service tiers, search fees by size.
         let long = entry["long_context"].as_array().into_iter().flatten();
         let served = entry["service_tiers"]
             .as_object()
             .into_iter()
             .flat_map(|t| t.values());
+        let nested = long
+            .chain(served)
+            .chain(entry.get("web_search_cost_per_call"));
         let fields = entry
             .as_object()
             .unwrap()
             .iter()
-            .chain(long.chain(served).flat_map(|t| t.as_object().unwrap()));
+            .filter(|(_, value)| !value.is_object())
+            .chain(nested.flat_map(|t| t.as_object().unwrap()));
         for (field, value) in fields {
-            if !field.contains("cost") {
+            let search_fee = ["low", "medium", "high"].contains(&field.as_str());
+            if !field.contains("cost") && !search_fee {
                 continue;
             }
             let s = value

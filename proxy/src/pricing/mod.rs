@@ -20,6 +20,9 @@
 //!      + 1-hour writes   × (cache_creation_input_token_cost_above_1hr
 //!                           or 2 × input_cost_per_token, Anthropic's rule)
 //!      + output          × output_cost_per_token
+//!      + the model's fee per call that searches the web (OpenAI's
+//!        `*-search-preview` models, `web_search_options`), by its
+//!        `search_context_size`
 //! ```
 //! Reasoning tokens are part of `output` and priced as output, unless the
 //! model has `output_cost_per_reasoning_token`: then they are taken out of
@@ -36,8 +39,8 @@
 mod table;
 
 pub use table::{
-    lookup_override, LongContextPrice, ModelPrice, PriceTable, PriceTableError, Rates, ServiceTier,
-    ServiceTierPrices,
+    lookup_override, LongContextPrice, ModelPrice, PriceTable, PriceTableError, Rates,
+    SearchContextSize, ServiceTier, ServiceTierPrices, WebSearchPrices,
 };
 
 use crate::providers::Usage;
@@ -100,6 +103,16 @@ pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
     .fold(Decimal::ZERO, |sum, (tokens, per_token)| {
         sum.saturating_add(Decimal::from(tokens).saturating_mul(per_token))
     })
+    .saturating_add(web_search_fee(price, usage))
+}
+
+/// The model's fee for a call that searched the web, if it did and the
+/// model has one.
+fn web_search_fee(price: &ModelPrice, usage: &Usage) -> Decimal {
+    match (&price.web_search_cost_per_call, usage.web_search) {
+        (Some(fees), Some(size)) => fees.per_call(size),
+        _ => Decimal::ZERO,
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +306,34 @@ mod tests {
             dec!(1000) * dec!(0.000003) + dec!(100) * dec!(0.0000003) + dec!(10) * dec!(0.000015);
         assert_eq!(cost(&p, &usage(Some(ServiceTier::Flex))), base);
         assert_eq!(cost(&p, &usage(None)), base);
+    }
+
+    #[test]
+    fn a_call_that_searched_the_web_pays_the_models_fee_for_its_context_size() {
+        let mut p = price();
+        let usage = |search| Usage {
+            input_tokens: 100,
+            output_tokens: 10,
+            web_search: search,
+            ..Usage::default()
+        };
+        let tokens = dec!(100) * dec!(0.000003) + dec!(10) * dec!(0.000015);
+        // No fee in the table: tokens only.
+        assert_eq!(cost(&p, &usage(Some(SearchContextSize::High))), tokens);
+        p.web_search_cost_per_call = Some(WebSearchPrices {
+            low: dec!(0.03),
+            medium: dec!(0.035),
+            high: dec!(0.05),
+        });
+        assert_eq!(cost(&p, &usage(None)), tokens);
+        assert_eq!(
+            cost(&p, &usage(Some(SearchContextSize::Medium))),
+            tokens + dec!(0.035)
+        );
+        assert_eq!(
+            cost(&p, &usage(Some(SearchContextSize::High))),
+            tokens + dec!(0.05)
+        );
     }
 
     #[test]

@@ -52,6 +52,50 @@ pub struct ModelPrice {
     /// (OpenAI's `priority` and `flex`); see [`ModelPrice::for_call`].
     #[serde(default, skip_serializing_if = "ServiceTierPrices::is_empty")]
     pub service_tiers: ServiceTierPrices,
+    /// OpenAI's fee for a call that searches the web (a `*-search-preview`
+    /// model, or `web_search_options`), by `search_context_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_search_cost_per_call: Option<WebSearchPrices>,
+}
+
+/// US dollars per call that searches the web, by how much of what it
+/// found the model reads (`web_search_options.search_context_size`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebSearchPrices {
+    pub low: Decimal,
+    pub medium: Decimal,
+    pub high: Decimal,
+}
+
+/// `web_search_options.search_context_size`; `medium` when not given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchContextSize {
+    Low,
+    #[default]
+    Medium,
+    High,
+}
+
+impl SearchContextSize {
+    /// `low`, `medium` or `high`; anything else is `medium`, the API's default.
+    pub fn parse(name: Option<&str>) -> SearchContextSize {
+        match name {
+            Some("low") => SearchContextSize::Low,
+            Some("high") => SearchContextSize::High,
+            _ => SearchContextSize::Medium,
+        }
+    }
+}
+
+impl WebSearchPrices {
+    pub fn per_call(&self, size: SearchContextSize) -> Decimal {
+        match size {
+            SearchContextSize::Low => self.low,
+            SearchContextSize::Medium => self.medium,
+            SearchContextSize::High => self.high,
+        }
+    }
 }
 
 /// The prices of a request with more than `above_input_tokens` input tokens
@@ -132,6 +176,7 @@ impl ModelPrice {
             max_output_tokens: None,
             long_context: Vec::new(),
             service_tiers: ServiceTierPrices::default(),
+            web_search_cost_per_call: None,
         }
     }
 
@@ -210,6 +255,7 @@ impl ModelPrice {
             max_output_tokens: self.max_output_tokens,
             long_context: Vec::new(),
             service_tiers: ServiceTierPrices::default(),
+            web_search_cost_per_call: self.web_search_cost_per_call.clone(),
         }
     }
 }

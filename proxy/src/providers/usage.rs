@@ -56,6 +56,11 @@ pub struct Usage {
     /// that tier is billed apart (OpenAI's `service_tier`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_tier: Option<crate::pricing::ServiceTier>,
+    /// The call searched the web, reading this much of what it found
+    /// (OpenAI's search models; from the request, see
+    /// [`crate::estimate::CountedInput`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_search: Option<crate::pricing::SearchContextSize>,
 }
 
 impl Usage {
@@ -104,6 +109,7 @@ impl Usage {
                 .unwrap_or(0),
             estimated: false,
             service_tier: None,
+            web_search: None,
         }
     }
 
@@ -196,6 +202,7 @@ impl AnthropicUsage {
             audio_output_tokens: 0,
             estimated: false,
             service_tier: None,
+            web_search: None,
         }
     }
 }
@@ -236,6 +243,7 @@ impl GeminiUsage {
             audio_output_tokens: 0,
             estimated: false,
             service_tier: None,
+            web_search: None,
         }
     }
 }
