@@ -1007,6 +1007,51 @@ async fn a_web_search_call_is_charged_its_search_fee() {
     }
 }
 
+/// An `input_audio` part reaches Gemini as inline audio, and the audio
+/// Gemini reports (`promptTokensDetails`) is charged at its audio price
+/// (Gemini 2.5 Flash: $1.00 per million, against $0.30 for text) and held.
+#[tokio::test]
+async fn gemini_audio_input_is_charged_at_the_audio_price() {
+    use base64::Engine;
+    let p = Proxy::start(PLAN).await;
+    // Ten seconds at 25 tokens a second (Gemini publishes 32, which the
+    // proxy's own count uses): 250 audio tokens, + 20 of text.
+    p.gemini.update_behavior(|b| {
+        b.audio_tokens_per_second = 25;
+        b.input_tokens = Some(20);
+        b.output_tokens = Some(30);
+    });
+    let wav = testkit::mock_providers::pcm_wav(8_000, 1, 8, 10);
+    let data = base64::engine::general_purpose::STANDARD.encode(wav);
+    let table: Value = serde_json::from_str(include_str!("../prices/model_prices.json")).unwrap();
+    let price = &table["models"]["gemini/gemini-2.5-flash"];
+    let want = Decimal::from(20) * dec(&price["input_cost_per_token"])
+        + Decimal::from(250) * dec(&price["input_cost_per_audio_token"])
+        + Decimal::from(30) * dec(&price["output_cost_per_token"]);
+    for stream in [false, true] {
+        let identity = format!("gemini-voice-{stream}");
+        let body = json!({"model": "gemini-2.5-flash", "stream": stream, "max_tokens": 100,
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is said in this recording?"},
+                {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}]});
+        let (status, _, answer) = p.chat(&identity, body).await;
+        assert_eq!(status, 200, "{answer}");
+        let sent = p.gemini.last_request().unwrap().json().unwrap();
+        assert_eq!(
+            sent["contents"][0]["parts"][1]["inlineData"]["mimeType"],
+            "audio/wav"
+        );
+        let settled = p.settled(&identity, 1).await;
+        let (actual, held) = (&settled[0].1["actual"], &settled[0].1["hold"]["held"]);
+        assert_eq!(actual["input_tokens"], "270", "{actual}");
+        assert_eq!(dec(&actual["usd"]), want, "stream {stream}: {actual}");
+        assert!(
+            dec(&held["usd"]) >= want,
+            "the hold covers the audio: {held}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_is_charged_what_the_provider_reported() {
     let p = Proxy::start(PLAN).await;

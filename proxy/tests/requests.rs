@@ -739,3 +739,31 @@ fn images_and_bad_tool_arguments() {
         other => panic!("expected InvalidField, got {other:?}"),
     }
 }
+
+/// OpenAI's `input_audio` parts reach Gemini as inline audio (one line of
+/// base64); a format Gemini is not sent is a 400 naming the part.
+#[test]
+fn gemini_takes_input_audio_as_inline_data() {
+    let with_audio = |format: &str| {
+        prepare(
+            json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "What is said?"},
+                {"type": "input_audio", "input_audio": {"data": "UklG\nRiQA", "format": format}}]}]}),
+            None,
+        )
+    };
+    let up = with_audio("wav").unwrap();
+    assert_eq!(
+        body_of(&up)["contents"][0]["parts"],
+        json!([{"text": "What is said?"}, {"inlineData": {"mimeType": "audio/wav", "data": "UklGRiQA"}}])
+    );
+    let up = with_audio("MP3").unwrap();
+    assert_eq!(
+        body_of(&up)["contents"][0]["parts"][1]["inlineData"]["mimeType"],
+        "audio/mp3"
+    );
+    assert!(matches!(
+        with_audio("flac"),
+        Err(PrepareError::Unsupported { field, .. }) if field == "messages[0].content[1]"
+    ));
+}

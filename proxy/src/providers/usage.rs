@@ -20,7 +20,10 @@
 //!   `output_tokens` and not reported apart (`reasoning_tokens` stays 0).
 //! - Gemini: `promptTokenCount` includes `cachedContentTokenCount`;
 //!   `toolUsePromptTokenCount` is extra input; `candidatesTokenCount` excludes
-//!   `thoughtsTokenCount`, so output = candidates + thoughts.
+//!   `thoughtsTokenCount`, so output = candidates + thoughts. Audio is the
+//!   `AUDIO` entry of `promptTokensDetails` less that of `cacheTokensDetails`
+//!   (audio read from the cache is a cache read), and of
+//!   `candidatesTokensDetails` for output.
 //!
 //! Estimation rule (used when a stream ends before the provider reports its
 //! output count): output tokens = streamed completion characters / 4, rounded
@@ -221,6 +224,56 @@ pub(crate) struct GeminiUsage {
     pub cached_content_token_count: Option<u64>,
     #[serde(default)]
     pub tool_use_prompt_token_count: Option<u64>,
+    /// The audio part of `promptTokenCount` (its `promptTokensDetails`).
+    #[serde(
+        default,
+        rename = "promptTokensDetails",
+        deserialize_with = "audio_part"
+    )]
+    pub prompt_audio_tokens: Option<u64>,
+    /// The audio part of `cachedContentTokenCount` (`cacheTokensDetails`).
+    #[serde(
+        default,
+        rename = "cacheTokensDetails",
+        deserialize_with = "audio_part"
+    )]
+    pub cached_audio_tokens: Option<u64>,
+    /// The audio part of `candidatesTokenCount` (`candidatesTokensDetails`).
+    #[serde(
+        default,
+        rename = "candidatesTokensDetails",
+        deserialize_with = "audio_part"
+    )]
+    pub candidates_audio_tokens: Option<u64>,
+}
+
+/// One entry of Gemini's `…TokensDetails`: a modality and its count.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModalityTokenCount {
+    #[serde(default)]
+    modality: Option<Modality>,
+    #[serde(default)]
+    token_count: Option<u64>,
+}
+
+#[derive(Deserialize, PartialEq)]
+enum Modality {
+    #[serde(rename = "AUDIO")]
+    Audio,
+    #[serde(other)]
+    Other,
+}
+
+/// The `AUDIO` tokens of a `…TokensDetails` list (`None` when it has none).
+fn audio_part<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let details = Option::<Vec<ModalityTokenCount>>::deserialize(d)?;
+    Ok(details
+        .into_iter()
+        .flatten()
+        .filter(|m| m.modality == Some(Modality::Audio))
+        .filter_map(|m| m.token_count)
+        .reduce(u64::saturating_add))
 }
 
 impl GeminiUsage {
@@ -239,8 +292,12 @@ impl GeminiUsage {
             cache_creation_input_tokens: 0,
             cache_creation_1h_input_tokens: 0,
             reasoning_tokens: thoughts,
-            audio_input_tokens: 0,
-            audio_output_tokens: 0,
+            // Audio read from the cache is priced as a cache read.
+            audio_input_tokens: self
+                .prompt_audio_tokens
+                .unwrap_or(0)
+                .saturating_sub(self.cached_audio_tokens.unwrap_or(0)),
+            audio_output_tokens: self.candidates_audio_tokens.unwrap_or(0),
             estimated: false,
             service_tier: None,
             web_search: None,
@@ -351,7 +408,7 @@ mod tests {
             candidates_token_count: Some(10),
             thoughts_token_count: Some(30),
             cached_content_token_count: Some(4),
-            tool_use_prompt_token_count: None,
+            ..GeminiUsage::default()
         }
         .normalise();
         assert_eq!(
@@ -363,6 +420,30 @@ mod tests {
             ),
             (7, 40, 30, 4)
         );
+    }
+
+    #[test]
+    fn gemini_audio_is_read_from_the_modality_details() {
+        let u: GeminiUsage = serde_json::from_str(
+            r#"{"promptTokenCount": 1000, "cachedContentTokenCount": 300,
+                "candidatesTokenCount": 50, "totalTokenCount": 1050,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 200},
+                    {"modality": "AUDIO", "tokenCount": 700}, {"modality": "IMAGE", "tokenCount": 100}],
+                "cacheTokensDetails": [{"modality": "AUDIO", "tokenCount": 300}],
+                "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": 45},
+                    {"modality": "TEXT", "tokenCount": 5}, {"modality": "NEW_KIND"}]}"#,
+        )
+        .unwrap();
+        let u = u.normalise();
+        // 700 audio in, 300 of it read from the cache.
+        assert_eq!(
+            (u.input_tokens, u.cached_input_tokens, u.audio_input_tokens),
+            (1000, 300, 400)
+        );
+        assert_eq!((u.output_tokens, u.audio_output_tokens), (50, 45));
+        // Without details: no audio.
+        let plain: GeminiUsage = serde_json::from_str(r#"{"promptTokenCount": 9}"#).unwrap();
+        assert_eq!(plain.normalise().audio_input_tokens, 0);
     }
 
     #[test]

@@ -388,15 +388,19 @@ pub fn pcm_wav(sample_rate: u32, channels: u16, bits: u16, seconds: u32) -> Vec<
     w
 }
 
-/// Microseconds of the WAV `input_audio` parts under `value`, as ffmpeg
+/// Microseconds of the WAV `input_audio` parts (Gemini: `audio/wav`
+/// `inlineData`) under `value`, as ffmpeg
 /// reads a canonical 44-byte PCM header: the bytes after it at sample rate
 /// × channels × bytes per sample.
 fn wav_micros(value: &Value) -> u64 {
     use base64::Engine;
     match value {
         Value::Array(items) => items.iter().map(wav_micros).sum(),
-        Value::Object(map) => match (map.get("data"), map.get("format")) {
-            (Some(Value::String(data)), Some(Value::String(format))) if format == "wav" => {
+        Value::Object(map) => match (map.get("data"), map.get("format").or(map.get("mimeType"))) {
+            // OpenAI's `input_audio` (`format`), Gemini's `inlineData` (`mimeType`).
+            (Some(Value::String(data)), Some(Value::String(format)))
+                if format == "wav" || format == "audio/wav" =>
+            {
                 let Ok(wav) = base64::engine::general_purpose::STANDARD.decode(data) else {
                     return 0;
                 };

@@ -12,6 +12,7 @@
 //!   `tool_choice` → `toolConfig.functionCallingConfig`.
 //! - `response_format` → `responseMimeType` (+ `responseJsonSchema` for
 //!   `json_schema`).
+//! - `image_url` data: URLs and `input_audio` (WAV, MP3) → `inlineData`.
 //! - Remote image URLs and `n > 1` are refused; other OpenAI fields dropped.
 
 use super::super::openai::{
@@ -227,6 +228,30 @@ fn content_parts(message: &ChatMessage, i: usize) -> Result<Vec<Part>, PrepareEr
                     inline_data: Some(Blob {
                         mime_type: data.media_type.to_owned(),
                         data: data.data.to_owned(),
+                    }),
+                    ..Part::default()
+                });
+            }
+            ("input_audio", _, _) => {
+                let audio = part.extra.get("input_audio");
+                let field = |name| {
+                    audio
+                        .and_then(|a| a.get(name))
+                        .and_then(serde_json::Value::as_str)
+                };
+                let mime_type = match field("format").map(str::to_ascii_lowercase).as_deref() {
+                    Some("wav") => "audio/wav",
+                    Some("mp3") => "audio/mp3",
+                    _ => return Err(unsupported("input_audio.format must be 'wav' or 'mp3'")),
+                };
+                let data = field("data")
+                    .filter(|d| !d.trim().is_empty())
+                    .ok_or_else(|| unsupported("input_audio.data must be base64 audio"))?;
+                out.push(Part {
+                    inline_data: Some(Blob {
+                        mime_type: mime_type.to_owned(),
+                        // Base64 wrapped in lines, which OpenAI reads, is one line for Gemini.
+                        data: data.split_ascii_whitespace().collect(),
                     }),
                     ..Part::default()
                 });

@@ -209,10 +209,15 @@ fn error(code: u16, status: &str, message: &str) -> Response {
 }
 
 fn usage(reply: &Reply, last: bool) -> Value {
+    let mut details = vec![json!({"modality": "TEXT",
+        "tokenCount": reply.input_tokens - reply.audio_input_tokens})];
+    if reply.audio_input_tokens > 0 {
+        details.push(json!({"modality": "AUDIO", "tokenCount": reply.audio_input_tokens}));
+    }
     let mut usage = json!({
         "promptTokenCount": reply.input_tokens,
         "totalTokenCount": reply.input_tokens,
-        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": reply.input_tokens}]
+        "promptTokensDetails": details
     });
     if reply.cached_input_tokens > 0 {
         usage["cachedContentTokenCount"] = json!(reply.cached_input_tokens);
