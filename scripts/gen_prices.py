@@ -160,6 +160,11 @@ def convert(models):
         served = service_tiers(name, spec)
         if served:
             entry["service_tiers"] = served
+        if served and tiers:
+            # The proxy prices a call at its service tier or at its
+            # long-context tier, not both combined: a model with both
+            # would need that rule first.
+            raise SystemExit(f"{name}: both service tiers and long-context prices")
         search = web_search(spec)
         if search:
             entry["web_search_cost_per_call"] = search
@@ -168,12 +173,44 @@ def convert(models):
     return out
 
 
+FAMILY_SUFFIX = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|\d{4}|latest)$")
+EXTRAS = ["long_context", "service_tiers", "web_search_cost_per_call"]
+
+
+def share_within_families(table):
+    """LiteLLM gives long-context tiers, service tiers and search fees to
+    some names of a model and not to others (`gpt-4o` has priority prices,
+    `gpt-4o-2024-08-06` none; `xai/grok-4-0709` has long-context prices,
+    `xai/grok-4` none), and the proxy prices a model under the first name
+    that matches. So names of one family (the same name but for a date or
+    `-latest`, from one provider, at the same base prices) share what one
+    of them has, when those that have it agree."""
+    families = {}
+    for name, entry in table.items():
+        family = FAMILY_SUFFIX.sub("", name)
+        key = (family, entry["provider"], entry["input_cost_per_token"], entry["output_cost_per_token"])
+        families.setdefault(key, []).append(name)
+    for (family, _, _, _), names in sorted(families.items()):
+        if len(names) < 2:
+            continue
+        for extra in EXTRAS:
+            values = {json.dumps(table[n][extra], sort_keys=True) for n in names if extra in table[n]}
+            if len(values) != 1:
+                continue
+            value = json.loads(values.pop())
+            for n in names:
+                if extra not in table[n]:
+                    table[n][extra] = value
+                    print(f"{n}: {extra} shared from its family {family}")
+
+
 def main():
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "data" / "model_prices.json"
     dest = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "proxy" / "prices" / "model_prices.json"
     raw = src.read_bytes()
     models = json.loads(raw, parse_float=decimal.Decimal)
     table = convert(models)
+    share_within_families(table)
     lines = ["{"]
     lines.append('  "source": ' + json.dumps(
         "LiteLLM model_prices_and_context_window.json (MIT), sha256 " + hashlib.sha256(raw).hexdigest()

@@ -245,6 +245,45 @@ fn long_context_prices_are_shipped_as_dearer_tiers() {
     assert!(tiered > 30, "{tiered} tiers");
 }
 
+/// LiteLLM gives these prices to some names of a model only; the table
+/// shares them within a family (same name but for a date or `-latest`,
+/// same base prices), so the name a client happens to use, which is the
+/// first the lookup finds, prices the call the same.
+#[test]
+fn dated_and_undated_names_of_a_model_carry_the_same_extra_prices() {
+    let t = table();
+    let price = |provider, model| t.lookup(provider, model).unwrap();
+    assert_eq!(
+        price("xai", "grok-4").long_context,
+        price("xai", "grok-4-0709").long_context
+    );
+    assert!(!price("xai", "grok-4").long_context.is_empty());
+    assert_eq!(
+        price("openai", "gpt-4o-search-preview-2025-03-11").web_search_cost_per_call,
+        price("openai", "gpt-4o-search-preview").web_search_cost_per_call
+    );
+    assert!(price("openai", "gpt-4o-search-preview-2025-03-11")
+        .web_search_cost_per_call
+        .is_some());
+    for dated in ["gpt-4o-2024-08-06", "o3-2025-04-16", "gpt-4.1-2025-04-14"] {
+        let undated = dated.split("-20").next().unwrap();
+        assert_eq!(
+            price("openai", dated).service_tiers,
+            price("openai", undated).service_tiers,
+            "{dated}"
+        );
+        assert!(
+            price("openai", dated).service_tiers.priority.is_some(),
+            "{dated}"
+        );
+    }
+    // A dated model at other prices keeps its own (GPT-4o's first release).
+    assert_ne!(
+        price("openai", "gpt-4o-2024-05-13").service_tiers,
+        price("openai", "gpt-4o").service_tiers
+    );
+}
+
 /// OpenAI's `priority` tier costs more than the base prices and `flex`
 /// less; both reach the table for the models LiteLLM prices them for.
 #[test]
