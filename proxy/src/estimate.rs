@@ -309,6 +309,30 @@ pub const AUDIO_MARGIN_PERCENT: u64 = 200;
 /// sets the model's price with `max_input_tokens` bounds it there.
 pub const UNKNOWN_CONTEXT_TOKENS: u64 = 2_000_000;
 
+/// The most input Anthropic's API reads for any model: Claude Sonnet 4 and
+/// 4.5 read up to 1M tokens only with the `context-1m` beta header, which
+/// the proxy does not send, so a longer request is refused (and costs
+/// nothing) and their long-context prices, above 200k, never apply. The
+/// table's `max_input_tokens` says 1M for some of them.
+pub const ANTHROPIC_CONTEXT_TOKENS: u64 = 200_000;
+
+/// The most input `kind` reads for a model whose table entry says `listed`.
+fn context_window(kind: ProviderKind, listed: Option<u64>) -> Option<u64> {
+    match kind {
+        ProviderKind::Anthropic => Some(listed.map_or(ANTHROPIC_CONTEXT_TOKENS, |l| {
+            l.min(ANTHROPIC_CONTEXT_TOKENS)
+        })),
+        _ => listed,
+    }
+}
+
+/// The input a request held at `held` input tokens is read at most, which
+/// picks its long-context price: the hold itself, or for Anthropic no more
+/// than it reads ([`ANTHROPIC_CONTEXT_TOKENS`]; a longer request is refused).
+fn read_at_most(kind: ProviderKind, held: u64) -> u64 {
+    context_window(kind, None).map_or(held, |context| held.min(context))
+}
+
 /// What a request carries besides text, images and tools.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Media {
@@ -524,12 +548,14 @@ pub fn estimate_with(
         // is the most it reads; what fills it may be audio (a custom
         // provider's `audio_url`, a file that is a recording), so it is
         // priced at the dearer of the text and audio rates.
-        let context = price.and_then(|p| p.max_input_tokens);
+        let context = context_window(kind, price.and_then(|p| p.max_input_tokens));
         input = input.max(context.unwrap_or(UNKNOWN_CONTEXT_TOKENS));
-        let audio_dearer = price.map(|p| p.for_call(tier, input)).is_some_and(|p| {
-            p.input_cost_per_audio_token
-                .is_some_and(|audio| audio > p.input_cost_per_token)
-        });
+        let audio_dearer = price
+            .map(|p| p.for_call(tier, read_at_most(kind, input)))
+            .is_some_and(|p| {
+                p.input_cost_per_audio_token
+                    .is_some_and(|audio| audio > p.input_cost_per_token)
+            });
         held_audio = if audio_dearer { input } else { 0 };
     }
     let max_output = req
@@ -552,7 +578,7 @@ pub fn estimate_with(
     // the held input is at least the input, so its tier is at least the
     // call's. So does every token of a call sent at OpenAI's priority tier.
     let searched = web_search(req, kind, model, price);
-    let price = price.map(|p| p.for_call(tier, input));
+    let price = price.map(|p| p.for_call(tier, read_at_most(kind, input)));
     let (input_usd, usd_per_output_token) = match price.as_deref() {
         Some(p) => {
             let input_usd = cost(
@@ -690,6 +716,41 @@ mod tests {
         assert_eq!(held(9), (Decimal::new(305, 5), Decimal::new(3, 5)));
         // 10 is not past 10: 10 × 0.0000025 + 100 × 0.00001
         assert_eq!(held(10), (Decimal::new(1025, 6), Decimal::new(1, 5)));
+    }
+
+    #[test]
+    fn claude_is_held_for_at_most_the_200k_tokens_anthropic_reads() {
+        // Sonnet 4's table entry: 1M tokens of context (with a beta header
+        // the proxy does not send), dearer above 200k.
+        let price = ModelPrice {
+            max_input_tokens: Some(1_000_000),
+            long_context: vec![crate::pricing::LongContextPrice {
+                above_input_tokens: 200_000,
+                rates: crate::pricing::Rates {
+                    input_cost_per_token: Decimal::new(6, 6),
+                    output_cost_per_token: Decimal::new(225, 7),
+                    cache_read_input_token_cost: None,
+                    cache_creation_input_token_cost: None,
+                },
+            }],
+            ..ModelPrice::per_token(Decimal::new(3, 6), Decimal::new(15, 6))
+        };
+        let file = serde_json::json!({"type": "file", "file": {"file_id": "file-abc123"}});
+        let req = with_part("claude-sonnet-4-20250514", file);
+        let held = |kind| {
+            let e = estimate(&req, kind, "claude-sonnet-4-20250514", Some(&price), 4096);
+            (e.flex.input_tokens, e.amounts.get(&Unit::Usd))
+        };
+        // 200,000 × $0.000003 + 100 × $0.000015, not 1M at the long-context price.
+        assert_eq!(
+            held(ProviderKind::Anthropic),
+            (200_000, Decimal::new(60150, 5))
+        );
+        // Elsewhere (a router serving the 1M window) the window and its price.
+        assert_eq!(
+            held(ProviderKind::Custom),
+            (1_000_000, Decimal::new(6_002_250, 6))
+        );
     }
 
     #[test]

@@ -282,7 +282,26 @@ mod tests {
         assert_eq!(p.for_call(None, 100).input_cost_per_token, dec!(0.000003));
         assert_eq!(p.for_call(None, 101).input_cost_per_token, dec!(0.000006));
         assert_eq!(p.for_call(None, 1001).input_cost_per_token, dec!(0.000009));
-        assert!(matches!(p.for_call(None, 5), std::borrow::Cow::Borrowed(_)));
+        // Below every threshold: the base prices, with no tier left to pick,
+        // so costing any usage at the result keeps the tier chosen here.
+        let base = p.for_call(None, 5);
+        assert_eq!(base.input_cost_per_token, dec!(0.000003));
+        assert!(base.long_context.is_empty());
+        assert_eq!(
+            cost(
+                &base,
+                &Usage {
+                    input_tokens: 5000,
+                    ..Usage::default()
+                }
+            ),
+            dec!(5000) * dec!(0.000003)
+        );
+        // A price without tiers is not copied.
+        assert!(matches!(
+            price().for_call(None, 5),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]
