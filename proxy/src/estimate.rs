@@ -434,7 +434,7 @@ impl CountedInput {
         if missing {
             usage.input_tokens = self.tokens;
         }
-        if usage.audio_input_tokens == 0 {
+        if !usage.audio_input_reported && usage.audio_input_tokens == 0 {
             usage.audio_input_tokens = self.audio_tokens.min(usage.input_tokens);
         }
         // The answer does not say whether it searched: the request does.

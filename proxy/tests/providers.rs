@@ -27,6 +27,8 @@ fn openai_nonstream_passes_through_with_usage() {
         Usage {
             input_tokens: 16,
             output_tokens: 363,
+            // The fixture's `prompt_tokens_details.audio_tokens: 0`.
+            audio_input_reported: true,
             ..Usage::default()
         }
     );
@@ -160,6 +162,8 @@ fn gemini_nonstream_translates() {
         Usage {
             input_tokens: 7,
             output_tokens: 22,
+            // The fixture's `promptTokensDetails`, text only.
+            audio_input_reported: true,
             ..Usage::default()
         }
     );
@@ -202,6 +206,7 @@ fn gemini_stream_translates() {
         Usage {
             input_tokens: 7,
             output_tokens: 10,
+            audio_input_reported: true,
             ..Usage::default()
         }
     );
@@ -255,6 +260,7 @@ fn cut_streams_estimate_output_from_text() {
             input_tokens: 7,
             output_tokens: 6,
             estimated: true,
+            audio_input_reported: true,
             ..Usage::default()
         }
     );

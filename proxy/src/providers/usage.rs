@@ -53,6 +53,11 @@ pub struct Usage {
     /// Part of `output_tokens` that was audio.
     #[serde(default)]
     pub audio_output_tokens: u64,
+    /// The provider said how much of the input was audio (0 included), so
+    /// the proxy's own count of it is not used
+    /// ([`crate::estimate::CountedInput::fill_missing`]).
+    #[serde(default)]
+    pub audio_input_reported: bool,
     /// True when some count is an estimate, not the provider's report.
     pub estimated: bool,
     /// The processing tier the provider says it served the call at, when
@@ -110,6 +115,10 @@ impl Usage {
                 .as_ref()
                 .and_then(|d| d.audio_tokens)
                 .unwrap_or(0),
+            audio_input_reported: usage
+                .prompt_tokens_details
+                .as_ref()
+                .is_some_and(|d| d.audio_tokens.is_some()),
             estimated: false,
             service_tier: None,
             web_search: None,
@@ -203,6 +212,7 @@ impl AnthropicUsage {
             reasoning_tokens: 0,
             audio_input_tokens: 0,
             audio_output_tokens: 0,
+            audio_input_reported: false,
             estimated: false,
             service_tier: None,
             web_search: None,
@@ -265,15 +275,27 @@ enum Modality {
     Other,
 }
 
-/// The `AUDIO` tokens of a `…TokensDetails` list (`None` when it has none).
+/// A `…TokensDetails` value: the documented list, or anything else, which
+/// is ignored rather than making the whole answer unreadable.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Details {
+    List(Vec<ModalityTokenCount>),
+    Other(serde::de::IgnoredAny),
+}
+
+/// The `AUDIO` tokens of a `…TokensDetails` list: `Some(0)` for a list
+/// without audio, `None` when there is no readable list.
 fn audio_part<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let details = Option::<Vec<ModalityTokenCount>>::deserialize(d)?;
-    Ok(details
-        .into_iter()
-        .flatten()
-        .filter(|m| m.modality == Some(Modality::Audio))
-        .filter_map(|m| m.token_count)
-        .reduce(u64::saturating_add))
+    Ok(match Option::<Details>::deserialize(d)? {
+        Some(Details::List(list)) => Some(
+            list.iter()
+                .filter(|m| m.modality == Some(Modality::Audio))
+                .filter_map(|m| m.token_count)
+                .fold(0, u64::saturating_add),
+        ),
+        Some(Details::Other(_)) | None => None,
+    })
 }
 
 impl GeminiUsage {
@@ -298,6 +320,7 @@ impl GeminiUsage {
                 .unwrap_or(0)
                 .saturating_sub(self.cached_audio_tokens.unwrap_or(0)),
             audio_output_tokens: self.candidates_audio_tokens.unwrap_or(0),
+            audio_input_reported: self.prompt_audio_tokens.is_some(),
             estimated: false,
             service_tier: None,
             web_search: None,
@@ -441,9 +464,35 @@ mod tests {
             (1000, 300, 400)
         );
         assert_eq!((u.output_tokens, u.audio_output_tokens), (50, 45));
-        // Without details: no audio.
-        let plain: GeminiUsage = serde_json::from_str(r#"{"promptTokenCount": 9}"#).unwrap();
-        assert_eq!(plain.normalise().audio_input_tokens, 0);
+        assert!(u.audio_input_reported);
+        // All the audio read from the cache: none fresh, and said so.
+        let cached: GeminiUsage = serde_json::from_str(
+            r#"{"promptTokenCount": 300, "cachedContentTokenCount": 300,
+                "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 300}],
+                "cacheTokensDetails": [{"modality": "AUDIO", "tokenCount": 300}]}"#,
+        )
+        .unwrap();
+        let cached = cached.normalise();
+        assert_eq!(
+            (cached.audio_input_tokens, cached.audio_input_reported),
+            (0, true)
+        );
+        // Without details, or with details of another shape: not reported,
+        // and the rest of the usage still read.
+        for other in [
+            r#""#,
+            r#", "promptTokensDetails": {"AUDIO": 5}"#,
+            r#", "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": "5"}]"#,
+        ] {
+            let u: GeminiUsage =
+                serde_json::from_str(&format!(r#"{{"promptTokenCount": 9{other}}}"#)).unwrap();
+            let u = u.normalise();
+            assert_eq!(
+                (u.input_tokens, u.audio_input_tokens, u.audio_input_reported),
+                (9, 0, false),
+                "{other}"
+            );
+        }
     }
 
     #[test]
