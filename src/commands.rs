@@ -190,6 +190,31 @@ pub fn parse_usd_per_token(flag: &str, text: &str) -> anyhow::Result<rust_decima
     Ok(value.normalize())
 }
 
+/// A project's price of `model` at `input` and `output` dollars per token.
+/// A model the bundled table prices (under the same key, or as the proxy
+/// would look it up) keeps the rest of its prices, scaled in proportion
+/// ([`proxy::pricing::ModelPrice::rebased`]): cache, reasoning and audio
+/// rates, long-context and service tiers, its context window and its web
+/// search fee. Without them an override would, say, bill a Gemini 2.5 Pro
+/// prompt above 200k tokens at half what Google charges.
+pub fn override_price(
+    model: &str,
+    input: rust_decimal::Decimal,
+    output: rust_decimal::Decimal,
+) -> anyhow::Result<proxy::pricing::ModelPrice> {
+    use proxy::pricing::{ModelPrice, PriceTable};
+    let table = PriceTable::bundled()?;
+    let (provider, name) = model.split_once('/').unwrap_or(("", model));
+    let bundled = table.get(model).or_else(|| table.lookup(provider, name));
+    Ok(match bundled {
+        Some(bundled) => bundled.rebased(input, output),
+        None => ModelPrice {
+            provider: provider.to_owned(),
+            ..ModelPrice::per_token(input, output)
+        },
+    })
+}
+
 /// `tollgate prices set`: overrides the price of `model` for a project.
 pub async fn prices_set(
     pool: &PgPool,
@@ -200,13 +225,7 @@ pub async fn prices_set(
     output_usd_per_token: rust_decimal::Decimal,
 ) -> anyhow::Result<()> {
     let project = project_by_key(pool, public_key).await?;
-    let price = proxy::pricing::ModelPrice {
-        provider: model
-            .split_once('/')
-            .map(|(p, _)| p.to_owned())
-            .unwrap_or_default(),
-        ..proxy::pricing::ModelPrice::per_token(input_usd_per_token, output_usd_per_token)
-    };
+    let price = override_price(model, input_usd_per_token, output_usd_per_token)?;
     proxy::project_config::set_price_override(pool, project.project_id, model, &price).await?;
     ledger::control::announce_change(client).await;
     out(&serde_json::json!({"project_key": public_key, "model": model, "price": price}).to_string())

@@ -245,6 +245,35 @@ async fn providers_add_and_prices_set_print_what_they_stored() {
     assert_eq!(printed["price"]["input_cost_per_token"], "0.0000008");
     assert_eq!(printed["price"]["output_cost_per_token"], "0.0000009");
 
+    // A model the bundled table prices keeps its other prices, in
+    // proportion: Gemini 2.5 Pro's above 200k tokens (2.50 / 15 per
+    // million at 1.25 / 10), at 1.00 / 8 here.
+    let out = env
+        .run(
+            &[
+                "prices",
+                "set",
+                "--project",
+                &pk,
+                "--model",
+                "gemini/gemini-2.5-pro",
+                "--input",
+                "0.000001",
+                "--output",
+                "0.000008",
+            ],
+            None,
+            None,
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let long = &printed["price"]["long_context"][0];
+    assert_eq!(long["above_input_tokens"], 200_000, "{printed}");
+    assert_eq!(long["input_cost_per_token"], "0.000002", "{printed}");
+    assert_eq!(long["output_cost_per_token"], "0.000012", "{printed}");
+    assert_eq!(printed["price"]["provider"], "gemini", "{printed}");
+
     let out = env
         .run(
             &[

@@ -224,6 +224,75 @@ impl ModelPrice {
         }
     }
 
+    /// These prices with `input` and `output` as the base prices per token
+    /// (a project's negotiated rates, say), and every other price scaled in
+    /// the same proportion as its side's: cache reads and writes, one-hour
+    /// writes, audio, reasoning, long-context and service tiers. The web
+    /// search fee, per call, stays. When a base price was zero there is no
+    /// proportion: that side's other prices are dropped (cache prices then
+    /// fall back to the input price), and so are the tiers.
+    #[must_use]
+    pub fn rebased(&self, input: Decimal, output: Decimal) -> ModelPrice {
+        let (base_in, base_out) = (self.input_cost_per_token, self.output_cost_per_token);
+        let scale = |price: Decimal, from: Decimal, to: Decimal| {
+            price
+                .checked_mul(to)
+                .and_then(|x| x.checked_div(from))
+                .unwrap_or(Decimal::MAX)
+                .normalize()
+        };
+        let by_input = |p: Option<Decimal>| {
+            p.filter(|_| !base_in.is_zero())
+                .map(|p| scale(p, base_in, input))
+        };
+        let by_output = |p: Option<Decimal>| {
+            p.filter(|_| !base_out.is_zero())
+                .map(|p| scale(p, base_out, output))
+        };
+        let tiers_kept = !base_in.is_zero() && !base_out.is_zero();
+        let rates = |r: &Rates| Rates {
+            input_cost_per_token: scale(r.input_cost_per_token, base_in, input),
+            output_cost_per_token: scale(r.output_cost_per_token, base_out, output),
+            cache_read_input_token_cost: by_input(r.cache_read_input_token_cost),
+            cache_creation_input_token_cost: by_input(r.cache_creation_input_token_cost),
+        };
+        ModelPrice {
+            provider: self.provider.clone(),
+            input_cost_per_token: input,
+            output_cost_per_token: output,
+            cache_read_input_token_cost: by_input(self.cache_read_input_token_cost),
+            cache_creation_input_token_cost: by_input(self.cache_creation_input_token_cost),
+            cache_creation_input_token_cost_above_1hr: by_input(
+                self.cache_creation_input_token_cost_above_1hr,
+            ),
+            output_cost_per_reasoning_token: by_output(self.output_cost_per_reasoning_token),
+            input_cost_per_audio_token: by_input(self.input_cost_per_audio_token),
+            output_cost_per_audio_token: by_output(self.output_cost_per_audio_token),
+            max_input_tokens: self.max_input_tokens,
+            max_output_tokens: self.max_output_tokens,
+            long_context: if tiers_kept {
+                self.long_context
+                    .iter()
+                    .map(|t| LongContextPrice {
+                        above_input_tokens: t.above_input_tokens,
+                        rates: rates(&t.rates),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            service_tiers: if tiers_kept {
+                ServiceTierPrices {
+                    priority: self.service_tiers.priority.as_ref().map(rates),
+                    flex: self.service_tiers.flex.as_ref().map(rates),
+                }
+            } else {
+                ServiceTierPrices::default()
+            },
+            web_search_cost_per_call: self.web_search_cost_per_call.clone(),
+        }
+    }
+
     /// These prices with `rates` in place of the base ones (see [`ModelPrice::for_call`]).
     fn with_rates(&self, rates: &Rates) -> ModelPrice {
         let scale = |base: Option<Decimal>, from: Decimal, to: Decimal| {
@@ -408,6 +477,63 @@ mod tests {
         assert_eq!(found("openai", "gpt-4o"), Some(price(2)));
         assert_eq!(found("openai", "grok-3"), None);
         assert_eq!(lookup_override(&[], "openai", "gpt-4o"), None);
+    }
+
+    #[test]
+    fn a_rebased_price_scales_every_other_price_in_proportion() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        let rates = |i: &str, o: &str, read: Option<&str>| Rates {
+            input_cost_per_token: d(i),
+            output_cost_per_token: d(o),
+            cache_read_input_token_cost: read.map(d),
+            cache_creation_input_token_cost: None,
+        };
+        let bundled = ModelPrice {
+            cache_read_input_token_cost: Some(d("0.0000003")),
+            output_cost_per_reasoning_token: Some(d("0.00002")),
+            long_context: vec![LongContextPrice {
+                above_input_tokens: 200_000,
+                rates: rates("0.000006", "0.0000225", Some("0.0000006")),
+            }],
+            service_tiers: ServiceTierPrices {
+                priority: Some(rates("0.0000051", "0.0000255", None)),
+                flex: None,
+            },
+            web_search_cost_per_call: Some(WebSearchPrices {
+                low: d("0.01"),
+                medium: d("0.01"),
+                high: d("0.01"),
+            }),
+            max_input_tokens: Some(1_000_000),
+            ..ModelPrice::per_token(d("0.000003"), d("0.000015"))
+        };
+        // A third off input, a fifth off output.
+        let ours = bundled.rebased(d("0.000002"), d("0.000012"));
+        assert_eq!(ours.cache_read_input_token_cost, Some(d("0.0000002")));
+        assert_eq!(ours.output_cost_per_reasoning_token, Some(d("0.000016")));
+        assert_eq!(
+            ours.long_context[0].rates,
+            rates("0.000004", "0.000018", Some("0.0000004"))
+        );
+        assert_eq!(
+            ours.service_tiers.priority,
+            Some(rates("0.0000034", "0.0000204", None))
+        );
+        assert_eq!(
+            ours.web_search_cost_per_call,
+            bundled.web_search_cost_per_call
+        );
+        assert_eq!(ours.max_input_tokens, Some(1_000_000));
+        // From a free model there is no proportion: only the new base prices.
+        let free = ModelPrice::per_token(Decimal::ZERO, Decimal::ZERO);
+        let free = ModelPrice {
+            cache_read_input_token_cost: Some(Decimal::ZERO),
+            long_context: bundled.long_context.clone(),
+            ..free
+        };
+        let priced = free.rebased(d("0.000001"), d("0.000002"));
+        assert_eq!(priced.cache_read_input_token_cost, None);
+        assert!(priced.long_context.is_empty());
     }
 
     #[test]
