@@ -160,11 +160,6 @@ def convert(models):
         served = service_tiers(name, spec)
         if served:
             entry["service_tiers"] = served
-        if served and tiers:
-            # The proxy prices a call at its service tier or at its
-            # long-context tier, not both combined: a model with both
-            # would need that rule first.
-            raise SystemExit(f"{name}: both service tiers and long-context prices")
         search = web_search(spec)
         if search:
             entry["web_search_cost_per_call"] = search
@@ -173,7 +168,9 @@ def convert(models):
     return out
 
 
-FAMILY_SUFFIX = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|\d{4}|latest)$")
+# A date (-20250514, -2024-08-06, -0709 as month and day) or -latest; not
+# a release number such as Mistral's -2505 (year and month).
+FAMILY_SUFFIX = re.compile(r"-(\d{8}|\d{4}-\d{2}-\d{2}|(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])|latest)$")
 EXTRAS = ["long_context", "service_tiers", "web_search_cost_per_call"]
 
 
@@ -211,6 +208,12 @@ def main():
     models = json.loads(raw, parse_float=decimal.Decimal)
     table = convert(models)
     share_within_families(table)
+    for name, entry in table.items():
+        if "service_tiers" in entry and "long_context" in entry:
+            # The proxy prices a call at its service tier or at its
+            # long-context tier, not both combined: a model with both
+            # needs that rule first.
+            raise SystemExit(f"{name}: both service tiers and long-context prices")
     lines = ["{"]
     lines.append('  "source": ' + json.dumps(
         "LiteLLM model_prices_and_context_window.json (MIT), sha256 " + hashlib.sha256(raw).hexdigest()

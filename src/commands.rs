@@ -191,8 +191,9 @@ pub fn parse_usd_per_token(flag: &str, text: &str) -> anyhow::Result<rust_decima
 }
 
 /// A project's price of `model` at `input` and `output` dollars per token.
-/// A model the bundled table prices (under the same key, or as the proxy
-/// would look it up) keeps the rest of its prices, scaled in proportion
+/// A model the bundled table prices (as the proxy looks it up for the
+/// model's route, or under exactly this key) keeps the rest of its prices,
+/// scaled in proportion
 /// ([`proxy::pricing::ModelPrice::rebased`]): cache, reasoning and audio
 /// rates, long-context and service tiers, its context window and its web
 /// search fee. Without them an override would, say, bill a Gemini 2.5 Pro
@@ -203,9 +204,16 @@ pub fn override_price(
     output: rust_decimal::Decimal,
 ) -> anyhow::Result<proxy::pricing::ModelPrice> {
     use proxy::pricing::{ModelPrice, PriceTable};
+    use proxy::providers::{route, BaseUrls};
     let table = PriceTable::bundled()?;
-    let (provider, name) = model.split_once('/').unwrap_or(("", model));
-    let bundled = table.get(model).or_else(|| table.lookup(provider, name));
+    let (provider, _) = model.split_once('/').unwrap_or(("", model));
+    // The entry the proxy would price the model's calls with (`grok-4` is
+    // `xai/grok-4`, `gemini-2.5-pro` Google AI Studio's, not Vertex's),
+    // else one under exactly this key.
+    let routed = route(model, &[], &BaseUrls::default())
+        .ok()
+        .and_then(|r| table.lookup(&r.provider, &r.upstream_model));
+    let bundled = routed.or_else(|| table.get(model));
     Ok(match bundled {
         Some(bundled) => bundled.rebased(input, output),
         None => ModelPrice {

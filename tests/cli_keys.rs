@@ -274,6 +274,45 @@ async fn providers_add_and_prices_set_print_what_they_stored() {
     assert_eq!(long["output_cost_per_token"], "0.000012", "{printed}");
     assert_eq!(printed["price"]["provider"], "gemini", "{printed}");
 
+    // Named as clients name it, a model starts from the entry the proxy
+    // prices its calls with: Grok 4's is `xai/grok-4`, with its tier above
+    // 128k tokens; Gemini's Google AI Studio's (cache reads at a quarter
+    // of input), not Vertex's bare `gemini-2.5-pro` (a tenth).
+    for (model, field, want) in [
+        ("grok-4", "/long_context/0/input_cost_per_token", "0.000002"),
+        (
+            "gemini-2.5-pro",
+            "/cache_read_input_token_cost",
+            "0.00000025",
+        ),
+    ] {
+        let out = env
+            .run(
+                &[
+                    "prices",
+                    "set",
+                    "--project",
+                    &pk,
+                    "--model",
+                    model,
+                    "--input",
+                    "0.000001",
+                    "--output",
+                    "0.000008",
+                ],
+                None,
+                None,
+            )
+            .await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            printed["price"].pointer(field).unwrap(),
+            want,
+            "{model}: {printed}"
+        );
+    }
+
     let out = env
         .run(
             &[

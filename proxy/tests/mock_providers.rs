@@ -78,9 +78,9 @@ fn expected_usage(kind: MockKind) -> Usage {
         cached_input_tokens: 20,
         output_tokens: 10,
         reasoning_tokens: if kind == MockKind::Anthropic { 0 } else { 3 },
-        // Every provider but Anthropic (which takes no audio) says how much
-        // of the input was audio.
-        audio_input_reported: kind != MockKind::Anthropic,
+        // Gemini's modality split says there was no audio; OpenAI's format
+        // says `audio_tokens: 0`, which is not taken as said.
+        audio_input_reported: kind == MockKind::Gemini,
         ..Usage::default()
     }
 }

@@ -27,8 +27,6 @@ fn openai_nonstream_passes_through_with_usage() {
         Usage {
             input_tokens: 16,
             output_tokens: 363,
-            // The fixture's `prompt_tokens_details.audio_tokens: 0`.
-            audio_input_reported: true,
             ..Usage::default()
         }
     );

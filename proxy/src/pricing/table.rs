@@ -45,7 +45,7 @@ pub struct ModelPrice {
     pub max_output_tokens: Option<u64>,
     /// Dearer prices for a request whose input is long (Gemini above 128k
     /// or 200k prompt tokens, Claude's 1M-context models above 200k, Grok 4
-    /// above 128k), lowest threshold first; see [`ModelPrice::for_input`].
+    /// above 128k), lowest threshold first; see [`ModelPrice::for_call`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub long_context: Vec<LongContextPrice>,
     /// Prices of calls served at a dearer or cheaper processing tier

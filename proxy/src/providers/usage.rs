@@ -53,8 +53,9 @@ pub struct Usage {
     /// Part of `output_tokens` that was audio.
     #[serde(default)]
     pub audio_output_tokens: u64,
-    /// The provider said how much of the input was audio (0 included), so
-    /// the proxy's own count of it is not used
+    /// The provider said how much of the input was audio (Gemini: 0
+    /// included; OpenAI's format: only a count above 0), so the proxy's
+    /// own count of it is not used
     /// ([`crate::estimate::CountedInput::fill_missing`]).
     #[serde(default)]
     pub audio_input_reported: bool,
@@ -115,10 +116,13 @@ impl Usage {
                 .as_ref()
                 .and_then(|d| d.audio_tokens)
                 .unwrap_or(0),
+            // A 0 is not taken as said: OpenAI-compatible gateways fill in
+            // zeros whatever the input was.
             audio_input_reported: usage
                 .prompt_tokens_details
                 .as_ref()
-                .is_some_and(|d| d.audio_tokens.is_some()),
+                .and_then(|d| d.audio_tokens)
+                .is_some_and(|n| n > 0),
             estimated: false,
             service_tier: None,
             web_search: None,
