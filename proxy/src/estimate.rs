@@ -6,7 +6,7 @@
 //! (invariant 1); the gate may lower the output to what the budget affords
 //! ([`ledger::gate::decide::OutputFlex`]).
 
-use crate::pricing::{cost, ModelPrice, SearchContextSize, ServiceTier};
+use crate::pricing::{cost, cost_at, ModelPrice, SearchContextSize, ServiceTier};
 use crate::providers::openai::{ChatRequest, ContentPart, MessageContent};
 use crate::providers::{anthropic_sends_tools, ProviderKind, Usage};
 use ledger::gate::decide::OutputFlex;
@@ -581,7 +581,7 @@ pub fn estimate_with(
     let price = price.map(|p| p.for_call(tier, read_at_most(kind, input)));
     let (input_usd, usd_per_output_token) = match price.as_deref() {
         Some(p) => {
-            let input_usd = cost(
+            let input_usd = cost_at(
                 p,
                 &Usage {
                     input_tokens: input,

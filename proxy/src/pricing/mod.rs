@@ -49,7 +49,17 @@ use rust_decimal::Decimal;
 /// Cost of `usage` at `price` (see the module doc for the rule). Saturates at
 /// `Decimal::MAX` instead of overflowing.
 pub fn cost(price: &ModelPrice, usage: &Usage) -> Decimal {
-    let price = &*price.for_call(usage.service_tier, usage.input_tokens);
+    cost_at(
+        &price.for_call(usage.service_tier, usage.input_tokens),
+        usage,
+    )
+}
+
+/// Cost of `usage` at exactly `price`'s base prices, with no long-context
+/// or service tier picked from the usage: for a price already chosen with
+/// [`ModelPrice::for_call`] (a hold picks its tier from the input it holds,
+/// which may be read at most partly).
+pub fn cost_at(price: &ModelPrice, usage: &Usage) -> Decimal {
     let cached = usage.cached_input_tokens.min(usage.input_tokens);
     let creation = usage
         .cache_creation_input_tokens
@@ -282,26 +292,16 @@ mod tests {
         assert_eq!(p.for_call(None, 100).input_cost_per_token, dec!(0.000003));
         assert_eq!(p.for_call(None, 101).input_cost_per_token, dec!(0.000006));
         assert_eq!(p.for_call(None, 1001).input_cost_per_token, dec!(0.000009));
-        // Below every threshold: the base prices, with no tier left to pick,
-        // so costing any usage at the result keeps the tier chosen here.
+        // Below every threshold: the base prices, not copied; `cost_at`
+        // prices any usage at them, where `cost` picks the usage's tier.
         let base = p.for_call(None, 5);
-        assert_eq!(base.input_cost_per_token, dec!(0.000003));
-        assert!(base.long_context.is_empty());
-        assert_eq!(
-            cost(
-                &base,
-                &Usage {
-                    input_tokens: 5000,
-                    ..Usage::default()
-                }
-            ),
-            dec!(5000) * dec!(0.000003)
-        );
-        // A price without tiers is not copied.
-        assert!(matches!(
-            price().for_call(None, 5),
-            std::borrow::Cow::Borrowed(_)
-        ));
+        assert!(matches!(base, std::borrow::Cow::Borrowed(_)));
+        let usage = Usage {
+            input_tokens: 5000,
+            ..Usage::default()
+        };
+        assert_eq!(cost_at(&base, &usage), dec!(5000) * dec!(0.000003));
+        assert_eq!(cost(&base, &usage), dec!(5000) * dec!(0.000009));
     }
 
     #[test]

@@ -189,8 +189,8 @@ impl ModelPrice {
     /// Anthropic and OpenAI raise their other prices in the same proportion,
     /// and Anthropic's one-hour writes stay twice the (higher) input price.
     /// A factor that does not divide evenly is rounded to `Decimal`'s 28
-    /// digits. The result has no tiers left: it prices any usage at the
-    /// tier chosen here.
+    /// digits. Price usage at the result with [`crate::pricing::cost_at`],
+    /// which does not pick a tier again.
     pub fn for_call(
         &self,
         service_tier: Option<ServiceTier>,
@@ -211,16 +211,7 @@ impl ModelPrice {
             .max_by_key(|t| t.above_input_tokens)
         {
             Some(tier) => Cow::Owned(self.with_rates(&tier.rates)),
-            None if self.long_context.is_empty() && self.service_tiers.is_empty() => {
-                Cow::Borrowed(self)
-            }
-            // The base prices, with no tiers left to pick: [`crate::pricing::cost`]
-            // of this price is at the tier chosen here, whatever its usage.
-            None => Cow::Owned(ModelPrice {
-                long_context: Vec::new(),
-                service_tiers: ServiceTierPrices::default(),
-                ..self.clone()
-            }),
+            None => Cow::Borrowed(self),
         }
     }
 
