@@ -309,28 +309,32 @@ pub const AUDIO_MARGIN_PERCENT: u64 = 200;
 /// sets the model's price with `max_input_tokens` bounds it there.
 pub const UNKNOWN_CONTEXT_TOKENS: u64 = 2_000_000;
 
-/// The most input Anthropic's API reads for any model: Claude Sonnet 4 and
-/// 4.5 read up to 1M tokens only with the `context-1m` beta header, which
-/// the proxy does not send, so a longer request is refused (and costs
-/// nothing) and their long-context prices, above 200k, never apply. The
-/// table's `max_input_tokens` says 1M for some of them.
+/// The most input Anthropic's API reads for any model without the
+/// `context-1m` beta header: Claude Sonnet 4 and 4.5 read up to 1M tokens
+/// only when the client sends that beta (passed on, see
+/// [`ChatRequest::anthropic_beta`]); otherwise a longer request is refused
+/// (and costs nothing) and their long-context prices, above 200k, never
+/// apply. The table's `max_input_tokens` says 1M for some of them.
 pub const ANTHROPIC_CONTEXT_TOKENS: u64 = 200_000;
 
-/// The most input `kind` reads for a model whose table entry says `listed`.
-fn context_window(kind: ProviderKind, listed: Option<u64>) -> Option<u64> {
+/// The most input `req` may have read by `kind`, for a model whose table
+/// entry says `listed`.
+fn context_window(req: &ChatRequest, kind: ProviderKind, listed: Option<u64>) -> Option<u64> {
     match kind {
-        ProviderKind::Anthropic => Some(listed.map_or(ANTHROPIC_CONTEXT_TOKENS, |l| {
-            l.min(ANTHROPIC_CONTEXT_TOKENS)
-        })),
+        ProviderKind::Anthropic if !req.anthropic_long_context() => {
+            Some(listed.map_or(ANTHROPIC_CONTEXT_TOKENS, |l| {
+                l.min(ANTHROPIC_CONTEXT_TOKENS)
+            }))
+        }
         _ => listed,
     }
 }
 
 /// The input a request held at `held` input tokens is read at most, which
-/// picks its long-context price: the hold itself, or for Anthropic no more
-/// than it reads ([`ANTHROPIC_CONTEXT_TOKENS`]; a longer request is refused).
-fn read_at_most(kind: ProviderKind, held: u64) -> u64 {
-    context_window(kind, None).map_or(held, |context| held.min(context))
+/// picks its long-context price: the hold itself, or for Anthropic without
+/// the 1M beta no more than it reads ([`ANTHROPIC_CONTEXT_TOKENS`]).
+fn read_at_most(req: &ChatRequest, kind: ProviderKind, held: u64) -> u64 {
+    context_window(req, kind, None).map_or(held, |context| held.min(context))
 }
 
 /// What a request carries besides text, images and tools.
@@ -548,10 +552,10 @@ pub fn estimate_with(
         // is the most it reads; what fills it may be audio (a custom
         // provider's `audio_url`, a file that is a recording), so it is
         // priced at the dearer of the text and audio rates.
-        let context = context_window(kind, price.and_then(|p| p.max_input_tokens));
+        let context = context_window(req, kind, price.and_then(|p| p.max_input_tokens));
         input = input.max(context.unwrap_or(UNKNOWN_CONTEXT_TOKENS));
         let audio_dearer = price
-            .map(|p| p.for_call(tier, read_at_most(kind, input)))
+            .map(|p| p.for_call(tier, read_at_most(req, kind, input)))
             .is_some_and(|p| {
                 p.input_cost_per_audio_token
                     .is_some_and(|audio| audio > p.input_cost_per_token)
@@ -578,7 +582,7 @@ pub fn estimate_with(
     // the held input is at least the input, so its tier is at least the
     // call's. So does every token of a call sent at OpenAI's priority tier.
     let searched = web_search(req, kind, model, price);
-    let price = price.map(|p| p.for_call(tier, read_at_most(kind, input)));
+    let price = price.map(|p| p.for_call(tier, read_at_most(req, kind, input)));
     let (input_usd, usd_per_output_token) = match price.as_deref() {
         Some(p) => {
             let input_usd = cost_at(
@@ -747,9 +751,21 @@ mod tests {
             (200_000, Decimal::new(60150, 5))
         );
         // Elsewhere (a router serving the 1M window) the window and its price.
+        let whole_window = (1_000_000, Decimal::new(6_002_250, 6));
+        assert_eq!(held(ProviderKind::Custom), whole_window);
+        // And on Anthropic when the client sends the 1M beta, which is passed on.
+        let mut beta = req.clone();
+        beta.anthropic_beta = Some("context-1m-2025-08-07".to_owned());
+        let e = estimate(
+            &beta,
+            ProviderKind::Anthropic,
+            "claude-sonnet-4-20250514",
+            Some(&price),
+            4096,
+        );
         assert_eq!(
-            held(ProviderKind::Custom),
-            (1_000_000, Decimal::new(6_002_250, 6))
+            (e.flex.input_tokens, e.amounts.get(&Unit::Usd)),
+            whole_window
         );
     }
 

@@ -1052,6 +1052,42 @@ async fn gemini_audio_input_is_charged_at_the_audio_price() {
     }
 }
 
+/// Claude reads past 200k tokens only with Anthropic's `context-1m` beta:
+/// the proxy passes that beta on, and no other (those that change the
+/// answer's shape would not translate). The hold of such a call covers the
+/// model's whole window (`estimate`'s unit tests).
+#[tokio::test]
+async fn the_1m_context_beta_alone_reaches_anthropic() {
+    let p = Proxy::start(PLAN).await;
+    let model = "claude-sonnet-4-20250514";
+    let send = |identity: &'static str, beta: Option<&'static str>| {
+        let p = &p;
+        async move {
+            let mut request = p.request(identity, &chat_body(model, false));
+            if let Some(beta) = beta {
+                request = request.header("anthropic-beta", beta);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let sent = p.anthropic.last_request().unwrap();
+            sent.header("anthropic-beta").map(str::to_owned)
+        }
+    };
+    assert_eq!(send("beta-none", None).await, None);
+    assert_eq!(
+        send(
+            "beta-1m",
+            Some("context-1m-2025-08-07, computer-use-2025-01-24")
+        )
+        .await,
+        Some("context-1m-2025-08-07".to_owned())
+    );
+    assert_eq!(
+        send("beta-other", Some("computer-use-2025-01-24")).await,
+        None
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_is_charged_what_the_provider_reported() {
     let p = Proxy::start(PLAN).await;

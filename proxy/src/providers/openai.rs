@@ -50,9 +50,32 @@ pub struct ChatRequest {
     /// Every other field (`response_format`, `seed`, `logprobs`, …).
     #[serde(flatten)]
     pub extra: Extra,
+    /// Anthropic betas the client asked for in its `anthropic-beta` header
+    /// that the proxy passes on (comma-separated): only Claude's 1M-token
+    /// context (`context-1m-…`), which changes what a call may read and
+    /// cost but not the answer's shape. Not part of the body.
+    #[serde(skip)]
+    pub anthropic_beta: Option<String>,
+}
+
+/// The betas of an `anthropic-beta` header the proxy passes on to
+/// Anthropic ([`ChatRequest::anthropic_beta`]), or `None`.
+pub fn passed_anthropic_betas(header: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = header?
+        .split(',')
+        .map(str::trim)
+        .filter(|b| b.starts_with("context-1m-"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
 }
 
 impl ChatRequest {
+    /// Whether Anthropic may read up to the model's 1M-token window (the
+    /// client sent the `context-1m` beta), not 200k.
+    pub fn anthropic_long_context(&self) -> bool {
+        self.anthropic_beta.is_some()
+    }
+
     /// Whether the client asked for a streamed answer.
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)

@@ -129,6 +129,13 @@ pub fn prepare_upstream(
                 HeaderName::from_static("anthropic-version"),
                 HeaderValue::from_static(anthropic::ANTHROPIC_VERSION),
             );
+            if let Some(beta) = request
+                .anthropic_beta
+                .as_deref()
+                .and_then(|b| HeaderValue::from_str(b).ok())
+            {
+                headers.insert(HeaderName::from_static("anthropic-beta"), beta);
+            }
             let cap = cap.unwrap_or(anthropic::DEFAULT_MAX_TOKENS);
             let body = anthropic::build_body(request, &route.upstream_model, cap, stream)?;
             (format!("{}/v1/messages", route.base_url), body, Some(cap))

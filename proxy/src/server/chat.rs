@@ -11,7 +11,7 @@ use super::{ProxyError, ProxyState};
 use crate::estimate::{actual, audio_to_read, estimate_with, Estimate, Media};
 use crate::hold::Hold;
 use crate::pricing::{lookup_override, ModelPrice};
-use crate::providers::openai::ChatRequest;
+use crate::providers::openai::{passed_anthropic_betas, ChatRequest};
 use crate::providers::{
     parse_request, prepare_upstream, route, translate_error, translate_response, ProviderError,
     ProviderKey, ProviderKind, Route, StreamTranslator, UpstreamRequest,
@@ -200,6 +200,7 @@ pub async fn completions(
     let project = project(&state, &headers).await?;
     let account = identity(&headers)?;
     let mut req = parse_request(&body).map_err(ProxyError::Request)?;
+    req.anthropic_beta = passed_anthropic_betas(header_str(&headers, "anthropic-beta"));
     let (tier_name, tier) = project
         .tier(header_str(&headers, "x-tier"))
         .map_err(tier_error)?;
