@@ -79,6 +79,9 @@ struct Addrs {
     /// How long a proxy hold lives if its process dies before settling it.
     #[arg(long, env = "TOLLGATE_HOLD_TTL_MS", default_value_t = 600_000)]
     hold_ttl_ms: u64,
+    /// Largest chat request body the proxy takes, in bytes.
+    #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = proxy::server::MAX_BODY_BYTES)]
+    max_body_bytes: usize,
 }
 
 impl Addrs {
@@ -123,6 +126,8 @@ impl Addrs {
                 base_urls: proxy::providers::BaseUrls::from_env(),
                 extra_roots,
                 egress: proxy::upstream::Egress::from_env(),
+                // A floor, so a typo cannot refuse every request.
+                max_body_bytes: self.max_body_bytes.max(64 * 1024),
             },
             encryption_key,
         }

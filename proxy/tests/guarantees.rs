@@ -319,6 +319,44 @@ async fn nats_down_is_a_503_and_nothing_is_forwarded() {
     );
 }
 
+/// A server may take bigger bodies (`TOLLGATE_MAX_BODY_BYTES`): an inline
+/// PDF or image of 10 MB is forwarded; past the limit the 413 says what the
+/// limit is and which setting raises it.
+#[tokio::test]
+async fn the_body_limit_is_a_setting_the_413_names() {
+    let p = Proxy::start_with_max_body(CAP_PLAN, 16 * 1024 * 1024).await;
+    let image = |bytes: usize| {
+        json!({"model": "gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "A".repeat(bytes))}}]}]})
+    };
+    let (status, _, v) = p.chat("big", image(10 * 1024 * 1024)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(p.openai.request_count(), 1);
+    // On a new connection: the server closes the one whose body it refuses unread.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", p.base))
+        .header("x-project-key", &p.project_key)
+        .header("x-identity", "big")
+        .bearer_auth("sk-provider-test-key")
+        .json(&image(17 * 1024 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("16777216 bytes") && message.contains("TOLLGATE_MAX_BODY_BYTES"),
+        "{v}"
+    );
+    assert_eq!(
+        p.openai.request_count(),
+        1,
+        "a refused body is not forwarded"
+    );
+}
+
 #[tokio::test]
 async fn bad_input_is_an_openai_shaped_4xx_and_is_never_forwarded() {
     let p = Proxy::start(CAP_PLAN).await;

@@ -190,7 +190,7 @@ pub async fn completions(
 ) -> Result<Response, ProxyError> {
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ProxyError::TooLarge
+            ProxyError::TooLarge(state.0.settings.max_body_bytes)
         } else {
             // A client that hung up or sent a broken chunked body.
             ProxyError::BadRequest(format!("the request body could not be read: {rejection}"))

@@ -38,8 +38,8 @@ pub enum ProxyError {
     StoredKeyUnusable(String),
     #[error("model `{0}` has no known price and this tier limits US dollars; add a price (tollgate prices set) rather than count $0")]
     UnknownPrice(String),
-    #[error("request body is too large")]
-    TooLarge,
+    #[error("request body is larger than this server takes ({0} bytes, TOLLGATE_MAX_BODY_BYTES)")]
+    TooLarge(usize),
     #[error("no such endpoint")]
     NotFound,
     #[error("the usage ledger is unavailable, so the request was not forwarded; retry later")]
@@ -191,7 +191,7 @@ impl IntoResponse for ProxyError {
                 "unknown_model_price",
                 Some("model"),
             ),
-            ProxyError::TooLarge => (
+            ProxyError::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "body_too_large",

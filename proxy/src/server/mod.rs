@@ -26,7 +26,8 @@ pub use error::ProxyError;
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
-/// Largest chat request accepted (prompts can be long).
+/// Largest chat request accepted by default (prompts can be long):
+/// [`Settings::max_body_bytes`].
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Tunables, from `TOLLGATE_*` variables in the binary.
@@ -43,6 +44,9 @@ pub struct Settings {
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Egress proxy rules for provider calls (`HTTPS_PROXY`, `NO_PROXY`).
     pub egress: crate::upstream::Egress,
+    /// Largest request body accepted (`TOLLGATE_MAX_BODY_BYTES`): a PDF or
+    /// long recordings sent inline as base64 may need more than the default.
+    pub max_body_bytes: usize,
 }
 
 impl Settings {
@@ -64,6 +68,7 @@ impl Default for Settings {
             base_urls: BaseUrls::default(),
             extra_roots: Vec::new(),
             egress: crate::upstream::Egress::direct(),
+            max_body_bytes: MAX_BODY_BYTES,
         }
     }
 }
@@ -134,6 +139,7 @@ impl ProxyState {
 }
 
 pub fn router(state: ProxyState) -> Router {
+    let max_body = state.0.settings.max_body_bytes;
     let router = Router::new()
         .route(
             "/healthz",
@@ -143,6 +149,6 @@ pub fn router(state: ProxyState) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
         .fallback(|| async { ProxyError::NotFound })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(max_body));
     ingest::http::with_request_ids(router).with_state(state)
 }

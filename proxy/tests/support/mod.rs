@@ -55,12 +55,17 @@ impl Proxy {
         plan_yaml: &str,
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
     ) -> Proxy {
-        Self::start_inner(plan_yaml, enc, None, None, None).await
+        Self::start_inner(plan_yaml, enc, None, None, &|_| {}).await
     }
 
     /// With holds that live `hold_ttl` (`TOLLGATE_HOLD_TTL_MS`).
     pub async fn start_with_hold_ttl(plan_yaml: &str, hold_ttl: Duration) -> Proxy {
-        Self::start_inner(plan_yaml, None, None, None, Some(hold_ttl)).await
+        Self::start_inner(plan_yaml, None, None, None, &|s| s.hold_ttl = hold_ttl).await
+    }
+
+    /// Taking request bodies of up to `bytes` (`TOLLGATE_MAX_BODY_BYTES`).
+    pub async fn start_with_max_body(plan_yaml: &str, bytes: usize) -> Proxy {
+        Self::start_inner(plan_yaml, None, None, None, &|s| s.max_body_bytes = bytes).await
     }
 
     /// With the OpenAI mock behind HTTPS (a certificate of the test
@@ -68,7 +73,7 @@ impl Proxy {
     /// providers' front ends do; the proxy trusts it if `trust`.
     pub async fn start_tls(plan_yaml: &str, trust: bool) -> Proxy {
         let tls = Tls { trust, h2: true };
-        Self::start_inner(plan_yaml, None, Some(tls), None, None).await
+        Self::start_inner(plan_yaml, None, Some(tls), None, &|_| {}).await
     }
 
     /// Like [`Proxy::start_tls`] (trusted), the front offering HTTP/1.1 only.
@@ -77,7 +82,7 @@ impl Proxy {
             trust: true,
             h2: false,
         };
-        Self::start_inner(plan_yaml, None, Some(tls), None, None).await
+        Self::start_inner(plan_yaml, None, Some(tls), None, &|_| {}).await
     }
 
     /// Like [`Proxy::start_tls`] with the authority trusted, and every
@@ -87,7 +92,7 @@ impl Proxy {
             trust: true,
             h2: true,
         };
-        Self::start_inner(plan_yaml, None, Some(tls), Some(egress_url), None).await
+        Self::start_inner(plan_yaml, None, Some(tls), Some(egress_url), &|_| {}).await
     }
 
     async fn start_inner(
@@ -95,7 +100,7 @@ impl Proxy {
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
         tls: Option<Tls>,
         egress_url: Option<&str>,
-        hold_ttl: Option<Duration>,
+        tweak: &dyn Fn(&mut Settings),
     ) -> Proxy {
         let nats = NatsServer::start().await.unwrap();
         let db = testkit::pg::fresh_database().await.unwrap();
@@ -148,9 +153,10 @@ impl Proxy {
                 Some(url) => tollgate_proxy::upstream::Egress::via(url),
                 None => tollgate_proxy::upstream::Egress::direct(),
             },
-            hold_ttl: hold_ttl.unwrap_or(Settings::default().hold_ttl),
             ..Settings::default()
         };
+        let mut settings = settings;
+        tweak(&mut settings);
         let control = ledger::control::ControlCache::new(db.pool().clone());
         let configs =
             tollgate_proxy::project_config::ProjectConfigCache::new(db.pool().clone(), enc);

@@ -207,7 +207,12 @@ impl MockProvider {
             behavior: Mutex::new(behavior),
             requests: Mutex::new(Vec::new()),
         });
-        let app = Router::new().fallback(handle).with_state(shared.clone());
+        // Providers take big requests (OpenAI up to 50 MB of images in
+        // one, Anthropic 32 MB), not axum's default 2 MB.
+        let app = Router::new()
+            .fallback(handle)
+            .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
+            .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
