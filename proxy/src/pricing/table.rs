@@ -225,25 +225,18 @@ impl ModelPrice {
     #[must_use]
     pub fn rebased(&self, input: Decimal, output: Decimal) -> ModelPrice {
         let (base_in, base_out) = (self.input_cost_per_token, self.output_cost_per_token);
-        let scale = |price: Decimal, from: Decimal, to: Decimal| {
-            price
-                .checked_mul(to)
-                .and_then(|x| x.checked_div(from))
-                .unwrap_or(Decimal::MAX)
-                .normalize()
-        };
         let by_input = |p: Option<Decimal>| {
             p.filter(|_| !base_in.is_zero())
-                .map(|p| scale(p, base_in, input))
+                .map(|p| in_proportion(p, base_in, input))
         };
         let by_output = |p: Option<Decimal>| {
             p.filter(|_| !base_out.is_zero())
-                .map(|p| scale(p, base_out, output))
+                .map(|p| in_proportion(p, base_out, output))
         };
         let tiers_kept = !base_in.is_zero() && !base_out.is_zero();
         let rates = |r: &Rates| Rates {
-            input_cost_per_token: scale(r.input_cost_per_token, base_in, input),
-            output_cost_per_token: scale(r.output_cost_per_token, base_out, output),
+            input_cost_per_token: in_proportion(r.input_cost_per_token, base_in, input),
+            output_cost_per_token: in_proportion(r.output_cost_per_token, base_out, output),
             cache_read_input_token_cost: by_input(r.cache_read_input_token_cost),
             cache_creation_input_token_cost: by_input(r.cache_creation_input_token_cost),
         };
@@ -291,9 +284,7 @@ impl ModelPrice {
                 if from.is_zero() {
                     to
                 } else {
-                    b.checked_mul(to)
-                        .and_then(|x| x.checked_div(from))
-                        .unwrap_or(Decimal::MAX)
+                    in_proportion(b, from, to)
                 }
             })
         };
@@ -328,6 +319,17 @@ impl ModelPrice {
             web_search_cost_per_call: self.web_search_cost_per_call.clone(),
         }
     }
+}
+
+/// `price` × `to` / `from`: a price moved as its side's price moves from
+/// `from` to `to` (`from` not zero). Exact when the quotient is; else
+/// rounded to `Decimal`'s 28 digits; `Decimal::MAX` past its range.
+fn in_proportion(price: Decimal, from: Decimal, to: Decimal) -> Decimal {
+    price
+        .checked_mul(to)
+        .and_then(|x| x.checked_div(from))
+        .unwrap_or(Decimal::MAX)
+        .normalize()
 }
 
 /// The table file's shape.
