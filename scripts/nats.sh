@@ -21,6 +21,18 @@ find_nats() {
   die "nats-server not found: run scripts/deps.sh or set TOLLGATE_NATS_SERVER_BIN"
 }
 
+# Go schedules nats-server on one thread per core by default, and on a machine it
+# shares with Tollgate and PostgreSQL its idle threads spin and hand work to each
+# other (measured on 2 cores: over half its CPU in the kernel, a fifth in context
+# switches). Half the cores, at least one, unless GOMAXPROCS is set.
+gomaxprocs() {
+  if [ -n "${GOMAXPROCS:-}" ]; then echo "$GOMAXPROCS"; return; fi
+  local cores
+  cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+  [[ "$cores" =~ ^[0-9]+$ ]] || cores=2
+  echo $(( cores / 2 > 1 ? cores / 2 : 1 ))
+}
+
 # Pid from DIR/nats.pid if that process is alive (and, where /proc exists, is a nats-server).
 live_pid() {
   local pid
@@ -53,7 +65,7 @@ cmd_start() {
     # setsid: a Ctrl-C in the calling terminal must not take the server down with it.
     local detach=()
     if command -v setsid >/dev/null 2>&1; then detach=(setsid); fi
-    "${detach[@]}" "$bin" -js -sd "$DIR/js" -a 127.0.0.1 -p "$port" -P "$DIR/nats.pid" \
+    GOMAXPROCS=$(gomaxprocs) "${detach[@]}" "$bin" -js -sd "$DIR/js" -a 127.0.0.1 -p "$port" -P "$DIR/nats.pid" \
       >>"$DIR/nats.log" 2>&1 </dev/null &
     pid=$!
     echo "$pid" >"$DIR/nats.pid"

@@ -132,6 +132,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store_dir())
+            .env("GOMAXPROCS", gomaxprocs())
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("cloning the nats.log handle")?)
             .stderr(log)
@@ -244,4 +245,15 @@ pub fn nats_server_bin() -> anyhow::Result<PathBuf> {
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// GOMAXPROCS for a nats-server started here: the environment's, else half the
+/// cores, at least one, as `scripts/nats.sh` does for `tollgate up` (the reason
+/// is written there). Tests and benches share the cores with the server.
+fn gomaxprocs() -> String {
+    if let Some(set) = std::env::var("GOMAXPROCS").ok().filter(|v| !v.is_empty()) {
+        return set;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    (cores / 2).max(1).to_string()
 }
