@@ -82,6 +82,11 @@ struct Addrs {
     /// Largest chat request body the proxy takes, in bytes.
     #[arg(long, env = "TOLLGATE_MAX_BODY_BYTES", default_value_t = proxy::server::MAX_BODY_BYTES)]
     max_body_bytes: usize,
+    /// `deny`: refuse proxy calls to base URLs a project set (custom
+    /// providers, its own URL for a built-in one) when they lead to a
+    /// loopback, private or link-local address. For shared deployments.
+    #[arg(long, env = "TOLLGATE_PRIVATE_UPSTREAMS", default_value = "allow", value_parser = ["allow", "deny"])]
+    private_upstreams: String,
 }
 
 impl Addrs {
@@ -128,6 +133,7 @@ impl Addrs {
                 egress: proxy::upstream::Egress::from_env(),
                 // A floor, so a typo cannot refuse every request.
                 max_body_bytes: self.max_body_bytes.max(64 * 1024),
+                deny_private_upstreams: self.private_upstreams == "deny",
             },
             encryption_key,
         }

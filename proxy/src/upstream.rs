@@ -12,6 +12,18 @@
 //! `CONNECT`, except to hosts in `NO_PROXY`, as curl reads them
 //! ([`Egress::from_env`]). Plain `http://` calls always go direct.
 //!
+//! With `TOLLGATE_PRIVATE_UPSTREAMS=deny` ([`Reach::Public`]), a call to a
+//! base URL a project set (a custom provider, or its own URL for a built-in
+//! one) is refused when its host is, or resolves to, a loopback, private,
+//! link-local or other non-public address: on a shared deployment, whoever
+//! holds a project's secret key could otherwise make the proxy call the
+//! operator's internal services or a cloud metadata endpoint. The check is
+//! made on the addresses the connection is then made to, so a name that
+//! resolves differently the second time (DNS rebinding) gains nothing. The
+//! operator's own base URLs (`TOLLGATE_*_BASE_URL`, by host and port) may
+//! be anywhere. Behind an egress proxy only a literal address can be
+//! checked; the egress proxy resolves names.
+//!
 //! Errors are described from their causes only: no URL (Gemini's may carry
 //! a key) and no header ever appears in them.
 
@@ -27,6 +39,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 pub use rustls::pki_types::CertificateDer;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -96,6 +109,115 @@ impl std::fmt::Debug for Egress {
     }
 }
 
+/// Which addresses provider calls may reach (`TOLLGATE_PRIVATE_UPSTREAMS`).
+#[derive(Clone, Debug, Default)]
+pub enum Reach {
+    /// Any address: a model server on the same machine or network is a
+    /// common custom provider.
+    #[default]
+    Any,
+    /// Public addresses only, except for these `host:port` (the operator's
+    /// own base URLs), which may be anywhere.
+    Public { trusted: Arc<[(String, u16)]> },
+}
+
+impl Reach {
+    /// Public addresses only, except for the hosts and ports of `base_urls`.
+    pub fn public_except(base_urls: &crate::providers::BaseUrls) -> Reach {
+        let trusted = [
+            &base_urls.openai,
+            &base_urls.anthropic,
+            &base_urls.gemini,
+            &base_urls.xai,
+        ]
+        .into_iter()
+        .filter_map(|url| url.parse::<hyper::Uri>().ok())
+        .filter_map(|uri| host_and_port(&uri))
+        .collect();
+        Reach::Public { trusted }
+    }
+
+    /// Whether a call to `dst` may only reach public addresses.
+    fn checks(&self, dst: &hyper::Uri) -> bool {
+        match self {
+            Reach::Any => false,
+            Reach::Public { trusted } => {
+                host_and_port(dst).is_none_or(|authority| !trusted.contains(&authority))
+            }
+        }
+    }
+}
+
+/// A URI's host (lower case, without an IPv6 address's brackets) and port
+/// (the scheme's default if none is written).
+fn host_and_port(uri: &hyper::Uri) -> Option<(String, u16)> {
+    let host = uri.host()?.trim_matches(|c| c == '[' || c == ']');
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// Whether `ip` is an address on the public internet: not loopback,
+/// private, link-local (cloud metadata endpoints), shared (carrier NAT),
+/// multicast, reserved, documentation or benchmarking space, nor an IPv6
+/// address that embeds such an IPv4 address.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            // IPv4-compatible (::a.b.c.d, deprecated), NAT64 (64:ff9b::/96),
+            // 6to4 (2002::/16): the IPv4 address inside decides.
+            if s[..6] == [0; 6] {
+                return !v6.is_unspecified()
+                    && !v6.is_loopback()
+                    && is_public_v4(embedded(s[6], s[7]));
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public_v4(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public_v4(embedded(s[1], s[2]));
+            }
+            !(v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || s[0] & 0xffc0 == 0xfec0 // site-local, deprecated
+                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(a == 0 // "this network"
+        || a == 10
+        || a == 127
+        || a >= 224 // multicast, reserved, broadcast
+        || (a == 100 && (64..128).contains(&b)) // shared (carrier NAT)
+        || (a == 169 && b == 254) // link-local, cloud metadata
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 168)
+        || (a == 192 && b == 0 && (c == 0 || c == 2)) // protocol assignments, documentation
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 198 && b == 51 && c == 100)
+        || (a == 203 && b == 0 && c == 113))
+}
+
+/// A call [`Reach::Public`] refused. The address is logged, not told to
+/// the client: it would map the operator's network for whoever probes it.
+#[derive(Debug, thiserror::Error)]
+#[error("the provider's base URL leads to a loopback, private or link-local address, which this server does not call for base URLs a project sets (TOLLGATE_PRIVATE_UPSTREAMS=deny)")]
+pub struct AddressRefused;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Opens the TCP connection under TLS: straight to the provider, or a
@@ -104,6 +226,53 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct EgressConnector {
     http: HttpConnector,
     egress: Egress,
+    reach: Reach,
+}
+
+/// Refuses a literal address that `allowed` refuses.
+fn check_literal(host: &str, allowed: fn(IpAddr) -> bool) -> Result<(), BoxError> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) if !allowed(ip) => {
+            tracing::warn!(address = %ip, "refused a provider call to a non-public address (TOLLGATE_PRIVATE_UPSTREAMS=deny)");
+            Err(Box::new(AddressRefused))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Resolves `dst`'s host, refuses it if `allowed` refuses any of its
+/// addresses ([`is_public`]), and connects to the addresses it checked (not
+/// to a second resolution).
+async fn connect_checked(
+    mut http: HttpConnector,
+    dst: hyper::Uri,
+    allowed: fn(IpAddr) -> bool,
+) -> Result<TokioIo<TcpStream>, BoxError> {
+    use tower_service::Service as _;
+    let Some((host, port)) = host_and_port(&dst) else {
+        return Err("the provider's base URL has no host".into());
+    };
+    check_literal(&host, allowed)?;
+    if host.parse::<IpAddr>().is_ok() {
+        return http.call(dst).await.map_err(Into::into);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| BoxError::from(format!("dns error: {e}")))?
+        .collect();
+    if let Some(bad) = addrs.iter().find(|a| !allowed(a.ip())) {
+        tracing::warn!(host = %host, address = %bad.ip(), "refused a provider call to a non-public address (TOLLGATE_PRIVATE_UPSTREAMS=deny)");
+        return Err(Box::new(AddressRefused));
+    }
+    let mut last: BoxError = format!("dns error: {host} has no address").into();
+    for addr in addrs {
+        let uri: hyper::Uri = format!("http://{addr}").parse()?;
+        match http.call(uri).await {
+            Ok(io) => return Ok(io),
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(last)
 }
 
 impl tower_service::Service<hyper::Uri> for EgressConnector {
@@ -118,10 +287,19 @@ impl tower_service::Service<hyper::Uri> for EgressConnector {
     fn call(&mut self, dst: hyper::Uri) -> Self::Future {
         let mut http = self.http.clone();
         let intercept = self.egress.intercept(&dst);
+        let checked = self.reach.checks(&dst);
         Box::pin(async move {
             let Some((proxy, auth)) = intercept else {
+                if checked {
+                    return connect_checked(http, dst, is_public).await;
+                }
                 return http.call(dst).await.map_err(Into::into);
             };
+            if checked {
+                // The egress proxy resolves names; a literal is checked here.
+                let host = host_and_port(&dst).map(|(host, _)| host);
+                check_literal(&host.unwrap_or_default(), is_public)?;
+            }
             let mut tunnel = Tunnel::new(proxy, http);
             if let Some(auth) = auth {
                 tunnel = tunnel.with_auth(auth);
@@ -143,6 +321,8 @@ pub struct UpstreamError {
     /// The request may have reached the provider (it failed after the
     /// connection was made), so the provider may have done the work.
     may_have_reached: bool,
+    /// Refused by [`Reach::Public`]: the base URL leads to a non-public address.
+    refused: bool,
 }
 
 impl UpstreamError {
@@ -151,7 +331,13 @@ impl UpstreamError {
         UpstreamError {
             text: text.into(),
             may_have_reached: false,
+            refused: false,
         }
+    }
+
+    /// Whether [`Reach::Public`] refused the call's address (nothing was sent).
+    pub fn address_refused(&self) -> bool {
+        self.refused
     }
 
     /// Whether the provider may have received the request, and so may
@@ -163,8 +349,10 @@ impl UpstreamError {
 
     fn from_chain(err: &(dyn std::error::Error + 'static)) -> UpstreamError {
         let mut text = err.to_string();
+        let mut refused = false;
         let mut source = err.source();
         while let Some(cause) = source {
+            refused |= cause.is::<AddressRefused>();
             let cause_text = cause.to_string();
             if !text.contains(&cause_text) {
                 text.push_str(": ");
@@ -175,15 +363,18 @@ impl UpstreamError {
         UpstreamError {
             text,
             may_have_reached: true,
+            refused,
         }
     }
 }
 
 impl UpstreamClient {
-    /// Trusts Mozilla's roots and `extra_roots`; connects as `egress` says.
+    /// Trusts Mozilla's roots and `extra_roots`; connects as `egress` says,
+    /// to the addresses `reach` allows.
     pub fn new(
         extra_roots: &[CertificateDer<'static>],
         egress: Egress,
+        reach: Reach,
     ) -> anyhow::Result<UpstreamClient> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -193,7 +384,11 @@ impl UpstreamClient {
             .with_tls_config(tls_config(extra_roots)?)
             .https_or_http()
             .enable_all_versions()
-            .wrap_connector(EgressConnector { http, egress });
+            .wrap_connector(EgressConnector {
+                http,
+                egress,
+                reach,
+            });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
@@ -297,5 +492,114 @@ mod tests {
         let err = format!("{:#}", read_roots(&dir.join("missing.pem")).unwrap_err());
         assert!(err.contains("missing.pem"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn public_addresses_are_told_from_the_rest() {
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.0.1",
+            "172.32.0.1",
+            "192.169.0.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        for private in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "10.0.0.5",
+            "100.64.0.1",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a00:1::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+    }
+
+    #[test]
+    fn the_operators_own_base_urls_are_trusted_by_host_and_port() {
+        let reach = Reach::public_except(&crate::providers::BaseUrls {
+            openai: "http://127.0.0.1:4000/v1".to_owned(),
+            anthropic: "https://LLM.internal".to_owned(),
+            gemini: "http://[::1]:9000".to_owned(),
+            ..crate::providers::BaseUrls::default()
+        });
+        let checks = |url: &str| reach.checks(&url.parse().unwrap());
+        assert!(!checks("http://127.0.0.1:4000/v1/chat/completions"));
+        assert!(checks("http://127.0.0.1:4001/v1"), "another port");
+        assert!(checks("http://127.0.0.1/v1"), "port 80");
+        assert!(!checks("https://llm.internal/v1/messages"));
+        assert!(!checks("https://llm.internal:443/v1/messages"));
+        assert!(checks("http://llm.internal/v1"), "port 80, not 443");
+        assert!(!checks("http://[::1]:9000/v1beta"));
+        assert!(!checks("https://api.x.ai/v1/chat/completions"));
+        assert!(checks("https://api.together.xyz/v1"));
+        assert!(!Reach::Any.checks(&"http://10.0.0.1/v1".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_name_is_refused_by_what_it_resolves_to_and_reached_by_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let err = connect_checked(
+            http.clone(),
+            format!("http://localhost:{port}").parse().unwrap(),
+            is_public,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is::<AddressRefused>(), "{err}");
+        let err = connect_checked(
+            http.clone(),
+            format!("http://127.0.0.1:{port}").parse().unwrap(),
+            is_public,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is::<AddressRefused>(), "{err}");
+        // Allowed: connected to an address it resolved ("localhost" may
+        // resolve to ::1 first, where nothing listens, then 127.0.0.1).
+        let allowed = connect_checked(
+            http,
+            format!("https://localhost:{port}").parse().unwrap(),
+            |_| true,
+        );
+        let (io, accepted) = tokio::join!(allowed, listener.accept());
+        let (io, (conn, _)) = (io.unwrap(), accepted.unwrap());
+        assert_eq!(io.inner().local_addr().unwrap(), conn.peer_addr().unwrap());
     }
 }

@@ -1270,6 +1270,70 @@ async fn a_project_can_point_a_builtin_provider_or_a_custom_one_at_its_own_base_
     assert_eq!(events[0].1["model"], "groq/llama-3.1-8b-instant");
 }
 
+/// On a shared deployment (`TOLLGATE_PRIVATE_UPSTREAMS=deny`) a base URL a
+/// project sets may not lead to a loopback, private or link-local address:
+/// whoever holds the project's secret key could make the proxy call the
+/// operator's internal services. Names are judged by what they resolve to.
+/// The operator's own base URLs may be anywhere. Refused calls are released.
+#[tokio::test]
+async fn a_shared_deployment_refuses_project_base_urls_that_lead_inside() {
+    let p = Proxy::start_denying_private_upstreams(PLAN).await;
+    let inside =
+        testkit::mock_providers::MockProvider::start(testkit::mock_providers::MockKind::OpenAi)
+            .await
+            .unwrap();
+    let port = inside.addr().port();
+    let projects_urls = [
+        ("literal", format!("http://127.0.0.1:{port}/v1")),
+        ("named", format!("http://localhost:{port}/v1")),
+        ("six", format!("http://[::1]:{port}/v1")),
+        ("metadata", "http://169.254.169.254/v1".to_owned()),
+        ("xai", format!("http://127.0.0.1:{port}/v1")),
+    ];
+    for (name, url) in &projects_urls {
+        tollgate_proxy::project_config::add_custom_provider(p.db.pool(), p.project_id, name, url)
+            .await
+            .unwrap();
+        tollgate_proxy::project_config::set_price_override(
+            &p.db.pool,
+            p.project_id,
+            &format!("{name}/m"),
+            &tollgate_proxy::pricing::ModelPrice::per_token(Decimal::new(1, 6), Decimal::new(2, 6)),
+        )
+        .await
+        .unwrap();
+    }
+    // The operator's base URLs (the mocks, on 127.0.0.1) are called.
+    let (status, _, body) = p.chat("operator", chat_body("gpt-4o", false)).await;
+    assert_eq!(status, 200, "{body}");
+    for (model, stream) in [
+        ("literal/m", false),
+        ("named/m", true),
+        ("six/m", false),
+        ("metadata/m", false),
+        ("grok-4", true),
+    ] {
+        let identity = format!("refused-{}", model.replace('/', "-"));
+        let (status, _, body) = p.chat(&identity, chat_body(model, stream)).await;
+        assert_eq!(status, 403, "{model}: {body}");
+        assert_eq!(body["error"]["code"], "upstream_address_refused", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("TOLLGATE_PRIVATE_UPSTREAMS"), "{message}");
+        assert!(
+            !message.contains("127.0.0.1"),
+            "addresses are not told: {message}"
+        );
+        let settled = p.settled(&identity, 1).await;
+        assert_eq!(settled[0].0, "released", "{model}: {settled:?}");
+    }
+    assert_eq!(inside.request_count(), 0);
+    assert_eq!(
+        p.xai.request_count(),
+        0,
+        "the project's own xAI URL was refused"
+    );
+}
+
 #[tokio::test]
 async fn the_model_list_holds_what_the_project_can_call() {
     let p = Proxy::start(PLAN).await;

@@ -425,6 +425,10 @@ impl Call {
         };
         let response = match sent {
             Ok(r) => r,
+            Err(e) if e.address_refused() => {
+                hold.release("upstream_refused");
+                return Err(ProxyError::UpstreamRefused(route.provider.clone()));
+            }
             // Connected, then the answer's head never came (the connection
             // broke, a middlebox timed out): the provider may be billing
             // for it, so charge what was held rather than $0.

@@ -46,6 +46,10 @@ pub enum ProxyError {
     Unavailable(String),
     #[error("the provider could not be reached")]
     Upstream(String),
+    /// The project's base URL for this provider leads to an address this
+    /// server does not call (`TOLLGATE_PRIVATE_UPSTREAMS=deny`).
+    #[error("the base URL this project set for provider '{0}' leads to a loopback, private or link-local address, which this server does not call (TOLLGATE_PRIVATE_UPSTREAMS=deny); point the provider at a public address")]
+    UpstreamRefused(String),
     /// The call was forwarded and charged, then broke off: told so, and
     /// SDKs are asked not to retry it by themselves ([`NO_RETRY`]).
     #[error("the connection to the provider broke after the request was sent; the call was charged what was held, since the provider may have done the work")]
@@ -221,6 +225,12 @@ impl IntoResponse for ProxyError {
                     None,
                 )
             }
+            ProxyError::UpstreamRefused(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "upstream_address_refused",
+                None,
+            ),
             ProxyError::UpstreamBroken(detail) => {
                 tracing::warn!(detail = %detail, "provider connection broke after the request was sent; charged");
                 (

@@ -47,6 +47,10 @@ pub struct Settings {
     /// Largest request body accepted (`TOLLGATE_MAX_BODY_BYTES`): a PDF or
     /// long recordings sent inline as base64 may need more than the default.
     pub max_body_bytes: usize,
+    /// Refuse calls to base URLs a project set when they lead to a
+    /// non-public address (`TOLLGATE_PRIVATE_UPSTREAMS=deny`,
+    /// [`crate::upstream::Reach`]).
+    pub deny_private_upstreams: bool,
 }
 
 impl Settings {
@@ -69,6 +73,7 @@ impl Default for Settings {
             extra_roots: Vec::new(),
             egress: crate::upstream::Egress::direct(),
             max_body_bytes: MAX_BODY_BYTES,
+            deny_private_upstreams: false,
         }
     }
 }
@@ -100,8 +105,16 @@ impl ProxyState {
         settings: Settings,
     ) -> anyhow::Result<ProxyState> {
         let prices = PriceTable::bundled()?;
-        let http =
-            crate::upstream::UpstreamClient::new(&settings.extra_roots, settings.egress.clone())?;
+        let reach = if settings.deny_private_upstreams {
+            crate::upstream::Reach::public_except(&settings.base_urls)
+        } else {
+            crate::upstream::Reach::Any
+        };
+        let http = crate::upstream::UpstreamClient::new(
+            &settings.extra_roots,
+            settings.egress.clone(),
+            reach,
+        )?;
         crate::estimate::warm_up();
         Ok(ProxyState(Arc::new(Inner {
             gate,

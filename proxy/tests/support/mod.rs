@@ -68,6 +68,15 @@ impl Proxy {
         Self::start_inner(plan_yaml, None, None, None, &|s| s.max_body_bytes = bytes).await
     }
 
+    /// Refusing base URLs a project sets that lead to a non-public
+    /// address (`TOLLGATE_PRIVATE_UPSTREAMS=deny`).
+    pub async fn start_denying_private_upstreams(plan_yaml: &str) -> Proxy {
+        Self::start_inner(plan_yaml, None, None, None, &|s| {
+            s.deny_private_upstreams = true;
+        })
+        .await
+    }
+
     /// With the OpenAI mock behind HTTPS (a certificate of the test
     /// authority, `testkit::tls`) offering HTTP/2 and HTTP/1.1 as the
     /// providers' front ends do; the proxy trusts it if `trust`.
