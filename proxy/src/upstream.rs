@@ -12,17 +12,19 @@
 //! `CONNECT`, except to hosts in `NO_PROXY`, as curl reads them
 //! ([`Egress::from_env`]). Plain `http://` calls always go direct.
 //!
-//! With `TOLLGATE_PRIVATE_UPSTREAMS=deny` ([`Reach::Public`]), a call to a
-//! base URL a project set (a custom provider, or its own URL for a built-in
-//! one) is refused when its host is, or resolves to, a loopback, private,
-//! link-local or other non-public address: on a shared deployment, whoever
-//! holds a project's secret key could otherwise make the proxy call the
-//! operator's internal services or a cloud metadata endpoint. The check is
-//! made on the addresses the connection is then made to, so a name that
-//! resolves differently the second time (DNS rebinding) gains nothing. The
-//! operator's own base URLs (`TOLLGATE_*_BASE_URL`, by host and port) may
-//! be anywhere. Behind an egress proxy only a literal address can be
-//! checked; the egress proxy resolves names.
+//! With `TOLLGATE_PRIVATE_UPSTREAMS=deny`, a call to a base URL a project
+//! set (a custom provider, or its own URL for a built-in one) goes through
+//! a second client, with its own pool, that refuses a host that is, or
+//! resolves to, a loopback, private, link-local or other non-public address
+//! ([`is_public`]): on a shared deployment, whoever holds a project's
+//! secret key could otherwise make the proxy call the operator's internal
+//! services or a cloud metadata endpoint. Names are checked by the resolver
+//! the connector then connects with ([`PublicOnly`]), so a name that
+//! resolves elsewhere a second time (DNS rebinding) gains nothing. The
+//! operator's own base URLs (`TOLLGATE_*_BASE_URL`) may be anywhere. Behind
+//! an egress proxy, which resolves names itself, literals and numeric
+//! hosts are refused and a name is checked by what it resolves to here,
+//! when it resolves here at all.
 //!
 //! Errors are described from their causes only: no URL (Gemini's may carry
 //! a key) and no header ever appears in them.
@@ -32,8 +34,10 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyDataStream, BodyExt as _, Full};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
@@ -49,6 +53,9 @@ use tokio::net::TcpStream;
 
 /// How long a connection to a provider may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a name a call goes through the egress proxy for is looked up
+/// here too, for `TOLLGATE_PRIVATE_UPSTREAMS=deny`.
+const LOCAL_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -62,7 +69,9 @@ pub type Response = hyper::Response<Incoming>;
 /// Cheap to clone; one per HTTP thread.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<hyper_rustls::HttpsConnector<EgressConnector>, Full<Bytes>>,
+    open: Client<hyper_rustls::HttpsConnector<EgressConnector>, Full<Bytes>>,
+    /// For base URLs a project set, with `TOLLGATE_PRIVATE_UPSTREAMS=deny`.
+    checked: Option<Client<hyper_rustls::HttpsConnector<EgressConnector<PublicOnly>>, Full<Bytes>>>,
 }
 
 /// Which `https://` calls go through an egress proxy, and which one.
@@ -109,60 +118,11 @@ impl std::fmt::Debug for Egress {
     }
 }
 
-/// Which addresses provider calls may reach (`TOLLGATE_PRIVATE_UPSTREAMS`).
-#[derive(Clone, Debug, Default)]
-pub enum Reach {
-    /// Any address: a model server on the same machine or network is a
-    /// common custom provider.
-    #[default]
-    Any,
-    /// Public addresses only, except for these `host:port` (the operator's
-    /// own base URLs), which may be anywhere.
-    Public { trusted: Arc<[(String, u16)]> },
-}
-
-impl Reach {
-    /// Public addresses only, except for the hosts and ports of `base_urls`.
-    pub fn public_except(base_urls: &crate::providers::BaseUrls) -> Reach {
-        let trusted = [
-            &base_urls.openai,
-            &base_urls.anthropic,
-            &base_urls.gemini,
-            &base_urls.xai,
-        ]
-        .into_iter()
-        .filter_map(|url| url.parse::<hyper::Uri>().ok())
-        .filter_map(|uri| host_and_port(&uri))
-        .collect();
-        Reach::Public { trusted }
-    }
-
-    /// Whether a call to `dst` may only reach public addresses.
-    fn checks(&self, dst: &hyper::Uri) -> bool {
-        match self {
-            Reach::Any => false,
-            Reach::Public { trusted } => {
-                host_and_port(dst).is_none_or(|authority| !trusted.contains(&authority))
-            }
-        }
-    }
-}
-
-/// A URI's host (lower case, without an IPv6 address's brackets) and port
-/// (the scheme's default if none is written).
-fn host_and_port(uri: &hyper::Uri) -> Option<(String, u16)> {
-    let host = uri.host()?.trim_matches(|c| c == '[' || c == ']');
-    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    });
-    Some((host.to_ascii_lowercase(), port))
-}
-
-/// Whether `ip` is an address on the public internet: not loopback,
-/// private, link-local (cloud metadata endpoints), shared (carrier NAT),
-/// multicast, reserved, documentation or benchmarking space, nor an IPv6
-/// address that embeds such an IPv4 address.
+/// Whether `ip` is an address on the public internet: inside `2000::/3`
+/// for IPv6, and for both families not loopback, private, link-local
+/// (cloud metadata endpoints), shared (carrier NAT), multicast, reserved,
+/// documentation or benchmarking space, nor an IPv6 form that embeds such
+/// an IPv4 address.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -174,24 +134,21 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public_v4(v4);
             }
-            // IPv4-compatible (::a.b.c.d, deprecated), NAT64 (64:ff9b::/96),
-            // 6to4 (2002::/16): the IPv4 address inside decides.
-            if s[..6] == [0; 6] {
-                return !v6.is_unspecified()
-                    && !v6.is_loopback()
-                    && is_public_v4(embedded(s[6], s[7]));
-            }
+            // NAT64 (64:ff9b::/96): the IPv4 address inside decides.
             if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
                 return is_public_v4(embedded(s[6], s[7]));
             }
+            // 6to4 (2002::/16) likewise.
             if s[0] == 0x2002 {
                 return is_public_v4(embedded(s[1], s[2]));
             }
-            !(v6.is_multicast()
-                || v6.is_unique_local()
-                || v6.is_unicast_link_local()
-                || s[0] & 0xffc0 == 0xfec0 // site-local, deprecated
-                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
+            // Global unicast only, less Teredo (2001::/32, which tunnels
+            // to an IPv4 address), benchmarking (2001:2::/48) and
+            // documentation (2001:db8::/32, and 3fff::/20 inside the
+            // unallocated 3ff0::/12 refused here whole).
+            s[0] & 0xe000 == 0x2000
+                && !(s[0] == 0x2001 && (s[1] == 0 || s[1] == 0x0db8 || (s[1] == 2 && s[2] == 0)))
+                && s[0] & 0xfff0 != 0x3ff0
         }
     }
 }
@@ -212,7 +169,8 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 203 && b == 0 && c == 113))
 }
 
-/// A call [`Reach::Public`] refused. The address is logged, not told to
+/// A call to a base URL a project set, refused by
+/// `TOLLGATE_PRIVATE_UPSTREAMS=deny`. The address is logged, not told to
 /// the client: it would map the operator's network for whoever probes it.
 #[derive(Debug, thiserror::Error)]
 #[error("the provider's base URL leads to a loopback, private or link-local address, which this server does not call for base URLs a project sets (TOLLGATE_PRIVATE_UPSTREAMS=deny)")]
@@ -220,62 +178,136 @@ pub struct AddressRefused;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Opens the TCP connection under TLS: straight to the provider, or a
-/// `CONNECT` tunnel through the egress proxy.
-#[derive(Clone)]
-pub struct EgressConnector {
-    http: HttpConnector,
-    egress: Egress,
-    reach: Reach,
+fn refused(host: &str, address: IpAddr) -> BoxError {
+    tracing::warn!(host = %host, address = %address, "refused a provider call to a non-public address (TOLLGATE_PRIVATE_UPSTREAMS=deny)");
+    Box::new(AddressRefused)
 }
 
-/// Refuses a literal address that `allowed` refuses.
-fn check_literal(host: &str, allowed: fn(IpAddr) -> bool) -> Result<(), BoxError> {
-    match host.parse::<IpAddr>() {
-        Ok(ip) if !allowed(ip) => {
-            tracing::warn!(address = %ip, "refused a provider call to a non-public address (TOLLGATE_PRIVATE_UPSTREAMS=deny)");
-            Err(Box::new(AddressRefused))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Resolves `dst`'s host, refuses it if `allowed` refuses any of its
-/// addresses ([`is_public`]), and connects to the addresses it checked (not
-/// to a second resolution).
-async fn connect_checked(
-    mut http: HttpConnector,
-    dst: hyper::Uri,
+/// Refuses `addrs` (what `host` resolved to) if `allowed` refuses any.
+fn check_all(
+    host: &str,
+    addrs: &[SocketAddr],
     allowed: fn(IpAddr) -> bool,
-) -> Result<TokioIo<TcpStream>, BoxError> {
-    use tower_service::Service as _;
-    let Some((host, port)) = host_and_port(&dst) else {
-        return Err("the provider's base URL has no host".into());
-    };
-    check_literal(&host, allowed)?;
-    if host.parse::<IpAddr>().is_ok() {
-        return http.call(dst).await.map_err(Into::into);
+) -> Result<(), BoxError> {
+    match addrs.iter().find(|a| !allowed(a.ip())) {
+        Some(bad) => Err(refused(host, bad.ip())),
+        None => Ok(()),
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| BoxError::from(format!("dns error: {e}")))?
-        .collect();
-    if let Some(bad) = addrs.iter().find(|a| !allowed(a.ip())) {
-        tracing::warn!(host = %host, address = %bad.ip(), "refused a provider call to a non-public address (TOLLGATE_PRIVATE_UPSTREAMS=deny)");
-        return Err(Box::new(AddressRefused));
-    }
-    let mut last: BoxError = format!("dns error: {host} has no address").into();
-    for addr in addrs {
-        let uri: hyper::Uri = format!("http://{addr}").parse()?;
-        match http.call(uri).await {
-            Ok(io) => return Ok(io),
-            Err(e) => last = e.into(),
-        }
-    }
-    Err(last)
 }
 
-impl tower_service::Service<hyper::Uri> for EgressConnector {
+/// A host as a URL names it: an IP literal (IPv6 without its brackets) or a
+/// name.
+fn host_of(dst: &hyper::Uri) -> &str {
+    dst.host()
+        .unwrap_or_default()
+        .trim_matches(|c| c == '[' || c == ']')
+}
+
+/// Whether a host that is not a standard IP literal would still be read
+/// as an IPv4 address by some resolvers (`2130706433`, `0x7f.1`, `0177.0.0.1`,
+/// `127.1`): its last label is a number (the URL standard's rule).
+fn looks_numeric(host: &str) -> bool {
+    let last = host
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .unwrap_or_default();
+    !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .or_else(|| last.strip_prefix("0X"))
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())))
+}
+
+/// Resolves names like the default resolver, and refuses a name if any of
+/// its addresses is not public ([`is_public`]); the connector then connects
+/// to the addresses checked here, not to a second resolution, so a name
+/// that resolves elsewhere the next time (DNS rebinding) gains nothing.
+#[derive(Clone)]
+struct PublicOnly {
+    gai: GaiResolver,
+    allowed: fn(IpAddr) -> bool,
+}
+
+impl tower_service::Service<Name> for PublicOnly {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.gai.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_owned();
+        let resolving = self.gai.call(name);
+        let allowed = self.allowed;
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = resolving.await?.collect();
+            check_all(&host, &addrs, allowed)?;
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// Opens the TCP connection under TLS: straight to the provider, or a
+/// `CONNECT` tunnel through the egress proxy. `R` resolves the providers'
+/// names: the system's resolver, or [`PublicOnly`] for base URLs a project
+/// set when `TOLLGATE_PRIVATE_UPSTREAMS=deny`.
+#[derive(Clone)]
+pub struct EgressConnector<R = GaiResolver> {
+    http: HttpConnector<R>,
+    /// What reaches the egress proxy, which is the operator's, and may be
+    /// on a private address.
+    to_proxy: HttpConnector,
+    egress: Egress,
+    /// Refuse literal addresses that `allowed` refuses, and names that some
+    /// resolvers read as one.
+    checks: Option<fn(IpAddr) -> bool>,
+}
+
+impl<R> EgressConnector<R> {
+    /// The checks made before connecting to `dst`, beyond the resolver's.
+    async fn check(&self, dst: &hyper::Uri, tunnelled: bool) -> Result<(), BoxError> {
+        let Some(allowed) = self.checks else {
+            return Ok(());
+        };
+        let host = host_of(dst);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            // A literal: no resolver sees it.
+            return if allowed(ip) {
+                Ok(())
+            } else {
+                Err(refused(host, ip))
+            };
+        }
+        if looks_numeric(host) {
+            return Err(refused(host, IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        }
+        if tunnelled {
+            // The egress proxy resolves the name; what it resolves to here
+            // is checked as well as it can be (a name only the egress
+            // proxy can resolve goes on).
+            // Bounded: behind an egress proxy the machine's own resolver
+            // may not answer at all, and each new connection would wait.
+            let port = dst.port_u16().unwrap_or(443);
+            let lookup = tokio::net::lookup_host((host, port));
+            if let Ok(Ok(addrs)) = tokio::time::timeout(LOCAL_LOOKUP_TIMEOUT, lookup).await {
+                check_all(host, &addrs.collect::<Vec<_>>(), allowed)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R> tower_service::Service<hyper::Uri> for EgressConnector<R>
+where
+    R: Clone + Send + Sync + 'static,
+    HttpConnector<R>: tower_service::Service<hyper::Uri, Response = TokioIo<TcpStream>>,
+    <HttpConnector<R> as tower_service::Service<hyper::Uri>>::Error: Into<BoxError>,
+    <HttpConnector<R> as tower_service::Service<hyper::Uri>>::Future: Send,
+{
     type Response = TokioIo<TcpStream>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
@@ -285,22 +317,15 @@ impl tower_service::Service<hyper::Uri> for EgressConnector {
     }
 
     fn call(&mut self, dst: hyper::Uri) -> Self::Future {
-        let mut http = self.http.clone();
+        let this = self.clone();
         let intercept = self.egress.intercept(&dst);
-        let checked = self.reach.checks(&dst);
         Box::pin(async move {
+            this.check(&dst, intercept.is_some()).await?;
             let Some((proxy, auth)) = intercept else {
-                if checked {
-                    return connect_checked(http, dst, is_public).await;
-                }
+                let mut http = this.http;
                 return http.call(dst).await.map_err(Into::into);
             };
-            if checked {
-                // The egress proxy resolves names; a literal is checked here.
-                let host = host_and_port(&dst).map(|(host, _)| host);
-                check_literal(&host.unwrap_or_default(), is_public)?;
-            }
-            let mut tunnel = Tunnel::new(proxy, http);
+            let mut tunnel = Tunnel::new(proxy, this.to_proxy);
             if let Some(auth) = auth {
                 tunnel = tunnel.with_auth(auth);
             }
@@ -321,7 +346,8 @@ pub struct UpstreamError {
     /// The request may have reached the provider (it failed after the
     /// connection was made), so the provider may have done the work.
     may_have_reached: bool,
-    /// Refused by [`Reach::Public`]: the base URL leads to a non-public address.
+    /// Refused by `TOLLGATE_PRIVATE_UPSTREAMS=deny`: the base URL leads to
+    /// a non-public address.
     refused: bool,
 }
 
@@ -335,7 +361,8 @@ impl UpstreamError {
         }
     }
 
-    /// Whether [`Reach::Public`] refused the call's address (nothing was sent).
+    /// Whether `TOLLGATE_PRIVATE_UPSTREAMS=deny` refused the call's address
+    /// (nothing was sent).
     pub fn address_refused(&self) -> bool {
         self.refused
     }
@@ -368,36 +395,96 @@ impl UpstreamError {
     }
 }
 
+/// A connection's TCP options, resolving names with `resolver`.
+fn connector<R>(resolver: R) -> HttpConnector<R> {
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http
+}
+
+/// The pooled client over `connect`.
+fn client<R>(
+    tls: rustls::ClientConfig,
+    connect: EgressConnector<R>,
+) -> Client<hyper_rustls::HttpsConnector<EgressConnector<R>>, Full<Bytes>>
+where
+    EgressConnector<R>: tower_service::Service<
+            hyper::Uri,
+            Response = TokioIo<TcpStream>,
+            Error = BoxError,
+            Future = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(connect);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .build(https)
+}
+
 impl UpstreamClient {
-    /// Trusts Mozilla's roots and `extra_roots`; connects as `egress` says,
-    /// to the addresses `reach` allows.
+    /// Trusts Mozilla's roots and `extra_roots`; connects as `egress` says.
+    /// With `deny_private`, calls to base URLs a project set reach public
+    /// addresses only (`TOLLGATE_PRIVATE_UPSTREAMS=deny`).
     pub fn new(
         extra_roots: &[CertificateDer<'static>],
         egress: Egress,
-        reach: Reach,
+        deny_private: bool,
     ) -> anyhow::Result<UpstreamClient> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(extra_roots)?)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(EgressConnector {
-                http,
-                egress,
-                reach,
-            });
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(https);
-        Ok(UpstreamClient { client })
+        Self::with_check(extra_roots, egress, deny_private.then_some(is_public))
+    }
+
+    fn with_check(
+        extra_roots: &[CertificateDer<'static>],
+        egress: Egress,
+        allowed: Option<fn(IpAddr) -> bool>,
+    ) -> anyhow::Result<UpstreamClient> {
+        let tls = tls_config(extra_roots)?;
+        let open = client(
+            tls.clone(),
+            EgressConnector {
+                http: connector(GaiResolver::new()),
+                to_proxy: connector(GaiResolver::new()),
+                egress: egress.clone(),
+                checks: None,
+            },
+        );
+        let checked = allowed.map(|allowed| {
+            // Its own pool too: a connection is never shared with the
+            // operator's calls to the same host.
+            client(
+                tls,
+                EgressConnector {
+                    http: connector(PublicOnly {
+                        gai: GaiResolver::new(),
+                        allowed,
+                    }),
+                    to_proxy: connector(GaiResolver::new()),
+                    egress,
+                    checks: Some(allowed),
+                },
+            )
+        });
+        Ok(UpstreamClient { open, checked })
     }
 
     /// Sends `req`; returns once the provider's status and headers arrived.
-    pub async fn send(&self, req: &UpstreamRequest) -> Result<Response, UpstreamError> {
+    /// `set_by_project`: the base URL is the project's own (a custom
+    /// provider, or its URL for a built-in one), not the operator's.
+    pub async fn send(
+        &self,
+        req: &UpstreamRequest,
+        set_by_project: bool,
+    ) -> Result<Response, UpstreamError> {
         let uri: hyper::Uri = req
             .url
             .parse()
@@ -410,7 +497,11 @@ impl UpstreamClient {
             .headers_mut()
             .entry(hyper::header::USER_AGENT)
             .or_insert(hyper::header::HeaderValue::from_static(USER_AGENT));
-        self.client.request(request).await.map_err(|e| {
+        let sent = match (&self.checked, set_by_project) {
+            (Some(checked), true) => checked.request(request).await,
+            _ => self.open.request(request).await,
+        };
+        sent.map_err(|e| {
             let connect = e.is_connect();
             let mut err = UpstreamError::from_chain(&e);
             err.may_have_reached = !connect;
@@ -543,63 +634,138 @@ mod tests {
             "fec0::1",
             "ff02::1",
             "2001:db8::1",
+            "2001::1",
+            "2001:2::1",
+            "3fff::1",
+            "100::1",
+            "64:ff9b:1::a00:1",
+            "::ffff:0:7f00:1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
     }
 
     #[test]
-    fn the_operators_own_base_urls_are_trusted_by_host_and_port() {
-        let reach = Reach::public_except(&crate::providers::BaseUrls {
-            openai: "http://127.0.0.1:4000/v1".to_owned(),
-            anthropic: "https://LLM.internal".to_owned(),
-            gemini: "http://[::1]:9000".to_owned(),
-            ..crate::providers::BaseUrls::default()
-        });
-        let checks = |url: &str| reach.checks(&url.parse().unwrap());
-        assert!(!checks("http://127.0.0.1:4000/v1/chat/completions"));
-        assert!(checks("http://127.0.0.1:4001/v1"), "another port");
-        assert!(checks("http://127.0.0.1/v1"), "port 80");
-        assert!(!checks("https://llm.internal/v1/messages"));
-        assert!(!checks("https://llm.internal:443/v1/messages"));
-        assert!(checks("http://llm.internal/v1"), "port 80, not 443");
-        assert!(!checks("http://[::1]:9000/v1beta"));
-        assert!(!checks("https://api.x.ai/v1/chat/completions"));
-        assert!(checks("https://api.together.xyz/v1"));
-        assert!(!Reach::Any.checks(&"http://10.0.0.1/v1".parse().unwrap()));
+    fn hosts_some_resolvers_read_as_numbers_are_told() {
+        for numeric in [
+            "2130706433",
+            "0177.0.0.1",
+            "127.1",
+            "0x7f.1",
+            "0X7F000001",
+            "a.0x10",
+            "x.0x",
+            "1.2.3.4.",
+        ] {
+            assert!(looks_numeric(numeric), "{numeric}");
+        }
+        for name in ["localhost", "api.openai.com", "1.2.3.com", "0xzz", "x.0xg"] {
+            assert!(!looks_numeric(name), "{name}");
+        }
+    }
+
+    fn checked(egress: Egress, allowed: fn(IpAddr) -> bool) -> EgressConnector<PublicOnly> {
+        EgressConnector {
+            http: connector(PublicOnly {
+                gai: GaiResolver::new(),
+                allowed,
+            }),
+            to_proxy: connector(GaiResolver::new()),
+            egress,
+            checks: Some(allowed),
+        }
+    }
+
+    fn was_refused(err: &BoxError) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err.as_ref());
+        while let Some(e) = cause {
+            if e.is::<AddressRefused>() {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
+    async fn connect(
+        mut connector: EgressConnector<PublicOnly>,
+        url: &str,
+    ) -> Result<TokioIo<TcpStream>, BoxError> {
+        use tower_service::Service as _;
+        let dst: hyper::Uri = url.parse().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), connector.call(dst))
+            .await
+            .expect("connecting timed out")
     }
 
     #[tokio::test]
-    async fn a_name_is_refused_by_what_it_resolves_to_and_reached_by_it() {
+    async fn a_project_url_is_refused_by_what_it_names_or_resolves_to() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let err = connect_checked(
-            http.clone(),
-            format!("http://localhost:{port}").parse().unwrap(),
-            is_public,
-        )
-        .await
-        .unwrap_err();
-        assert!(err.is::<AddressRefused>(), "{err}");
-        let err = connect_checked(
-            http.clone(),
-            format!("http://127.0.0.1:{port}").parse().unwrap(),
-            is_public,
-        )
-        .await
-        .unwrap_err();
-        assert!(err.is::<AddressRefused>(), "{err}");
-        // Allowed: connected to an address it resolved ("localhost" may
-        // resolve to ::1 first, where nothing listens, then 127.0.0.1).
-        let allowed = connect_checked(
-            http,
-            format!("https://localhost:{port}").parse().unwrap(),
-            |_| true,
-        );
-        let (io, accepted) = tokio::join!(allowed, listener.accept());
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "2130706433",
+            "0177.0.0.1",
+            "127.1",
+            "0x7f.1",
+        ] {
+            for scheme in ["http", "https"] {
+                let url = format!("{scheme}://{host}:{port}/v1");
+                let err = connect(checked(Egress::direct(), is_public), &url)
+                    .await
+                    .unwrap_err();
+                assert!(was_refused(&err), "{url}: {err}");
+            }
+        }
+        // Allowed, the name is reached at an address it resolved to
+        // ("localhost" may resolve to ::1 first, where nothing listens).
+        let url = format!("https://localhost:{port}");
+        let io = connect(checked(Egress::direct(), |_| true), &url);
+        let (io, accepted) = tokio::join!(io, listener.accept());
         let (io, (conn, _)) = (io.unwrap(), accepted.unwrap());
         assert_eq!(io.inner().local_addr().unwrap(), conn.peer_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn behind_an_egress_proxy_literals_numbers_and_local_names_are_refused() {
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let egress = Egress::via(&format!("http://{}", proxy.local_addr().unwrap()));
+        for url in [
+            "https://127.0.0.1/v1",
+            "https://[fd00::1]/v1",
+            "https://2130706433/v1",
+            "https://169.254.169.254/v1",
+            "https://localhost/v1",
+        ] {
+            let err = connect(checked(egress.clone(), is_public), url)
+                .await
+                .unwrap_err();
+            assert!(was_refused(&err), "{url}: {err}");
+        }
+        // A name this machine cannot resolve is left to the egress proxy,
+        // which the operator runs, on a private address here.
+        let asked = tokio::spawn(async move {
+            let (mut conn, _) = proxy.accept().await.unwrap();
+            let mut head = vec![0u8; 256];
+            let n = tokio::io::AsyncReadExt::read(&mut conn, &mut head)
+                .await
+                .unwrap_or(0);
+            String::from_utf8_lossy(&head[..n]).into_owned()
+        });
+        let tunnel = connect(
+            checked(egress, is_public),
+            "https://only-the-egress-proxy-knows.invalid/v1",
+        )
+        .await;
+        assert!(tunnel.is_err(), "the egress proxy hung up");
+        let head = asked.await.unwrap();
+        assert!(
+            head.starts_with("CONNECT only-the-egress-proxy-knows.invalid:443"),
+            "{head}"
+        );
     }
 }

@@ -207,6 +207,12 @@ pub async fn completions(
     let config = project_config(&state, project.project_id).await?;
     let base_urls = config.base_urls(&inner.settings.base_urls);
     let route = route(&req.model, &config.custom_providers, &base_urls)?;
+    // A custom provider, or the project's own URL for a built-in one: not
+    // the operator's (`TOLLGATE_PRIVATE_UPSTREAMS`).
+    let url_by_project = config
+        .custom_providers
+        .iter()
+        .any(|p| p.name == route.provider);
     let model = route.upstream_model.clone();
     // The model as limits, plans and the ledger name it: a custom provider's
     // keeps its prefix (`groq/llama-3.1-8b-instant`, matched by `groq/*`); a
@@ -299,6 +305,7 @@ pub async fn completions(
         req,
         key,
         upstream,
+        url_by_project,
         price,
         est,
         model,
@@ -332,6 +339,8 @@ struct Call {
     key: ProviderKey,
     /// The request for the provider, with the output cap of the estimate.
     upstream: UpstreamRequest,
+    /// The base URL is the project's, not the operator's.
+    url_by_project: bool,
     price: Option<ModelPrice>,
     est: Estimate,
     model: String,
@@ -352,6 +361,7 @@ impl Call {
             req,
             key,
             upstream,
+            url_by_project,
             price,
             est,
             model,
@@ -416,7 +426,9 @@ impl Call {
         // Cut (shutdown, or the call's deadline) with the provider still
         // working: what it did is unknown, so the hold is charged rather
         // than $0.
-        let sent = match unless_cut_off(inner, deadline, inner.http.send(&upstream)).await {
+        let sent = match unless_cut_off(inner, deadline, inner.http.send(&upstream, url_by_project))
+            .await
+        {
             Ok(sent) => sent,
             Err(cut) => {
                 hold.commit(admitted.held.clone());

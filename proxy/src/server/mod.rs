@@ -105,15 +105,10 @@ impl ProxyState {
         settings: Settings,
     ) -> anyhow::Result<ProxyState> {
         let prices = PriceTable::bundled()?;
-        let reach = if settings.deny_private_upstreams {
-            crate::upstream::Reach::public_except(&settings.base_urls)
-        } else {
-            crate::upstream::Reach::Any
-        };
         let http = crate::upstream::UpstreamClient::new(
             &settings.extra_roots,
             settings.egress.clone(),
-            reach,
+            settings.deny_private_upstreams,
         )?;
         crate::estimate::warm_up();
         Ok(ProxyState(Arc::new(Inner {
