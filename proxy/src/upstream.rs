@@ -267,6 +267,22 @@ pub struct EgressConnector<R = GaiResolver> {
     checks: Option<fn(IpAddr) -> bool>,
 }
 
+impl EgressConnector<PublicOnly> {
+    /// Reaching only addresses `allowed` allows ([`is_public`]), the
+    /// egress proxy excepted.
+    fn checked(egress: Egress, allowed: fn(IpAddr) -> bool) -> Self {
+        EgressConnector {
+            http: connector(PublicOnly {
+                gai: GaiResolver::new(),
+                allowed,
+            }),
+            to_proxy: connector(GaiResolver::new()),
+            egress,
+            checks: Some(allowed),
+        }
+    }
+}
+
 impl<R> EgressConnector<R> {
     /// The checks made before connecting to `dst`, beyond the resolver's.
     async fn check(&self, dst: &hyper::Uri, tunnelled: bool) -> Result<(), BoxError> {
@@ -458,22 +474,9 @@ impl UpstreamClient {
                 checks: None,
             },
         );
-        let checked = allowed.map(|allowed| {
-            // Its own pool too: a connection is never shared with the
-            // operator's calls to the same host.
-            client(
-                tls,
-                EgressConnector {
-                    http: connector(PublicOnly {
-                        gai: GaiResolver::new(),
-                        allowed,
-                    }),
-                    to_proxy: connector(GaiResolver::new()),
-                    egress,
-                    checks: Some(allowed),
-                },
-            )
-        });
+        // Its own pool too: a connection is never shared with the
+        // operator's calls to the same host.
+        let checked = allowed.map(|allowed| client(tls, EgressConnector::checked(egress, allowed)));
         Ok(UpstreamClient { open, checked })
     }
 
@@ -665,15 +668,7 @@ mod tests {
     }
 
     fn checked(egress: Egress, allowed: fn(IpAddr) -> bool) -> EgressConnector<PublicOnly> {
-        EgressConnector {
-            http: connector(PublicOnly {
-                gai: GaiResolver::new(),
-                allowed,
-            }),
-            to_proxy: connector(GaiResolver::new()),
-            egress,
-            checks: Some(allowed),
-        }
+        EgressConnector::checked(egress, allowed)
     }
 
     fn was_refused(err: &BoxError) -> bool {

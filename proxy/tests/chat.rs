@@ -610,22 +610,8 @@ async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
         l.local_addr().unwrap()
     };
     for (name, addr) in [("hangup", addr), ("nowhere", closed)] {
-        tollgate_proxy::project_config::add_custom_provider(
-            p.db.pool(),
-            p.project_id,
-            name,
-            &format!("http://{addr}/v1"),
-        )
-        .await
-        .unwrap();
-        tollgate_proxy::project_config::set_price_override(
-            &p.db.pool,
-            p.project_id,
-            &format!("{name}/m"),
-            &tollgate_proxy::pricing::ModelPrice::per_token(Decimal::new(1, 6), Decimal::new(2, 6)),
-        )
-        .await
-        .unwrap();
+        p.add_priced_provider(name, &format!("http://{addr}/v1"))
+            .await;
     }
     charged_the_hold_and_not_retried(&p, "broken", "hangup/m", 502, "upstream_interrupted").await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -1295,17 +1281,7 @@ async fn a_shared_deployment_refuses_project_base_urls_that_lead_inside() {
         ("anthropic", p.anthropic.base_url()),
     ];
     for (name, url) in &projects_urls {
-        tollgate_proxy::project_config::add_custom_provider(p.db.pool(), p.project_id, name, url)
-            .await
-            .unwrap();
-        tollgate_proxy::project_config::set_price_override(
-            &p.db.pool,
-            p.project_id,
-            &format!("{name}/m"),
-            &tollgate_proxy::pricing::ModelPrice::per_token(Decimal::new(1, 6), Decimal::new(2, 6)),
-        )
-        .await
-        .unwrap();
+        p.add_priced_provider(name, url).await;
     }
     // The operator's base URLs (the mocks, on 127.0.0.1) are called.
     let (status, _, body) = p.chat("operator", chat_body("gpt-4o", false)).await;

@@ -267,6 +267,30 @@ impl Proxy {
     }
 
     /// Waits until `identity` has `n` settled holds; returns the settling events.
+    /// Registers the custom provider `name` at `base_url`, with a price
+    /// for its model `m`.
+    pub async fn add_priced_provider(&self, name: &str, base_url: &str) {
+        tollgate_proxy::project_config::add_custom_provider(
+            self.db.pool(),
+            self.project_id,
+            name,
+            base_url,
+        )
+        .await
+        .unwrap();
+        tollgate_proxy::project_config::set_price_override(
+            &self.db.pool,
+            self.project_id,
+            &format!("{name}/m"),
+            &tollgate_proxy::pricing::ModelPrice::per_token(
+                rust_decimal::Decimal::new(1, 6),
+                rust_decimal::Decimal::new(2, 6),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+
     pub async fn settled(&self, identity: &str, n: usize) -> Vec<(String, Value)> {
         let mut last = Vec::new();
         for _ in 0..500 {
