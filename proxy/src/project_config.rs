@@ -84,6 +84,17 @@ impl ProjectConfig {
         urls
     }
 
+    /// Whether `route` calls a base URL this project set (a custom
+    /// provider, or its own URL for a built-in one) rather than the
+    /// operator's: such calls are checked by `TOLLGATE_PRIVATE_UPSTREAMS`.
+    /// A route's provider is the name [`ProjectConfig::base_urls`] and
+    /// custom providers are registered under (tested below).
+    pub fn sets_base_url_of(&self, route: &crate::providers::Route) -> bool {
+        self.custom_providers
+            .iter()
+            .any(|p| p.name == route.provider)
+    }
+
     /// A configuration from parts (for tests and callers that build one by hand).
     pub fn new(
         custom_providers: Vec<CustomProvider>,
@@ -431,6 +442,45 @@ impl ProjectConfigCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_to_a_url_the_project_set_is_known_as_one() {
+        let own = "http://10.0.0.9/v1";
+        let models = [
+            ("openai", "gpt-4o"),
+            ("openai", "openai/gpt-4o"),
+            ("anthropic", "claude-sonnet-4-5"),
+            ("gemini", "gemini-2.5-flash"),
+            ("gemini", "google/gemini-2.5-flash"),
+            ("xai", "grok-4"),
+            ("vllm", "vllm/llama"),
+        ];
+        for (name, model) in models {
+            let config = ProjectConfig::new(
+                vec![CustomProvider {
+                    name: name.to_owned(),
+                    base_url: own.to_owned(),
+                }],
+                Vec::new(),
+                [],
+            );
+            let defaults = BaseUrls::default();
+            let urls = config.base_urls(&defaults);
+            let route = crate::providers::route(model, &config.custom_providers, &urls).unwrap();
+            assert_eq!(route.base_url, own, "{model}");
+            assert!(config.sets_base_url_of(&route), "{model}");
+            // Every other model keeps the operator's URL, and is known so.
+            for (_, other) in models.iter().filter(|(n, _)| *n != name) {
+                let route = crate::providers::route(other, &config.custom_providers, &urls);
+                let Ok(route) = route else { continue };
+                assert_ne!(route.base_url, own, "{other} with {name}'s own URL");
+                assert!(
+                    !config.sets_base_url_of(&route),
+                    "{other} with {name}'s own URL"
+                );
+            }
+        }
+    }
 
     #[test]
     fn custom_provider_names_and_urls() {

@@ -20,11 +20,13 @@
 //! secret key could otherwise make the proxy call the operator's internal
 //! services or a cloud metadata endpoint. Names are checked by the resolver
 //! the connector then connects with ([`PublicOnly`]), so a name that
-//! resolves elsewhere a second time (DNS rebinding) gains nothing. The
-//! operator's own base URLs (`TOLLGATE_*_BASE_URL`) may be anywhere. Behind
-//! an egress proxy, which resolves names itself, literals and numeric
-//! hosts are refused and a name is checked by what it resolves to here,
-//! when it resolves here at all.
+//! resolves elsewhere a second time (DNS rebinding) gains nothing. Hosts
+//! some resolvers read as an IPv4 number (`2130706433`, `127.1`) are
+//! refused. The operator's own base URLs (`TOLLGATE_*_BASE_URL`) may be
+//! anywhere. Behind an egress proxy, which resolves names itself, the
+//! check is best effort: literals and numeric hosts are refused, and a
+//! name is checked by what it resolves to here, when it resolves here at
+//! all; the egress proxy must apply its own rules.
 //!
 //! Errors are described from their causes only: no URL (Gemini's may carry
 //! a key) and no header ever appears in them.
@@ -56,6 +58,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a name a call goes through the egress proxy for is looked up
 /// here too, for `TOLLGATE_PRIVATE_UPSTREAMS=deny`.
 const LOCAL_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many of those lookups run at once, process-wide.
+const LOCAL_LOOKUPS: usize = 16;
 /// How long an idle pooled connection is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -299,18 +303,27 @@ impl<R> EgressConnector<R> {
             };
         }
         if looks_numeric(host) {
-            return Err(refused(host, IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+            // Refused whatever it would resolve to: no provider is named so.
+            tracing::warn!(host = %host, "refused a provider call to a numeric host (TOLLGATE_PRIVATE_UPSTREAMS=deny)");
+            return Err(Box::new(AddressRefused));
         }
         if tunnelled {
-            // The egress proxy resolves the name; what it resolves to here
-            // is checked as well as it can be (a name only the egress
-            // proxy can resolve goes on).
-            // Bounded: behind an egress proxy the machine's own resolver
-            // may not answer at all, and each new connection would wait.
-            let port = dst.port_u16().unwrap_or(443);
-            let lookup = tokio::net::lookup_host((host, port));
-            if let Ok(Ok(addrs)) = tokio::time::timeout(LOCAL_LOOKUP_TIMEOUT, lookup).await {
-                check_all(host, &addrs.collect::<Vec<_>>(), allowed)?;
+            // The egress proxy resolves the name itself, so this is best
+            // effort: the name is checked by what it resolves to here, if
+            // it does (the egress proxy may resolve it differently; it must
+            // apply its own rules). Sending it the checked address instead
+            // of the name would break egress allowlists kept by name.
+            // Bounded in time (the machine's own resolver may not answer
+            // at all behind an egress proxy) and in number (a lookup that
+            // timed out still holds a blocking thread until it ends).
+            static LOOKUPS: std::sync::LazyLock<tokio::sync::Semaphore> =
+                std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(LOCAL_LOOKUPS));
+            if let Ok(_permit) = LOOKUPS.try_acquire() {
+                let port = dst.port_u16().unwrap_or(443);
+                let lookup = tokio::net::lookup_host((host, port));
+                if let Ok(Ok(addrs)) = tokio::time::timeout(LOCAL_LOOKUP_TIMEOUT, lookup).await {
+                    check_all(host, &addrs.collect::<Vec<_>>(), allowed)?;
+                }
             }
         }
         Ok(())

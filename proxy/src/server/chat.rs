@@ -207,12 +207,7 @@ pub async fn completions(
     let config = project_config(&state, project.project_id).await?;
     let base_urls = config.base_urls(&inner.settings.base_urls);
     let route = route(&req.model, &config.custom_providers, &base_urls)?;
-    // A custom provider, or the project's own URL for a built-in one: not
-    // the operator's (`TOLLGATE_PRIVATE_UPSTREAMS`).
-    let url_by_project = config
-        .custom_providers
-        .iter()
-        .any(|p| p.name == route.provider);
+    let url_by_project = config.sets_base_url_of(&route);
     let model = route.upstream_model.clone();
     // The model as limits, plans and the ledger name it: a custom provider's
     // keeps its prefix (`groq/llama-3.1-8b-instant`, matched by `groq/*`); a

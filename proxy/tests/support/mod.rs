@@ -266,7 +266,6 @@ impl Proxy {
         out
     }
 
-    /// Waits until `identity` has `n` settled holds; returns the settling events.
     /// Registers the custom provider `name` at `base_url`, with a price
     /// for its model `m`.
     pub async fn add_priced_provider(&self, name: &str, base_url: &str) {
@@ -291,6 +290,7 @@ impl Proxy {
         .unwrap();
     }
 
+    /// Waits until `identity` has `n` settled holds; returns the settling events.
     pub async fn settled(&self, identity: &str, n: usize) -> Vec<(String, Value)> {
         let mut last = Vec::new();
         for _ in 0..500 {
