@@ -19,7 +19,7 @@
 //! ([`is_public`]): on a shared deployment, whoever holds a project's
 //! secret key could otherwise make the proxy call the operator's internal
 //! services or a cloud metadata endpoint. Names are checked by the resolver
-//! the connector then connects with ([`PublicOnly`]), so a name that
+//! the connector then connects with (`PublicOnly`), so a name that
 //! resolves elsewhere a second time (DNS rebinding) gains nothing. Hosts
 //! some resolvers read as an IPv4 number (`2130706433`, `127.1`) are
 //! refused. The operator's own base URLs (`TOLLGATE_*_BASE_URL`) may be
@@ -257,7 +257,7 @@ impl tower_service::Service<Name> for PublicOnly {
 
 /// Opens the TCP connection under TLS: straight to the provider, or a
 /// `CONNECT` tunnel through the egress proxy. `R` resolves the providers'
-/// names: the system's resolver, or [`PublicOnly`] for base URLs a project
+/// names: the system's resolver, or `PublicOnly` for base URLs a project
 /// set when `TOLLGATE_PRIVATE_UPSTREAMS=deny`.
 #[derive(Clone)]
 pub struct EgressConnector<R = GaiResolver> {

@@ -49,7 +49,7 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Refuse calls to base URLs a project set when they lead to a
     /// non-public address (`TOLLGATE_PRIVATE_UPSTREAMS=deny`,
-    /// [`crate::upstream::Reach`]).
+    /// [`crate::upstream::is_public`]).
     pub deny_private_upstreams: bool,
 }
 
