@@ -547,19 +547,26 @@ pub fn estimate_with(
         .and_then(serde_json::Value::as_str)
         .and_then(ServiceTier::parse)
         .filter(|t| *t == ServiceTier::Priority);
-    if media.unbounded || media.unbounded_audio {
+    let unbounded = media.unbounded || media.unbounded_audio;
+    if unbounded {
         // The provider refuses a request past the context window, so that
-        // is the most it reads; what fills it may be audio (a custom
-        // provider's `audio_url`, a file that is a recording), so it is
-        // priced at the dearer of the text and audio rates.
+        // is the most it reads.
         let context = context_window(req, kind, price.and_then(|p| p.max_input_tokens));
         input = input.max(context.unwrap_or(UNKNOWN_CONTEXT_TOKENS));
-        let audio_dearer = price
-            .map(|p| p.for_call(tier, read_at_most(req, kind, input)))
-            .is_some_and(|p| {
-                p.input_cost_per_audio_token
-                    .is_some_and(|audio| audio > p.input_cost_per_token)
-            });
+    }
+    // Past a long-context threshold every token costs more, output too:
+    // the held input is at least the input, so its tier is at least the
+    // call's. So does every token of a call sent at OpenAI's priority tier.
+    let searched = web_search(req, kind, model, price);
+    let price = price.map(|p| p.for_call(tier, read_at_most(req, kind, input)));
+    if unbounded {
+        // What fills the window may be audio (a custom provider's
+        // `audio_url`, a file that is a recording), so it is priced at the
+        // dearer of the text and audio rates.
+        let audio_dearer = price.as_deref().is_some_and(|p| {
+            p.input_cost_per_audio_token
+                .is_some_and(|audio| audio > p.input_cost_per_token)
+        });
         held_audio = if audio_dearer { input } else { 0 };
     }
     let max_output = req
@@ -578,11 +585,6 @@ pub fn estimate_with(
             Unit::Tokens,
             Decimal::from(input.saturating_add(all_output)),
         );
-    // Past a long-context threshold every token costs more, output too:
-    // the held input is at least the input, so its tier is at least the
-    // call's. So does every token of a call sent at OpenAI's priority tier.
-    let searched = web_search(req, kind, model, price);
-    let price = price.map(|p| p.for_call(tier, read_at_most(req, kind, input)));
     let (input_usd, usd_per_output_token) = match price.as_deref() {
         Some(p) => {
             let input_usd = cost_at(

@@ -225,21 +225,71 @@ impl ModelPrice {
     #[must_use]
     pub fn rebased(&self, input: Decimal, output: Decimal) -> ModelPrice {
         let (base_in, base_out) = (self.input_cost_per_token, self.output_cost_per_token);
-        let by_input = |p: Option<Decimal>| {
-            p.filter(|_| !base_in.is_zero())
-                .map(|p| in_proportion(p, base_in, input))
+        let proportional = |p: Decimal, from: Decimal, to: Decimal| {
+            (!from.is_zero()).then(|| in_proportion(p, from, to))
         };
-        let by_output = |p: Option<Decimal>| {
-            p.filter(|_| !base_out.is_zero())
-                .map(|p| in_proportion(p, base_out, output))
-        };
-        let tiers_kept = !base_in.is_zero() && !base_out.is_zero();
-        let rates = |r: &Rates| Rates {
-            input_cost_per_token: in_proportion(r.input_cost_per_token, base_in, input),
-            output_cost_per_token: in_proportion(r.output_cost_per_token, base_out, output),
-            cache_read_input_token_cost: by_input(r.cache_read_input_token_cost),
-            cache_creation_input_token_cost: by_input(r.cache_creation_input_token_cost),
-        };
+        let mut priced = self.with_base(input, output, proportional);
+        if !base_in.is_zero() && !base_out.is_zero() {
+            let rates = |r: &Rates| Rates {
+                input_cost_per_token: in_proportion(r.input_cost_per_token, base_in, input),
+                output_cost_per_token: in_proportion(r.output_cost_per_token, base_out, output),
+                cache_read_input_token_cost: r
+                    .cache_read_input_token_cost
+                    .map(|p| in_proportion(p, base_in, input)),
+                cache_creation_input_token_cost: r
+                    .cache_creation_input_token_cost
+                    .map(|p| in_proportion(p, base_in, input)),
+            };
+            priced.long_context = self
+                .long_context
+                .iter()
+                .map(|t| LongContextPrice {
+                    above_input_tokens: t.above_input_tokens,
+                    rates: rates(&t.rates),
+                })
+                .collect();
+            priced.service_tiers = ServiceTierPrices {
+                priority: self.service_tiers.priority.as_ref().map(rates),
+                flex: self.service_tiers.flex.as_ref().map(rates),
+            };
+        }
+        priced
+    }
+
+    /// These prices with `rates` in place of the base ones (see [`ModelPrice::for_call`]).
+    fn with_rates(&self, rates: &Rates) -> ModelPrice {
+        let mut priced = self.with_base(
+            rates.input_cost_per_token,
+            rates.output_cost_per_token,
+            |p, from, to| {
+                Some(if from.is_zero() {
+                    to
+                } else {
+                    in_proportion(p, from, to)
+                })
+            },
+        );
+        if let Some(read) = rates.cache_read_input_token_cost {
+            priced.cache_read_input_token_cost = Some(read);
+        }
+        if let Some(write) = rates.cache_creation_input_token_cost {
+            priced.cache_creation_input_token_cost = Some(write);
+        }
+        priced
+    }
+
+    /// These prices with `input` and `output` as the base prices per token,
+    /// each other per-token price `p` becoming `scale(p, its side's base
+    /// price, the new one)`; the limits and the search fee kept, no tiers.
+    fn with_base(
+        &self,
+        input: Decimal,
+        output: Decimal,
+        scale: impl Fn(Decimal, Decimal, Decimal) -> Option<Decimal>,
+    ) -> ModelPrice {
+        let (base_in, base_out) = (self.input_cost_per_token, self.output_cost_per_token);
+        let by_input = |p: Option<Decimal>| p.and_then(|p| scale(p, base_in, input));
+        let by_output = |p: Option<Decimal>| p.and_then(|p| scale(p, base_out, output));
         ModelPrice {
             provider: self.provider.clone(),
             input_cost_per_token: input,
@@ -252,66 +302,6 @@ impl ModelPrice {
             output_cost_per_reasoning_token: by_output(self.output_cost_per_reasoning_token),
             input_cost_per_audio_token: by_input(self.input_cost_per_audio_token),
             output_cost_per_audio_token: by_output(self.output_cost_per_audio_token),
-            max_input_tokens: self.max_input_tokens,
-            max_output_tokens: self.max_output_tokens,
-            long_context: if tiers_kept {
-                self.long_context
-                    .iter()
-                    .map(|t| LongContextPrice {
-                        above_input_tokens: t.above_input_tokens,
-                        rates: rates(&t.rates),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            service_tiers: if tiers_kept {
-                ServiceTierPrices {
-                    priority: self.service_tiers.priority.as_ref().map(rates),
-                    flex: self.service_tiers.flex.as_ref().map(rates),
-                }
-            } else {
-                ServiceTierPrices::default()
-            },
-            web_search_cost_per_call: self.web_search_cost_per_call.clone(),
-        }
-    }
-
-    /// These prices with `rates` in place of the base ones (see [`ModelPrice::for_call`]).
-    fn with_rates(&self, rates: &Rates) -> ModelPrice {
-        let scale = |base: Option<Decimal>, from: Decimal, to: Decimal| {
-            base.map(|b| {
-                if from.is_zero() {
-                    to
-                } else {
-                    in_proportion(b, from, to)
-                }
-            })
-        };
-        let (input, output) = (rates.input_cost_per_token, rates.output_cost_per_token);
-        let (base_in, base_out) = (self.input_cost_per_token, self.output_cost_per_token);
-        ModelPrice {
-            provider: self.provider.clone(),
-            input_cost_per_token: input,
-            output_cost_per_token: output,
-            cache_read_input_token_cost: rates
-                .cache_read_input_token_cost
-                .or_else(|| scale(self.cache_read_input_token_cost, base_in, input)),
-            cache_creation_input_token_cost: rates
-                .cache_creation_input_token_cost
-                .or_else(|| scale(self.cache_creation_input_token_cost, base_in, input)),
-            cache_creation_input_token_cost_above_1hr: scale(
-                self.cache_creation_input_token_cost_above_1hr,
-                base_in,
-                input,
-            ),
-            output_cost_per_reasoning_token: scale(
-                self.output_cost_per_reasoning_token,
-                base_out,
-                output,
-            ),
-            input_cost_per_audio_token: scale(self.input_cost_per_audio_token, base_in, input),
-            output_cost_per_audio_token: scale(self.output_cost_per_audio_token, base_out, output),
             max_input_tokens: self.max_input_tokens,
             max_output_tokens: self.max_output_tokens,
             long_context: Vec::new(),
