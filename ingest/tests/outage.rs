@@ -134,7 +134,8 @@ async fn nats_outage_fails_closed_and_recovers_without_double_counting() {
         "an admitted reservation is missing from the stream"
     );
     assert!(unique.len() - admitted.len() <= unavailable.load(Ordering::Relaxed));
-    let (_, view) = h.get("/v1/usage?identity=user-0").await;
+    let (status, view) = h.get("/v1/usage?identity=user-0").await;
+    assert_eq!(status, 200, "{view}");
     assert!(Harness::limit(&view, "requests", "day")["held"]
         .as_str()
         .is_some());
