@@ -9,18 +9,40 @@ use async_nats::jetstream::{
 use futures::StreamExt;
 use projector::AccountState;
 use schemas::events::Envelope;
-use schemas::{subjects, Account, ProjectId, ReservationId};
+use schemas::{subjects, Account, EventId, ProjectId, ReservationId};
 use sqlx::PgPool;
 use std::time::Duration;
 
 /// Events read one by one before switching to a consumer when loading an account.
 pub(super) const SHORT_HISTORY: usize = 32;
 
+#[derive(Clone, Debug)]
 pub(super) enum AppendError {
-    /// Another process appended to the subject first.
+    /// Another process appended to the subject first (or, for an append
+    /// chained behind another, the stream moved on past that one).
     Conflict,
     Unavailable(String),
 }
+
+/// What an append is conditioned on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum After {
+    /// The subject's last stream sequence is this one (0: it has none).
+    SubjectSeq(u64),
+    /// The stream's last message is this event, sent as a tail
+    /// (`Nats-Msg-Id` set to its id) and not acknowledged yet: an append
+    /// chained behind it (`Nats-Expected-Last-Msg-Id`). nats-server keeps
+    /// the id of the last message it stored, whether or not it had one, so
+    /// this holds only if that event was stored and nothing at all after
+    /// it; the event's own condition held, so the subject is then exactly
+    /// what the state knew plus that event. (Stricter than the subject's
+    /// sequence: any append to the stream in between, on any subject,
+    /// refuses the chained one, which then catches up as after a conflict.)
+    Event(EventId),
+}
+
+/// An append's acknowledgement: the stream sequence it was stored at.
+pub(super) type Ack = futures::future::BoxFuture<'static, Result<u64, AppendError>>;
 
 fn unavailable(e: impl std::fmt::Display) -> GateError {
     GateError::Unavailable(e.to_string())
@@ -34,38 +56,55 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<Envelope, GateError> {
     })
 }
 
-/// Appends `envelope` if `expected` is still the subject's last sequence.
+/// Sends `envelope` on its condition; the returned future is its
+/// acknowledgement. Appends sent over one connection are stored in the
+/// order they were sent.
 ///
-/// No `Nats-Msg-Id`: the expected sequence already makes an append happen
-/// at most once (a second copy of an event that landed finds the subject
-/// moved on and is refused), and every attempt is a new event with a new
-/// id, so the server's duplicate window never matched anything while
-/// costing nats-server ~15% of its CPU per event (bench/README.md).
-pub(super) async fn append(
+/// No `Nats-Msg-Id` but on a `tail` (see [`After::Event`]): the expected
+/// sequence already makes an append happen at most once (a second copy of
+/// an event that landed finds the subject moved on and is refused), and
+/// every attempt is a new event with a new id, so the server's duplicate
+/// window never matched anything while costing nats-server ~15% of its CPU
+/// per event (bench/README.md).
+pub(super) async fn send(
     js: &jetstream::Context,
     subject: &str,
     envelope: &Envelope,
-    expected: u64,
-) -> Result<u64, AppendError> {
+    after: After,
+    tail: bool,
+) -> Result<Ack, AppendError> {
     let payload = envelope
         .to_vec()
         .map_err(|e| AppendError::Unavailable(format!("encoding event: {e}")))?;
-    let mut publish = Publish::build()
-        .payload(payload.into())
-        .expected_last_subject_sequence(expected);
+    let mut publish = Publish::build().payload(payload.into());
+    publish = match after {
+        After::SubjectSeq(seq) => publish.expected_last_subject_sequence(seq),
+        After::Event(id) => publish.expected_last_message_id(id.to_string()),
+    };
+    if tail {
+        publish = publish.message_id(envelope.event_id.to_string());
+    }
     if let Some(request_id) = &envelope.request_id {
         publish = publish.header("x-request-id", request_id.as_str());
     }
-    let classify = |kind: PublishErrorKind, e: String| match kind {
-        PublishErrorKind::WrongLastSequence => AppendError::Conflict,
-        _ => AppendError::Unavailable(e),
-    };
     let ack = js
         .send_publish(subject.to_owned(), publish)
         .await
         .map_err(|e| classify(e.kind(), e.to_string()))?;
-    let ack = ack.await.map_err(|e| classify(e.kind(), e.to_string()))?;
-    Ok(ack.sequence)
+    Ok(Box::pin(async move {
+        ack.await
+            .map(|ack| ack.sequence)
+            .map_err(|e| classify(e.kind(), e.to_string()))
+    }))
+}
+
+fn classify(kind: PublishErrorKind, e: String) -> AppendError {
+    match kind {
+        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => {
+            AppendError::Conflict
+        }
+        _ => AppendError::Unavailable(e),
+    }
 }
 
 /// Applies every event on `subject` after `state.last_seq`; returns how many.

@@ -18,12 +18,13 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use decide::{ReserveDecision, ReserveRequest, SettleDecision, Violation};
+use futures::future::{FutureExt as _, Shared as SharedFuture};
 use projector::{AccountState, LimitView, Settlement};
 use schemas::events::{Envelope, Event, UsageRecorded};
 use schemas::plan::Tier;
 use schemas::{subjects, Account, Amounts, EventId, ProjectId, ReservationId, SCHEMA_VERSION};
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Mutex;
 
@@ -129,6 +130,99 @@ struct Slot {
     /// When a task last took this slot (the gate's clock).
     touched: DateTime<Utc>,
     saves: Saves,
+    /// The last append sent as a tail ([`Keep::UntilSent`]) whose
+    /// acknowledgement is not taken in yet: `state` has its event applied
+    /// already, without its stream sequence.
+    tail: Option<Tail>,
+    /// Counts the times `state` was dropped, so a tail's late answer can
+    /// tell whether it still concerns the state in the slot.
+    epoch: u64,
+}
+
+impl Slot {
+    fn new(project: ProjectId) -> Slot {
+        Slot {
+            project,
+            state: None,
+            touched: DateTime::<Utc>::MIN_UTC,
+            saves: Saves::default(),
+            tail: None,
+            epoch: 0,
+        }
+    }
+
+    /// Drops the state (it is read back on next use), with any tail it assumed.
+    fn forget_state(&mut self) {
+        self.state = None;
+        self.tail = None;
+        self.epoch += 1;
+    }
+
+    /// Takes the answer to `tail`'s append in: its stream sequence if it is
+    /// still the account's tail (else the append chained behind it brings
+    /// a later one); if it was refused or went unanswered, the state that
+    /// assumed it is dropped, unless that was done already.
+    fn take_ack(&mut self, tail: &Tail, answer: &Result<u64, io::AppendError>) {
+        if self.epoch != tail.epoch {
+            return;
+        }
+        match answer {
+            Ok(seq) => {
+                if self
+                    .tail
+                    .as_ref()
+                    .is_some_and(|t| t.event_id == tail.event_id)
+                {
+                    self.tail = None;
+                    if let Some(state) = self.state.as_mut() {
+                        state.confirm(*seq, tail.event_id);
+                    }
+                }
+            }
+            Err(_) => self.forget_state(),
+        }
+    }
+
+    /// Takes the tail's answer in if it has come.
+    fn take_ack_if_answered(&mut self) {
+        if let Some(tail) = self.tail.clone() {
+            if let Some(answer) = tail.ack.clone().now_or_never() {
+                self.take_ack(&tail, &answer);
+            }
+        }
+    }
+}
+
+/// An account's append sent but not acknowledged, that later appends over
+/// the same connection are chained behind ([`io::After::Event`]).
+#[derive(Clone)]
+struct Tail {
+    event_id: EventId,
+    /// The connection it was sent over ([`Io::id`]): nats-server stores a
+    /// connection's appends in the order they were sent, so only an append
+    /// over the same one can follow it without waiting for its answer.
+    io: u64,
+    /// [`Slot::epoch`] when it was sent.
+    epoch: u64,
+    ack: SharedFuture<io::Ack>,
+}
+
+/// How long an append keeps its account to itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keep {
+    /// Until it is acknowledged (a hold is durable before its request goes on).
+    UntilAcked,
+    /// Settlements: only until it is sent, if no other append of this
+    /// process is in flight. The account's next request, often right behind
+    /// (a user's next call comes as soon as the last one's answer), then
+    /// decides on the state with this event applied and appends chained
+    /// behind it, instead of waiting a round trip to nats-server for its
+    /// acknowledgement first. A busy process keeps the account until the
+    /// acknowledgement, as every append did before: chaining costs
+    /// nats-server a `Nats-Msg-Id` per tail, and any append to the stream
+    /// in between refuses the chained one (see [`io::After::Event`]), which
+    /// then catches up and tries again.
+    UntilSent,
 }
 
 /// How far an account's state is from its last snapshot.
@@ -188,6 +282,9 @@ pub struct LoadStats {
     pub events_read: u64,
     /// Snapshots written.
     pub snapshots_saved: u64,
+    /// Appends chained behind an account's unacknowledged settlement
+    /// ([`Keep::UntilSent`]) rather than waiting for its acknowledgement.
+    pub appends_chained: u64,
 }
 
 #[derive(Default)]
@@ -196,6 +293,7 @@ pub(super) struct Counters {
     from_snapshot: AtomicU64,
     events_read: AtomicU64,
     snapshots_saved: AtomicU64,
+    appends_chained: AtomicU64,
 }
 
 /// What every handle of one process's gate shares.
@@ -210,10 +308,30 @@ struct Shared {
     /// The thread that saves snapshots in the background, started with the
     /// first such save (`None`: it could not be started).
     writer: OnceLock<Option<snapshots::Writer>>,
+    /// Appends sent and not yet answered, over every handle.
+    appending: AtomicUsize,
+}
+
+/// Counts an append in flight in [`Shared::appending`] while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(count: &'a AtomicUsize) -> InFlight<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The NATS connection one handle appends and reads over.
 struct Io {
+    /// Tells connections apart (see [`Tail::io`]).
+    id: u64,
     client: async_nats::Client,
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
@@ -231,7 +349,13 @@ impl Io {
     async fn new(client: async_nats::Client) -> anyhow::Result<Io> {
         let js = crate::stream::jetstream(client.clone());
         let stream = crate::stream::ensure_ledger_stream(&js).await?;
-        Ok(Io { client, js, stream })
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        Ok(Io {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            client,
+            js,
+            stream,
+        })
     }
 }
 
@@ -251,6 +375,7 @@ impl Gate {
             snapshot_every: AtomicU64::new(SNAPSHOT_EVERY),
             counters: Arc::default(),
             writer: OnceLock::new(),
+            appending: AtomicUsize::new(0),
         };
         Ok(Gate {
             shared: Arc::new(shared),
@@ -296,6 +421,7 @@ impl Gate {
             from_snapshot: c.from_snapshot.load(Ordering::Relaxed),
             events_read: c.events_read.load(Ordering::Relaxed),
             snapshots_saved: c.snapshots_saved.load(Ordering::Relaxed),
+            appends_chained: c.appends_chained.load(Ordering::Relaxed),
         }
     }
 
@@ -410,8 +536,12 @@ impl Gate {
         for (subject, handle) in slots {
             let (project, state, before) = {
                 let mut slot = handle.lock().await;
+                slot.take_ack_if_answered();
                 match &slot.state {
-                    Some(state) if slot.saves.unsaved >= io::SHORT_HISTORY as u64 => {
+                    Some(state)
+                        if slot.tail.is_none()
+                            && slot.saves.unsaved >= io::SHORT_HISTORY as u64 =>
+                    {
                         let state = state.snapshot_copy();
                         let before = slot.saves.mark_saved(state.entries());
                         (slot.project, state, before)
@@ -553,8 +683,12 @@ impl Gate {
             }
         }
         let tier = tier.clone();
-        self.with_account(project, account, request_id, move |state, now| {
-            match decide::decide_reserve(state, &tier, &req, now) {
+        self.with_account(
+            project,
+            account,
+            request_id,
+            Keep::UntilAcked,
+            move |state, now| match decide::decide_reserve(state, &tier, &req, now) {
                 ReserveDecision::Existing { expires_at, status } => {
                     Step::Done(ReserveOutcome::Admitted(Admitted {
                         reservation_id: req.reservation_id,
@@ -601,8 +735,8 @@ impl Gate {
                         }),
                     )
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -645,8 +779,12 @@ impl Gate {
         account: &Account,
         id: ReservationId,
     ) -> Result<bool, GateError> {
-        self.with_account(project, account, None, move |state, now| {
-            match state.open_hold(&id) {
+        self.with_account(
+            project,
+            account,
+            None,
+            Keep::UntilAcked,
+            move |state, now| match state.open_hold(&id) {
                 Some(hold) if hold.expires_at <= now => {
                     let event = Event::Expired(schemas::events::Expired {
                         hold: hold.hold_ref(id),
@@ -656,8 +794,8 @@ impl Gate {
                 }
                 Some(_) => Step::Done(false),
                 None => Step::DoneIfFresh(false),
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -677,6 +815,7 @@ impl Gate {
             project,
             account,
             request_id,
+            Keep::UntilAcked,
             move |state, now| match decide::decide_usage(
                 state,
                 usage.usage_id,
@@ -706,9 +845,13 @@ impl Gate {
         tier: &Tier,
     ) -> Result<Vec<LimitView>, GateError> {
         let tier = tier.clone();
-        self.with_account(project, account, None, move |state, now| {
-            Step::DoneIfFresh(decide::views(state, &tier, now))
-        })
+        self.with_account(
+            project,
+            account,
+            None,
+            Keep::UntilAcked,
+            move |state, now| Step::DoneIfFresh(decide::views(state, &tier, now)),
+        )
         .await
     }
 
@@ -720,8 +863,12 @@ impl Gate {
         request_id: Option<String>,
         decide: impl Fn(&AccountState) -> SettleDecision + Send,
     ) -> Result<SettleOutcome, GateError> {
-        self.with_account(project, account, request_id, move |state, _| {
-            match decide(state) {
+        self.with_account(
+            project,
+            account,
+            request_id,
+            Keep::UntilSent,
+            move |state, _| match decide(state) {
                 SettleDecision::Append(event) => {
                     let late = matches!(event, Event::UsageRecorded(_));
                     Step::Append(
@@ -753,8 +900,8 @@ impl Gate {
                     Step::Done(Err(GateError::Conflict { status }))
                 }
                 SettleDecision::NotFound => Step::DoneIfFresh(Err(GateError::NotFound)),
-            }
-        })
+            },
+        )
         .await?
     }
 
@@ -764,6 +911,7 @@ impl Gate {
         project: ProjectId,
         account: &Account,
         request_id: Option<String>,
+        keep: Keep,
         mut decide: impl FnMut(&AccountState, DateTime<Utc>) -> Step<T> + Send,
     ) -> Result<T, GateError> {
         let subject = subjects::account_subject(project, account);
@@ -771,24 +919,18 @@ impl Gate {
             .shared
             .accounts
             .entry(subject.clone())
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Slot {
-                    project,
-                    state: None,
-                    touched: DateTime::<Utc>::MIN_UTC,
-                    saves: Saves::default(),
-                }))
-            })
+            .or_insert_with(|| Arc::new(Mutex::new(Slot::new(project))))
             .clone();
         let mut guard = handle.lock().await;
-        let slot = &mut *guard;
-        slot.touched = self.shared.clock.now();
+        guard.touched = self.shared.clock.now();
         if self.io.client.connection_state() != async_nats::connection::State::Connected {
-            slot.state = None;
+            guard.forget_state();
             return Err(GateError::Unavailable("not connected to NATS".into()));
         }
         let mut fresh = false;
         for _ in 0..MAX_ATTEMPTS {
+            let slot = &mut *guard;
+            slot.take_ack_if_answered();
             let state = match slot.state.as_mut() {
                 Some(state) => state,
                 None => {
@@ -802,7 +944,23 @@ impl Gate {
                 }
             };
             let now = self.shared.clock.now();
-            match decide(state, now) {
+            let step = decide(state, now);
+            // Only an append over the tail's own connection goes on before
+            // the tail is answered; anything else waits for the answer and
+            // decides again.
+            let chain = match &slot.tail {
+                None => None,
+                Some(tail) if matches!(step, Step::Append(..)) && tail.io == self.io.id => {
+                    Some(tail.clone())
+                }
+                Some(tail) => {
+                    let tail = tail.clone();
+                    let answer = tail.ack.clone().await;
+                    slot.take_ack(&tail, &answer);
+                    continue;
+                }
+            };
+            match step {
                 Step::Done(t) => return Ok(t),
                 Step::DoneIfFresh(t) => {
                     if fresh {
@@ -825,31 +983,100 @@ impl Gate {
                         request_id: request_id.clone(),
                         event,
                     };
-                    match io::append(&self.io.js, &subject, &envelope, state.last_seq).await {
+                    let as_tail = keep == Keep::UntilSent
+                        && self.shared.appending.load(Ordering::Relaxed) == 0;
+                    let after = match &chain {
+                        Some(tail) => io::After::Event(tail.event_id),
+                        None => io::After::SubjectSeq(state.last_seq),
+                    };
+                    let in_flight = InFlight::new(&self.shared.appending);
+                    let sent = io::send(&self.io.js, &subject, &envelope, after, as_tail).await;
+                    let ack = match sent {
+                        Ok(ack) => ack,
+                        Err(io::AppendError::Conflict) => {
+                            Box::pin(async { Err::<u64, _>(io::AppendError::Conflict) }) as io::Ack
+                        }
+                        Err(io::AppendError::Unavailable(why)) => {
+                            // It may or may not have gone out: read the account back next time.
+                            slot.forget_state();
+                            return Err(GateError::Unconfirmed(why));
+                        }
+                    };
+                    if chain.is_some() {
+                        self.shared
+                            .counters
+                            .appends_chained
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    if as_tail {
+                        // The account is free for the next task once the
+                        // event is applied; its answer is taken in below, or
+                        // by whichever task needs it first.
+                        state.apply(0, &envelope);
+                        slot.saves.unsaved += 1;
+                        let done = finish(state);
+                        let tail = Tail {
+                            event_id: envelope.event_id,
+                            io: self.io.id,
+                            epoch: slot.epoch,
+                            ack: ack.shared(),
+                        };
+                        slot.tail = Some(tail.clone());
+                        drop(guard);
+                        let answer = tail.ack.clone().await;
+                        drop(in_flight);
+                        guard = handle.lock().await;
+                        guard.take_ack(&tail, &answer);
+                        match answer {
+                            Ok(_) => {
+                                self.save_if_due(&handle, &mut guard, &subject);
+                                return Ok(done);
+                            }
+                            // Decided on a stale view: the state was dropped; read it back and decide again.
+                            Err(io::AppendError::Conflict) => fresh = false,
+                            Err(io::AppendError::Unavailable(why)) => {
+                                return Err(GateError::Unconfirmed(why))
+                            }
+                        }
+                        continue;
+                    }
+                    if let Some(tail) = &chain {
+                        let answer = tail.ack.clone().await;
+                        slot.take_ack(tail, &answer);
+                    }
+                    let answer = ack.await;
+                    drop(in_flight);
+                    match answer {
                         Ok(seq) => {
+                            let Some(state) = slot.state.as_mut() else {
+                                // The tail this append was chained behind went
+                                // unanswered, so the state was dropped, yet this
+                                // append (and so the tail) landed: read the
+                                // account back, this event included.
+                                let (state, read) = Box::pin(self.load(&subject)).await?;
+                                slot.saves.mark_saved(state.entries());
+                                slot.saves.unsaved = read;
+                                return Ok(finish(slot.state.insert(state)));
+                            };
                             state.apply(seq, &envelope);
                             slot.saves.unsaved += 1;
-                            let every = self.shared.snapshot_every.load(Ordering::Relaxed);
-                            if save_due(slot.saves.unsaved, every, slot.saves.saved_entries) {
-                                if let Ok(place) = self.snapshot_place() {
-                                    let undo = SaveUndo {
-                                        slot: handle.clone(),
-                                        before: slot.saves.mark_saved(state.entries()),
-                                    };
-                                    place.save(project, subject, state.snapshot_copy(), Some(undo));
-                                }
-                            }
-                            return Ok(finish(state));
+                            let done = finish(state);
+                            self.save_if_due(&handle, slot, &subject);
+                            return Ok(done);
                         }
                         Err(io::AppendError::Conflict) => {
-                            let read =
-                                Box::pin(io::catch_up(&self.io.stream, &subject, state)).await?;
-                            slot.saves.unsaved += read as u64;
-                            fresh = true;
+                            // Without a state (the tail it followed was
+                            // refused) the account is read back next turn.
+                            if let Some(state) = slot.state.as_mut() {
+                                let read = Box::pin(io::catch_up(&self.io.stream, &subject, state))
+                                    .await?;
+                                slot.saves.unsaved += read as u64;
+                                fresh = true;
+                            }
                         }
                         Err(io::AppendError::Unavailable(why)) => {
                             // The event may or may not be stored: forget the view, reload next time.
-                            slot.state = None;
+                            slot.forget_state();
                             return Err(GateError::Unconfirmed(why));
                         }
                     }
@@ -857,6 +1084,30 @@ impl Gate {
             }
         }
         Err(GateError::Contention)
+    }
+
+    /// Queues a snapshot of the account if one is due and its state is
+    /// exact (no tail unanswered).
+    fn save_if_due(&self, handle: &Arc<Mutex<Slot>>, slot: &mut Slot, subject: &str) {
+        let every = self.shared.snapshot_every.load(Ordering::Relaxed);
+        if slot.tail.is_some() || !save_due(slot.saves.unsaved, every, slot.saves.saved_entries) {
+            return;
+        }
+        let Some(state) = slot.state.as_ref() else {
+            return;
+        };
+        if let Ok(place) = self.snapshot_place() {
+            let undo = SaveUndo {
+                slot: handle.clone(),
+                before: slot.saves.mark_saved(state.entries()),
+            };
+            place.save(
+                slot.project,
+                subject.to_owned(),
+                state.snapshot_copy(),
+                Some(undo),
+            );
+        }
     }
 
     /// Forgets the accounts no task has used for `idle` and that hold
@@ -885,6 +1136,12 @@ impl Gate {
             let Ok(mut slot) = slot.try_lock() else {
                 return true;
             };
+            // A tail's answer not taken in yet (its task was dropped) is
+            // taken in here; one still on its way keeps the account.
+            slot.take_ack_if_answered();
+            if slot.tail.is_some() {
+                return true;
+            }
             let keep = match &slot.state {
                 None => false,
                 Some(state) => {

@@ -177,6 +177,16 @@ impl AccountState {
         self.apply_pruning_with(seq, env, Self::prune)
     }
 
+    /// Records that `event`, applied without a stream sequence while its
+    /// append was not yet acknowledged (the gate's tail), was stored at
+    /// `seq`: the state is then exactly the subject up to `seq`.
+    pub fn confirm(&mut self, seq: u64, event: EventId) {
+        if seq > self.last_seq {
+            self.last_seq = seq;
+            self.last_event = Some(event);
+        }
+    }
+
     /// [`AccountState::apply`] with the prune to run (tests compare two).
     fn apply_pruning_with(&mut self, seq: u64, env: &Envelope, prune: fn(&mut Self)) -> Applied {
         if seq != 0 && seq <= self.last_seq {

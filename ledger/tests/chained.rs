@@ -1,0 +1,186 @@
+//! A settlement leaves its account as soon as it is sent, and the account's
+//! next append is chained behind it (`Nats-Expected-Last-Msg-Id`) instead
+//! of waiting for its acknowledgement. What makes that safe is checked on
+//! a real nats-server first, then the gate's use of it, refusals included.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use async_nats::jetstream::context::{Publish, PublishErrorKind};
+use rust_decimal::Decimal;
+use schemas::{subjects, Amounts, ProjectId, Unit};
+use support::{account, admit, gate, request, tier};
+use testkit::nats::NatsServer;
+use tollgate_ledger::gate::ReserveOutcome;
+use tollgate_ledger::{Clock, ManualClock};
+
+const PLAN: &str = "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 100 }\n      - { unit: usd, window: day, cap: \"1.00\" }\n";
+
+fn usd(cents: i64) -> Amounts {
+    Amounts::new()
+        .with(Unit::Requests, Decimal::ONE)
+        .with(Unit::Usd, Decimal::new(cents, 2))
+}
+
+/// What the gate relies on: an append expecting event X as the stream's
+/// last message lands only if X was stored and nothing at all after it,
+/// even a message without an id, on any subject.
+#[tokio::test]
+async fn nats_server_takes_a_chained_append_only_right_behind_its_tail() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = tollgate_ledger::stream::connect(&nats.url()).await.unwrap();
+    let js = tollgate_ledger::stream::jetstream(client);
+    tollgate_ledger::stream::ensure_ledger_stream(&js)
+        .await
+        .unwrap();
+    let project = ProjectId::new();
+    let (mine, other) = (
+        subjects::account_subject(project, &account("mine")),
+        subjects::account_subject(project, &account("other")),
+    );
+    let send = |subject: &String, publish: Publish| {
+        let (js, subject) = (js.clone(), subject.clone());
+        async move {
+            js.send_publish(subject, publish.payload("{}".into()))
+                .await
+                .unwrap()
+                .await
+        }
+    };
+
+    // A tail, then an append chained behind it before its answer is read.
+    let tail = send(
+        &mine,
+        Publish::build()
+            .expected_last_subject_sequence(0)
+            .message_id("tail-1"),
+    );
+    let chained = send(&mine, Publish::build().expected_last_message_id("tail-1"));
+    let (tail, chained) = tokio::join!(tail, chained);
+    let tail_seq = tail.unwrap().sequence;
+    assert_eq!(chained.unwrap().sequence, tail_seq + 1);
+
+    // A tail refused (stale subject sequence): what is chained behind it is refused too.
+    let tail = send(
+        &mine,
+        Publish::build()
+            .expected_last_subject_sequence(tail_seq)
+            .message_id("tail-2"),
+    );
+    let chained = send(&mine, Publish::build().expected_last_message_id("tail-2"));
+    let (tail, chained) = tokio::join!(tail, chained);
+    assert_eq!(
+        tail.unwrap_err().kind(),
+        PublishErrorKind::WrongLastSequence
+    );
+    assert_eq!(
+        chained.unwrap_err().kind(),
+        PublishErrorKind::WrongLastMessageId
+    );
+
+    // A tail stored, then a message without an id on another subject:
+    // the append chained behind the tail no longer follows it.
+    send(
+        &mine,
+        Publish::build()
+            .expected_last_subject_sequence(tail_seq + 1)
+            .message_id("tail-3"),
+    )
+    .await
+    .unwrap();
+    send(&other, Publish::build()).await.unwrap();
+    let refused = send(&mine, Publish::build().expected_last_message_id("tail-3")).await;
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        PublishErrorKind::WrongLastMessageId
+    );
+}
+
+/// One task commits and, right behind it, another reserves on the same
+/// account: the reserve is chained behind the commit, and both land once.
+#[tokio::test]
+async fn the_next_hold_is_chained_behind_a_settlement_in_flight() {
+    let nats = NatsServer::start().await.unwrap();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let g = gate(&nats, &clock, None).await;
+    let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
+    let expires = clock.now() + chrono::Duration::minutes(5);
+    let first = admit(&g, project, &who, &tier, request(expires, usd(30))).await;
+
+    let second = request(expires, usd(60));
+    let second_id = second.reservation_id;
+    // `join!` polls the commit until it waits for its answer, then the
+    // reserve, on this one thread: the commit's answer cannot have been
+    // read yet when the reserve decides.
+    let (committed, reserved) = tokio::join!(
+        g.commit(project, first.reservation_id, Some(&who), usd(20), None),
+        g.reserve(project, &who, &tier, second, None)
+    );
+    committed.unwrap();
+    let ReserveOutcome::Admitted(admitted) = reserved.unwrap() else {
+        panic!("the second hold fits: 0.20 used, 0.60 asked, 1.00 cap");
+    };
+    assert_eq!(admitted.reservation_id, second_id);
+    assert_eq!(g.load_stats().appends_chained, 1, "the reserve was chained");
+
+    // The hold saw the commit: 0.20 used and 0.60 held, not 0.30 still held.
+    let views = g.view(project, &who, &tier).await.unwrap();
+    assert_eq!(
+        (views[1].used, views[1].held),
+        (usd(20).get(&Unit::Usd), usd(60).get(&Unit::Usd))
+    );
+    // A cold gate reading the stream agrees.
+    let cold = gate(&nats, &clock, None).await;
+    let cold_views = cold.view(project, &who, &tier).await.unwrap();
+    assert_eq!(cold_views, views);
+    // And a denial is decided on the same state: 0.80 of 1.00 is taken.
+    let denied = g
+        .reserve(project, &who, &tier, request(expires, usd(21)), None)
+        .await
+        .unwrap();
+    assert!(matches!(denied, ReserveOutcome::Denied(_)), "{denied:?}");
+}
+
+/// Another process appends to the account first, so this gate's commit is
+/// decided on a stale view and refused, and the reserve chained behind it
+/// with it: both are decided again on the account read back, and land once.
+#[tokio::test]
+async fn a_hold_chained_behind_a_refused_settlement_is_decided_again() {
+    let nats = NatsServer::start().await.unwrap();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let (a, b) = (
+        gate(&nats, &clock, None).await,
+        gate(&nats, &clock, None).await,
+    );
+    let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
+    let expires = clock.now() + chrono::Duration::minutes(5);
+    let first = admit(&a, project, &who, &tier, request(expires, usd(30))).await;
+    // The other process takes 0.40 on the same account; `a` has not seen it.
+    admit(&b, project, &who, &tier, request(expires, usd(40))).await;
+
+    let (committed, reserved) = tokio::join!(
+        a.commit(project, first.reservation_id, Some(&who), usd(20), None),
+        a.reserve(project, &who, &tier, request(expires, usd(50)), None)
+    );
+    committed.unwrap();
+    let reserved = reserved.unwrap();
+    assert_eq!(a.load_stats().appends_chained, 1);
+    // Decided again on the account read back (0.30 and 0.40 held, the
+    // commit not landed yet), 0.50 is refused; on the stale view it fit.
+    assert!(
+        matches!(reserved, ReserveOutcome::Denied(_)),
+        "{reserved:?}"
+    );
+    let views = a.view(project, &who, &tier).await.unwrap();
+    assert_eq!(
+        (views[0].used, views[0].held),
+        (Decimal::ONE, Decimal::ONE),
+        "one request committed once, one held"
+    );
+    assert_eq!(
+        (views[1].used, views[1].held),
+        (usd(20).get(&Unit::Usd), usd(40).get(&Unit::Usd))
+    );
+    let cold = gate(&nats, &clock, None).await;
+    assert_eq!(cold.view(project, &who, &tier).await.unwrap(), views);
+}
