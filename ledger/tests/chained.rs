@@ -105,9 +105,10 @@ async fn the_next_hold_is_chained_behind_a_settlement_in_flight() {
     let g = gate(&nats, &clock, None).await;
     let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
     let expires = clock.now() + chrono::Duration::minutes(5);
-    let first = admit(&g, project, &who, &tier, request(expires, usd(30))).await;
+    let first = admit(&g, project, &who, &tier, request(expires, usd(50))).await;
 
-    let second = request(expires, usd(60));
+    // 0.70 fits only once the commit has taken the 0.50 hold down to 0.20.
+    let second = request(expires, usd(70));
     let second_id = second.reservation_id;
     // `join!` polls the commit until it waits for its answer, then the
     // reserve, on this one thread: the commit's answer cannot have been
@@ -118,24 +119,24 @@ async fn the_next_hold_is_chained_behind_a_settlement_in_flight() {
     );
     committed.unwrap();
     let ReserveOutcome::Admitted(admitted) = reserved.unwrap() else {
-        panic!("the second hold fits: 0.20 used, 0.60 asked, 1.00 cap");
+        panic!("the second hold fits: 0.20 used, 0.70 asked, 1.00 cap");
     };
     assert_eq!(admitted.reservation_id, second_id);
     assert_eq!(g.load_stats().appends_chained, 1, "the reserve was chained");
 
-    // The hold saw the commit: 0.20 used and 0.60 held, not 0.30 still held.
+    // The hold saw the commit: 0.20 used and 0.70 held.
     let views = g.view(project, &who, &tier).await.unwrap();
     assert_eq!(
         (views[1].used, views[1].held),
-        (usd(20).get(&Unit::Usd), usd(60).get(&Unit::Usd))
+        (usd(20).get(&Unit::Usd), usd(70).get(&Unit::Usd))
     );
     // A cold gate reading the stream agrees.
     let cold = gate(&nats, &clock, None).await;
     let cold_views = cold.view(project, &who, &tier).await.unwrap();
     assert_eq!(cold_views, views);
-    // And a denial is decided on the same state: 0.80 of 1.00 is taken.
+    // And a denial is decided on the same state: 0.90 of 1.00 is taken.
     let denied = g
-        .reserve(project, &who, &tier, request(expires, usd(21)), None)
+        .reserve(project, &who, &tier, request(expires, usd(11)), None)
         .await
         .unwrap();
     assert!(matches!(denied, ReserveOutcome::Denied(_)), "{denied:?}");

@@ -332,6 +332,11 @@ impl Drop for InFlight<'_> {
 struct Io {
     /// Tells connections apart (see [`Tail::io`]).
     id: u64,
+    /// Whether settlements may be sent as tails: only on a stream of one
+    /// replica. The check behind chaining is the id of the last message a
+    /// server stored, kept in each replica's memory; whether a replica that
+    /// caught up from its peers keeps it right is not something to rely on.
+    chains: bool,
     client: async_nats::Client,
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
@@ -352,6 +357,7 @@ impl Io {
         static IDS: AtomicU64 = AtomicU64::new(0);
         Ok(Io {
             id: IDS.fetch_add(1, Ordering::Relaxed),
+            chains: stream.cached_info().config.num_replicas <= 1,
             client,
             js,
             stream,
@@ -984,6 +990,7 @@ impl Gate {
                         event,
                     };
                     let as_tail = keep == Keep::UntilSent
+                        && self.io.chains
                         && self.shared.appending.load(Ordering::Relaxed) == 0;
                     let after = match &chain {
                         Some(tail) => io::After::Event(tail.event_id),
@@ -1040,8 +1047,10 @@ impl Gate {
                         }
                         continue;
                     }
+                    let mut behind_stored_tail = false;
                     if let Some(tail) = &chain {
                         let answer = tail.ack.clone().await;
+                        behind_stored_tail = answer.is_ok();
                         slot.take_ack(tail, &answer);
                     }
                     let answer = ack.await;
@@ -1052,8 +1061,20 @@ impl Gate {
                                 // The tail this append was chained behind went
                                 // unanswered, so the state was dropped, yet this
                                 // append (and so the tail) landed: read the
-                                // account back, this event included.
-                                let (state, read) = Box::pin(self.load(&subject)).await?;
+                                // account back up to this event at least. Until
+                                // that works the caller is told it may or may
+                                // not be stored, as for any unanswered append.
+                                let unconfirmed = |why: String| {
+                                    GateError::Unconfirmed(format!(
+                                        "stored at {seq}, but the account could not be read back: {why}"
+                                    ))
+                                };
+                                let (state, read) = Box::pin(self.load(&subject))
+                                    .await
+                                    .map_err(|e| unconfirmed(e.to_string()))?;
+                                if state.last_seq < seq {
+                                    return Err(unconfirmed("read back behind it".into()));
+                                }
                                 slot.saves.mark_saved(state.entries());
                                 slot.saves.unsaved = read;
                                 return Ok(finish(slot.state.insert(state)));
@@ -1064,6 +1085,12 @@ impl Gate {
                             self.save_if_due(&handle, slot, &subject);
                             return Ok(done);
                         }
+                        // Behind a tail that was stored, the state is exact
+                        // and the refusal may come from an append to any
+                        // other subject (see `io::After::Event`): decide
+                        // again and append on the subject's sequence, which
+                        // catches up only if this subject moved.
+                        Err(io::AppendError::Conflict) if behind_stored_tail => {}
                         Err(io::AppendError::Conflict) => {
                             // Without a state (the tail it followed was
                             // refused) the account is read back next turn.
