@@ -221,7 +221,7 @@ enum Keep {
     /// acknowledgement, as every append did before: chaining costs
     /// nats-server a `Nats-Msg-Id` per tail, and any append to the stream
     /// in between refuses the chained one (see [`io::After::Event`]), which
-    /// then catches up and tries again.
+    /// is then decided and sent again.
     UntilSent,
 }
 
