@@ -185,3 +185,75 @@ async fn a_hold_chained_behind_a_refused_settlement_is_decided_again() {
     let cold = gate(&nats, &clock, None).await;
     assert_eq!(cold.view(project, &who, &tier).await.unwrap(), views);
 }
+
+/// A hold taken over another connection of the same process (another HTTP
+/// thread) is not chained: nats-server orders only one connection's
+/// appends, so it waits for the settlement's answer and decides after it.
+#[tokio::test]
+async fn another_connection_waits_for_the_settlement_instead() {
+    let nats = NatsServer::start().await.unwrap();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let g = gate(&nats, &clock, None).await;
+    let other_thread = g.on_this_thread(&nats.url()).await.unwrap();
+    let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
+    let expires = clock.now() + chrono::Duration::minutes(5);
+    let first = admit(&g, project, &who, &tier, request(expires, usd(50))).await;
+    let (committed, reserved) = tokio::join!(
+        g.commit(project, first.reservation_id, Some(&who), usd(20), None),
+        other_thread.reserve(project, &who, &tier, request(expires, usd(70)), None)
+    );
+    committed.unwrap();
+    assert!(
+        matches!(reserved.unwrap(), ReserveOutcome::Admitted(_)),
+        "decided after the commit: 0.20 used, 0.70 asked"
+    );
+    assert_eq!(g.load_stats().appends_chained, 0);
+    let views = g.view(project, &who, &tier).await.unwrap();
+    assert_eq!(
+        (views[1].used, views[1].held),
+        (usd(20).get(&Unit::Usd), usd(70).get(&Unit::Usd))
+    );
+    let cold = gate(&nats, &clock, None).await;
+    assert_eq!(cold.view(project, &who, &tier).await.unwrap(), views);
+}
+
+/// The task that sent a settlement goes away before its answer (an HTTP
+/// client hung up): the next task on the account takes the answer in.
+#[tokio::test]
+async fn a_settlement_whose_task_was_dropped_is_still_taken_in() {
+    let nats = NatsServer::start().await.unwrap();
+    let clock = ManualClock::new(chrono::Utc::now());
+    let g = gate(&nats, &clock, None).await;
+    let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
+    let expires = clock.now() + chrono::Duration::minutes(5);
+    let first = admit(&g, project, &who, &tier, request(expires, usd(50))).await;
+    {
+        let mut commit =
+            std::pin::pin!(g.commit(project, first.reservation_id, Some(&who), usd(20), None));
+        // Polled until it waits for its answer: sent, and the account free.
+        assert!(futures::poll!(commit.as_mut()).is_pending());
+    }
+    let ReserveOutcome::Admitted(_) = g
+        .reserve(project, &who, &tier, request(expires, usd(70)), None)
+        .await
+        .unwrap()
+    else {
+        panic!("the commit landed: 0.20 used, 0.70 asked");
+    };
+    assert_eq!(
+        g.load_stats().appends_chained,
+        1,
+        "chained behind the orphan"
+    );
+    let views = g.view(project, &who, &tier).await.unwrap();
+    assert_eq!(
+        (views[1].used, views[1].held),
+        (usd(20).get(&Unit::Usd), usd(70).get(&Unit::Usd))
+    );
+    // Nothing is left waiting on the account: an hour on, its hold past its
+    // TTL, the idle sweep forgets it (an unanswered tail would keep it).
+    clock.advance(chrono::Duration::hours(1));
+    assert_eq!(g.forget_idle(chrono::Duration::minutes(1)), 1);
+    let cold = gate(&nats, &clock, None).await;
+    assert_eq!(cold.view(project, &who, &tier).await.unwrap(), views);
+}
