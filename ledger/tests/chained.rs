@@ -7,12 +7,16 @@
 mod support;
 
 use async_nats::jetstream::context::{Publish, PublishErrorKind};
+use chrono::{DateTime, Utc};
+use projector::LimitView;
 use rust_decimal::Decimal;
-use schemas::{subjects, Amounts, ProjectId, Unit};
+use schemas::plan::Tier;
+use schemas::{subjects, Account, Amounts, ProjectId, Unit};
 use support::{account, admit, gate, request, tier};
 use testkit::nats::NatsServer;
+use tollgate_ledger::gate::decide::ReserveRequest;
 use tollgate_ledger::gate::ReserveOutcome;
-use tollgate_ledger::{Clock, ManualClock};
+use tollgate_ledger::{Clock, Gate, ManualClock};
 
 const PLAN: &str = "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 100 }\n      - { unit: usd, window: day, cap: \"1.00\" }\n";
 
@@ -20,6 +24,56 @@ fn usd(cents: i64) -> Amounts {
     Amounts::new()
         .with(Unit::Requests, Decimal::ONE)
         .with(Unit::Usd, Decimal::new(cents, 2))
+}
+
+/// One account on its own nats-server, with a dollar cap of 1.00.
+struct Case {
+    nats: NatsServer,
+    clock: ManualClock,
+    project: ProjectId,
+    who: Account,
+    tier: Tier,
+    expires: DateTime<Utc>,
+}
+
+impl Case {
+    async fn start() -> Case {
+        let clock = ManualClock::new(Utc::now());
+        let expires = clock.now() + chrono::Duration::minutes(5);
+        Case {
+            nats: NatsServer::start().await.unwrap(),
+            clock,
+            project: ProjectId::new(),
+            who: account("user"),
+            tier: tier(PLAN),
+            expires,
+        }
+    }
+
+    /// A gate, as one process would have.
+    async fn gate(&self) -> Gate {
+        gate(&self.nats, &self.clock, None).await
+    }
+
+    /// A hold of one request and `cents`.
+    fn request(&self, cents: i64) -> ReserveRequest {
+        request(self.expires, usd(cents))
+    }
+
+    /// The account's limits as `g` sees them, which a gate reading the
+    /// stream afresh must see too.
+    async fn views(&self, g: &Gate) -> Vec<LimitView> {
+        let views = g.view(self.project, &self.who, &self.tier).await.unwrap();
+        let cold = self.gate().await;
+        let cold = cold.view(self.project, &self.who, &self.tier).await;
+        assert_eq!(cold.unwrap(), views, "a cold gate disagrees");
+        views
+    }
+}
+
+/// Dollars used and held in `views` (the plan's second limit).
+fn dollars(views: &[LimitView]) -> (Decimal, Decimal) {
+    (views[1].used, views[1].held)
 }
 
 /// What the gate relies on: an append expecting event X as the stream's
@@ -100,22 +154,20 @@ async fn nats_server_takes_a_chained_append_only_right_behind_its_tail() {
 /// account: the reserve is chained behind the commit, and both land once.
 #[tokio::test]
 async fn the_next_hold_is_chained_behind_a_settlement_in_flight() {
-    let nats = NatsServer::start().await.unwrap();
-    let clock = ManualClock::new(chrono::Utc::now());
-    let g = gate(&nats, &clock, None).await;
-    let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
-    let expires = clock.now() + chrono::Duration::minutes(5);
-    let first = admit(&g, project, &who, &tier, request(expires, usd(50))).await;
+    let c = Case::start().await;
+    let (project, who, tier) = (c.project, &c.who, &c.tier);
+    let g = c.gate().await;
+    let first = admit(&g, project, who, tier, c.request(50)).await;
 
     // 0.70 fits only once the commit has taken the 0.50 hold down to 0.20.
-    let second = request(expires, usd(70));
+    let second = c.request(70);
     let second_id = second.reservation_id;
     // `join!` polls the commit until it waits for its answer, then the
     // reserve, on this one thread: the commit's answer cannot have been
     // read yet when the reserve decides.
     let (committed, reserved) = tokio::join!(
-        g.commit(project, first.reservation_id, Some(&who), usd(20), None),
-        g.reserve(project, &who, &tier, second, None)
+        g.commit(project, first.reservation_id, Some(who), usd(20), None),
+        g.reserve(project, who, tier, second, None)
     );
     committed.unwrap();
     let ReserveOutcome::Admitted(admitted) = reserved.unwrap() else {
@@ -125,18 +177,11 @@ async fn the_next_hold_is_chained_behind_a_settlement_in_flight() {
     assert_eq!(g.load_stats().appends_chained, 1, "the reserve was chained");
 
     // The hold saw the commit: 0.20 used and 0.70 held.
-    let views = g.view(project, &who, &tier).await.unwrap();
-    assert_eq!(
-        (views[1].used, views[1].held),
-        (usd(20).get(&Unit::Usd), usd(70).get(&Unit::Usd))
-    );
-    // A cold gate reading the stream agrees.
-    let cold = gate(&nats, &clock, None).await;
-    let cold_views = cold.view(project, &who, &tier).await.unwrap();
-    assert_eq!(cold_views, views);
+    let views = c.views(&g).await;
+    assert_eq!(dollars(&views), (Decimal::new(20, 2), Decimal::new(70, 2)));
     // And a denial is decided on the same state: 0.90 of 1.00 is taken.
     let denied = g
-        .reserve(project, &who, &tier, request(expires, usd(11)), None)
+        .reserve(project, who, tier, c.request(11), None)
         .await
         .unwrap();
     assert!(matches!(denied, ReserveOutcome::Denied(_)), "{denied:?}");
@@ -147,21 +192,16 @@ async fn the_next_hold_is_chained_behind_a_settlement_in_flight() {
 /// with it: both are decided again on the account read back, and land once.
 #[tokio::test]
 async fn a_hold_chained_behind_a_refused_settlement_is_decided_again() {
-    let nats = NatsServer::start().await.unwrap();
-    let clock = ManualClock::new(chrono::Utc::now());
-    let (a, b) = (
-        gate(&nats, &clock, None).await,
-        gate(&nats, &clock, None).await,
-    );
-    let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
-    let expires = clock.now() + chrono::Duration::minutes(5);
-    let first = admit(&a, project, &who, &tier, request(expires, usd(30))).await;
+    let c = Case::start().await;
+    let (project, who, tier) = (c.project, &c.who, &c.tier);
+    let (a, b) = (c.gate().await, c.gate().await);
+    let first = admit(&a, project, who, tier, c.request(30)).await;
     // The other process takes 0.40 on the same account; `a` has not seen it.
-    admit(&b, project, &who, &tier, request(expires, usd(40))).await;
+    admit(&b, project, who, tier, c.request(40)).await;
 
     let (committed, reserved) = tokio::join!(
-        a.commit(project, first.reservation_id, Some(&who), usd(20), None),
-        a.reserve(project, &who, &tier, request(expires, usd(50)), None)
+        a.commit(project, first.reservation_id, Some(who), usd(20), None),
+        a.reserve(project, who, tier, c.request(50), None)
     );
     committed.unwrap();
     let reserved = reserved.unwrap();
@@ -172,18 +212,13 @@ async fn a_hold_chained_behind_a_refused_settlement_is_decided_again() {
         matches!(reserved, ReserveOutcome::Denied(_)),
         "{reserved:?}"
     );
-    let views = a.view(project, &who, &tier).await.unwrap();
+    let views = c.views(&a).await;
     assert_eq!(
         (views[0].used, views[0].held),
         (Decimal::ONE, Decimal::ONE),
         "one request committed once, one held"
     );
-    assert_eq!(
-        (views[1].used, views[1].held),
-        (usd(20).get(&Unit::Usd), usd(40).get(&Unit::Usd))
-    );
-    let cold = gate(&nats, &clock, None).await;
-    assert_eq!(cold.view(project, &who, &tier).await.unwrap(), views);
+    assert_eq!(dollars(&views), (Decimal::new(20, 2), Decimal::new(40, 2)));
 }
 
 /// A hold taken over another connection of the same process (another HTTP
@@ -191,16 +226,14 @@ async fn a_hold_chained_behind_a_refused_settlement_is_decided_again() {
 /// appends, so it waits for the settlement's answer and decides after it.
 #[tokio::test]
 async fn another_connection_waits_for_the_settlement_instead() {
-    let nats = NatsServer::start().await.unwrap();
-    let clock = ManualClock::new(chrono::Utc::now());
-    let g = gate(&nats, &clock, None).await;
-    let other_thread = g.on_this_thread(&nats.url()).await.unwrap();
-    let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
-    let expires = clock.now() + chrono::Duration::minutes(5);
-    let first = admit(&g, project, &who, &tier, request(expires, usd(50))).await;
+    let c = Case::start().await;
+    let (project, who, tier) = (c.project, &c.who, &c.tier);
+    let g = c.gate().await;
+    let other_thread = g.on_this_thread(&c.nats.url()).await.unwrap();
+    let first = admit(&g, project, who, tier, c.request(50)).await;
     let (committed, reserved) = tokio::join!(
-        g.commit(project, first.reservation_id, Some(&who), usd(20), None),
-        other_thread.reserve(project, &who, &tier, request(expires, usd(70)), None)
+        g.commit(project, first.reservation_id, Some(who), usd(20), None),
+        other_thread.reserve(project, who, tier, c.request(70), None)
     );
     committed.unwrap();
     assert!(
@@ -208,33 +241,26 @@ async fn another_connection_waits_for_the_settlement_instead() {
         "decided after the commit: 0.20 used, 0.70 asked"
     );
     assert_eq!(g.load_stats().appends_chained, 0);
-    let views = g.view(project, &who, &tier).await.unwrap();
-    assert_eq!(
-        (views[1].used, views[1].held),
-        (usd(20).get(&Unit::Usd), usd(70).get(&Unit::Usd))
-    );
-    let cold = gate(&nats, &clock, None).await;
-    assert_eq!(cold.view(project, &who, &tier).await.unwrap(), views);
+    let views = c.views(&g).await;
+    assert_eq!(dollars(&views), (Decimal::new(20, 2), Decimal::new(70, 2)));
 }
 
 /// The task that sent a settlement goes away before its answer (an HTTP
 /// client hung up): the next task on the account takes the answer in.
 #[tokio::test]
 async fn a_settlement_whose_task_was_dropped_is_still_taken_in() {
-    let nats = NatsServer::start().await.unwrap();
-    let clock = ManualClock::new(chrono::Utc::now());
-    let g = gate(&nats, &clock, None).await;
-    let (project, who, tier) = (ProjectId::new(), account("user"), tier(PLAN));
-    let expires = clock.now() + chrono::Duration::minutes(5);
-    let first = admit(&g, project, &who, &tier, request(expires, usd(50))).await;
+    let c = Case::start().await;
+    let (project, who, tier) = (c.project, &c.who, &c.tier);
+    let g = c.gate().await;
+    let first = admit(&g, project, who, tier, c.request(50)).await;
     {
         let mut commit =
-            std::pin::pin!(g.commit(project, first.reservation_id, Some(&who), usd(20), None));
+            std::pin::pin!(g.commit(project, first.reservation_id, Some(who), usd(20), None));
         // Polled until it waits for its answer: sent, and the account free.
         assert!(futures::poll!(commit.as_mut()).is_pending());
     }
     let ReserveOutcome::Admitted(_) = g
-        .reserve(project, &who, &tier, request(expires, usd(70)), None)
+        .reserve(project, who, tier, c.request(70), None)
         .await
         .unwrap()
     else {
@@ -245,15 +271,10 @@ async fn a_settlement_whose_task_was_dropped_is_still_taken_in() {
         1,
         "chained behind the orphan"
     );
-    let views = g.view(project, &who, &tier).await.unwrap();
-    assert_eq!(
-        (views[1].used, views[1].held),
-        (usd(20).get(&Unit::Usd), usd(70).get(&Unit::Usd))
-    );
+    let views = c.views(&g).await;
+    assert_eq!(dollars(&views), (Decimal::new(20, 2), Decimal::new(70, 2)));
     // Nothing is left waiting on the account: an hour on, its hold past its
     // TTL, the idle sweep forgets it (an unanswered tail would keep it).
-    clock.advance(chrono::Duration::hours(1));
+    c.clock.advance(chrono::Duration::hours(1));
     assert_eq!(g.forget_idle(chrono::Duration::minutes(1)), 1);
-    let cold = gate(&nats, &clock, None).await;
-    assert_eq!(cold.view(project, &who, &tier).await.unwrap(), views);
 }
