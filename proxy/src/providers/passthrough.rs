@@ -237,6 +237,10 @@ fn plain_chunk(data: &str) -> Option<Plain> {
                     i = end + 1;
                     continue;
                 }
+                if name.contains(&b'\\') {
+                    // A key spelled with escapes: the full parse reads it.
+                    return None;
+                }
                 j = skip_ws(b, j + 1);
                 match name {
                     b"delta" => {
@@ -506,6 +510,8 @@ mod tests {
             r#"{"error":{"message":"overloaded"}}"#,
             r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#,
             r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+            // A key spelled with an escape.
+            r#"{"choices":[{"delta":{"con\u0074ent":"abc"}}]}"#,
             // Content as parts, escaped unicode, a content outside the delta.
             r#"{"choices":[{"delta":{"content":[{"type":"text","text":"x"}]}}]}"#,
             r#"{"choices":[{"delta":{"content":"\u00e9"}}]}"#,
