@@ -57,8 +57,9 @@ fn decode(seq: u64, bytes: &[u8]) -> Result<Envelope, GateError> {
 }
 
 /// Sends `envelope` on its condition; the returned future is its
-/// acknowledgement. Appends sent over one connection are stored in the
-/// order they were sent.
+/// acknowledgement (a refusal comes with it), the error why it could not
+/// be handed to the connection. Appends sent over one connection are
+/// stored in the order they were sent.
 ///
 /// No `Nats-Msg-Id` but on a `tail` (see [`After::Event`]): the expected
 /// sequence already makes an append happen at most once (a second copy of
@@ -72,10 +73,10 @@ pub(super) async fn send(
     envelope: &Envelope,
     after: After,
     tail: bool,
-) -> Result<Ack, AppendError> {
+) -> Result<Ack, String> {
     let payload = envelope
         .to_vec()
-        .map_err(|e| AppendError::Unavailable(format!("encoding event: {e}")))?;
+        .map_err(|e| format!("encoding event: {e}"))?;
     let mut publish = Publish::build().payload(payload.into());
     publish = match after {
         After::SubjectSeq(seq) => publish.expected_last_subject_sequence(seq),
@@ -90,7 +91,7 @@ pub(super) async fn send(
     let ack = js
         .send_publish(subject.to_owned(), publish)
         .await
-        .map_err(|e| classify(e.kind(), e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     Ok(Box::pin(async move {
         ack.await
             .map(|ack| ack.sequence)

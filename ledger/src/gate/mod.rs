@@ -1000,10 +1000,7 @@ impl Gate {
                     let sent = io::send(&self.io.js, &subject, &envelope, after, as_tail).await;
                     let ack = match sent {
                         Ok(ack) => ack,
-                        Err(io::AppendError::Conflict) => {
-                            Box::pin(async { Err::<u64, _>(io::AppendError::Conflict) }) as io::Ack
-                        }
-                        Err(io::AppendError::Unavailable(why)) => {
+                        Err(why) => {
                             // It may or may not have gone out: read the account back next time.
                             slot.forget_state();
                             return Err(GateError::Unconfirmed(why));

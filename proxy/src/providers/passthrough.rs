@@ -575,6 +575,13 @@ mod tests {
             format!("{{{}}}", body.join(","))
         }
 
+        /// [`object`] with its fields turned by `seed`, so any comes first.
+        fn turned(mut fields: Vec<(&'static str, String)>, seed: u64, colon: &str) -> String {
+            let turn = (seed % fields.len() as u64) as usize;
+            fields.rotate_left(turn);
+            object(fields, colon)
+        }
+
         fn maybe(v: impl Strategy<Value = String>) -> impl Strategy<Value = Option<String>> {
             prop::option::of(v)
         }
@@ -624,15 +631,9 @@ mod tests {
                         }
                         let mut fields =
                             vec![("index", "0".to_owned()), ("delta", object(delta, colon))];
-                        if let Some(f) = finish {
-                            fields.push(("finish_reason", f));
-                        }
-                        if let Some(l) = logprobs {
-                            fields.push(("logprobs", l));
-                        }
-                        let turn = (seed % fields.len() as u64) as usize;
-                        fields.rotate_left(turn);
-                        object(fields, colon)
+                        fields.extend(finish.map(|f| ("finish_reason", f)));
+                        fields.extend(logprobs.map(|l| ("logprobs", l)));
+                        turned(fields, seed, colon)
                     },
                 )
         }
@@ -666,18 +667,10 @@ mod tests {
                             ("object", r#""chat.completion.chunk""#.to_owned()),
                             ("choices", format!("[{}]", choices.join(","))),
                         ];
-                        if let Some(t) = tier {
-                            fields.push(("service_tier", t));
-                        }
-                        if let Some(u) = usage {
-                            fields.push(("usage", u));
-                        }
-                        if let Some(e) = error {
-                            fields.push(("error", e));
-                        }
-                        let turn = (seed % fields.len() as u64) as usize;
-                        fields.rotate_left(turn);
-                        object(fields, colon)
+                        fields.extend(tier.map(|t| ("service_tier", t)));
+                        fields.extend(usage.map(|u| ("usage", u)));
+                        fields.extend(error.map(|e| ("error", e)));
+                        turned(fields, seed, colon)
                     })
             })
         }
