@@ -14,10 +14,32 @@ use std::time::Duration;
 /// How long a publish waits for the stream's acknowledgement.
 pub const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The longest wait between two attempts to reconnect to NATS.
+///
+/// Every HTTP thread has its own connection, and while it is down its
+/// requests are refused (invariant 7). async-nats doubles the wait after
+/// each failed attempt up to 4 s, so after an outage of a few seconds a
+/// thread could keep refusing for up to 4 s once NATS was back, while
+/// another thread's connection already served (seen as a rare failure of
+/// `ingest/tests/outage.rs`). An attempt costs one TCP connect to a server
+/// that is usually near, so the wait stops doubling at 100 ms.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// How long to wait before reconnect attempt `attempts`: at once for the
+/// first, then 2, 4, 8 … ms up to [`MAX_RECONNECT_DELAY`].
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(63);
+    Duration::from_millis(2u64.saturating_pow(exp)).min(MAX_RECONNECT_DELAY)
+}
+
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
     async_nats::ConnectOptions::new()
         .name("tollgate")
         .retry_on_initial_connect()
+        .reconnect_delay_callback(reconnect_delay)
         .connection_timeout(Duration::from_secs(2))
         .request_timeout(Some(PUBLISH_ACK_TIMEOUT))
         .connect(url)
@@ -70,5 +92,20 @@ pub async fn ensure_ledger_stream(js: &jetstream::Context) -> anyhow::Result<str
             .get_or_create_stream(config)
             .await
             .context("creating the ledger stream"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnecting_waits_at_most_a_tenth_of_a_second() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(2));
+        assert_eq!(reconnect_delay(5), Duration::from_millis(16));
+        assert_eq!(reconnect_delay(8), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
     }
 }
