@@ -10,6 +10,7 @@ mod load;
 mod refs;
 mod replay;
 mod replay_ref;
+mod replicas;
 mod report;
 mod suite;
 
@@ -38,6 +39,8 @@ enum Command {
     Replay(ReplayArgs),
     /// Cold account loads by history length, with and without a snapshot.
     Load(LoadArgs),
+    /// Several gates (each as a process would have) on one stream, with each way of chaining settlements.
+    Replicas(ReplicasArgs),
     /// `ingest` then `replay`.
     All {
         #[command(flatten)]
@@ -67,6 +70,25 @@ pub struct IngestArgs {
     /// Diagnostic: run the ingest service alone, without the ledger/projector consumers and expiry.
     #[arg(long)]
     pub no_consumers: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ReplicasArgs {
+    /// Measured seconds per row.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Warm-up seconds before each row (not recorded).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: u64,
+    /// Gates on the stream, comma-separated: a row for each, per way of chaining.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub gates: Vec<usize>,
+    /// Clients per gate, each its own user.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Leave out the loopback round trip standing for the client's turnaround.
+    #[arg(long)]
+    pub no_turnaround: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -138,6 +160,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Load(args) => {
             let rows = load::run(&args.history, args.noise, args.days).await?;
             load::report(&rows, args.noise, args.days);
+        }
+        Command::Replicas(args) => {
+            let turnaround = !args.no_turnaround;
+            let rows = replicas::run(
+                &args.gates,
+                args.clients,
+                turnaround,
+                args.seconds,
+                args.warmup,
+            )
+            .await?;
+            replicas::report(&rows, args.clients, turnaround);
         }
         Command::All { ingest, replay } => {
             let ingest_report = suite::run(&ingest).await?;

@@ -15,7 +15,7 @@ use schemas::{subjects, Account, Amounts, ProjectId, Unit};
 use support::{account, admit, gate, request, tier};
 use testkit::nats::NatsServer;
 use tollgate_ledger::gate::decide::ReserveRequest;
-use tollgate_ledger::gate::ReserveOutcome;
+use tollgate_ledger::gate::{ReserveOutcome, CHAINS_REFUSED_LIMIT_PERCENT};
 use tollgate_ledger::{Clock, Gate, ManualClock};
 
 const PLAN: &str = "default_tier: free\ntiers:\n  free:\n    limits:\n      - { unit: requests, window: day, cap: 100 }\n      - { unit: usd, window: day, cap: \"1.00\" }\n";
@@ -206,6 +206,11 @@ async fn a_hold_chained_behind_a_refused_settlement_is_decided_again() {
     committed.unwrap();
     let reserved = reserved.unwrap();
     assert_eq!(a.load_stats().appends_chained, 1);
+    assert_eq!(
+        a.load_stats().chains_refused,
+        0,
+        "refused with its tail, not by an append in between"
+    );
     // Decided again on the account read back (0.30 and 0.40 held, the
     // commit not landed yet), 0.50 is refused; on the stale view it fit.
     assert!(
@@ -277,4 +282,110 @@ async fn a_settlement_whose_task_was_dropped_is_still_taken_in() {
     // TTL, the idle sweep forgets it (an unanswered tail would keep it).
     c.clock.advance(chrono::Duration::hours(1));
     assert_eq!(g.forget_idle(chrono::Duration::minutes(1)), 1);
+}
+
+/// Another append reaches the stream between a settlement and the hold
+/// chained behind it (here sent over the gate's own connection, so the
+/// order is certain; another process's does the same): the hold is refused,
+/// decided again and lands once. Refused often enough in a row (past
+/// `CHAINS_REFUSED_LIMIT_PERCENT` on average), the gate stops sending
+/// settlements as tails: the next hold waits for its settlement.
+#[tokio::test]
+async fn appends_in_between_turn_chaining_off() {
+    let c = Case::start().await;
+    let (project, who, tier) = (c.project, &c.who, &c.tier);
+    let g = c.gate().await;
+    let elsewhere = subjects::account_subject(project, &account("someone else"));
+    let mut hold = admit(&g, project, who, tier, c.request(1)).await;
+    let mut round = 0;
+    while g.load_stats().chains_refused_lately < CHAINS_REFUSED_LIMIT_PERCENT {
+        round += 1;
+        assert!(round <= 100, "still chaining after 100 refusals");
+        // On this test's one thread, nothing yields between the commit's
+        // first poll and the hold's send: the tail, the other append and
+        // the hold reach the connection in that order, and the tail's
+        // answer cannot be read before the hold decides.
+        let mut commit =
+            std::pin::pin!(g.commit(project, hold.reservation_id, Some(who), usd(1), None));
+        assert!(futures::poll!(commit.as_mut()).is_pending());
+        let publish = Publish::build().payload("{}".into());
+        let mut other = std::pin::pin!(g.jetstream().send_publish(elsewhere.clone(), publish));
+        let std::task::Poll::Ready(other) = futures::poll!(other.as_mut()) else {
+            panic!("the other append was not queued behind the tail");
+        };
+        // A commit that was not a tail would keep the account: time out
+        // rather than hang.
+        let next = admit(&g, project, who, tier, c.request(1));
+        hold = tokio::time::timeout(std::time::Duration::from_secs(10), next)
+            .await
+            .expect("the commit kept the account: it was not sent as a tail");
+        commit.await.unwrap();
+        other.unwrap().await.unwrap();
+        let stats = g.load_stats();
+        assert_eq!(
+            (stats.appends_chained, stats.chains_refused),
+            (round, round),
+            "round {round}: the hold was chained, refused and sent again"
+        );
+    }
+    assert!(round > 1, "one refusal is not enough to stop chaining");
+
+    let (committed, reserved) = tokio::join!(
+        g.commit(project, hold.reservation_id, Some(who), usd(1), None),
+        g.reserve(project, who, tier, c.request(1), None)
+    );
+    committed.unwrap();
+    assert!(matches!(reserved.unwrap(), ReserveOutcome::Admitted(_)));
+    assert_eq!(
+        g.load_stats().appends_chained,
+        round,
+        "the settlement was not a tail: nothing was chained behind it"
+    );
+    // A commit of 0.01 per round and the last, and one hold of 0.01, each once.
+    let views = c.views(&g).await;
+    let commits = Decimal::from(round + 1);
+    assert_eq!(
+        dollars(&views),
+        (commits / Decimal::from(100), Decimal::new(1, 2))
+    );
+    assert_eq!((views[0].used, views[0].held), (commits, Decimal::ONE));
+}
+
+/// A settlement chained behind another one (its task gone after sending,
+/// so nothing of this process is in flight) is itself sent as a tail; an
+/// append in between refuses it, which counts as such, and it is decided
+/// again and lands once.
+#[tokio::test]
+async fn a_settlement_chained_behind_a_settlement_counts_its_refusal() {
+    let c = Case::start().await;
+    let (project, who, tier) = (c.project, &c.who, &c.tier);
+    let g = c.gate().await;
+    let elsewhere = subjects::account_subject(project, &account("someone else"));
+    let first = admit(&g, project, who, tier, c.request(30)).await;
+    let second = admit(&g, project, who, tier, c.request(30)).await;
+    {
+        // Sent as a tail, then its task is dropped (the order as above).
+        let mut commit =
+            std::pin::pin!(g.commit(project, first.reservation_id, Some(who), usd(10), None));
+        assert!(futures::poll!(commit.as_mut()).is_pending());
+    }
+    let publish = Publish::build().payload("{}".into());
+    let mut other = std::pin::pin!(g.jetstream().send_publish(elsewhere, publish));
+    let std::task::Poll::Ready(other) = futures::poll!(other.as_mut()) else {
+        panic!("the other append was not queued behind the tail");
+    };
+    let commit = g.commit(project, second.reservation_id, Some(who), usd(20), None);
+    tokio::time::timeout(std::time::Duration::from_secs(10), commit)
+        .await
+        .expect("the account was kept")
+        .unwrap();
+    other.unwrap().await.unwrap();
+    let stats = g.load_stats();
+    assert_eq!((stats.appends_chained, stats.chains_refused), (1, 1));
+    let views = c.views(&g).await;
+    assert_eq!(dollars(&views), (Decimal::new(30, 2), Decimal::ZERO));
+    assert_eq!(
+        (views[0].used, views[0].held),
+        (Decimal::from(2), Decimal::ZERO)
+    );
 }

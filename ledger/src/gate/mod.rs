@@ -9,6 +9,7 @@
 //! caller gets [`GateError::Unavailable`] and nothing is forwarded (invariant 7).
 
 pub mod decide;
+mod interference;
 mod io;
 pub mod message;
 mod snapshots;
@@ -24,7 +25,7 @@ use schemas::events::{Envelope, Event, UsageRecorded};
 use schemas::plan::Tier;
 use schemas::{subjects, Account, Amounts, EventId, ProjectId, ReservationId, SCHEMA_VERSION};
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Mutex;
 
@@ -207,6 +208,23 @@ struct Tail {
     ack: SharedFuture<io::Ack>,
 }
 
+pub use interference::{
+    LIMIT_PERCENT as CHAINS_REFUSED_LIMIT_PERCENT, PROBE_EVERY as CHAIN_PROBE_EVERY,
+};
+
+/// When a settlement may be sent as a tail ([`Keep::UntilSent`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chaining {
+    /// Never: every settlement keeps its account until acknowledged.
+    Off,
+    /// When the process has no other append in flight, unless what was
+    /// chained behind tails has lately been refused too often (the default).
+    Adaptive,
+    /// Whenever the process has no other append in flight, however often
+    /// that is refused (to measure what the adaptive rule saves).
+    Always,
+}
+
 /// How long an append keeps its account to itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Keep {
@@ -221,7 +239,10 @@ enum Keep {
     /// acknowledgement, as every append did before: chaining costs
     /// nats-server a `Nats-Msg-Id` per tail, and any append to the stream
     /// in between refuses the chained one (see [`io::After::Event`]), which
-    /// is then decided and sent again.
+    /// is then decided and sent again. Where that happens often (other
+    /// processes appending to the stream), settlements keep their account
+    /// until acknowledged again but for a few that keep measuring
+    /// ([`interference`]).
     UntilSent,
 }
 
@@ -285,6 +306,15 @@ pub struct LoadStats {
     /// Appends chained behind an account's unacknowledged settlement
     /// ([`Keep::UntilSent`]) rather than waiting for its acknowledgement.
     pub appends_chained: u64,
+    /// Of those, how many were refused because another append reached the
+    /// stream between the settlement and them (another process, or another
+    /// connection of this one), and were sent again.
+    pub chains_refused: u64,
+    /// The share of chained appends refused that way lately, in percent (a
+    /// moving average): at [`CHAINS_REFUSED_LIMIT_PERCENT`] or more, settlements
+    /// wait for their acknowledgement again, but for one in
+    /// [`CHAIN_PROBE_EVERY`] that keeps measuring.
+    pub chains_refused_lately: u32,
 }
 
 #[derive(Default)]
@@ -294,6 +324,7 @@ pub(super) struct Counters {
     events_read: AtomicU64,
     snapshots_saved: AtomicU64,
     appends_chained: AtomicU64,
+    chains_refused: AtomicU64,
 }
 
 /// What every handle of one process's gate shares.
@@ -310,6 +341,10 @@ struct Shared {
     writer: OnceLock<Option<snapshots::Writer>>,
     /// Appends sent and not yet answered, over every handle.
     appending: AtomicUsize,
+    /// [`Chaining`], as its index.
+    chaining: AtomicU8,
+    /// How often what was chained behind a tail was refused.
+    interference: interference::Interference,
 }
 
 /// Counts an append in flight in [`Shared::appending`] while it lives.
@@ -382,6 +417,8 @@ impl Gate {
             counters: Arc::default(),
             writer: OnceLock::new(),
             appending: AtomicUsize::new(0),
+            chaining: AtomicU8::new(Chaining::Adaptive as u8),
+            interference: interference::Interference::default(),
         };
         Ok(Gate {
             shared: Arc::new(shared),
@@ -419,6 +456,25 @@ impl Gate {
         self.shared.snapshot_every.store(every, Ordering::Relaxed);
     }
 
+    /// When a settlement may free its account once sent (see
+    /// [`Keep::UntilSent`]); [`Chaining::Adaptive`] by default. For every
+    /// handle of this gate.
+    pub fn set_chaining(&self, chaining: Chaining) {
+        self.shared
+            .chaining
+            .store(chaining as u8, Ordering::Relaxed);
+    }
+
+    /// Whether this settlement may be sent as a tail, the process having no
+    /// other append in flight. Asked again if it is decided again.
+    fn may_send_as_tail(&self) -> bool {
+        match self.shared.chaining.load(Ordering::Relaxed) {
+            c if c == Chaining::Always as u8 => true,
+            c if c == Chaining::Adaptive as u8 => self.shared.interference.allows_tail(),
+            _ => false,
+        }
+    }
+
     /// How accounts have been read back so far (all handles of this gate).
     pub fn load_stats(&self) -> LoadStats {
         let c = &self.shared.counters;
@@ -428,6 +484,8 @@ impl Gate {
             events_read: c.events_read.load(Ordering::Relaxed),
             snapshots_saved: c.snapshots_saved.load(Ordering::Relaxed),
             appends_chained: c.appends_chained.load(Ordering::Relaxed),
+            chains_refused: c.chains_refused.load(Ordering::Relaxed),
+            chains_refused_lately: self.shared.interference.percent_refused(),
         }
     }
 
@@ -991,7 +1049,8 @@ impl Gate {
                     };
                     let as_tail = keep == Keep::UntilSent
                         && self.io.chains
-                        && self.shared.appending.load(Ordering::Relaxed) == 0;
+                        && self.shared.appending.load(Ordering::Relaxed) == 0
+                        && self.may_send_as_tail();
                     let after = match &chain {
                         Some(tail) => io::After::Event(tail.event_id),
                         None => io::After::SubjectSeq(state.last_seq),
@@ -1031,6 +1090,20 @@ impl Gate {
                         drop(in_flight);
                         guard = handle.lock().await;
                         guard.take_ack(&tail, &answer);
+                        if let Some(before) = &chain {
+                            // The tail before is answered by now, its answer
+                            // having come first over this connection; if not
+                            // (lost across a reconnect), this one goes uncounted
+                            // rather than keep the account waiting for it.
+                            let before_stored = before.ack.clone().now_or_never();
+                            match (&answer, before_stored) {
+                                (Ok(_), _) => self.chain_answered(true, false),
+                                (Err(io::AppendError::Conflict), Some(Ok(_))) => {
+                                    self.chain_answered(false, true)
+                                }
+                                _ => {}
+                            }
+                        }
                         match answer {
                             Ok(_) => {
                                 self.save_if_due(&handle, &mut guard, &subject);
@@ -1052,6 +1125,11 @@ impl Gate {
                     }
                     let answer = ack.await;
                     drop(in_flight);
+                    if chain.is_some() {
+                        let refused =
+                            behind_stored_tail && matches!(answer, Err(io::AppendError::Conflict));
+                        self.chain_answered(answer.is_ok(), refused);
+                    }
                     match answer {
                         Ok(seq) => {
                             let Some(state) = slot.state.as_mut() else {
@@ -1108,6 +1186,21 @@ impl Gate {
             }
         }
         Err(GateError::Contention)
+    }
+
+    /// Takes in the answer to an append chained behind a tail: `refused`
+    /// if another append reached the stream between them (the tail was
+    /// stored); neither when it was refused with its tail, or unanswered.
+    fn chain_answered(&self, stored: bool, refused: bool) {
+        if refused {
+            self.shared
+                .counters
+                .chains_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if stored || refused {
+            self.shared.interference.record(refused);
+        }
     }
 
     /// Queues a snapshot of the account if one is due and its state is
