@@ -95,24 +95,31 @@ impl GatePair {
     }
 }
 
+/// Reserves [`held`] on `account`, which the bench's caps always admit.
+pub async fn reserve_held(
+    gate: &Gate,
+    project: ProjectId,
+    account: &Account,
+    tier: &Tier,
+) -> anyhow::Result<ReservationId> {
+    let req = ReserveRequest {
+        reservation_id: ReservationId::new(),
+        model: Some(MODEL.into()),
+        amounts: held(),
+        expires_at: gate.now() + Duration::seconds(60),
+        tier: TIER.into(),
+        flex: None,
+    };
+    match gate.reserve(project, account, tier, req, None).await? {
+        ReserveOutcome::Admitted(a) => Ok(a.reservation_id),
+        ReserveOutcome::Denied(d) => bail!("gate denied: {:?}", d.violation),
+    }
+}
+
 impl Pair for GatePair {
     async fn first(&mut self) -> anyhow::Result<()> {
-        let req = ReserveRequest {
-            reservation_id: ReservationId::new(),
-            model: Some(MODEL.into()),
-            amounts: held(),
-            expires_at: self.gate.now() + Duration::seconds(60),
-            tier: TIER.into(),
-            flex: None,
-        };
-        let outcome = self
-            .gate
-            .reserve(self.project, &self.account, &self.tier, req, None)
-            .await?;
-        match outcome {
-            ReserveOutcome::Admitted(a) => self.pending = Some(a.reservation_id),
-            ReserveOutcome::Denied(d) => bail!("gate denied: {:?}", d.violation),
-        }
+        let id = reserve_held(&self.gate, self.project, &self.account, &self.tier).await?;
+        self.pending = Some(id);
         Ok(())
     }
 

@@ -13,13 +13,12 @@
 
 use crate::drive::{self, Outcome, Pair};
 use crate::env::TIER;
-use crate::refs::{actual, held};
+use crate::refs::{actual, reserve_held};
 use anyhow::Context as _;
-use ledger::gate::decide::ReserveRequest;
-use ledger::gate::{Chaining, LoadStats, ReserveOutcome};
+use ledger::gate::{Chaining, LoadStats};
 use ledger::Gate;
 use schemas::plan::{Plan, Tier};
-use schemas::{Account, ProjectId, ReservationId};
+use schemas::{Account, ProjectId};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testkit::nats::NatsServer;
@@ -90,23 +89,9 @@ struct Caller {
 impl Pair for Caller {
     /// The reserve; its commit goes on on a task of its own.
     async fn first(&mut self) -> anyhow::Result<()> {
-        let req = ReserveRequest {
-            reservation_id: ReservationId::new(),
-            model: Some(crate::env::MODEL.into()),
-            amounts: held(),
-            expires_at: self.gate.now() + chrono::Duration::seconds(60),
-            tier: TIER.into(),
-            flex: None,
-        };
-        let outcome = self
-            .gate
-            .reserve(self.project, &self.account, &self.tier, req, None)
-            .await?;
-        let ReserveOutcome::Admitted(admitted) = outcome else {
-            anyhow::bail!("the gate denied a reserve under caps nobody reaches");
-        };
+        let id = reserve_held(&self.gate, self.project, &self.account, &self.tier).await?;
         let (gate, project, account) = (self.gate.clone(), self.project, self.account.clone());
-        let (id, failures) = (admitted.reservation_id, self.failures.clone());
+        let failures = self.failures.clone();
         tokio::spawn(async move {
             if let Err(e) = gate
                 .commit(project, id, Some(&account), actual(), None)
