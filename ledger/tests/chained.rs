@@ -284,6 +284,24 @@ async fn a_settlement_whose_task_was_dropped_is_still_taken_in() {
     assert_eq!(g.forget_idle(chrono::Duration::minutes(1)), 1);
 }
 
+/// Queues an append to `subject` on `g`'s own connection, behind whatever
+/// `g` has sent, without letting the runtime run in between (the
+/// connection's task has not written anything yet). Its answer, to await.
+async fn queue_append(
+    g: &Gate,
+    subject: &str,
+) -> Result<
+    async_nats::jetstream::context::PublishAckFuture,
+    async_nats::jetstream::context::PublishError,
+> {
+    let publish = Publish::build().payload("{}".into());
+    let mut sent = std::pin::pin!(g.jetstream().send_publish(subject.to_owned(), publish));
+    match futures::poll!(sent.as_mut()) {
+        std::task::Poll::Ready(sent) => sent,
+        std::task::Poll::Pending => panic!("the other append was not queued behind the tail"),
+    }
+}
+
 /// Another append reaches the stream between a settlement and the hold
 /// chained behind it (here sent over the gate's own connection, so the
 /// order is certain; another process's does the same): the hold is refused,
@@ -308,11 +326,7 @@ async fn appends_in_between_turn_chaining_off() {
         let mut commit =
             std::pin::pin!(g.commit(project, hold.reservation_id, Some(who), usd(1), None));
         assert!(futures::poll!(commit.as_mut()).is_pending());
-        let publish = Publish::build().payload("{}".into());
-        let mut other = std::pin::pin!(g.jetstream().send_publish(elsewhere.clone(), publish));
-        let std::task::Poll::Ready(other) = futures::poll!(other.as_mut()) else {
-            panic!("the other append was not queued behind the tail");
-        };
+        let other = queue_append(&g, &elsewhere).await;
         // A commit that was not a tail would keep the account: time out
         // rather than hang.
         let next = admit(&g, project, who, tier, c.request(1));
@@ -369,11 +383,7 @@ async fn a_settlement_chained_behind_a_settlement_counts_its_refusal() {
             std::pin::pin!(g.commit(project, first.reservation_id, Some(who), usd(10), None));
         assert!(futures::poll!(commit.as_mut()).is_pending());
     }
-    let publish = Publish::build().payload("{}".into());
-    let mut other = std::pin::pin!(g.jetstream().send_publish(elsewhere, publish));
-    let std::task::Poll::Ready(other) = futures::poll!(other.as_mut()) else {
-        panic!("the other append was not queued behind the tail");
-    };
+    let other = queue_append(&g, &elsewhere).await;
     let commit = g.commit(project, second.reservation_id, Some(who), usd(20), None);
     tokio::time::timeout(std::time::Duration::from_secs(10), commit)
         .await
