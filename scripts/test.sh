@@ -16,6 +16,15 @@ cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh --test
 
+# A clean build of every test binary writes about 4.5 GB under target/; a
+# full disk shows up minutes later as a linker's "No space left on device".
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_kb=$(df -Pk "$target_dir" 2>/dev/null | awk 'NR == 2 { print $4 }') || free_kb="" # only a warning
+if [ -n "$free_kb" ] && [ "$free_kb" -lt $((6 * 1024 * 1024)) ]; then
+  echo "test.sh: warning: only $((free_kb / 1024)) MB free under $target_dir; a clean test build needs about 4.5 GB" >&2
+fi
+
 PG_DIR=.tollgate/test/pg
 
 # Random port in 20000-31999: below Linux's ephemeral range (32768+), so it
