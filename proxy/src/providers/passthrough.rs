@@ -267,7 +267,9 @@ fn plain_chunk(data: &str) -> Option<Plain> {
                     }
                     b"usage" | b"finish_reason" if !null_at(j) => return None,
                     b"service_tier" if !null_at(j) => {
-                        if b.get(j) != Some(&b'"') {
+                        // Only the chunk's own tier is read, as the full
+                        // parse does; one elsewhere is left to it.
+                        if depth != 1 || b.get(j) != Some(&b'"') {
                             return None;
                         }
                         let end = string_end(b, j + 1)?;
@@ -518,8 +520,9 @@ mod tests {
             r#"{"choices":[{"delta":{},"logprobs":{"content":"x"}}]}"#,
             r#"{"choices":[{"logprobs":{"content":"x"},"delta":{}}]}"#,
             r#"{"choices":[{"delta":{"content":"a"},"logprobs":{"content":[{"token":"a"}]}}]}"#,
-            // A tier named with an escape.
+            // A tier named with an escape, a tier inside a choice.
             r#"{"service_tier":"fl\u0065x","choices":[{"delta":{"content":"a"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a"},"service_tier":"flex"}]}"#,
         ] {
             assert_eq!(plain_chunk(data), None, "{data}");
         }
