@@ -167,27 +167,86 @@ pub fn warm_up() {
 }
 
 fn count(text: &str, encoding: Encoding) -> u64 {
-    COUNTED.with_borrow_mut(|counted| counted.count(text, encoding))
+    let key = Counted::key(text, encoding);
+    if let Some(tokens) = counted().get(&key) {
+        return tokens;
+    }
+    // Counted without the lock: another thread may count the same text
+    // meanwhile, to the same result.
+    let tokens = count_uncached(text, encoding);
+    counted().insert(key, tokens);
+    tokens
 }
+
+/// The longest run of whitespace or of anything else, in bytes, given to
+/// the tokenizer whole. Its merge step takes time quadratic in a piece's
+/// length, and a run of letters (or of spaces) is one piece: 100 KB of
+/// `a` took 3.7 s here, so one request of a few megabytes would hold a
+/// thread for minutes. Longer runs are counted in pieces of at most this
+/// many bytes, which only stops merges across the cuts (a token or so more
+/// per cut, `long_runs_are_counted_in_bounded_pieces`), and counting takes
+/// time linear in the length (`estimate-bench`: a megabyte of unbroken letters
+/// ≈ 0.15 s, as for ordinary text). Tokens are far shorter.
+const LONGEST_RUN: usize = 128;
 
 fn count_uncached(text: &str, encoding: Encoding) -> u64 {
-    match tokenizer(encoding) {
-        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
-        None => (text.len() as u64).div_ceil(2),
+    let Some(bpe) = tokenizer(encoding) else {
+        return (text.len() as u64).div_ceil(2);
+    };
+    let mut tokens = 0;
+    for piece in bounded_runs(text) {
+        tokens += bpe.encode_ordinary(piece).len() as u64;
     }
+    tokens
 }
 
-/// Texts counted per thread before the older half is forgotten.
-const COUNTED_TEXTS: usize = 4_096;
-
-thread_local! {
-    static COUNTED: std::cell::RefCell<Counted> = std::cell::RefCell::new(Counted::default());
+/// `text` in consecutive pieces, cut only inside runs of whitespace or of
+/// non-whitespace longer than [`LONGEST_RUN`] bytes (at a character
+/// boundary), so no run in a piece is longer. Ordinary text is one piece.
+fn bounded_runs(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut run_start = 0;
+        let mut run_blank = None;
+        for (i, c) in rest.char_indices() {
+            let blank = c.is_whitespace();
+            if run_blank != Some(blank) {
+                run_blank = Some(blank);
+                run_start = i;
+            } else if i - run_start >= LONGEST_RUN {
+                let (piece, after) = rest.split_at(i);
+                rest = after;
+                return Some(piece);
+            }
+        }
+        Some(std::mem::take(&mut rest))
+    })
 }
 
-/// Token counts of the texts this thread counted lately. A conversation
-/// resends its whole history every turn, and counting is slow (≈ 3.2 ms for
-/// 11 KB of new text here; `tollgate-bench`'s `estimate-bench` measures it), so
-/// each message is counted once rather than once per turn. Two generations
+/// Texts whose counts are remembered before the older half is forgotten.
+const COUNTED_TEXTS: usize = 8_192;
+
+/// The process's remembered counts, shared by the HTTP threads and the
+/// blocking pool (where long prompts are counted): locked only to look a
+/// count up or put one in.
+fn counted() -> std::sync::MutexGuard<'static, Counted> {
+    static COUNTED: OnceLock<std::sync::Mutex<Counted>> = OnceLock::new();
+    COUNTED
+        .get_or_init(Default::default)
+        .lock()
+        // Nothing panics while it is held; a poisoned one holds whole counts.
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type CountKey = (Encoding, usize, u64);
+
+/// Token counts of the texts counted lately. A conversation resends its
+/// whole history every turn, and counting is slow (≈ 2–3 ms for 11 KB of
+/// new text here; `tollgate-bench`'s `estimate-bench` measures it), so each
+/// message is counted once rather than once per turn. Two generations
 /// approximate least-recently-used: when the current one is full it becomes
 /// the previous and the one before is dropped; a hit in the previous moves
 /// back. Keyed by the encoding, the text's length and a 64-bit hash keyed
@@ -196,31 +255,46 @@ thread_local! {
 /// answer without usage, which is charged the count.
 #[derive(Default)]
 struct Counted {
-    current: std::collections::HashMap<(Encoding, usize, u64), u64>,
-    previous: std::collections::HashMap<(Encoding, usize, u64), u64>,
+    current: std::collections::HashMap<CountKey, u64>,
+    previous: std::collections::HashMap<CountKey, u64>,
 }
 
 impl Counted {
-    fn count(&mut self, text: &str, encoding: Encoding) -> u64 {
+    fn key(text: &str, encoding: Encoding) -> CountKey {
         use std::hash::BuildHasher;
         static KEYS: OnceLock<std::hash::RandomState> = OnceLock::new();
-        let key = (
+        (
             encoding,
             text.len(),
             KEYS.get_or_init(std::hash::RandomState::new).hash_one(text),
-        );
-        if let Some(&tokens) = self.current.get(&key) {
-            return tokens;
+        )
+    }
+
+    fn get(&mut self, key: &CountKey) -> Option<u64> {
+        if let Some(&tokens) = self.current.get(key) {
+            return Some(tokens);
         }
-        let tokens = match self.previous.remove(&key) {
-            Some(tokens) => tokens,
-            None => count_uncached(text, encoding),
-        };
+        let tokens = self.previous.remove(key)?;
+        self.insert(*key, tokens);
+        Some(tokens)
+    }
+
+    fn insert(&mut self, key: CountKey, tokens: u64) {
         if self.current.len() >= COUNTED_TEXTS {
             self.previous = std::mem::take(&mut self.current);
         }
         self.current.insert(key, tokens);
-        tokens
+    }
+
+    /// `text`'s count, remembered or counted now.
+    #[cfg(test)]
+    fn count(&mut self, text: &str, encoding: Encoding) -> u64 {
+        let key = Counted::key(text, encoding);
+        self.get(&key).unwrap_or_else(|| {
+            let tokens = count_uncached(text, encoding);
+            self.insert(key, tokens);
+            tokens
+        })
     }
 }
 
@@ -507,8 +581,7 @@ pub fn estimate(
 }
 
 /// [`estimate`] with `req`'s [`Media`] already read (the proxy reads long
-/// audio on the blocking pool, and counts text on its own thread, whose
-/// count cache holds the conversation's earlier turns).
+/// audio, and counts long prompts, on the blocking pool).
 pub fn estimate_with(
     req: &ChatRequest,
     mut media: Media,
@@ -1105,6 +1178,51 @@ mod tests {
         assert_eq!(images(ProviderKind::Xai, "grok-2-vision"), 3 * 1_445);
         assert_eq!(images(ProviderKind::Gemini, "gemini-2.5-pro"), 3 * 4_128);
         assert_eq!(images(ProviderKind::Custom, "qwen2-vl"), 3 * 16_384);
+    }
+
+    #[test]
+    fn long_runs_are_counted_in_bounded_pieces() {
+        // Cut only inside long runs, into pieces that join back to the text.
+        let text = format!(
+            "Hello, {} world{}é{}!\n{}",
+            "a".repeat(300),
+            " ".repeat(200),
+            "ü".repeat(100),
+            "tail"
+        );
+        let pieces: Vec<&str> = bounded_runs(&text).collect();
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.len() > 3, "{pieces:?}");
+        for piece in &pieces {
+            let mut run = 0;
+            let mut blank = None;
+            for c in piece.chars() {
+                if blank == Some(c.is_whitespace()) {
+                    run += c.len_utf8();
+                } else {
+                    blank = Some(c.is_whitespace());
+                    run = c.len_utf8();
+                }
+                assert!(run <= LONGEST_RUN + 4, "a run of {run} bytes in {piece:?}");
+            }
+        }
+        let ordinary = "The quick brown fox jumps over the lazy dog. ".repeat(200);
+        assert_eq!(bounded_runs(&ordinary).count(), 1);
+        assert_eq!(bounded_runs("").count(), 0);
+        // Ordinary text counts exactly as the tokenizer does; a long run
+        // about as many tokens as whole (`a` × 8 is one token), not fewer.
+        let bpe = tokenizer(Encoding::O200k).expect("o200k_base loads");
+        assert_eq!(
+            count_uncached(&ordinary, Encoding::O200k),
+            bpe.encode_ordinary(&ordinary).len() as u64
+        );
+        let run = "a".repeat(4_096);
+        let whole = bpe.encode_ordinary(&run).len() as u64;
+        let pieces = count_uncached(&run, Encoding::O200k);
+        assert!(
+            pieces >= whole && pieces <= whole + 4_096 / LONGEST_RUN as u64,
+            "{pieces} against {whole}"
+        );
     }
 
     #[test]

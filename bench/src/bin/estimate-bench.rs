@@ -3,7 +3,8 @@
 //! `o200k_base`), for a new conversation of each size and for the same one
 //! sent again, and over a 40-turn chat that resends its history every turn,
 //! as chat clients do: with each message counted once (what the proxy does)
-//! against every turn counted from scratch. Then what bounding an audio
+//! against every turn counted from scratch; then a megabyte of unbroken
+//! letters or spaces, which the tokenizer would take as one piece. Then what bounding an audio
 //! part's length costs (`proxy::media::audio_micros_at_most`: base64
 //! decoding and the WAV or MP3 reading), and how far above the true length
 //! the bound of an MP3 with random payloads (where fake frame headers
@@ -36,6 +37,13 @@ fn request(texts: &[String]) -> anyhow::Result<ChatRequest> {
     Ok(parse_request(body.to_string().as_bytes())?)
 }
 
+/// `len` letters in a fixed pseudo-random order.
+fn ascii_letters(len: usize) -> String {
+    (0..len)
+        .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 7 & 0x1F) as u8 % 26))
+        .collect()
+}
+
 /// Milliseconds `f` takes.
 fn ms(f: impl FnOnce()) -> f64 {
     let t = Instant::now();
@@ -54,6 +62,26 @@ fn main() -> anyhow::Result<()> {
             PARAGRAPH.repeat(paragraphs)
         )];
         let req = request(&texts)?;
+        let new = ms(|| {
+            black_box(input_tokens(&req, Encoding::O200k, images));
+        });
+        let again = ms(|| {
+            black_box(input_tokens(&req, Encoding::O200k, images));
+        });
+        println!("{label:<34} {new:>14.3} {again:>14.3}");
+    }
+    // Unbroken runs: one tokenizer piece each, counted in bounded pieces
+    // (whole, 100 KB of letters took 3.7 s, and time grew with the square).
+    for (label, text) in [
+        ("1 MB of one letter, no spaces", "a".repeat(1 << 20)),
+        ("1 MB of letters, no spaces", ascii_letters(1 << 20)),
+        ("1 MB of spaces", " ".repeat(1 << 20)),
+        (
+            "1 MB of ordinary text",
+            PARAGRAPH.repeat((1 << 20) / PARAGRAPH.len()),
+        ),
+    ] {
+        let req = request(&[text])?;
         let new = ms(|| {
             black_box(input_tokens(&req, Encoding::O200k, images));
         });

@@ -170,9 +170,14 @@ fn denied_response(tier: &Tier, d: &Denied, model: &str) -> Response {
 /// blocking pool: ≈ 0.2 ms of reading, several times a thread hop.
 const READ_ON_THE_BLOCKING_POOL: usize = 64 * 1024;
 
-/// Permits for reading audio on the blocking pool: one per core, shared by
+/// Bytes of request body above which its tokens are counted on the
+/// blocking pool: 64 KB of new text takes ≈ 8 ms to count
+/// (`estimate-bench`), against a thread hop of some microseconds.
+const COUNT_ON_THE_BLOCKING_POOL: usize = 64 * 1024;
+
+/// Permits for estimating on the blocking pool: one per core, shared by
 /// every HTTP thread (each runtime has its own pool of up to 512 threads,
-/// and each read holds a decoded copy of up to 6 MB).
+/// and each audio read holds a decoded copy of up to 6 MB).
 fn blocking_reads() -> Arc<tokio::sync::Semaphore> {
     static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     PERMITS
@@ -246,34 +251,33 @@ pub async fn completions(
                 })?,
         ),
     };
-    let media = if audio_to_read(&req) > READ_ON_THE_BLOCKING_POOL {
+    let (kind, default_output) = (route.kind, inner.settings.default_max_output_tokens);
+    let est = if audio_to_read(&req) > READ_ON_THE_BLOCKING_POOL
+        || body.len() > COUNT_ON_THE_BLOCKING_POOL
+    {
         // Reading a long clip's length takes milliseconds (≈ 3.5 per
-        // minute of MP3): off this thread, whose other requests would wait,
-        // and at most one clip per core at a time.
+        // minute of MP3), and so does counting a long prompt's new text
+        // (≈ 0.12 ms per KB): off this thread, whose other requests would
+        // wait, and at most one such request per core at a time.
         let permit = blocking_reads()
             .acquire_owned()
             .await
-            .map_err(|e| ProxyError::Internal(anyhow::anyhow!("reading audio: {e}")))?;
-        let (req_back, media) = tokio::task::spawn_blocking(move || {
+            .map_err(|e| ProxyError::Internal(anyhow::anyhow!("estimating: {e}")))?;
+        let (model, price) = (model.clone(), price.clone());
+        let (req_back, est) = tokio::task::spawn_blocking(move || {
             let media = Media::of(&req);
+            let est = estimate_with(&req, media, kind, &model, price.as_ref(), default_output);
             drop(permit);
-            (req, media)
+            (req, est)
         })
         .await
-        .map_err(|e| ProxyError::Internal(anyhow::anyhow!("reading audio failed: {e}")))?;
+        .map_err(|e| ProxyError::Internal(anyhow::anyhow!("estimating failed: {e}")))?;
         req = req_back;
-        media
+        est
     } else {
-        Media::of(&req)
+        let media = Media::of(&req);
+        estimate_with(&req, media, kind, &model, price.as_ref(), default_output)
     };
-    let est = estimate_with(
-        &req,
-        media,
-        route.kind,
-        &model,
-        price.as_ref(),
-        inner.settings.default_max_output_tokens,
-    );
     // Translated before the hold, so a request its provider cannot take is
     // refused without recording anything; translated again only if the
     // budget lowers the output cap.
