@@ -2,13 +2,19 @@
 //!
 //! - `system`/`developer` messages, wherever they are, are joined (blank line
 //!   between) into the top-level `system`.
-//! - `tool` messages become `tool_result` blocks in a user turn; assistant
-//!   `tool_calls` become `tool_use` blocks.
+//! - `tool` messages become `tool_result` blocks in a user turn (their
+//!   content a string, or text and image blocks when the message has
+//!   images); assistant `tool_calls` become `tool_use` blocks.
 //! - Consecutive turns of the same role are merged, so roles alternate.
 //! - `stop` → `stop_sequences` (whitespace-only ones, which Anthropic
 //!   refuses, left out; so are whitespace-only text blocks), `user` →
 //!   `metadata.user_id`, `tools` →
-//!   `tools[].input_schema`, `tool_choice` → `{type: auto|any|none|tool}`.
+//!   `tools[].input_schema` (`"type": "object"` added where the schema has
+//!   no `type`, which Anthropic requires), `tool_choice` →
+//!   `{type: auto|any|none|tool}`.
+//! - `parallel_tool_calls: false` → `tool_choice.disable_parallel_tool_use`
+//!   (`{type: auto}` when the client named no choice; not on `none`, which
+//!   has no such field).
 //! - `temperature` is clamped to Anthropic's 0–1; with both `temperature`
 //!   and `top_p`, only `temperature` is sent (current models refuse both).
 //! - `response_format` (`json_object`, or `json_schema` with an object
@@ -77,8 +83,16 @@ enum Block {
     },
     ToolResult {
         tool_use_id: String,
-        content: String,
+        content: ToolResultContent,
     },
+}
+
+/// `tool_result.content`: a string, or text and image blocks.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ToolResultContent {
+    Text(String),
+    Blocks(Vec<Block>),
 }
 
 #[derive(Serialize)]
@@ -120,7 +134,7 @@ pub(crate) fn build_body(
             }
             Role::User => ("user", content_blocks(message, i)?),
             Role::Assistant => ("assistant", assistant_blocks(message, i)?),
-            Role::Tool => ("user", vec![tool_result(message)]),
+            Role::Tool => ("user", vec![tool_result(message, i)?]),
         };
         push_turn(&mut turns, role, blocks);
     }
@@ -140,10 +154,7 @@ pub(crate) fn build_body(
                     Ok(ToolDef {
                         name: &f.name,
                         description: f.description.as_deref(),
-                        input_schema: f
-                            .parameters
-                            .clone()
-                            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                        input_schema: input_schema(f.parameters.as_ref()),
                     })
                 })
                 .collect::<Result<Vec<_>, PrepareError>>()
@@ -179,6 +190,9 @@ pub(crate) fn build_body(
             }
         }
     }
+    if !parallel_tool_calls(request)? && tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        disable_parallel_tool_use(tool_choice.get_or_insert_with(|| json!({"type": "auto"})));
+    }
     let body = MessagesRequest {
         model,
         max_tokens,
@@ -195,6 +209,47 @@ pub(crate) fn build_body(
         metadata: request.user.as_ref().map(|u| json!({ "user_id": u })),
     };
     Ok(serde_json::to_vec(&body)?)
+}
+
+/// OpenAI's `parallel_tool_calls` (absent or `null`: its default, `true`).
+fn parallel_tool_calls(request: &ChatRequest) -> Result<bool, PrepareError> {
+    match request.extra.get("parallel_tool_calls") {
+        None | Some(Value::Null) => Ok(true),
+        Some(Value::Bool(parallel)) => Ok(*parallel),
+        Some(_) => Err(PrepareError::InvalidField {
+            field: "parallel_tool_calls".to_owned(),
+            reason: "must be true or false".to_owned(),
+        }),
+    }
+}
+
+/// Marks an Anthropic `tool_choice` as allowing at most one tool call.
+/// `none` is left alone: it takes no such field (and allows no call).
+fn disable_parallel_tool_use(choice: &mut Value) {
+    if let Some(choice) = choice.as_object_mut() {
+        if choice.get("type").and_then(Value::as_str) != Some("none") {
+            choice.insert("disable_parallel_tool_use".to_owned(), Value::Bool(true));
+        }
+    }
+}
+
+/// A tool's `parameters` as Anthropic's `input_schema`, whose `type` is
+/// required: a schema without one (`{}` is OpenAI's "no parameters") gets
+/// `"type": "object"`, and `{}` an empty `properties`. A schema with a
+/// `type` is sent as it is.
+fn input_schema(parameters: Option<&Value>) -> Value {
+    match parameters {
+        None => json!({"type": "object", "properties": {}}),
+        Some(Value::Object(schema)) if !schema.contains_key("type") => {
+            let mut schema = schema.clone();
+            if schema.is_empty() {
+                schema.insert("properties".to_owned(), json!({}));
+            }
+            schema.insert("type".to_owned(), json!("object"));
+            Value::Object(schema)
+        }
+        Some(schema) => schema.clone(),
+    }
 }
 
 /// A client naming [`RESPONSE_FORMAT_TOOL`] in `field`.
@@ -342,13 +397,22 @@ fn assistant_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Block>, Prepa
     Ok(blocks)
 }
 
-fn tool_result(message: &ChatMessage) -> Block {
+/// A `tool` message as a `tool_result` block: its text as a string, or,
+/// when its parts hold more than text (images), the parts as blocks, built
+/// (and refused) as a user's are.
+fn tool_result(message: &ChatMessage, i: usize) -> Result<Block, PrepareError> {
     let mut tool_use_id = message.tool_call_id.clone().unwrap_or_default();
     strip_thought_signature(&mut tool_use_id);
-    Block::ToolResult {
+    let content = match &message.content {
+        Some(MessageContent::Parts(parts)) if parts.iter().any(|p| p.kind != "text") => {
+            ToolResultContent::Blocks(content_blocks(message, i)?)
+        }
+        _ => ToolResultContent::Text(message.text_content()),
+    };
+    Ok(Block::ToolResult {
         tool_use_id,
-        content: message.text_content(),
-    }
+        content,
+    })
 }
 
 fn tool_choice(choice: &ToolChoice) -> Result<Value, PrepareError> {
@@ -360,3 +424,6 @@ fn tool_choice(choice: &ToolChoice) -> Result<Value, PrepareError> {
         ToolChoice::Other(_) => return Err(unsupported_tool_choice(PROVIDER)),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,8 @@
 //! OpenAI request → Gemini `generateContent` request body.
 //!
-//! - `system`/`developer` messages → `systemInstruction` (one text part each).
+//! - `system`/`developer` messages → `systemInstruction` (one text part
+//!   each; empty ones, which Gemini refuses, left out, and the field with
+//!   them when none is left).
 //! - `assistant` → role `model`, its `tool_calls` → `functionCall` parts.
 //! - `tool` → a user turn with a `functionResponse` part, named after the
 //!   nearest earlier assistant call with that id; a tool answer that is a
@@ -97,7 +99,12 @@ pub(crate) fn build_body(
     for (i, message) in request.messages.iter().enumerate() {
         let (role, parts) = match message.role {
             Role::System | Role::Developer => {
-                system.push(text_part(message.text_content()));
+                // Gemini refuses a part with empty text (400); one of only
+                // whitespace instructs nothing either.
+                let text = message.text_content();
+                if !text.trim().is_empty() {
+                    system.push(text_part(text));
+                }
                 continue;
             }
             Role::User => ("user", content_parts(message, i)?),
@@ -326,4 +333,45 @@ fn tool_config(choice: &ToolChoice) -> Result<Value, PrepareError> {
         ToolChoice::Other(_) => return Err(unsupported_tool_choice(PROVIDER)),
     };
     Ok(json!({ "functionCallingConfig": config }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(request: Value) -> Value {
+        let request: ChatRequest = serde_json::from_value(request).unwrap();
+        serde_json::from_slice(&build_body(&request, None).unwrap()).unwrap()
+    }
+
+    fn with_system(system: Vec<Value>) -> Value {
+        let mut messages = system;
+        messages.push(json!({"role": "user", "content": "hi"}));
+        json!({"model": "gemini-test", "messages": messages})
+    }
+
+    #[test]
+    fn empty_system_messages_are_left_out() {
+        let empty = json!({"role": "system", "content": ""});
+        let no_text = json!({"role": "developer", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]});
+        let empty_parts = json!({"role": "system", "content": []});
+        let empty_texts = json!({"role": "system", "content": [
+            {"type": "text", "text": ""}, {"type": "text", "text": ""}]});
+        let sent = body(with_system(vec![
+            empty.clone(),
+            no_text,
+            empty_parts,
+            empty_texts,
+        ]));
+        assert!(sent.get("systemInstruction").is_none(), "{sent}");
+        let sent = body(with_system(vec![
+            empty,
+            json!({"role": "system", "content": "Be brief."}),
+        ]));
+        assert_eq!(
+            sent["systemInstruction"],
+            json!({"parts": [{"text": "Be brief."}]})
+        );
+    }
 }
