@@ -630,6 +630,51 @@ async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
     assert_eq!(settled[0].0, "released", "{settled:?}");
 }
 
+/// The caller's `x-request-id` is echoed and recorded on the call's
+/// events, for tracing a call through the audit; one too long to keep in
+/// every event (or not printable) is replaced with a new id, echoed and
+/// recorded in its place.
+#[tokio::test]
+async fn a_callers_request_id_is_recorded_unless_it_is_unusable() {
+    let p = Proxy::start(PLAN).await;
+    let long = "r".repeat(ingest::http::MAX_REQUEST_ID_BYTES + 1);
+    for (identity, sent) in [
+        ("traced", "trace-0af7651916cd43dd8448eb211c80319c"),
+        ("long", long.as_str()),
+        ("spaced", "an id with spaces"),
+    ] {
+        let r = p
+            .request(identity, &chat_body("gpt-4o-mini", false))
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{identity}");
+        let echoed = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        if identity == "traced" {
+            assert_eq!(echoed, sent);
+        } else {
+            assert_ne!(echoed, sent, "{identity}");
+            assert!(
+                uuid::Uuid::parse_str(&echoed).is_ok(),
+                "{identity}: {echoed}"
+            );
+        }
+        p.settled(identity, 1).await;
+        let mut recorded = Vec::new();
+        let account = schemas::Account::Identity {
+            identity: identity.into(),
+        };
+        ledger::audit::audit(p.gate.jetstream(), p.project_id, &account, |_, env| {
+            recorded.push(env.request_id.clone());
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(recorded, vec![Some(echoed.clone()); 2], "{identity}");
+    }
+}
+
 /// A call may not outlive its hold: the ledger would expire the hold and
 /// free its budget while the provider still works. It is cut before
 /// (`Settings::call_limit`) and settled as a shutdown cut is: a stream with

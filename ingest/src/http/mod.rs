@@ -47,11 +47,32 @@ pub fn router(state: AppState) -> Router {
     with_request_ids(router).with_state(state)
 }
 
+/// Longest caller's `x-request-id` kept. The id is written into every
+/// event of the request (twice: a message header and the payload), so a
+/// long one would cost the stream and every later read of the account;
+/// UUIDs are 36 bytes, trace ids shorter than this.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
 /// Gives every request an `x-request-id` (the caller's, or a new UUID v7) and
-/// echoes it on the response. Shared by the ingest API and the proxy.
+/// echoes it on the response. A caller's id that is empty, longer than
+/// [`MAX_REQUEST_ID_BYTES`] or not visible ASCII is replaced with a new one.
+/// Shared by the ingest API and the proxy.
 pub fn with_request_ids<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
     let x_request_id = HeaderName::from_static("x-request-id");
     router
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeV7))
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
+}
+
+async fn drop_unusable_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+    let unusable = request.headers().get("x-request-id").is_some_and(|id| {
+        id.is_empty()
+            || id.len() > MAX_REQUEST_ID_BYTES
+            || !id.as_bytes().iter().all(u8::is_ascii_graphic)
+    });
+    if unusable {
+        request.headers_mut().remove("x-request-id");
+    }
+    request
 }
