@@ -630,6 +630,32 @@ async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
     assert_eq!(settled[0].0, "released", "{settled:?}");
 }
 
+/// A provider that answers 2xx with a body that cannot be read (cut by a
+/// middlebox, an HTML page) did the work: the hold is charged, and the
+/// SDKs are told not to retry, which would be charged again.
+#[tokio::test]
+async fn an_unreadable_answer_is_charged_and_not_retried() {
+    let p = Proxy::start(PLAN).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 65536];
+            let _ = conn.read(&mut buf).await;
+            let body = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(format!("{head}{body}").as_bytes()).await;
+        }
+    });
+    p.add_priced_provider("garbled", &format!("http://{addr}/v1"))
+        .await;
+    charged_the_hold_and_not_retried(&p, "garbled", "garbled/m", 502, "upstream_malformed").await;
+}
+
 /// The caller's `x-request-id` is echoed and recorded on the call's
 /// events, for tracing a call through the audit; one too long to keep in
 /// every event (or not printable) is replaced with a new id, echoed and
@@ -1196,6 +1222,8 @@ async fn hitting_a_limit_is_an_openai_429_with_the_tiers_message() {
     let r = send("tiny").await.unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
+    // Within the minute the SDKs wait for: they may retry.
+    assert!(!r.headers().contains_key("x-should-retry"));
     assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
     let body: Value = r.json().await.unwrap();
     assert_eq!(
@@ -1219,13 +1247,15 @@ async fn hitting_a_limit_is_an_openai_429_with_the_tiers_message() {
     });
     let mut denied = None;
     for _ in 0..20 {
-        let (status, _, body) = p.chat("spender", big.clone()).await;
+        let (status, headers, body) = p.chat("spender", big.clone()).await;
         if status == 429 {
-            denied = Some(body);
+            denied = Some((headers, body));
             break;
         }
     }
-    let body = denied.expect("the $5 cap must stop this spender");
+    let (headers, body) = denied.expect("the $5 cap must stop this spender");
+    // A month's cap resets later than the SDKs would wait: no retries.
+    assert_eq!(headers["x-should-retry"], "false", "{headers:?}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.starts_with("You used ")

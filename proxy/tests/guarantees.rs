@@ -449,6 +449,29 @@ async fn bad_input_is_an_openai_shaped_4xx_and_is_never_forwarded() {
         );
         assert!(v["error"]["type"].is_string(), "{preview}: {v}");
     }
+    // A wrong method or path is OpenAI-shaped too (on a new connection:
+    // see below).
+    let fresh = reqwest::Client::new();
+    for (method, path, want) in [
+        (reqwest::Method::GET, "/v1/chat/completions", 405),
+        (reqwest::Method::DELETE, "/v1/models", 405),
+        (reqwest::Method::POST, "/v1/completion", 404),
+    ] {
+        let r = fresh
+            .request(method.clone(), format!("{}{path}", p.base))
+            .header("x-project-key", &p.project_key)
+            .header("x-identity", "u")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{method} {path}");
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            v["error"]["type"], "invalid_request_error",
+            "{method} {path}: {v}"
+        );
+        assert!(v["error"]["message"].is_string(), "{method} {path}: {v}");
+    }
     assert_eq!(p.openai.request_count(), 0, "bad input is never forwarded");
     assert_eq!(p.anthropic.request_count() + p.gemini.request_count(), 0);
     assert!(p.events("u").await.is_empty(), "bad input records nothing");

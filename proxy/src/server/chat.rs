@@ -4,7 +4,7 @@
 //! on every path by the [`Hold`] handle. No prompt or completion text is
 //! logged or recorded anywhere (invariant 6): only ids, model and counts.
 
-use super::error::openai_error;
+use super::error::{openai_error, NO_RETRY};
 use super::headers::rate_limit_headers;
 use super::stream::MeteredStream;
 use super::{ProxyError, ProxyState};
@@ -162,9 +162,21 @@ fn denied_response(tier: &Tier, d: &Denied, model: &str) -> Response {
     if let Some(v) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
+    // The OpenAI SDKs retry a 429 by themselves, waiting as `Retry-After`
+    // says only up to a minute (their own short backoff otherwise): a
+    // limit that resets later, or never, would refuse those retries too.
+    if retry.is_none_or(|secs| secs > SDKS_WAIT_AT_MOST_SECS) {
+        response.headers_mut().insert(
+            header::HeaderName::from_static(NO_RETRY.0),
+            HeaderValue::from_static(NO_RETRY.1),
+        );
+    }
     rate_limit_headers(response.headers_mut(), &d.limits, model, now);
     response
 }
+
+/// The longest `Retry-After` the official OpenAI SDKs wait for.
+const SDKS_WAIT_AT_MOST_SECS: i64 = 60;
 
 /// Bytes of audio (base64) above which a request's audio is read on the
 /// blocking pool: ≈ 0.2 ms of reading, several times a thread hop.
@@ -422,6 +434,12 @@ impl Call {
                 }
             }
         };
+        // Shut down before it was sent (its reserve came back after the
+        // grace ended): nothing reached the provider, nothing is charged.
+        if inner.cut_off.is_cancelled() {
+            hold.release("shutting_down");
+            return Err(ProxyError::ShutDownBeforeSending);
+        }
         // Cut (shutdown, or the call's deadline) with the provider still
         // working: what it did is unknown, so the hold is charged rather
         // than $0.
@@ -532,13 +550,21 @@ impl Call {
             Err(ProviderError::Malformed { reason }) if status.is_success() => {
                 hold.commit(admitted.held.clone());
                 tracing::warn!(provider = %route.provider, reason = %reason, "provider answered 2xx with an unreadable body; charged the hold");
-                Ok(openai_error(
+                // Charged: the SDKs' own retries would be charged again.
+                let mut out = openai_error(
                     StatusCode::BAD_GATEWAY,
                     "api_error",
                     "upstream_malformed",
-                    "the provider's answer could not be read",
+                    "the provider's answer could not be read; the call was charged what was held, since the provider did the work",
                     None,
-                ))
+                );
+                let h = out.headers_mut();
+                h.insert(
+                    header::HeaderName::from_static(NO_RETRY.0),
+                    HeaderValue::from_static(NO_RETRY.1),
+                );
+                rate_limit_headers(h, &admitted.limits, &limits_model, now);
+                Ok(out)
             }
             Err(e) => {
                 hold.release("upstream_error");

@@ -42,6 +42,8 @@ pub enum ProxyError {
     TooLarge(usize),
     #[error("no such endpoint")]
     NotFound,
+    #[error("this endpoint does not take that method")]
+    MethodNotAllowed,
     #[error("the usage ledger is unavailable, so the request was not forwarded; retry later")]
     Unavailable(String),
     #[error("the provider could not be reached")]
@@ -61,6 +63,11 @@ pub enum ProxyError {
     /// Like [`ProxyError::UpstreamBroken`], cut by the proxy's shutdown.
     #[error("the proxy shut down while the provider was answering; the call was charged what was held, since the provider may have done the work")]
     ShuttingDown,
+    /// The proxy shut down before the call was sent: released, retriable.
+    #[error(
+        "the proxy is shutting down; the call was not sent to the provider and not charged; retry"
+    )]
+    ShutDownBeforeSending,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -207,6 +214,12 @@ impl IntoResponse for ProxyError {
                 "unknown_url",
                 None,
             ),
+            ProxyError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+                None,
+            ),
             ProxyError::Unavailable(detail) => {
                 tracing::warn!(detail = %detail, "request failed closed: ledger unavailable");
                 (
@@ -246,7 +259,7 @@ impl IntoResponse for ProxyError {
                 "call_outlived_hold",
                 None,
             ),
-            ProxyError::ShuttingDown => (
+            ProxyError::ShuttingDown | ProxyError::ShutDownBeforeSending => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "service_unavailable",
                 "shutting_down",

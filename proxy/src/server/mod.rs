@@ -156,6 +156,8 @@ pub fn router(state: ProxyState) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::retrieve))
+        // (After the routes: it applies to the routes added before it.)
+        .method_not_allowed_fallback(|| async { ProxyError::MethodNotAllowed })
         .fallback(|| async { ProxyError::NotFound })
         .layer(DefaultBodyLimit::max(max_body));
     ingest::http::with_request_ids(router).with_state(state)
