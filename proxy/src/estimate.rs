@@ -1226,6 +1226,24 @@ mod tests {
     }
 
     #[test]
+    fn output_estimated_from_streamed_text_is_not_below_its_count() {
+        // A cut stream is charged its text's bytes / 4: not fewer tokens
+        // than the tokenizer counts, in scripts that take more than one
+        // token per four characters too.
+        let bpe = tokenizer(Encoding::O200k).expect("o200k_base loads");
+        for text in [
+            "Artificial intelligence is changing the way we live. The weather is nice today.",
+            "人工智能正在改变我们的生活方式。今天的天气很好，我们一起去公园散步吧。",
+            "人工知能は私たちの生活を変えています。今日はいい天気なので、一緒に公園を散歩しましょう。",
+            "인공지능은 우리의 삶의 방식을 바꾸고 있습니다. 오늘 날씨가 좋으니 함께 공원을 산책합시다.",
+        ] {
+            let tokens = bpe.encode_ordinary(text).len() as u64;
+            let estimate = crate::providers::estimate_output_tokens(text.len() as u64);
+            assert!(estimate >= tokens, "{estimate} < {tokens}: {text}");
+        }
+    }
+
+    #[test]
     fn remembered_counts_are_the_counts() {
         // More texts than one generation holds, each counted twice, some
         // after being pushed into the previous generation: always the

@@ -172,28 +172,28 @@ pub(crate) fn response_usage(body: &[u8]) -> Result<Usage, serde_json::Error> {
             ..Usage::from_openai(usage)
         });
     }
-    let chars: usize = view
+    let bytes: usize = view
         .choices
         .iter()
         .flatten()
         .filter_map(|c| c.message.as_ref())
         .flat_map(DeltaView::texts)
-        .map(|t| t.chars().count())
+        .map(str::len)
         .sum();
     Ok(Usage {
-        output_tokens: estimate_output_tokens(u64::try_from(chars).unwrap_or(u64::MAX)),
+        output_tokens: estimate_output_tokens(u64::try_from(bytes).unwrap_or(u64::MAX)),
         estimated: true,
         service_tier: view.service_tier(),
         ..Usage::default()
     })
 }
 
-/// What a plain text chunk changes: the characters of its one delta's
+/// What a plain text chunk changes: the bytes (UTF-8) of its one delta's
 /// `content`, and its `service_tier` if it names one (`Some(None)`: a tier
 /// billed at base prices).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Plain {
-    chars: u64,
+    bytes: u64,
     service_tier: Option<Option<ServiceTier>>,
 }
 
@@ -209,7 +209,7 @@ struct Plain {
 fn plain_chunk(data: &str) -> Option<Plain> {
     let b = data.as_bytes();
     let mut plain = Plain {
-        chars: 0,
+        bytes: 0,
         service_tier: None,
     };
     let (mut depth, mut i) = (0usize, 0usize);
@@ -256,8 +256,8 @@ fn plain_chunk(data: &str) -> Option<Plain> {
                             return None;
                         }
                         if b.get(j) == Some(&b'"') {
-                            let (end, chars) = counted_string(b, j + 1)?;
-                            plain.chars = chars;
+                            let (end, bytes) = counted_string(b, j + 1)?;
+                            plain.bytes = bytes;
                             i = end + 1;
                             continue;
                         }
@@ -305,23 +305,23 @@ fn string_end(b: &[u8], mut from: usize) -> Option<usize> {
     }
 }
 
-/// [`string_end`], and how many characters the string holds once
-/// unescaped; `None` for a `\u` escape (left to the full parse).
+/// [`string_end`], and how many bytes the string holds once unescaped;
+/// `None` for a `\u` escape (left to the full parse).
 fn counted_string(b: &[u8], mut from: usize) -> Option<(usize, u64)> {
-    let mut chars = 0u64;
+    let mut bytes = 0u64;
     loop {
         match *b.get(from)? {
-            b'"' => return Some((from, chars)),
+            b'"' => return Some((from, bytes)),
             b'\\' => {
                 if matches!(b.get(from + 1), Some(b'u') | None) {
                     return None;
                 }
-                chars += 1;
+                // The other escapes each stand for one ASCII byte.
+                bytes += 1;
                 from += 2;
             }
-            byte => {
-                // Every UTF-8 character has one byte that is not a continuation byte.
-                chars += u64::from(byte & 0xC0 != 0x80);
+            _ => {
+                bytes += 1;
                 from += 1;
             }
         }
@@ -348,7 +348,7 @@ impl StreamHandler {
             return;
         }
         if let Some(plain) = plain_chunk(data) {
-            ctx.completion_chars = ctx.completion_chars.saturating_add(plain.chars);
+            ctx.completion_bytes = ctx.completion_bytes.saturating_add(plain.bytes);
             if let Some(tier) = plain.service_tier {
                 ctx.usage.service_tier = tier;
             }
@@ -461,17 +461,17 @@ mod tests {
         if view.error.is_some() || view.usage.is_some() {
             return None;
         }
-        let mut chars = 0;
+        let mut bytes = 0;
         for choice in view.choices.iter().flatten() {
             if choice.finish_reason.is_some() {
                 return None;
             }
             for text in choice.delta.iter().flat_map(DeltaView::texts) {
-                chars += text.chars().count() as u64;
+                bytes += text.len() as u64;
             }
         }
         Some(Plain {
-            chars,
+            bytes,
             service_tier: view.service_tier.is_some().then(|| view.service_tier()),
         })
     }
@@ -530,7 +530,7 @@ mod tests {
         let data = r#"{"choices":[{"delta":{"content":"\"usage\":{\"error\" \\ é😀"}, "finish_reason" : null}],"usage" :null,"service_tier":"flex"}"#;
         let plain = plain_chunk(data).unwrap();
         assert_eq!(Some(plain), parsed(data));
-        assert_eq!(plain.chars, 21);
+        assert_eq!(plain.bytes, 25);
         assert_eq!(plain.service_tier, Some(Some(ServiceTier::Flex)));
     }
 

