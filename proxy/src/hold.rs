@@ -2,17 +2,23 @@
 //! every path — committed with the measured usage, released on upstream
 //! error, committed with what was consumed when the client goes away. A
 //! handle dropped unsettled releases its hold. Settlement runs on the
-//! task tracker of the HTTP thread that served the request (`ingest::threads`)
-//! and is retried until it lands (a commit that lands
-//! after the hold expired is recorded as late usage, never lost), so shutdown
-//! waits for it.
+//! task tracker of the HTTP thread that served the request (`ingest::threads`),
+//! so shutdown waits for it, and is retried while the ledger is unavailable:
+//! a commit until it lands (one that lands after the hold expired is
+//! recorded as late usage, never lost), a release for the hold's lifetime.
 
 use ledger::{Gate, GateError};
 use schemas::{Account, Amounts, ProjectId, ReservationId};
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
-/// How long settlement keeps retrying while the ledger is unavailable.
+/// How long settlement keeps retrying: past the hold's lifetime the ledger
+/// expires it, which is what a release would have done. A commit retries an
+/// unavailable ledger for as long as the process runs instead: one landing
+/// after its hold expired is recorded as late usage, and one given up would
+/// leave the call's spend unrecorded. (Calls are refused while the ledger
+/// is unavailable, so only those in flight when it went away wait; shutdown
+/// waits for them a few seconds, `ingest::threads`.)
 const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
 
 #[must_use = "a hold must be committed or released"]
@@ -92,7 +98,18 @@ impl Hold {
                     }
                     // A hold whose reserve was never confirmed, and did not land.
                     Err(GateError::NotFound) => return,
-                    Err(e) if started.elapsed() < SETTLE_RETRY_FOR => {
+                    Err(e)
+                        if started.elapsed() < SETTLE_RETRY_FOR
+                            || matches!(
+                                (&settle, &e),
+                                (
+                                    Settle::Commit(_),
+                                    GateError::Unavailable(_)
+                                        | GateError::Unconfirmed(_)
+                                        | GateError::Contention
+                                )
+                            ) =>
+                    {
                         tracing::warn!(reservation_id = %id, error = %e, "settling a hold failed; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
