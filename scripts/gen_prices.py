@@ -154,6 +154,12 @@ def convert(models):
             limit = token_limit(spec.get(field))
             if limit is not None:
                 entry[field] = limit
+        # Models that reason before answering by default (OpenAI's o-series
+        # and GPT-5, Gemini 2.5, Grok's reasoning models), whose reasoning
+        # counts against the output cap: the proxy holds and sends them a
+        # larger default cap when the request names none.
+        if spec.get("supports_reasoning") is True:
+            entry["supports_reasoning"] = True
         tiers = long_context(name, spec)
         if tiers:
             entry["long_context"] = tiers

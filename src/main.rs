@@ -72,6 +72,14 @@ struct Addrs {
         default_value_t = 4096
     )]
     default_max_output_tokens: u64,
+    /// The same for a model that reasons by default (o-series, GPT-5,
+    /// Gemini 2.5), whose reasoning counts against the cap.
+    #[arg(
+        long,
+        env = "TOLLGATE_DEFAULT_MAX_REASONING_OUTPUT_TOKENS",
+        default_value_t = proxy::server::DEFAULT_MAX_REASONING_OUTPUT_TOKENS
+    )]
+    default_max_reasoning_output_tokens: u64,
     /// PEM file of root certificates the proxy trusts for provider
     /// connections besides Mozilla's (a private OpenAI-compatible server).
     #[arg(long, env = "TOLLGATE_UPSTREAM_CA_FILE")]
@@ -127,6 +135,9 @@ impl Addrs {
             services,
             proxy: proxy::server::Settings {
                 default_max_output_tokens: self.default_max_output_tokens.max(1),
+                default_max_reasoning_output_tokens: self
+                    .default_max_reasoning_output_tokens
+                    .max(1),
                 hold_ttl: std::time::Duration::from_millis(self.hold_ttl_ms.max(1000)),
                 base_urls: proxy::providers::BaseUrls::from_env(),
                 extra_roots,

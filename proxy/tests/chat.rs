@@ -656,6 +656,48 @@ async fn an_unreadable_answer_is_charged_and_not_retried() {
     charged_the_hold_and_not_retried(&p, "garbled", "garbled/m", 502, "upstream_malformed").await;
 }
 
+/// A request that names no output cap is held, and sent, the default cap:
+/// the general one, or, for a model that reasons before answering by
+/// default (its reasoning counts against the cap), the larger reasoning
+/// one, lest answers come back empty, cut at 4,096 tokens of reasoning.
+/// Claude reasons only when asked to.
+#[tokio::test]
+async fn a_request_without_a_cap_is_given_the_default_for_its_kind_of_model() {
+    let p = Proxy::start(PLAN).await;
+    let reasoning = tollgate_proxy::server::DEFAULT_MAX_REASONING_OUTPUT_TOKENS;
+    for (model, sent_cap, reasons) in [
+        ("gpt-4o", "/max_completion_tokens", false),
+        ("o3", "/max_completion_tokens", true),
+        ("gpt-5", "/max_completion_tokens", true),
+        (
+            "gemini-2.5-flash",
+            "/generationConfig/maxOutputTokens",
+            true,
+        ),
+        ("claude-sonnet-4-20250514", "/max_tokens", false),
+    ] {
+        let identity = format!("uncapped-{model}");
+        let mut body = chat_body(model, false);
+        body.as_object_mut().unwrap().remove("max_tokens");
+        let (status, _, answer) = p.chat(&identity, body).await;
+        assert_eq!(status, 200, "{model}: {answer}");
+        let want = if reasons { reasoning } else { 4096 };
+        let mock = match model {
+            m if m.starts_with("gemini") => &p.gemini,
+            m if m.starts_with("claude") => &p.anthropic,
+            _ => &p.openai,
+        };
+        let sent: Value = mock.last_request().unwrap().json().unwrap();
+        assert_eq!(
+            sent.pointer(sent_cap),
+            Some(&json!(want)),
+            "{model}: {sent}"
+        );
+        let held = &p.events(&identity).await[0].1["amounts"]["output_tokens"];
+        assert_eq!(held, &json!(want.to_string()), "{model}");
+    }
+}
+
 /// The caller's `x-request-id` is echoed and recorded on the call's
 /// events, for tracing a call through the audit; one too long to keep in
 /// every event (or not printable) is replaced with a new id, echoed and

@@ -43,6 +43,12 @@ pub struct ModelPrice {
     pub max_input_tokens: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
+    /// The model reasons before it answers, by default (OpenAI's o-series
+    /// and GPT-5, Gemini 2.5, Grok's reasoning models: LiteLLM's flag), and
+    /// its reasoning counts against the output cap, so a request naming no
+    /// cap is given [`crate::server::Settings::default_max_reasoning_output_tokens`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supports_reasoning: bool,
     /// Dearer prices for a request whose input is long (Gemini above 128k
     /// or 200k prompt tokens, Claude's 1M-context models above 200k, Grok 4
     /// above 128k), lowest threshold first; see [`ModelPrice::for_call`].
@@ -174,6 +180,7 @@ impl ModelPrice {
             output_cost_per_audio_token: None,
             max_input_tokens: None,
             max_output_tokens: None,
+            supports_reasoning: false,
             long_context: Vec::new(),
             service_tiers: ServiceTierPrices::default(),
             web_search_cost_per_call: None,
@@ -304,6 +311,7 @@ impl ModelPrice {
             output_cost_per_audio_token: by_output(self.output_cost_per_audio_token),
             max_input_tokens: self.max_input_tokens,
             max_output_tokens: self.max_output_tokens,
+            supports_reasoning: self.supports_reasoning,
             long_context: Vec::new(),
             service_tiers: ServiceTierPrices::default(),
             web_search_cost_per_call: self.web_search_cost_per_call.clone(),

@@ -263,7 +263,14 @@ pub async fn completions(
                 })?,
         ),
     };
-    let (kind, default_output) = (route.kind, inner.settings.default_max_output_tokens);
+    let reasons = price.as_ref().is_some_and(|p| p.supports_reasoning)
+        && route.kind != ProviderKind::Anthropic;
+    let default_output = if reasons {
+        inner.settings.default_max_reasoning_output_tokens
+    } else {
+        inner.settings.default_max_output_tokens
+    };
+    let kind = route.kind;
     let est = if audio_to_read(&req) > READ_ON_THE_BLOCKING_POOL
         || body.len() > COUNT_ON_THE_BLOCKING_POOL
     {

@@ -29,12 +29,23 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
 /// Largest chat request accepted by default (prompts can be long):
 /// [`Settings::max_body_bytes`].
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// [`Settings::default_max_reasoning_output_tokens`]'s default: OpenAI's
+/// advice for reasoning models ("reserve at least 25,000 tokens for
+/// reasoning and outputs").
+pub const DEFAULT_MAX_REASONING_OUTPUT_TOKENS: u64 = 25_000;
 
 /// Tunables, from `TOLLGATE_*` variables in the binary.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Output reserved when a request sets no `max_tokens`.
+    /// Output reserved (and the cap sent) when a request sets no `max_tokens`.
     pub default_max_output_tokens: u64,
+    /// The same for a model that reasons by default
+    /// ([`crate::pricing::ModelPrice::supports_reasoning`]) but Claude, which
+    /// reasons only when asked to: its reasoning counts against the cap, and
+    /// OpenAI advises leaving at least 25,000 tokens for reasoning and
+    /// output; with the general default, answers needing more reasoning
+    /// would come back empty, cut at the cap.
+    pub default_max_reasoning_output_tokens: u64,
     /// How long a hold lives if the proxy never settles it (crash); a call
     /// is cut short before then ([`Settings::call_limit`]).
     pub hold_ttl: Duration,
@@ -68,6 +79,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             default_max_output_tokens: 4096,
+            default_max_reasoning_output_tokens: DEFAULT_MAX_REASONING_OUTPUT_TOKENS,
             hold_ttl: Duration::from_secs(600),
             base_urls: BaseUrls::default(),
             extra_roots: Vec::new(),
