@@ -98,18 +98,7 @@ impl Hold {
                     }
                     // A hold whose reserve was never confirmed, and did not land.
                     Err(GateError::NotFound) => return,
-                    Err(e)
-                        if started.elapsed() < SETTLE_RETRY_FOR
-                            || matches!(
-                                (&settle, &e),
-                                (
-                                    Settle::Commit(_),
-                                    GateError::Unavailable(_)
-                                        | GateError::Unconfirmed(_)
-                                        | GateError::Contention
-                                )
-                            ) =>
-                    {
+                    Err(e) if settle.retries(&e, started.elapsed()) => {
                         tracing::warn!(reservation_id = %id, error = %e, "settling a hold failed; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -124,11 +113,49 @@ impl Hold {
     }
 }
 
+impl Settle {
+    /// Whether a settlement that failed with `error`, `elapsed` after its
+    /// first try, is tried again (see [`SETTLE_RETRY_FOR`]).
+    fn retries(&self, error: &GateError, elapsed: Duration) -> bool {
+        let ledger_away = matches!(
+            error,
+            GateError::Unavailable(_) | GateError::Unconfirmed(_) | GateError::Contention
+        );
+        elapsed < SETTLE_RETRY_FOR || (matches!(self, Settle::Commit(_)) && ledger_away)
+    }
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         if !self.settled {
             self.settled = true;
             self.spawn(Settle::Release("dropped"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_outlasts_an_unavailable_ledger_and_a_release_its_hold() {
+        let commit = Settle::Commit(Amounts::new());
+        let release = Settle::Release("upstream_error");
+        let away = GateError::Unavailable("not connected to NATS".into());
+        let hour = Duration::from_secs(3_600);
+        for settle in [&commit, &release] {
+            assert!(settle.retries(&away, Duration::ZERO));
+            assert!(settle.retries(&GateError::Contention, Duration::from_secs(1)));
+        }
+        // Past the hold's lifetime: the ledger has expired it, so a commit
+        // lands as late usage, and a release has nothing left to do.
+        assert!(commit.retries(&away, hour));
+        assert!(commit.retries(&GateError::Unconfirmed("no ack".into()), hour));
+        assert!(!release.retries(&away, hour));
+        // An error no retry mends ends the retries in time, for both.
+        let broken = GateError::Internal(anyhow::anyhow!("an event cannot be read"));
+        assert!(commit.retries(&broken, Duration::ZERO));
+        assert!(!commit.retries(&broken, hour));
     }
 }
