@@ -83,6 +83,19 @@ pub enum PrepareError {
     Encode(#[from] serde_json::Error),
 }
 
+/// A conversation of system messages only, which OpenAI answers and
+/// Anthropic and Gemini refuse (no `messages` / `contents` left once the
+/// system prompt is taken out).
+pub(crate) fn only_system(provider: &'static str) -> PrepareError {
+    PrepareError::Unsupported {
+        provider,
+        field: "messages".to_owned(),
+        reason:
+            "at least one user or assistant message is needed besides system and developer messages"
+                .to_owned(),
+    }
+}
+
 /// Translates `request` for `route`'s provider.
 ///
 /// `max_tokens` is the proxy's ceiling on output tokens (a budget clamp or the

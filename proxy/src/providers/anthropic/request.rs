@@ -22,7 +22,8 @@
 //!   ([`super::RESPONSE_FORMAT_TOOL`]): forced alone, or beside the client's
 //!   tools with `tool_choice: any` (see `build_body`).
 //! - Fields Anthropic does not have (`seed`, `logprobs`, …) are dropped;
-//!   `n > 1` is refused.
+//!   `n > 1` is refused, and so is a conversation of system messages only
+//!   (Anthropic needs a user or assistant turn; OpenAI answers it).
 
 use super::super::gemini::strip_thought_signature;
 use super::super::openai::{
@@ -137,6 +138,9 @@ pub(crate) fn build_body(
             Role::Tool => ("user", vec![tool_result(message, i)?]),
         };
         push_turn(&mut turns, role, blocks);
+    }
+    if turns.is_empty() {
+        return Err(upstream::only_system(PROVIDER));
     }
     let format_tool = format_tool(request)?;
     let mut tools = request

@@ -15,7 +15,9 @@
 //! - `response_format` → `responseMimeType` (+ `responseJsonSchema` for
 //!   `json_schema`).
 //! - `image_url` data: URLs and `input_audio` (WAV, MP3) → `inlineData`.
-//! - Remote image URLs and `n > 1` are refused; other OpenAI fields dropped.
+//! - Remote image URLs, `n > 1` and a conversation of system messages only
+//!   (no `contents`, which Gemini needs) are refused; other OpenAI fields
+//!   dropped.
 
 use super::super::openai::{
     ChatMessage, ChatRequest, MessageContent, Role, ToolChoice, ToolChoiceMode,
@@ -112,6 +114,9 @@ pub(crate) fn build_body(
             Role::Tool => ("user", vec![tool_response(request, message, i)?]),
         };
         push_content(&mut contents, role, parts);
+    }
+    if contents.is_empty() {
+        return Err(upstream::only_system(PROVIDER));
     }
     let (response_mime_type, response_json_schema) = response_format(request)?;
     let config = GenerationConfig {
@@ -372,6 +377,18 @@ mod tests {
         assert_eq!(
             sent["systemInstruction"],
             json!({"parts": [{"text": "Be brief."}]})
+        );
+    }
+
+    #[test]
+    fn a_conversation_of_system_messages_only_is_refused_naming_messages() {
+        let request: ChatRequest = serde_json::from_value(json!({"model": "gemini-test",
+            "messages": [{"role": "system", "content": "Say hi."}]}))
+        .unwrap();
+        let err = build_body(&request, None).unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::Unsupported { field, .. } if field == "messages"),
+            "{err:?}"
         );
     }
 }

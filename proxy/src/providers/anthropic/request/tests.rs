@@ -168,3 +168,15 @@ fn tool_results_keep_their_images() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_conversation_of_system_messages_only_is_refused_naming_messages() {
+    let err = body(json!({"model": "claude-test", "messages": [
+        {"role": "system", "content": "Say hi."},
+        {"role": "developer", "content": "Be brief."}]}))
+    .unwrap_err();
+    assert!(
+        matches!(&err, PrepareError::Unsupported { field, .. } if field == "messages"),
+        "{err:?}"
+    );
+}
