@@ -367,7 +367,10 @@ pub(crate) fn parse_data_url(url: &str) -> Option<DataUrl<'_>> {
     Some(DataUrl { media_type, data })
 }
 
-/// The JSON value of a tool call's `arguments` text (`""` means `{}`).
+/// The JSON object a tool call's `arguments` text holds (`""` means `{}`),
+/// as Anthropic's `tool_use.input` and Gemini's `functionCall.args` must
+/// be: arguments that are JSON but not an object (`[]`, `"x"`) are refused
+/// here, as those providers would.
 pub(crate) fn tool_arguments(
     arguments: &str,
     field: impl FnOnce() -> String,
@@ -375,8 +378,11 @@ pub(crate) fn tool_arguments(
     if arguments.trim().is_empty() {
         return Ok(serde_json::Value::Object(serde_json::Map::new()));
     }
-    serde_json::from_str(arguments).map_err(|_| PrepareError::InvalidField {
-        field: field(),
-        reason: "tool call arguments must be a JSON text".to_owned(),
-    })
+    match serde_json::from_str(arguments) {
+        Ok(object @ serde_json::Value::Object(_)) => Ok(object),
+        _ => Err(PrepareError::InvalidField {
+            field: field(),
+            reason: "tool call arguments must be the text of a JSON object".to_owned(),
+        }),
+    }
 }

@@ -180,3 +180,30 @@ fn a_conversation_of_system_messages_only_is_refused_naming_messages() {
         "{err:?}"
     );
 }
+
+#[test]
+fn tool_call_arguments_must_be_a_json_object() {
+    let call = |arguments: &str| {
+        body(json!({"model": "claude-test", "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1",
+                "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"}]}))
+    };
+    assert_eq!(
+        call(r#"{"a": 1}"#).unwrap()["messages"][1]["content"][0]["input"],
+        json!({"a": 1})
+    );
+    assert_eq!(
+        call("").unwrap()["messages"][1]["content"][0]["input"],
+        json!({})
+    );
+    for arguments in ["[]", "\"x\"", "42", "{\"a\":"] {
+        let err = call(arguments).unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::InvalidField { field, .. }
+                if field == "messages[1].tool_calls[0].function.arguments"),
+            "{arguments}: {err:?}"
+        );
+    }
+}
