@@ -116,6 +116,24 @@ async fn malformed_and_mistyped_bodies_are_refused_with_the_field_named() {
             "invalid_field",
             Some("amounts.tokens"),
         ),
+        // Each near `Decimal`'s bounds: their derived total must be refused,
+        // not overflow.
+        (
+            json!({"identity": "u", "amounts": {"input_tokens": "50000000000000000000000000000",
+                "output_tokens": "50000000000000000000000000000"}})
+            .to_string(),
+            400,
+            "invalid_amount",
+            Some("amounts.input_tokens"),
+        ),
+        (
+            json!({"identity": "u", "amounts": {"input_tokens": "-79228162514264337593543950335",
+                "output_tokens": "-1"}})
+            .to_string(),
+            400,
+            "invalid_amount",
+            Some("amounts.input_tokens"),
+        ),
         (
             json!({"identity": "u", "amounts": {"requests": 1.5}}).to_string(),
             400,

@@ -307,7 +307,11 @@ impl Amounts {
         if !self.contains(&Unit::Tokens)
             && (self.contains(&Unit::InputTokens) || self.contains(&Unit::OutputTokens))
         {
-            let total = self.get(&Unit::InputTokens) + self.get(&Unit::OutputTokens);
+            // Saturating: amounts not validated yet may be near `Decimal`'s
+            // bounds, and validation then refuses the total.
+            let total = self
+                .get(&Unit::InputTokens)
+                .saturating_add(self.get(&Unit::OutputTokens));
             self.set(Unit::Tokens, total);
         }
         self

@@ -53,9 +53,11 @@ pub struct ReleaseBody {
 }
 
 pub(super) fn amounts(amounts: Amounts, field: &str) -> Result<Amounts, ApiError> {
+    // Checked as sent (so the error names a unit the caller gave), then
+    // with the derived `tokens`.
     amounts
-        .with_derived_tokens()
         .validated_charge()
+        .and_then(|a| a.with_derived_tokens().validated_charge())
         .map_err(|e| {
             let unit = match &e {
                 AmountError::Negative(u) | AmountError::TooLarge(u) | AmountError::NotWhole(u) => {
