@@ -369,3 +369,75 @@ async fn a_reservation_id_taken_by_another_process_is_refused() {
         .await;
     assert_eq!((s, same["replayed"].as_bool()), (200, Some(true)), "{same}");
 }
+
+/// A client's reservation id repeated after its account's state forgot the
+/// settled hold (a day and 256 events on) is answered with the first
+/// outcome, from the ledger's table, as a repeat within the day is: a
+/// second hold under the id would never be projected, so never expired.
+#[tokio::test]
+async fn a_reservation_id_repeated_after_a_day_is_still_a_repeat() {
+    const ROOMY: &str = r#"
+default_tier: free
+tiers:
+  free:
+    limits:
+      - { unit: requests, window: day, cap: 1000 }
+"#;
+    let clock = ledger::ManualClock::new(chrono::Utc::now());
+    let h = Harness::start_with_clock(ROOMY, std::sync::Arc::new(clock.clone())).await;
+    let id = uuid::Uuid::now_v7();
+    let body = json!({"identity": "ned", "reservation_id": id, "amounts": {"requests": 1}});
+    let (s, first) = h.reserve(body.clone()).await;
+    assert_eq!(s, 200, "{first}");
+    let commit = json!({"amounts": {"requests": 1}});
+    let (s, c) = h
+        .post(&format!("/v1/reservations/{id}/commit"), commit.clone())
+        .await;
+    assert_eq!(s, 200, "{c}");
+    testkit::wait::until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(20),
+        || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT status FROM reservations WHERE reservation_id = $1",
+            )
+            .bind(id)
+            .fetch_optional(h.db.pool())
+            .await
+            .unwrap()
+            .as_deref()
+                == Some("committed")
+        },
+    )
+    .await
+    .unwrap();
+
+    // A day on, enough other calls for the state to prune what it settled then.
+    clock.advance(chrono::Duration::hours(25));
+    for _ in 0..130 {
+        let (s, r) = h
+            .reserve(json!({"identity": "ned", "amounts": {"requests": 1}}))
+            .await;
+        assert_eq!(s, 200, "{r}");
+        let other = r["reservation_id"].as_str().unwrap().to_owned();
+        let (s, c) = h
+            .post(&format!("/v1/reservations/{other}/commit"), commit.clone())
+            .await;
+        assert_eq!(s, 200, "{c}");
+    }
+
+    let (s, again) = h.reserve(body).await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(
+        (again["replayed"].as_bool(), again["status"].as_str()),
+        (Some(true), Some("committed")),
+        "{again}"
+    );
+    let holds_of_id = h
+        .events("ned")
+        .await
+        .into_iter()
+        .filter(|(kind, e)| kind == "reserved" && e["reservation_id"] == id.to_string())
+        .count();
+    assert_eq!(holds_of_id, 1, "one hold under the id");
+}

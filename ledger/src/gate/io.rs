@@ -216,15 +216,42 @@ pub(super) async fn owner_in_ledger(
     project: ProjectId,
     id: ReservationId,
 ) -> Result<Option<Account>, GateError> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT identity FROM reservations WHERE project_id = $1 AND reservation_id = $2",
+    Ok(in_ledger(pool, project, id).await?.map(|row| row.owner))
+}
+
+/// A reservation as the ledger's `reservations` table has it.
+pub(super) struct LedgerRow {
+    pub owner: Account,
+    /// `open`, `committed`, `released` or `expired`.
+    pub status: &'static str,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub(super) async fn in_ledger(
+    pool: &PgPool,
+    project: ProjectId,
+    id: ReservationId,
+) -> Result<Option<LedgerRow>, GateError> {
+    let row: Option<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT identity, status, expires_at FROM reservations \
+         WHERE project_id = $1 AND reservation_id = $2",
     )
     .bind(project.0)
     .bind(id.0)
     .fetch_optional(pool)
     .await
     .map_err(unavailable)?;
-    Ok(row.map(|(identity,)| Account::Identity { identity }))
+    Ok(row.map(|(identity, status, expires_at)| LedgerRow {
+        owner: Account::Identity { identity },
+        status: match status.as_str() {
+            "open" => "open",
+            "committed" => "committed",
+            "released" => "released",
+            // The table allows no other value.
+            _ => "expired",
+        },
+        expires_at,
+    }))
 }
 
 /// Finds the account of a reservation taken by another process, via the

@@ -656,8 +656,10 @@ impl Gate {
     /// account of the project is refused ([`GateError::ReservationIdInUse`])
     /// rather than becoming a second hold under the same name. Besides this
     /// process's own index, the ledger's `reservations` table is asked (for
-    /// ids other processes took); an id another process took so recently
-    /// that the ledger has not projected it yet is not seen there.
+    /// ids other processes took, and for ids of this account its state has
+    /// forgotten, which are answered as repeats); an id another process
+    /// took so recently that the ledger has not projected it yet is not
+    /// seen there.
     pub async fn reserve_client_id(
         &self,
         project: ProjectId,
@@ -735,14 +737,22 @@ impl Gate {
         request_id: Option<String>,
         client_id: bool,
     ) -> Result<ReserveOutcome, GateError> {
+        // What the ledger knows of a client's id: a hold of another account
+        // refuses it; one of this account that its state no longer holds
+        // (settlements are forgotten a day on, `IDEMPOTENCY_HORIZON_HOURS`)
+        // is answered as a repeat, never taken again: a second `reserved`
+        // under the id would not be projected (the ledger keeps the first
+        // row), so no sweep would ever expire it.
+        let mut in_ledger = None;
         if client_id {
             if let Some(pool) = &self.shared.pool {
-                if let Some(owner) =
-                    Box::pin(io::owner_in_ledger(pool, project, req.reservation_id)).await?
+                if let Some(row) =
+                    Box::pin(io::in_ledger(pool, project, req.reservation_id)).await?
                 {
-                    if owner != *account {
+                    if row.owner != *account {
                         return Err(GateError::ReservationIdInUse);
                     }
+                    in_ledger = Some((row.status, row.expires_at));
                 }
             }
         }
@@ -752,52 +762,69 @@ impl Gate {
             account,
             request_id,
             Keep::UntilAcked,
-            move |state, now| match decide::decide_reserve(state, &tier, &req, now) {
-                ReserveDecision::Existing { expires_at, status } => {
-                    Step::Done(ReserveOutcome::Admitted(Admitted {
+            move |state, now| {
+                let decision = decide::decide_reserve(state, &tier, &req, now);
+                if let (ReserveDecision::Admit { .. }, Some((status, expires_at))) =
+                    (&decision, in_ledger)
+                {
+                    return Step::Done(ReserveOutcome::Admitted(Admitted {
                         reservation_id: req.reservation_id,
                         expires_at,
                         status,
                         replayed: true,
                         limits: decide::views(state, &tier, now),
                         output_tokens: None,
-                        held: state
-                            .open_hold(&req.reservation_id)
-                            .map(|h| h.amounts.clone())
-                            .unwrap_or_default(),
-                    }))
+                        held: Amounts::default(),
+                    }));
                 }
-                ReserveDecision::Deny {
-                    violation,
-                    retry_after,
-                } => Step::DoneIfFresh(ReserveOutcome::Denied(Denied {
-                    violation,
-                    retry_after,
-                    limits: decide::views(state, &tier, now),
-                })),
-                ReserveDecision::Admit {
-                    event,
-                    output_tokens,
-                } => {
-                    let (id, expires_at, tier) = (req.reservation_id, req.expires_at, tier.clone());
-                    Step::Append(
-                        event,
-                        Box::new(move |state: &AccountState| {
-                            let held = state
-                                .open_hold(&id)
+                match decision {
+                    ReserveDecision::Existing { expires_at, status } => {
+                        Step::Done(ReserveOutcome::Admitted(Admitted {
+                            reservation_id: req.reservation_id,
+                            expires_at,
+                            status,
+                            replayed: true,
+                            limits: decide::views(state, &tier, now),
+                            output_tokens: None,
+                            held: state
+                                .open_hold(&req.reservation_id)
                                 .map(|h| h.amounts.clone())
-                                .unwrap_or_default();
-                            ReserveOutcome::Admitted(Admitted {
-                                reservation_id: id,
-                                expires_at,
-                                status: "open",
-                                replayed: false,
-                                limits: decide::views(state, &tier, now),
-                                output_tokens,
-                                held,
-                            })
-                        }),
-                    )
+                                .unwrap_or_default(),
+                        }))
+                    }
+                    ReserveDecision::Deny {
+                        violation,
+                        retry_after,
+                    } => Step::DoneIfFresh(ReserveOutcome::Denied(Denied {
+                        violation,
+                        retry_after,
+                        limits: decide::views(state, &tier, now),
+                    })),
+                    ReserveDecision::Admit {
+                        event,
+                        output_tokens,
+                    } => {
+                        let (id, expires_at, tier) =
+                            (req.reservation_id, req.expires_at, tier.clone());
+                        Step::Append(
+                            event,
+                            Box::new(move |state: &AccountState| {
+                                let held = state
+                                    .open_hold(&id)
+                                    .map(|h| h.amounts.clone())
+                                    .unwrap_or_default();
+                                ReserveOutcome::Admitted(Admitted {
+                                    reservation_id: id,
+                                    expires_at,
+                                    status: "open",
+                                    replayed: false,
+                                    limits: decide::views(state, &tier, now),
+                                    output_tokens,
+                                    held,
+                                })
+                            }),
+                        )
+                    }
                 }
             },
         )
