@@ -125,6 +125,67 @@ async fn monthly_dollars_reset_on_the_first_and_a_hold_counts_in_the_period_it_w
     );
 }
 
+/// A hold taken in February that expired, then committed late in March, is
+/// still February's spend: in the account's state, whose March is left
+/// whole, and in the ledger's counters.
+#[tokio::test]
+async fn a_late_commit_counts_in_the_period_its_hold_was_taken() {
+    let clock = ManualClock::new(at("2026-02-28T23:59:50Z"));
+    let h = Harness::start_with_clock(PLAN, Arc::new(clock.clone())).await;
+    let (s, open) = h
+        .reserve(json!({"identity": "late", "ttl_ms": 1000, "amounts": {"usd": "0.10"}}))
+        .await;
+    assert_eq!(s, 200, "{open}");
+    let id: schemas::ReservationId = open["reservation_id"].as_str().unwrap().parse().unwrap();
+    clock.set(at("2026-03-01T00:00:30Z"));
+    let account = schemas::Account::Identity {
+        identity: "late".into(),
+    };
+    assert!(h.gate.expire(h.project_id, &account, id).await.unwrap());
+    let (s, c) = h
+        .post(
+            &format!("/v1/reservations/{id}/commit"),
+            json!({"amounts": {"usd": "0.08"}}),
+        )
+        .await;
+    assert_eq!((s, c["late"].as_bool()), (200, Some(true)), "{c}");
+    // March's whole dollar is left: the late $0.08 was February's.
+    let (s, r) = h
+        .reserve(json!({"identity": "late", "amounts": {"usd": "1.00"}}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let usd = Harness::limit(&r, "usd", "month");
+    assert_eq!(
+        (usd["used"].as_str(), usd["held"].as_str()),
+        (Some("0"), Some("1"))
+    );
+    let month_of = |period: &'static str| {
+        let pool = h.db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, rust_decimal::Decimal>(
+                "SELECT amount FROM usage_counters WHERE identity = 'late' \
+                 AND window_kind = 'month' AND unit = 'usd' AND period_start = $1::timestamptz",
+            )
+            .bind(period)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    testkit::wait::until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(20),
+        || async { month_of("2026-02-01T00:00:00Z").await.is_some() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        month_of("2026-02-01T00:00:00Z").await,
+        Some(rust_decimal::Decimal::new(8, 2))
+    );
+    assert_eq!(month_of("2026-03-01T00:00:00Z").await, None);
+}
+
 /// A refusal caused only by holds in flight (what is used leaves room)
 /// tells the client to retry in a second, when a hold may have settled;
 /// one caused by what is used tells it when the period resets.

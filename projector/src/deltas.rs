@@ -35,7 +35,11 @@ pub fn usage_deltas(env: &Envelope) -> Vec<(CounterKey, Decimal)> {
 pub fn attributed_usage(env: &Envelope) -> Option<(DateTime<Utc>, &Option<String>, &Amounts)> {
     match &env.event {
         Event::Committed(c) => Some((c.hold.reserved_at, &c.hold.model, &c.actual)),
-        Event::UsageRecorded(u) => Some((env.occurred_at, &u.model, &u.amounts)),
+        Event::UsageRecorded(u) => Some((
+            u.reserved_at.unwrap_or(env.occurred_at),
+            &u.model,
+            &u.amounts,
+        )),
         Event::Reserved(_) | Event::Released(_) | Event::Expired(_) => None,
     }
 }

@@ -160,6 +160,8 @@ fn history(ops: &[Op]) -> Vec<Envelope> {
                         usage_id: hold.reservation_id.0,
                         model: hold.model,
                         amounts: Amounts::new().with(Unit::Tokens, Decimal::from(*tokens)),
+                        // Counted in the hold's periods, as the gate writes it.
+                        reserved_at: Some(hold.reserved_at),
                     }),
                 ));
             }
@@ -173,6 +175,7 @@ fn history(ops: &[Op]) -> Vec<Envelope> {
                         usage_id: uuid::Uuid::now_v7(),
                         model: None,
                         amounts,
+                        reserved_at: None,
                     }),
                 ));
             }

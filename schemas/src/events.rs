@@ -112,7 +112,8 @@ pub struct Expired {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Usage that had no hold (a commit without reservation).
+/// Usage that had no hold (a commit without reservation), or whose hold
+/// had expired (a late commit, `usage_id` the reservation's id).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct UsageRecorded {
     /// Client-chosen idempotency key.
@@ -120,6 +121,17 @@ pub struct UsageRecorded {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub amounts: Amounts,
+    /// A late commit's hold's `reserved_at`: the usage counts in that
+    /// instant's periods, as a commit in time does (it was admitted against
+    /// them), not in those of when it landed. Absent: the event's
+    /// `occurred_at`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::timestamp::option"
+    )]
+    #[schemars(with = "Option<DateTime<Utc>>")]
+    pub reserved_at: Option<DateTime<Utc>>,
 }
 
 impl Event {

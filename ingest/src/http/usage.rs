@@ -50,6 +50,7 @@ pub async fn record(
                 usage_id,
                 model,
                 amounts,
+                reserved_at: None,
             },
             rid,
         )

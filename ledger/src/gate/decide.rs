@@ -303,6 +303,7 @@ pub fn decide_commit(state: &AccountState, id: ReservationId, actual: &Amounts) 
                     usage_id: id.0,
                     model: s.hold.model.clone(),
                     amounts: complete_actual(&s.hold.held, actual),
+                    reserved_at: Some(s.hold.reserved_at),
                 }))
             }
             other => SettleDecision::Conflict {
@@ -349,6 +350,7 @@ pub fn decide_usage(
         usage_id,
         model,
         amounts,
+        reserved_at: None,
     }))
 }
 

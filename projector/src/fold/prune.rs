@@ -203,6 +203,7 @@ mod tests {
                         usage_id: hold.reservation_id.0,
                         model: None,
                         amounts: amounts.clone(),
+                        reserved_at: Some(hold.reserved_at),
                     })
                 }
                 Op::Usage => {
@@ -211,12 +212,14 @@ mod tests {
                         usage_id: used_ids[used_ids.len() - 1],
                         model: None,
                         amounts: amounts.clone(),
+                        reserved_at: None,
                     })
                 }
                 Op::RepeatUsage(n) if !used_ids.is_empty() => Event::UsageRecorded(UsageRecorded {
                     usage_id: used_ids[usize::from(*n) % used_ids.len()],
                     model: None,
                     amounts: amounts.clone(),
+                    reserved_at: None,
                 }),
                 _ => continue,
             };
