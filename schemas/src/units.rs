@@ -121,6 +121,15 @@ impl Serialize for Quantity {
 
 struct QuantityVisitor;
 
+/// Significant digits every decimal keeps through a binary float (`f64`).
+const EXACT_FLOAT_DIGITS: usize = 15;
+
+/// Significant digits of a plain decimal text (`-0.00120` has 2).
+fn significant_digits(text: &str) -> usize {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    digits.trim_start_matches('0').trim_end_matches('0').len()
+}
+
 impl Visitor<'_> for QuantityVisitor {
     type Value = Quantity;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -139,11 +148,22 @@ impl Visitor<'_> for QuantityVisitor {
         Ok(Quantity(Decimal::from(v)))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Quantity, E> {
-        // The shortest text that reads back as this number: the text the sender wrote.
         if !v.is_finite() {
             return Err(E::custom("amount must be a finite number"));
         }
-        self.visit_str(&v.to_string())
+        // The shortest text that reads back as this number: the text the
+        // sender wrote if it had at most 15 significant digits (every such
+        // decimal survives the trip through a binary float). With more, the
+        // sender's digits may be lost already (`123456789.0123456789`
+        // arrives as `123456789.01234567`): refused rather than guessed.
+        let text = v.to_string();
+        if significant_digits(&text) > EXACT_FLOAT_DIGITS {
+            return Err(E::custom(format!(
+                "`{text}` has more significant digits than a JSON number carries exactly \
+                 ({EXACT_FLOAT_DIGITS}); send it as a string, e.g. \"{text}\""
+            )));
+        }
+        self.visit_str(&text)
     }
 }
 
@@ -334,6 +354,25 @@ impl Amounts {
 mod tests {
     use super::*;
     use rust_decimal_macros::dec;
+
+    #[test]
+    fn json_numbers_are_taken_only_as_far_as_they_are_exact() {
+        let read = |json: &str| serde_json::from_str::<Quantity>(json).map(|q| q.0);
+        assert_eq!(read("0.1").unwrap(), dec!(0.1));
+        assert_eq!(read("123456789.012345").unwrap(), dec!(123456789.012345));
+        assert_eq!(read("1e20").unwrap(), dec!(100000000000000000000));
+        assert_eq!(read("0.000000000000123").unwrap(), dec!(0.000000000000123));
+        // More digits than a float keeps: the sender's may already be gone.
+        let err = read("123456789.0123456789").unwrap_err().to_string();
+        assert!(err.contains("send it as a string"), "{err}");
+        assert!(read("0.12345678901234567").is_err());
+        // As strings, every digit counts.
+        assert_eq!(
+            read(r#""123456789.0123456789""#).unwrap(),
+            dec!(123456789.0123456789)
+        );
+        assert_eq!(significant_digits("-0.00120"), 2);
+    }
 
     #[test]
     fn numbers_and_strings_read_exactly() {
