@@ -763,20 +763,13 @@ impl Gate {
             request_id,
             Keep::UntilAcked,
             move |state, now| {
-                let decision = decide::decide_reserve(state, &tier, &req, now);
-                if let (ReserveDecision::Admit { .. }, Some((status, expires_at))) =
-                    (&decision, in_ledger)
-                {
-                    return Step::Done(ReserveOutcome::Admitted(Admitted {
-                        reservation_id: req.reservation_id,
-                        expires_at,
-                        status,
-                        replayed: true,
-                        limits: decide::views(state, &tier, now),
-                        output_tokens: None,
-                        held: Amounts::default(),
-                    }));
-                }
+                // An id the state has forgotten but the ledger has is a repeat.
+                let decision = match (decide::decide_reserve(state, &tier, &req, now), in_ledger) {
+                    (ReserveDecision::Admit { .. }, Some((status, expires_at))) => {
+                        ReserveDecision::Existing { expires_at, status }
+                    }
+                    (decision, _) => decision,
+                };
                 match decision {
                     ReserveDecision::Existing { expires_at, status } => {
                         Step::Done(ReserveOutcome::Admitted(Admitted {
