@@ -114,8 +114,13 @@ async fn monthly_dollars_reset_on_the_first_and_a_hold_counts_in_the_period_it_w
             .0,
         200
     );
+    the_whole_month_is_left(&h, "m").await;
+}
+
+/// `identity` can hold the month's whole dollar: nothing of it is used.
+async fn the_whole_month_is_left(h: &Harness, identity: &str) {
     let (s, r) = h
-        .reserve(json!({"identity": "m", "amounts": {"usd": "1.00"}}))
+        .reserve(json!({"identity": identity, "amounts": {"usd": "1.00"}}))
         .await;
     assert_eq!(s, 200, "{r}");
     let usd = Harness::limit(&r, "usd", "month");
@@ -150,15 +155,7 @@ async fn a_late_commit_counts_in_the_period_its_hold_was_taken() {
         .await;
     assert_eq!((s, c["late"].as_bool()), (200, Some(true)), "{c}");
     // March's whole dollar is left: the late $0.08 was February's.
-    let (s, r) = h
-        .reserve(json!({"identity": "late", "amounts": {"usd": "1.00"}}))
-        .await;
-    assert_eq!(s, 200, "{r}");
-    let usd = Harness::limit(&r, "usd", "month");
-    assert_eq!(
-        (usd["used"].as_str(), usd["held"].as_str()),
-        (Some("0"), Some("1"))
-    );
+    the_whole_month_is_left(&h, "late").await;
     let month_of = |period: &'static str| {
         let pool = h.db.pool().clone();
         async move {
