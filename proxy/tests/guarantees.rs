@@ -472,6 +472,25 @@ async fn bad_input_is_an_openai_shaped_4xx_and_is_never_forwarded() {
         );
         assert!(v["error"]["message"].is_string(), "{method} {path}: {v}");
     }
+    // The project's secret key where a provider key belongs: refused, and
+    // never sent to a provider.
+    let secret = format!("sk_{}", "A1b2C3d4E5".repeat(4));
+    let r = fresh
+        .post(&url)
+        .header("x-project-key", &p.project_key)
+        .header("x-identity", "u")
+        .bearer_auth(&secret)
+        .json(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "secret_key_sent", "{v}");
+    assert!(
+        !v.to_string().contains(&secret),
+        "the key is not echoed: {v}"
+    );
     assert_eq!(p.openai.request_count(), 0, "bad input is never forwarded");
     assert_eq!(p.anthropic.request_count() + p.gemini.request_count(), 0);
     assert!(p.events("u").await.is_empty(), "bad input records nothing");

@@ -88,6 +88,15 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whether `bearer` has the shape of a project's secret key (`sk_` and 40
+/// letters and digits, `ledger::control`): OpenAI's and Anthropic's keys
+/// start `sk-`.
+fn is_project_secret(bearer: &str) -> bool {
+    bearer
+        .strip_prefix("sk_")
+        .is_some_and(|rest| rest.len() == 40 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     header_str(headers, "authorization")
         .and_then(|v| {
@@ -251,6 +260,10 @@ pub async fn completions(
     }
     let key = match config.key(&route.provider) {
         Some(stored) => stored.clone(),
+        // This server's own secret key is never a provider's: never sent on.
+        None if bearer(&headers).is_some_and(is_project_secret) => {
+            return Err(ProxyError::SecretKeySent)
+        }
         None => ProviderKey::new(
             bearer(&headers)
                 .filter(|b| !b.starts_with("pk_"))

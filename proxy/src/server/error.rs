@@ -44,6 +44,10 @@ pub enum ProxyError {
     NotFound,
     #[error("this endpoint does not take that method")]
     MethodNotAllowed,
+    /// `Authorization` carried the project's secret key where a provider
+    /// key belongs: refused, never forwarded.
+    #[error("Authorization carries this project's secret key (sk_…), which is not a provider key and was not sent on; keep it on your server, and send a provider key here or store one (tollgate keys add)")]
+    SecretKeySent,
     #[error("the usage ledger is unavailable, so the request was not forwarded; retry later")]
     Unavailable(String),
     #[error("the provider could not be reached")]
@@ -180,6 +184,12 @@ impl IntoResponse for ProxyError {
                 "permission_error",
                 "model_not_allowed",
                 Some("model"),
+            ),
+            ProxyError::SecretKeySent => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "secret_key_sent",
+                None,
             ),
             ProxyError::NoProviderKey(_) => (
                 StatusCode::UNAUTHORIZED,
