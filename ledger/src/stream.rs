@@ -44,7 +44,45 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .request_timeout(Some(PUBLISH_ACK_TIMEOUT))
         .connect(url)
         .await
-        .with_context(|| format!("connecting to NATS at {url}"))
+        .with_context(|| format!("connecting to NATS at {}", without_credentials(url)))
+}
+
+/// `url` with any user, password or token before an `@` left out: a
+/// `NATS_URL` may carry them, and errors are printed and logged.
+pub fn without_credentials(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = one.split_once("://").unwrap_or(("", one));
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            if scheme.is_empty() {
+                rest.to_owned()
+            } else {
+                format!("{scheme}://{rest}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod credentials_tests {
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        for (url, shown) in [
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            (
+                "nats://user:p%40ss@nats.internal:4222",
+                "nats://nats.internal:4222",
+            ),
+            (
+                "tls://s3cr3tt0ken@a:4222,nats://u:p@b:4222",
+                "tls://a:4222,nats://b:4222",
+            ),
+            ("token@localhost", "localhost"),
+        ] {
+            assert_eq!(super::without_credentials(url), shown);
+        }
+    }
 }
 
 pub fn jetstream(client: async_nats::Client) -> jetstream::Context {
