@@ -191,7 +191,7 @@ impl<K, V> Clone for Cached<K, V> {
     }
 }
 
-impl<K: Eq + std::hash::Hash + Send + Sync + 'static, V: Clone + Send + Sync + 'static>
+impl<K: Eq + std::hash::Hash + Clone + Send + Sync + 'static, V: Clone + Send + Sync + 'static>
     Cached<K, V>
 {
     /// A cache that starts over past `max` entries.
@@ -220,8 +220,16 @@ impl<K: Eq + std::hash::Hash + Send + Sync + 'static, V: Clone + Send + Sync + '
         if self.entries.len() > self.max {
             self.entries.clear();
         }
-        if self.version() == version {
-            self.entries.insert(key, (Instant::now(), value));
+        if self.version() != version {
+            return;
+        }
+        self.entries.insert(key.clone(), (Instant::now(), value));
+        // A change announced between the check and the insert may have
+        // cleared the entries before this one went in: take it out again.
+        // (One announced after this check clears it itself: `clear` counts
+        // the change before it clears.)
+        if self.version() != version {
+            self.entries.remove(&key);
         }
     }
 
