@@ -528,13 +528,19 @@ impl UpstreamClient {
 
 /// The whole body of a (JSON) answer.
 pub async fn read_all(response: Response) -> Result<Bytes, UpstreamError> {
-    response
-        .into_body()
+    http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
         .collect()
         .await
         .map(|b| b.to_bytes())
-        .map_err(|e| UpstreamError::from_chain(&e))
+        .map_err(|e| UpstreamError::from_chain(e.as_ref()))
 }
+
+/// Largest answer read whole from a provider (a JSON answer; a streamed
+/// one's events are bounded by [`crate::providers::MAX_SSE_EVENT_BYTES`]).
+/// Base URLs are the projects' to set, so an endless or enormous body must
+/// not fill the memory every project shares; real answers, images in them
+/// included, are far smaller.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// The body of a (streamed) answer, chunk by chunk as it arrives.
 pub fn body_stream(response: Response) -> BodyDataStream<Incoming> {

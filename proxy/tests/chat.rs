@@ -743,6 +743,87 @@ async fn a_callers_request_id_is_recorded_unless_it_is_unusable() {
     }
 }
 
+/// A provider (a base URL a project set) that sends without end, a stream
+/// event that never ends or a JSON answer that never does, cannot fill the
+/// proxy's memory: the stream ends at the event limit with the cut-stream
+/// notice, the JSON call at the answer limit as a broken one, both charged.
+#[tokio::test]
+async fn a_provider_that_sends_without_end_is_cut_off_and_charged() {
+    let p = Proxy::start(PLAN).await;
+    let serve = |content_type: &'static str, start: &'static [u8]| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = sent.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let _ = conn.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n",
+                        start.len()
+                    );
+                    let mut out = head.into_bytes();
+                    out.extend_from_slice(start);
+                    out.extend_from_slice(b"\r\n");
+                    let _ = conn.write_all(&out).await;
+                    let piece = vec![b'a'; 1 << 20];
+                    let chunk =
+                        [format!("{:x}\r\n", piece.len()).as_bytes(), &piece, b"\r\n"].concat();
+                    // Until the proxy hangs up.
+                    while conn.write_all(&chunk).await.is_ok() {
+                        counted.fetch_add(piece.len(), std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/v1"), sent)
+    };
+    let (stream_url, streamed) = serve("text/event-stream", b"data: ").await;
+    let (json_url, answered) = serve("application/json", b"{\"id\":\"").await;
+    p.add_priced_provider("endless", &stream_url).await;
+    p.add_priced_provider("endlessjson", &json_url).await;
+
+    let r = p
+        .request("endless", &chat_body("endless/m", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("ended before the answer was complete"),
+        "{}",
+        &text[..text.len().min(400)]
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert!(text.len() < 4096, "the endless event is not passed on");
+    let settled = p.settled("endless", 1).await;
+    assert_eq!(settled[0].0, "committed", "{settled:?}");
+    let sent = streamed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent >= tollgate_proxy::providers::MAX_SSE_EVENT_BYTES,
+        "read up to the limit: {sent}"
+    );
+
+    charged_the_hold_and_not_retried(
+        &p,
+        "endlessjson",
+        "endlessjson/m",
+        502,
+        "upstream_interrupted",
+    )
+    .await;
+    let sent = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        sent >= tollgate_proxy::upstream::MAX_ANSWER_BYTES,
+        "read up to the limit: {sent}"
+    );
+}
+
 /// A call may not outlive its hold: the ledger would expire the hold and
 /// free its budget while the provider still works. It is cut before
 /// (`Settings::call_limit`) and settled as a shutdown cut is: a stream with

@@ -26,6 +26,7 @@ mod passthrough;
 mod response;
 mod routing;
 mod sse;
+pub use sse::MAX_SSE_EVENT_BYTES;
 mod stream;
 mod upstream;
 mod usage;

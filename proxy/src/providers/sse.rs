@@ -14,6 +14,13 @@ pub(crate) struct SseEvent {
     pub data: String,
 }
 
+/// Most bytes an event may hold before it is complete (its unfinished
+/// line and its `data:` so far). Base URLs are the projects' to set, so a
+/// provider's stream that never ends a line or an event must not fill the
+/// memory every project shares; real events, an image in one included, are
+/// far smaller.
+pub const MAX_SSE_EVENT_BYTES: usize = 16 << 20;
+
 #[derive(Debug, Default)]
 pub(crate) struct SseParser {
     line: Vec<u8>,
@@ -22,13 +29,39 @@ pub(crate) struct SseParser {
     event: Option<String>,
     data: String,
     has_data: bool,
+    /// Nothing has been read yet: a byte order mark may start the stream.
+    started: bool,
+    /// An event outgrew [`MAX_SSE_EVENT_BYTES`]: dropped, and nothing more
+    /// is read.
+    oversized: bool,
 }
 
 impl SseParser {
     /// Feeds bytes; returns the events completed by them.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
+        if self.oversized {
+            return events;
+        }
         let mut rest = bytes;
+        if !self.started && !rest.is_empty() {
+            // One U+FEFF at the very start is not part of the first field
+            // (the SSE specification); it may come split over pushes.
+            // Until then `line` holds only the mark's bytes seen so far.
+            const BOM: &[u8] = b"\xEF\xBB\xBF";
+            let seen = self.line.len();
+            let take = (BOM.len() - seen).min(rest.len());
+            if rest[..take] == BOM[seen..seen + take] {
+                rest = &rest[take..];
+                if seen + take < BOM.len() {
+                    self.line.extend_from_slice(&BOM[seen..seen + take]);
+                    return events;
+                }
+                self.line.clear();
+            }
+            // (Not a mark after all: what was held back is text, in `line`.)
+            self.started = true;
+        }
         if self.skip_lf && !rest.is_empty() {
             self.skip_lf = false;
             if let Some(stripped) = rest.strip_prefix(b"\n") {
@@ -57,10 +90,23 @@ impl SseParser {
             }
         }
         self.line.extend_from_slice(rest);
+        if self.line.len() + self.data.len() > MAX_SSE_EVENT_BYTES {
+            self.oversized = true;
+            self.line = Vec::new();
+            self.data = String::new();
+            self.has_data = false;
+        }
         events
     }
 
-    /// End of input: an unterminated last line and event still count.
+    /// Whether an event outgrew [`MAX_SSE_EVENT_BYTES`] (the stream is to end).
+    pub fn oversized(&self) -> bool {
+        self.oversized
+    }
+
+    /// End of input: an unterminated last line and event still count if
+    /// whole (their data reads as JSON, or is `[DONE]`); the half of one a
+    /// broken connection cut off is dropped, not passed on as an event.
     pub fn finish(&mut self) -> Option<SseEvent> {
         let mut events = Vec::new();
         if !self.line.is_empty() {
@@ -69,7 +115,10 @@ impl SseParser {
         }
         self.dispatch(&mut events);
         self.skip_lf = false;
-        events.pop()
+        events.pop().filter(|e| {
+            e.data.trim() == "[DONE]"
+                || serde_json::from_str::<serde::de::IgnoredAny>(&e.data).is_ok()
+        })
     }
 
     fn end_line(&mut self, line: &[u8], events: &mut Vec<SseEvent>) {
@@ -162,8 +211,56 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_off_last_event_is_dropped_and_a_whole_one_kept() {
+        let cut =
+            parse_all(&[b"data: {\"a\":1}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"he"]);
+        assert_eq!(cut, vec![ev(None, "{\"a\":1}")]);
+        assert_eq!(
+            parse_all(&[b"data: {\"a\":1}\n\ndata: [DONE]"]),
+            vec![ev(None, "{\"a\":1}"), ev(None, "[DONE]")]
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_field() {
+        let want = vec![ev(None, "{}")];
+        assert_eq!(parse_all(&[b"\xef\xbb\xbfdata: {}\n\n"]), want);
+        assert_eq!(parse_all(&[b"\xef", b"\xbb", b"\xbfdata: {}\n\n"]), want);
+        // Only at the very start, and only a whole one.
+        assert_eq!(parse_all(&[b"\xef\xbbdata: {}\n\n"]), vec![]);
+        assert_eq!(parse_all(&[b"data: {}\n\n\xef\xbb\xbfdata: {}\n\n"]), want);
+    }
+
+    #[test]
+    fn an_event_that_never_ends_stops_the_parser_at_the_limit() {
+        let mut p = SseParser::default();
+        let line = vec![b'a'; 1 << 20];
+        assert!(p.push(b"data: ").is_empty());
+        for _ in 0..(MAX_SSE_EVENT_BYTES >> 20) {
+            assert!(p.push(&line).is_empty());
+            assert!(!p.oversized() || p.line.is_empty());
+        }
+        assert!(p.push(&line).is_empty());
+        assert!(p.oversized());
+        assert!(
+            p.line.capacity() == 0 && p.data.capacity() == 0,
+            "memory given back"
+        );
+        // Nothing more is read, ended events neither.
+        assert!(p.push(b"\n\ndata: {}\n\n").is_empty());
+        assert_eq!(p.finish(), None);
+        // Many short data lines without the blank line that ends an event.
+        let mut p = SseParser::default();
+        let lines = b"data: x\n".repeat(1 << 16);
+        while !p.oversized() {
+            assert!(p.push(&lines).is_empty());
+        }
+        assert!(p.data.len() + p.line.len() <= MAX_SSE_EVENT_BYTES);
+    }
+
+    #[test]
     fn every_split_gives_the_same_events() {
-        let input: &[u8] = b": hi\r\nevent: x\ndata: h\xc3\xa9\r\ndata: {\"a\":1}\r\rdata: b\n\ndata: \xff\n\ndata: tail";
+        let input: &[u8] = b"\xef\xbb\xbf: hi\r\nevent: x\ndata: h\xc3\xa9\r\ndata: {\"a\":1}\r\rdata: b\n\ndata: \xff\n\ndata: \"tail\"";
         let whole = parse_all(&[input]);
         assert_eq!(
             whole,
@@ -171,7 +268,7 @@ mod tests {
                 ev(Some("x"), "h\u{e9}\n{\"a\":1}"),
                 ev(None, "b"),
                 ev(None, "\u{fffd}"),
-                ev(None, "tail"),
+                ev(None, "\"tail\""),
             ]
         );
         for i in 0..=input.len() {

@@ -80,7 +80,24 @@ impl StreamTranslator {
         for event in self.parser.push(upstream) {
             self.dispatch(&event);
         }
+        if self.parser.oversized() {
+            // An event past [`super::sse::MAX_SSE_EVENT_BYTES`]: the stream
+            // ends here as a cut one does, charged what it consumed.
+            tracing::warn!(
+                limit = super::sse::MAX_SSE_EVENT_BYTES,
+                "a provider's stream event grew past the limit; the stream ends here"
+            );
+            let mut out = std::mem::take(&mut self.ctx.out);
+            out.extend_from_slice(&self.finish());
+            return Bytes::from(out);
+        }
         Bytes::from(std::mem::take(&mut self.ctx.out))
+    }
+
+    /// The client stream is closed ([`StreamTranslator::finish`]): nothing
+    /// more is read.
+    pub fn is_finished(&self) -> bool {
+        self.finished
     }
 
     /// The upstream body ended (or the caller gives up): flushes a pending

@@ -190,6 +190,12 @@ impl Stream for MeteredStream {
                         this.batch.extend_from_slice(&out);
                         this.idle = 0;
                     }
+                    if this.translator.is_finished() {
+                        // It ended the stream itself (an oversized event):
+                        // settle, and stop reading the provider.
+                        this.finish();
+                        continue;
+                    }
                     if this.batch.len() >= BATCH_BYTES {
                         return Poll::Ready(this.take_batch().map(Ok));
                     }
