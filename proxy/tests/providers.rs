@@ -210,6 +210,22 @@ fn gemini_stream_translates() {
     );
 }
 
+/// Gemini's early events carry the prompt's count alone; a finishing event
+/// without `usageMetadata` leaves the output unreported: estimated from the
+/// text streamed, not taken as a final 0.
+#[test]
+fn gemini_usage_from_before_the_finish_is_not_final() {
+    let body = concat!(
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Cheyenne is the capital of Wyoming.\"}],\"role\":\"model\"}}],",
+        "\"usageMetadata\":{\"promptTokenCount\":7}}\r\n\r\n",
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"\"}],\"role\":\"model\"},\"finishReason\":\"STOP\"}]}\r\n\r\n",
+    );
+    let (_, usage) = run_stream(ProviderKind::Gemini, false, &[body.as_bytes()]);
+    assert_eq!(usage.input_tokens, 7);
+    assert_eq!(usage.output_tokens, 9, "35 bytes of text / 4");
+    assert!(usage.estimated);
+}
+
 /// Feeds the first `events_kept` SSE events of a fixture, as if cut there.
 fn cut_after(
     kind: ProviderKind,

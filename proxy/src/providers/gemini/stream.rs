@@ -17,7 +17,10 @@ use super::{finish_reason, tool_call_id, GenerateContentResponse};
 #[derive(Debug, Default)]
 pub(crate) struct StreamHandler {
     tool_calls: u32,
-    saw_usage: bool,
+    /// The event being read carries `usageMetadata`. Gemini's counts are
+    /// cumulative and early events carry only the prompt's: the usage is
+    /// final only from the event that finishes the answer, or a later one.
+    usage_in_event: bool,
     finished: bool,
     /// The answer's id is the first event's `responseId`: one id per answer, as OpenAI's.
     id_fixed: bool,
@@ -45,9 +48,9 @@ impl StreamHandler {
         if let Some(model) = answer.model_version {
             ctx.meta.model = model;
         }
+        self.usage_in_event = answer.usage_metadata.is_some();
         if let Some(usage) = answer.usage_metadata {
             ctx.usage = usage.normalise();
-            self.saw_usage = true;
             ctx.usage_final |= self.finished;
         }
         ctx.emit_role();
@@ -85,6 +88,6 @@ impl StreamHandler {
             ctx.emit_finish(reason);
         }
         ctx.completed = true;
-        ctx.usage_final = self.saw_usage;
+        ctx.usage_final = self.usage_in_event;
     }
 }
