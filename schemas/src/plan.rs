@@ -140,6 +140,10 @@ pub struct PlanError {
     pub message: String,
 }
 
+/// The prefixes that pick a built-in provider explicitly (`xai/grok-2`):
+/// the call is limited, recorded and priced under the bare id (`grok-2`).
+pub const BUILT_IN_PREFIXES: [&str; 5] = ["openai", "anthropic", "gemini", "google", "xai"];
+
 fn line_of(text: &str, needle: &str) -> String {
     match text.lines().position(|l| l.contains(needle)) {
         Some(i) => format!("line {}: ", i + 1),
@@ -212,6 +216,33 @@ impl Plan {
             }
             let mut seen = std::collections::HashSet::new();
             for limit in &tier.limits {
+                if limit.unit.is_counting() && !limit.cap.0.fract().is_zero() {
+                    return Err(PlanError {
+                        message: format!(
+                            "{}tier `{name}`: a cap on {} must be a whole number, not {}",
+                            line_of(text, &limit.cap.0.to_string()),
+                            limit.unit,
+                            limit.cap.0
+                        ),
+                    });
+                }
+                if let Some(glob) = &limit.model {
+                    if let Some((prefix, rest)) = glob
+                        .0
+                        .split_once('/')
+                        .filter(|(prefix, _)| BUILT_IN_PREFIXES.contains(prefix))
+                    {
+                        return Err(PlanError {
+                            message: format!(
+                                "{}tier `{name}`: limits name a built-in provider's models by \
+                                 their bare id: `model: \"{rest}\"`, not `{prefix}/{rest}` (the \
+                                 prefix would match no call, and the limit apply to none); \
+                                 custom providers' models keep theirs (`groq/*`)",
+                                line_of(text, &glob.0),
+                            ),
+                        });
+                    }
+                }
                 if !seen.insert((&limit.unit, limit.window, limit.model.as_ref())) {
                     return Err(PlanError {
                         message: format!(
@@ -274,6 +305,27 @@ tiers:
             plan.tier(Some("pro")).unwrap().1.limits[0].unit,
             Unit::Custom("images".into())
         );
+    }
+
+    #[test]
+    fn caps_of_counting_units_are_whole_and_scopes_name_built_in_models_bare() {
+        let bad = GOOD.replace("cap: 50 }", "cap: 2.5 }");
+        let err = Plan::from_yaml(&bad).unwrap_err().message;
+        assert!(
+            err.contains("whole number") && err.contains("line 8"),
+            "{err}"
+        );
+        // Dollars may have cents.
+        assert!(Plan::from_yaml(&GOOD.replace("\"2.50\"", "\"2.55\"")).is_ok());
+        for prefixed in ["xai/*", "openai/gpt-4o*", "google/gemini-*"] {
+            let bad = GOOD.replace("\"gpt-4o*\"", &format!("\"{prefixed}\""));
+            let err = Plan::from_yaml(&bad).unwrap_err().message;
+            assert!(
+                err.contains("bare id") && err.contains("line 9"),
+                "{prefixed}: {err}"
+            );
+        }
+        assert!(Plan::from_yaml(&GOOD.replace("\"gpt-4o*\"", "\"groq/*\"")).is_ok());
     }
 
     #[test]
