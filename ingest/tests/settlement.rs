@@ -441,3 +441,43 @@ tiers:
         .count();
     assert_eq!(holds_of_id, 1, "one hold under the id");
 }
+
+/// A stored plan this server cannot read (one applied by a newer version)
+/// leaves no tier to judge calls by: they are refused (503), not let
+/// through unlimited, until the plan is applied again.
+#[tokio::test]
+async fn a_plan_this_server_cannot_read_refuses_calls_rather_than_drop_limits() {
+    let h = Harness::start(PLAN).await;
+    let body = json!({"identity": "pat", "amounts": {"tokens": 1}});
+    assert_eq!(h.reserve(body.clone()).await.0, 200);
+    sqlx::query(
+        "UPDATE projects SET plan = plan || '{\"from_a_newer_version\": true}'::jsonb \
+         WHERE project_id = $1",
+    )
+    .bind(h.project_id.0)
+    .execute(h.db.pool())
+    .await
+    .unwrap();
+    // (Picked up when the cache entry ages out: no change was announced.)
+    let refused = testkit::wait::until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || async { h.reserve(body.clone()).await.0 == 503 },
+    )
+    .await;
+    assert!(refused.is_ok(), "still admitted with the plan unreadable");
+    let recorded = h.events("pat").await.len();
+    let (s, v) = h.reserve(body).await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    assert_eq!(
+        h.events("pat").await.len(),
+        recorded,
+        "a refused call records nothing"
+    );
+}

@@ -26,6 +26,10 @@ pub struct Project {
     pub name: String,
     pub public_key: String,
     pub plan: Option<Plan>,
+    /// A plan is stored that this server cannot read (one applied by a
+    /// newer version): no tier can be judged, so calls are refused
+    /// ([`TierError::PlanUnreadable`]) rather than let through unlimited.
+    pub plan_unreadable: bool,
 }
 
 /// The keys of a new project; the secret is never shown again.
@@ -69,10 +73,12 @@ type Row = (uuid::Uuid, String, String, Option<serde_json::Value>);
 
 fn to_project(row: Row) -> Project {
     let (id, name, public_key, plan) = row;
+    let mut plan_unreadable = false;
     let plan = plan.and_then(|v| match serde_json::from_value::<Plan>(v) {
         Ok(p) => Some(p),
         Err(e) => {
-            tracing::error!(project_id = %id, error = %e, "stored plan cannot be read; the project has no plan until it is applied again");
+            tracing::error!(project_id = %id, error = %e, "stored plan cannot be read; the project's calls are refused until it is applied again");
+            plan_unreadable = true;
             None
         }
     });
@@ -81,6 +87,7 @@ fn to_project(row: Row) -> Project {
         name,
         public_key,
         plan,
+        plan_unreadable,
     }
 }
 
@@ -303,6 +310,8 @@ pub enum TierError {
     ModelNotAllowed { model: String, tier: String },
     #[error("tier `{0}` allows only some models: name the `model`")]
     ModelRequired(String),
+    #[error("this project's plan cannot be read by this server (applied by another version?); apply it again (tollgate plans apply)")]
+    PlanUnreadable,
 }
 
 impl Project {
@@ -312,6 +321,9 @@ impl Project {
         &self,
         requested: Option<&str>,
     ) -> Result<(String, schemas::plan::Tier), TierError> {
+        if self.plan_unreadable {
+            return Err(TierError::PlanUnreadable);
+        }
         let Some(plan) = &self.plan else {
             return match requested {
                 None => Ok(("default".to_owned(), schemas::plan::Tier::default())),

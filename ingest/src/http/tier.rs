@@ -14,6 +14,7 @@ fn tier_error(e: TierError) -> ApiError {
         TierError::NoPlan(_) | TierError::UnknownTier { .. } => {
             ApiError::bad("unknown_tier", Some("tier".into()), e.to_string())
         }
+        TierError::PlanUnreadable => ApiError::Unavailable(e.to_string()),
     }
 }
 

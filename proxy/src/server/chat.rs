@@ -133,7 +133,7 @@ fn identity(headers: &HeaderMap) -> Result<Account, ProxyError> {
     })
 }
 
-fn tier_error(e: TierError) -> ProxyError {
+pub(super) fn tier_error(e: TierError) -> ProxyError {
     match e {
         TierError::ModelNotAllowed { .. } | TierError::ModelRequired(_) => {
             ProxyError::ModelNotAllowed(e.to_string())
@@ -141,6 +141,7 @@ fn tier_error(e: TierError) -> ProxyError {
         TierError::NoPlan(_) | TierError::UnknownTier { .. } => {
             ProxyError::UnknownTier(e.to_string())
         }
+        TierError::PlanUnreadable => ProxyError::Unavailable(e.to_string()),
     }
 }
 

@@ -58,9 +58,7 @@ async fn available(
     let inner = &state.0;
     let project = super::chat::project(state, headers).await?;
     let tier_name = headers.get("x-tier").and_then(|v| v.to_str().ok());
-    let (_, tier) = project
-        .tier(tier_name)
-        .map_err(|e| ProxyError::UnknownTier(e.to_string()))?;
+    let (_, tier) = project.tier(tier_name).map_err(super::chat::tier_error)?;
     let config = super::chat::project_config(state, project.project_id).await?;
     let base_urls = config.base_urls(&inner.settings.base_urls);
     // id → owner, for the ids that route to the provider they are priced for.
