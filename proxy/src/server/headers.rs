@@ -73,9 +73,11 @@ pub fn rate_limit_headers(
         let Some(l) = limit else {
             continue;
         };
+        // Whole seconds rounded up, as `Retry-After` is: 0.6 s left is
+        // "1s", not a "0s" that says to retry now.
         let reset = l
             .resets_at
-            .map(|at| duration((at - now).num_seconds().max(0)))
+            .map(|at| duration(((at - now).num_milliseconds().max(0) + 999) / 1000))
             .unwrap_or_else(|| "never".into());
         let values = [
             l.cap.normalize().to_string(),
@@ -158,6 +160,19 @@ mod tests {
             h["x-ratelimit-limit-requests"], "10",
             "same share: fewest left"
         );
+    }
+
+    #[test]
+    fn a_reset_under_a_second_away_is_one_second_not_zero() {
+        let now = Utc::now();
+        let mut soon = limit(Unit::Requests, 10, 0);
+        soon.resets_at = Some(now + chrono::Duration::milliseconds(600));
+        let mut h = HeaderMap::new();
+        rate_limit_headers(&mut h, &[soon.clone()], "gpt-4o", now);
+        assert_eq!(h["x-ratelimit-reset-requests"], "1s");
+        soon.resets_at = Some(now + chrono::Duration::milliseconds(60_001));
+        rate_limit_headers(&mut h, &[soon], "gpt-4o", now);
+        assert_eq!(h["x-ratelimit-reset-requests"], "1m1s");
     }
 
     #[test]
