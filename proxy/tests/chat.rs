@@ -1575,6 +1575,9 @@ async fn the_model_list_holds_what_the_project_can_call() {
         "gpt-4o",
         "gemini/gemini-2.0-flash",
         "groq/llama-3.1-8b-instant",
+        // The same calls named as chat also takes them.
+        "openai/gpt-4o",
+        "gemini-2.0-flash",
     ] {
         let (status, model) = retrieve("free", id).await;
         assert_eq!(status, 200, "{id}: {model}");

@@ -34,7 +34,14 @@ pub async fn retrieve(
     headers: HeaderMap,
 ) -> Result<Response, ProxyError> {
     let models = available(&state, &headers).await?;
-    Ok(match models.get(id.as_str()) {
+    let owner = match models.get(id.as_str()) {
+        Some(owner) => Some(*owner),
+        // Listed under another name for the same call: the list has
+        // `gemini/gemini-2.0-flash` and `gpt-4o`, and chat also takes
+        // `gemini-2.0-flash` and `openai/gpt-4o`.
+        None => same_call_listed(&state, &headers, &id, &models).await?,
+    };
+    Ok(match owner {
         Some(owner) => Json(model_object(&id, owner)).into_response(),
         None => super::error::openai_error(
             StatusCode::NOT_FOUND,
@@ -44,6 +51,31 @@ pub async fn retrieve(
             Some("model"),
         ),
     })
+}
+
+/// The owner of a listed model that `id` calls as well (same provider, same
+/// upstream model).
+async fn same_call_listed(
+    state: &ProxyState,
+    headers: &HeaderMap,
+    id: &str,
+    models: &BTreeMap<String, &'static str>,
+) -> Result<Option<&'static str>, ProxyError> {
+    let project = super::chat::project(state, headers).await?;
+    let config = super::chat::project_config(state, project.project_id).await?;
+    let base_urls = config.base_urls(&state.0.settings.base_urls);
+    let call = |id: &str| {
+        route(id, &config.custom_providers, &base_urls)
+            .ok()
+            .map(|r| (r.provider, r.upstream_model))
+    };
+    let Some(wanted) = call(id) else {
+        return Ok(None);
+    };
+    Ok(models
+        .iter()
+        .find(|(listed, _)| call(listed).as_ref() == Some(&wanted))
+        .map(|(_, owner)| *owner))
 }
 
 fn model_object(id: &str, owner: &str) -> Value {
