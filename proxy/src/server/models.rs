@@ -5,20 +5,23 @@
 //! price overrides; only those the tier allows.
 
 use super::{ProxyError, ProxyState};
-use crate::providers::{route, ProviderKind};
+use crate::project_config::ProjectConfig;
+use crate::providers::{route, BaseUrls, ProviderKind};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub async fn list(
     State(state): State<ProxyState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ProxyError> {
-    let data: Vec<Value> = available(&state, &headers)
+    let data: Vec<Value> = Catalog::of(&state, &headers)
         .await?
+        .models
         .into_iter()
         .map(|(id, owner)| model_object(&id, owner))
         .collect();
@@ -33,15 +36,8 @@ pub async fn retrieve(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ProxyError> {
-    let models = available(&state, &headers).await?;
-    let owner = match models.get(id.as_str()) {
-        Some(owner) => Some(*owner),
-        // Listed under another name for the same call: the list has
-        // `gemini/gemini-2.0-flash` and `gpt-4o`, and chat also takes
-        // `gemini-2.0-flash` and `openai/gpt-4o`.
-        None => same_call_listed(&state, &headers, &id, &models).await?,
-    };
-    Ok(match owner {
+    let catalog = Catalog::of(&state, &headers).await?;
+    Ok(match catalog.owner(&id) {
         Some(owner) => Json(model_object(&id, owner)).into_response(),
         None => super::error::openai_error(
             StatusCode::NOT_FOUND,
@@ -53,46 +49,62 @@ pub async fn retrieve(
     })
 }
 
-/// The owner of a listed model that `id` calls as well (same provider, same
-/// upstream model).
-async fn same_call_listed(
-    state: &ProxyState,
-    headers: &HeaderMap,
-    id: &str,
-    models: &BTreeMap<String, &'static str>,
-) -> Result<Option<&'static str>, ProxyError> {
-    let project = super::chat::project(state, headers).await?;
-    let config = super::chat::project_config(state, project.project_id).await?;
-    let base_urls = config.base_urls(&state.0.settings.base_urls);
-    let call = |id: &str| {
-        route(id, &config.custom_providers, &base_urls)
-            .ok()
-            .map(|r| (r.provider, r.upstream_model))
-    };
-    let Some(wanted) = call(id) else {
-        return Ok(None);
-    };
-    Ok(models
-        .iter()
-        .find(|(listed, _)| call(listed).as_ref() == Some(&wanted))
-        .map(|(_, owner)| *owner))
-}
-
 fn model_object(id: &str, owner: &str) -> Value {
     json!({"id": id, "object": "model", "created": 0, "owned_by": owner})
 }
 
-/// The models the calling project and tier can call: id → owner.
-async fn available(
-    state: &ProxyState,
-    headers: &HeaderMap,
-) -> Result<BTreeMap<String, &'static str>, ProxyError> {
-    let inner = &state.0;
-    let project = super::chat::project(state, headers).await?;
-    let tier_name = headers.get("x-tier").and_then(|v| v.to_str().ok());
-    let (_, tier) = project.tier(tier_name).map_err(super::chat::tier_error)?;
-    let config = super::chat::project_config(state, project.project_id).await?;
-    let base_urls = config.base_urls(&inner.settings.base_urls);
+/// The models the calling project and tier can call, and how to route them.
+struct Catalog {
+    /// id → owner.
+    models: BTreeMap<String, &'static str>,
+    config: Arc<ProjectConfig>,
+    base_urls: BaseUrls,
+}
+
+impl Catalog {
+    /// The owner of `id` as listed, or of a listed model that `id` calls as
+    /// well (same provider, same upstream model): the list has
+    /// `gemini/gemini-2.0-flash` and `gpt-4o`, and chat also takes
+    /// `gemini-2.0-flash` and `openai/gpt-4o`.
+    fn owner(&self, id: &str) -> Option<&'static str> {
+        if let Some(owner) = self.models.get(id) {
+            return Some(owner);
+        }
+        let call = |id: &str| {
+            route(id, &self.config.custom_providers, &self.base_urls)
+                .ok()
+                .map(|r| (r.provider, r.upstream_model))
+        };
+        let wanted = call(id)?;
+        self.models
+            .iter()
+            .find(|(listed, _)| call(listed).as_ref() == Some(&wanted))
+            .map(|(_, owner)| *owner)
+    }
+
+    async fn of(state: &ProxyState, headers: &HeaderMap) -> Result<Catalog, ProxyError> {
+        let inner = &state.0;
+        let project = super::chat::project(state, headers).await?;
+        let tier_name = headers.get("x-tier").and_then(|v| v.to_str().ok());
+        let (_, tier) = project.tier(tier_name).map_err(super::chat::tier_error)?;
+        let config = super::chat::project_config(state, project.project_id).await?;
+        let base_urls = config.base_urls(&inner.settings.base_urls).into_owned();
+        let models = listed(inner, &config, &base_urls, &tier);
+        Ok(Catalog {
+            models,
+            config,
+            base_urls,
+        })
+    }
+}
+
+/// Every model `config`'s project can call and price that `tier` allows: id → owner.
+fn listed(
+    inner: &super::Inner,
+    config: &ProjectConfig,
+    base_urls: &BaseUrls,
+    tier: &schemas::plan::Tier,
+) -> BTreeMap<String, &'static str> {
     // id → owner, for the ids that route to the provider they are priced for.
     let mut models: BTreeMap<String, &'static str> = BTreeMap::new();
     let table = inner
@@ -104,7 +116,7 @@ async fn available(
         .iter()
         .map(|(id, _)| (id.as_str(), None));
     for (id, priced_for) in table.chain(overrides) {
-        let Ok(r) = route(id, &config.custom_providers, &base_urls) else {
+        let Ok(r) = route(id, &config.custom_providers, base_urls) else {
             continue;
         };
         if priced_for.is_some_and(|p| p != r.provider) {
@@ -130,5 +142,5 @@ async fn available(
             models.entry(id.to_owned()).or_insert(owner);
         }
     }
-    Ok(models)
+    models
 }
