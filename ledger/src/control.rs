@@ -44,6 +44,18 @@ pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// A project's secret key: this prefix and this many letters and digits.
+const SECRET_KEY_PREFIX: &str = "sk_";
+const SECRET_KEY_LEN: usize = 40;
+
+/// Whether `text` has the shape of a project's secret key (OpenAI's and
+/// Anthropic's keys start `sk-`, not `sk_`).
+pub fn looks_like_secret_key(text: &str) -> bool {
+    text.strip_prefix(SECRET_KEY_PREFIX).is_some_and(|rest| {
+        rest.len() == SECRET_KEY_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 fn token(prefix: &str, len: usize) -> String {
     let body: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
@@ -57,7 +69,7 @@ pub async fn create_project(pool: &PgPool, name: &str) -> sqlx::Result<NewProjec
     let new = NewProject {
         project_id: ProjectId::new(),
         project_key: token("pk_", 24),
-        secret_key: token("sk_", 40),
+        secret_key: token(SECRET_KEY_PREFIX, SECRET_KEY_LEN),
     };
     sqlx::query("INSERT INTO projects (project_id, name, public_key, secret_key_hash) VALUES ($1, $2, $3, $4)")
         .bind(new.project_id.0)
@@ -361,6 +373,20 @@ pub fn check_model(
 #[cfg(test)]
 mod tests {
     use super::Cached;
+
+    #[test]
+    fn generated_secret_keys_are_recognised_and_provider_keys_are_not() {
+        let key = super::token(super::SECRET_KEY_PREFIX, super::SECRET_KEY_LEN);
+        assert!(super::looks_like_secret_key(&key), "{key}");
+        for other in [
+            "sk-proj-abc123",
+            "sk-ant-api03-xyz",
+            "pk_abc",
+            &key[..key.len() - 1],
+        ] {
+            assert!(!super::looks_like_secret_key(other), "{other}");
+        }
+    }
 
     #[test]
     fn a_read_that_started_before_a_change_is_not_kept_after_it() {

@@ -4,7 +4,7 @@
 //! on every path by the [`Hold`] handle. No prompt or completion text is
 //! logged or recorded anywhere (invariant 6): only ids, model and counts.
 
-use super::error::{openai_error, NO_RETRY};
+use super::error::{openai_error, tell_sdks_not_to_retry};
 use super::headers::rate_limit_headers;
 use super::stream::MeteredStream;
 use super::{ProxyError, ProxyState};
@@ -88,15 +88,6 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Whether `bearer` has the shape of a project's secret key (`sk_` and 40
-/// letters and digits, `ledger::control`): OpenAI's and Anthropic's keys
-/// start `sk-`.
-fn is_project_secret(bearer: &str) -> bool {
-    bearer
-        .strip_prefix("sk_")
-        .is_some_and(|rest| rest.len() == 40 && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     header_str(headers, "authorization")
         .and_then(|v| {
@@ -176,10 +167,7 @@ fn denied_response(tier: &Tier, d: &Denied, model: &str) -> Response {
     // says only up to a minute (their own short backoff otherwise): a
     // limit that resets later, or never, would refuse those retries too.
     if retry.is_none_or(|secs| secs > SDKS_WAIT_AT_MOST_SECS) {
-        response.headers_mut().insert(
-            header::HeaderName::from_static(NO_RETRY.0),
-            HeaderValue::from_static(NO_RETRY.1),
-        );
+        tell_sdks_not_to_retry(response.headers_mut());
     }
     rate_limit_headers(response.headers_mut(), &d.limits, model, now);
     response
@@ -262,7 +250,7 @@ pub async fn completions(
     let key = match config.key(&route.provider) {
         Some(stored) => stored.clone(),
         // This server's own secret key is never a provider's: never sent on.
-        None if bearer(&headers).is_some_and(is_project_secret) => {
+        None if bearer(&headers).is_some_and(ledger::control::looks_like_secret_key) => {
             return Err(ProxyError::SecretKeySent)
         }
         None => ProviderKey::new(
@@ -580,10 +568,7 @@ impl Call {
                     None,
                 );
                 let h = out.headers_mut();
-                h.insert(
-                    header::HeaderName::from_static(NO_RETRY.0),
-                    HeaderValue::from_static(NO_RETRY.1),
-                );
+                tell_sdks_not_to_retry(h);
                 rate_limit_headers(h, &admitted.limits, &limits_model, now);
                 Ok(out)
             }

@@ -99,6 +99,14 @@ impl From<sqlx::Error> for ProxyError {
 /// charged would be charged again.
 pub const NO_RETRY: (&str, &str) = ("x-should-retry", "false");
 
+/// Adds [`NO_RETRY`] to an answer's headers.
+pub fn tell_sdks_not_to_retry(headers: &mut axum::http::HeaderMap) {
+    headers.insert(
+        axum::http::HeaderName::from_static(NO_RETRY.0),
+        axum::http::HeaderValue::from_static(NO_RETRY.1),
+    );
+}
+
 /// An OpenAI-shaped error response.
 pub fn openai_error(
     status: StatusCode,
@@ -291,10 +299,7 @@ impl IntoResponse for ProxyError {
         );
         let mut response = openai_error(status, kind, code, &message, param);
         if charged {
-            response.headers_mut().insert(
-                axum::http::HeaderName::from_static(NO_RETRY.0),
-                axum::http::HeaderValue::from_static(NO_RETRY.1),
-            );
+            tell_sdks_not_to_retry(response.headers_mut());
         }
         response
     }
