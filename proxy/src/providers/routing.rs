@@ -164,6 +164,8 @@ fn explicit(
     custom: &[CustomProvider],
     base_urls: &BaseUrls,
 ) -> Result<Route, RouteError> {
+    // The same names as `schemas::plan::BUILT_IN_PREFIXES`, whose models
+    // plans name bare (a test below keeps the two together).
     let kind = match prefix {
         "openai" => Some(ProviderKind::OpenAi),
         "anthropic" => Some(ProviderKind::Anthropic),
@@ -231,6 +233,15 @@ fn trim_base(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefixes_plans_refuse_are_the_built_in_ones() {
+        for prefix in schemas::plan::BUILT_IN_PREFIXES {
+            let r = route(&format!("{prefix}/m"), &[], &BaseUrls::default()).unwrap();
+            assert_ne!(r.kind, ProviderKind::Custom, "{prefix}");
+            assert_eq!(r.upstream_model, "m", "{prefix}");
+        }
+    }
 
     fn kind_and_model(model: &str) -> Option<(ProviderKind, String)> {
         let custom = [CustomProvider {
