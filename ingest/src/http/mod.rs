@@ -62,10 +62,10 @@ pub fn with_request_ids<S: Clone + Send + Sync + 'static>(router: Router<S>) -> 
     router
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeV7))
-        .layer(axum::middleware::map_request(drop_unusable_request_id))
+        .layer(tower::util::MapRequestLayer::new(drop_unusable_request_id))
 }
 
-async fn drop_unusable_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
+fn drop_unusable_request_id(mut request: axum::extract::Request) -> axum::extract::Request {
     let unusable = request.headers().get("x-request-id").is_some_and(|id| {
         id.is_empty()
             || id.len() > MAX_REQUEST_ID_BYTES
