@@ -342,22 +342,7 @@ async fn a_reservation_id_taken_by_another_process_is_refused() {
         .await
         .unwrap();
     assert!(matches!(outcome, ledger::gate::ReserveOutcome::Admitted(_)));
-    testkit::wait::until(
-        std::time::Duration::from_secs(30),
-        std::time::Duration::from_millis(20),
-        || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM reservations WHERE reservation_id = $1",
-            )
-            .bind(id)
-            .fetch_one(h.db.pool())
-            .await
-            .unwrap()
-                == 1
-        },
-    )
-    .await
-    .unwrap();
+    until_the_ledger_shows(&h, id, |status| status.is_some()).await;
     let (s, refused) = h
         .reserve(json!({"identity": "lee", "reservation_id": id, "amounts": {"tokens": 1}}))
         .await;
@@ -394,23 +379,7 @@ tiers:
         .post(&format!("/v1/reservations/{id}/commit"), commit.clone())
         .await;
     assert_eq!(s, 200, "{c}");
-    testkit::wait::until(
-        std::time::Duration::from_secs(30),
-        std::time::Duration::from_millis(20),
-        || async {
-            sqlx::query_scalar::<_, String>(
-                "SELECT status FROM reservations WHERE reservation_id = $1",
-            )
-            .bind(id)
-            .fetch_optional(h.db.pool())
-            .await
-            .unwrap()
-            .as_deref()
-                == Some("committed")
-        },
-    )
-    .await
-    .unwrap();
+    until_the_ledger_shows(&h, id, |status| status == Some("committed")).await;
 
     // A day on, enough other calls for the state to prune what it settled then.
     clock.advance(chrono::Duration::hours(25));
@@ -480,4 +449,29 @@ async fn a_plan_this_server_cannot_read_refuses_calls_rather_than_drop_limits() 
         recorded,
         "a refused call records nothing"
     );
+}
+
+/// Waits until the ledger's `reservations` table shows reservation `id`
+/// with a status `wanted` accepts (`None`: no row yet).
+async fn until_the_ledger_shows(
+    h: &Harness,
+    id: uuid::Uuid,
+    wanted: impl Fn(Option<&str>) -> bool,
+) {
+    testkit::wait::until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(20),
+        || async {
+            let status = sqlx::query_scalar::<_, String>(
+                "SELECT status FROM reservations WHERE reservation_id = $1",
+            )
+            .bind(id)
+            .fetch_optional(h.db.pool())
+            .await
+            .unwrap();
+            wanted(status.as_deref())
+        },
+    )
+    .await
+    .unwrap();
 }
