@@ -508,6 +508,30 @@ async fn a_cancelled_stream_commits_what_was_consumed_never_zero() {
     }
 }
 
+/// A provider on a bare socket, for answers no mock gives: each connection's
+/// request is read (its first 64 KB), then `answer` has the connection.
+/// Returns the base URL to register it at.
+async fn raw_provider<F, Fut>(answer: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = conn.read(&mut buf).await;
+                answer(conn).await;
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
 /// Sends a JSON call of `model` that the provider does not finish; it
 /// must answer `status` with `code` and `x-should-retry: false`, and be
 /// committed (not released, not expired) at what it held.
@@ -590,29 +614,22 @@ async fn a_stream_cut_before_any_text_is_charged_its_input() {
 #[tokio::test]
 async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
     let p = Proxy::start(PLAN).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = accepted.clone();
-    tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        while let Ok((mut conn, _)) = listener.accept().await {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            // Read the request, then hang up without a word.
-            let mut buf = vec![0u8; 65536];
-            let _ = conn.read(&mut buf).await;
-            drop(conn);
-        }
-    });
+    // Read the request, then hang up without a word.
+    let hangup = raw_provider(move |conn| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move { drop(conn) }
+    })
+    .await;
     // Nothing listens on `closed`.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    for (name, addr) in [("hangup", addr), ("nowhere", closed)] {
-        p.add_priced_provider(name, &format!("http://{addr}/v1"))
-            .await;
-    }
+    p.add_priced_provider("hangup", &hangup).await;
+    p.add_priced_provider("nowhere", &format!("http://{closed}/v1"))
+        .await;
     charged_the_hold_and_not_retried(&p, "broken", "hangup/m", 502, "upstream_interrupted").await;
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 
@@ -636,23 +653,17 @@ async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
 #[tokio::test]
 async fn an_unreadable_answer_is_charged_and_not_retried() {
     let p = Proxy::start(PLAN).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = vec![0u8; 65536];
-            let _ = conn.read(&mut buf).await;
-            let body = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"#;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(format!("{head}{body}").as_bytes()).await;
-        }
-    });
-    p.add_priced_provider("garbled", &format!("http://{addr}/v1"))
-        .await;
+    let garbled = raw_provider(|mut conn| async move {
+        use tokio::io::AsyncWriteExt;
+        let body = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = conn.write_all(format!("{head}{body}").as_bytes()).await;
+    })
+    .await;
+    p.add_priced_provider("garbled", &garbled).await;
     charged_the_hold_and_not_retried(&p, "garbled", "garbled/m", 502, "upstream_malformed").await;
 }
 
@@ -751,36 +762,31 @@ async fn a_callers_request_id_is_recorded_unless_it_is_unusable() {
 async fn a_provider_that_sends_without_end_is_cut_off_and_charged() {
     let p = Proxy::start(PLAN).await;
     let serve = |content_type: &'static str, start: &'static [u8]| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = sent.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let counted = counted.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    let _ = conn.read(&mut buf).await;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n",
-                        start.len()
-                    );
-                    let mut out = head.into_bytes();
-                    out.extend_from_slice(start);
-                    out.extend_from_slice(b"\r\n");
-                    let _ = conn.write_all(&out).await;
-                    let piece = vec![b'a'; 1 << 20];
-                    let chunk =
-                        [format!("{:x}\r\n", piece.len()).as_bytes(), &piece, b"\r\n"].concat();
-                    // Until the proxy hangs up.
-                    while conn.write_all(&chunk).await.is_ok() {
-                        counted.fetch_add(piece.len(), std::sync::atomic::Ordering::SeqCst);
-                    }
-                });
+        let url = raw_provider(move |mut conn| {
+            let counted = counted.clone();
+            async move {
+                use tokio::io::AsyncWriteExt;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n",
+                    start.len()
+                );
+                let mut out = head.into_bytes();
+                out.extend_from_slice(start);
+                out.extend_from_slice(b"\r\n");
+                let _ = conn.write_all(&out).await;
+                let piece = vec![b'a'; 1 << 20];
+                let chunk =
+                    [format!("{:x}\r\n", piece.len()).as_bytes(), &piece, b"\r\n"].concat();
+                // Until the proxy hangs up.
+                while conn.write_all(&chunk).await.is_ok() {
+                    counted.fetch_add(piece.len(), std::sync::atomic::Ordering::SeqCst);
+                }
             }
-        });
-        (format!("http://{addr}/v1"), sent)
+        })
+        .await;
+        (url, sent)
     };
     let (stream_url, streamed) = serve("text/event-stream", b"data: ").await;
     let (json_url, answered) = serve("application/json", b"{\"id\":\"").await;
