@@ -870,6 +870,75 @@ async fn a_call_is_cut_before_its_hold_could_expire() {
     charged_the_hold_and_not_retried(&p, "long-json", "gpt-4o", 504, "call_outlived_hold").await;
 }
 
+/// A client that stops reading a stream (an app sent to the background, a
+/// stalled network) leaves the answer's body unpolled: hyper polls a body
+/// only when it can write. The call is still cut before its hold could
+/// expire, charged what it consumed, and the provider's connection dropped.
+#[tokio::test]
+async fn a_stream_whose_client_stopped_reading_is_cut_before_its_hold_could_expire() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let p = Proxy::start_with_hold_ttl(PLAN, Duration::from_secs(2)).await;
+    let hung_up = std::sync::Arc::new(AtomicBool::new(false));
+    let url = raw_provider({
+        let hung_up = hung_up.clone();
+        move |mut conn| {
+            let hung_up = hung_up.clone();
+            async move {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes()).await;
+                let event = format!(
+                    "data: {}\n\n",
+                    json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                        "choices": [{"index": 0, "delta": {"content": "word ".repeat(800)}, "finish_reason": null}]})
+                );
+                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                // A provider generating fast, until the proxy hangs up.
+                while conn.write_all(chunk.as_bytes()).await.is_ok() {}
+                hung_up.store(true, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    p.add_priced_provider("fast", &url).await;
+
+    let addr: std::net::SocketAddr = p.base.strip_prefix("http://").unwrap().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small window, so the proxy's writes stall soon.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(addr).await.unwrap();
+    let body = serde_json::to_vec(&chat_body("fast/m", true)).unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nx-project-key: {}\r\n\
+         x-identity: stalled\r\nauthorization: Bearer sk-provider-test-key\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        p.project_key,
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&body).await.unwrap();
+    // Nothing is read from here on.
+    let settled = p.settled("stalled", 1).await;
+    assert_eq!(settled[0].0, "committed", "not expired: {settled:?}");
+    let output: u64 = settled[0].1["actual"]["output_tokens"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(output > 0, "what was consumed is charged: {settled:?}");
+    for _ in 0..500 {
+        if hung_up.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        hung_up.load(Ordering::SeqCst),
+        "the provider's connection is dropped"
+    );
+    drop(client);
+}
+
 #[tokio::test]
 async fn calls_still_running_at_shutdown_are_settled_before_the_proxy_stops() {
     let mut p = Proxy::start(PLAN).await;

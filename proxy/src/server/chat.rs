@@ -504,7 +504,7 @@ impl Call {
                 hold,
                 price,
                 est.input,
-                inner.cut_off.clone(),
+                &inner.watchdog,
                 deadline,
             );
             stream.prefetch().await;

@@ -100,6 +100,9 @@ pub struct Inner {
     /// Cancelled when calls still running at shutdown must end and settle
     /// (`ingest::threads::Worker::cut_off`).
     pub cut_off: CancellationToken,
+    /// Ends this thread's streams at their deadline or the cut-off, polled
+    /// or not.
+    pub watchdog: stream::Watchdog,
     pub settings: Settings,
 }
 
@@ -108,6 +111,8 @@ pub struct Inner {
 pub struct ProxyState(pub Arc<Inner>);
 
 impl ProxyState {
+    /// Must be called on the runtime of the thread that serves with it
+    /// (it starts the thread's [`stream::Watchdog`] there).
     pub fn new(
         gate: Gate,
         control: ControlCache,
@@ -123,6 +128,10 @@ impl ProxyState {
             settings.deny_private_upstreams,
         )?;
         crate::estimate::warm_up();
+        // Half the margin a call keeps before its hold expires: a stream is
+        // cut within it.
+        let watch_every = settings.hold_ttl.saturating_sub(settings.call_limit()) / 2;
+        let watchdog = stream::Watchdog::start(cut_off.clone(), watch_every);
         Ok(ProxyState(Arc::new(Inner {
             gate,
             control,
@@ -131,6 +140,7 @@ impl ProxyState {
             http,
             tracker,
             cut_off,
+            watchdog,
             settings,
         })))
     }

@@ -2,9 +2,20 @@
 //! [`StreamTranslator`] to the client, and the hold is committed with the
 //! usage when the stream ends — or, if the client goes away first, with what
 //! was consumed so far (dropping this stream also drops the upstream
-//! connection, aborting the call). Never $0 for work that happened. A stream
-//! still running when the proxy's shutdown grace runs out ends there and is
-//! committed with what was consumed, while its thread can still record it.
+//! connection, aborting the call). Never $0 for work that happened.
+//!
+//! **Cut from outside.** A stream still running when its call reaches
+//! [`super::Settings::call_limit`], or when the proxy's shutdown grace runs
+//! out, ends there and is committed with what was consumed, while its hold
+//! is still open and its thread can still record it. hyper polls a
+//! response body only when it can write what the body gives: a client that
+//! stops reading (a backgrounded app, a stalled network) leaves the body
+//! unpolled, so no timer of its own would fire, the hold would expire
+//! under a call the provider still works on, and its budget would be
+//! spent twice. So each HTTP thread's [`Watchdog`] keeps the streams of its
+//! thread and cuts them itself: it settles the hold, drops the provider's
+//! connection, and wakes the body so that a client still reading gets the
+//! cut-stream notice and the end.
 //!
 //! **Batching.** The provider's client hands its answer over one chunk at a
 //! time, decoding the next only once the last was taken, and the server
@@ -32,10 +43,13 @@ use crate::pricing::ModelPrice;
 use crate::providers::StreamTranslator;
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use std::future::Future;
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
@@ -52,19 +66,34 @@ const BATCH_TURNS: u32 = 64;
 /// Measured: with one, `proxy-bench` at 16 clients still wrote one batch per
 /// event, and `a_stream_that_arrived_whole_goes_out_in_one_piece` fails.
 const IDLE_TURNS: u32 = 2;
+/// The watchdog looks at its streams at least this often.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// Why a stream was cut short with the provider still sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// The proxy's shutdown grace ran out.
+    ShuttingDown,
+    /// The call reached its deadline: its hold would expire under it.
+    Deadline,
+}
+
+/// The response body: the metering itself is shared with the thread's
+/// [`Watchdog`], which may end it while nothing polls this.
 pub struct MeteredStream {
+    metering: Arc<Mutex<Metering>>,
+    watchdog: Watchdog,
+    /// This stream's key in the watchdog's map.
+    key: u64,
+}
+
+struct Metering {
     upstream: Upstream,
     translator: StreamTranslator,
     hold: Option<Hold>,
     price: Option<ModelPrice>,
     /// Our own prompt count, for streams cut before the provider reported usage.
     input_estimate: CountedInput,
-    /// Ready when the stream must end now (shutdown).
-    cut_off: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Ready when the call must end before its hold could expire
-    /// ([`super::Settings::call_limit`]).
-    deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
     /// Translated bytes not yet handed to the server.
     batch: BytesMut,
@@ -74,32 +103,69 @@ pub struct MeteredStream {
     turns: u32,
     /// The first batch, read by [`MeteredStream::prefetch`], not yet handed over.
     first: Option<Bytes>,
+    /// Who polled last: woken when the watchdog ends the stream.
+    waker: Option<Waker>,
 }
 
 impl MeteredStream {
+    /// Meters `upstream` until it ends, or until `deadline` or the
+    /// shutdown cut-off, when `watchdog` ends it.
     pub fn new(
         upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
         translator: StreamTranslator,
         hold: Hold,
         price: Option<ModelPrice>,
         input_estimate: CountedInput,
-        cut_off: CancellationToken,
-        deadline: tokio::time::Instant,
+        watchdog: &Watchdog,
+        deadline: Instant,
     ) -> Self {
-        MeteredStream {
-            upstream: Box::pin(upstream),
+        Self::with(
+            Box::pin(upstream),
             translator,
-            hold: Some(hold),
+            Some(hold),
             price,
             input_estimate,
-            cut_off: Box::pin(cut_off.cancelled_owned()),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            watchdog,
+            deadline,
+        )
+    }
+
+    fn with(
+        upstream: Upstream,
+        translator: StreamTranslator,
+        hold: Option<Hold>,
+        price: Option<ModelPrice>,
+        input_estimate: CountedInput,
+        watchdog: &Watchdog,
+        deadline: Instant,
+    ) -> Self {
+        let metering = Arc::new(Mutex::new(Metering {
+            upstream,
+            translator,
+            hold,
+            price,
+            input_estimate,
             done: false,
             batch: BytesMut::new(),
             idle: 0,
             turns: 0,
             first: None,
+            waker: None,
+        }));
+        let key = watchdog.watch(deadline, Arc::downgrade(&metering));
+        // Its send raced the cut-off, which the watchdog has already acted on.
+        if watchdog.0.cut_off.is_cancelled() {
+            lock(&metering).cut(Cut::ShuttingDown);
         }
+        MeteredStream {
+            metering,
+            watchdog: watchdog.clone(),
+            key,
+        }
+    }
+
+    fn metering(&self) -> MutexGuard<'_, Metering> {
+        lock(&self.metering)
     }
 
     /// Reads what the provider has already sent (giving its connection
@@ -109,24 +175,35 @@ impl MeteredStream {
     /// stream's head is never held back waiting for a model to start.
     pub async fn prefetch(&mut self) {
         let mut empty_turns = 0;
-        std::future::poll_fn(|cx| match Pin::new(&mut *self).poll_next(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                self.first = Some(bytes);
-                Poll::Ready(())
+        std::future::poll_fn(|cx| {
+            let mut m = self.metering();
+            match m.poll_batch(cx) {
+                Poll::Ready(Some(bytes)) => {
+                    m.first = Some(bytes);
+                    Poll::Ready(())
+                }
+                Poll::Ready(None) => Poll::Ready(()),
+                // Batching: it asked to be polled again and stops by itself.
+                Poll::Pending if !m.batch.is_empty() => Poll::Pending,
+                Poll::Pending if empty_turns < IDLE_TURNS => {
+                    empty_turns += 1;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Pending => Poll::Ready(()),
             }
-            Poll::Ready(_) => Poll::Ready(()),
-            // Batching: it asked to be polled again and stops by itself.
-            Poll::Pending if !self.batch.is_empty() => Poll::Pending,
-            Poll::Pending if empty_turns < IDLE_TURNS => {
-                empty_turns += 1;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Poll::Pending => Poll::Ready(()),
         })
         .await;
     }
+}
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing under these locks panics; if something did, the state is
+    // still the best account of what was consumed.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Metering {
     fn settle(&mut self) {
         let Some(hold) = self.hold.take() else { return };
         let mut usage = self.translator.usage_so_far();
@@ -141,12 +218,33 @@ impl MeteredStream {
         hold.commit(actual(&usage, self.price.as_ref()));
     }
 
-    /// Ends the stream: its last translated bytes join the batch.
+    /// Ends the stream: its last translated bytes join the batch, the hold
+    /// is settled and the provider's connection dropped.
     fn finish(&mut self) {
         self.done = true;
         let tail = self.translator.finish();
         self.batch.extend_from_slice(&tail);
         self.settle();
+        self.upstream = Box::pin(futures::stream::empty());
+    }
+
+    /// Ends a stream the provider is still sending, from outside its poll.
+    fn cut(&mut self, why: Cut) {
+        if self.done {
+            return;
+        }
+        match why {
+            Cut::ShuttingDown => tracing::warn!(
+                "shutting down: a stream still running ends here, charged what it consumed"
+            ),
+            Cut::Deadline => tracing::warn!(
+                "a stream would outlive its hold (TOLLGATE_HOLD_TTL_MS): it ends here, charged what it consumed"
+            ),
+        }
+        self.finish();
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
     }
 
     /// What is batched, for the server to write; `None` if nothing is.
@@ -155,83 +253,164 @@ impl MeteredStream {
         self.turns = 0;
         (!self.batch.is_empty()).then(|| self.batch.split().freeze())
     }
+
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        loop {
+            if self.done {
+                return Poll::Ready(self.take_batch());
+            }
+            match self.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let out = self.translator.push(&chunk);
+                    if !out.is_empty() {
+                        self.batch.extend_from_slice(&out);
+                        self.idle = 0;
+                    }
+                    if self.translator.is_finished() {
+                        // It ended the stream itself (an oversized event):
+                        // settle, and stop reading the provider.
+                        self.finish();
+                        continue;
+                    }
+                    if self.batch.len() >= BATCH_BYTES {
+                        return Poll::Ready(self.take_batch());
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream stream broke");
+                    self.finish();
+                }
+                Poll::Ready(None) => self.finish(),
+                Poll::Pending => {
+                    if self.batch.is_empty() {
+                        return Poll::Pending;
+                    }
+                    if self.idle < IDLE_TURNS && self.turns < BATCH_TURNS {
+                        // The provider's connection may hold more, already
+                        // read: let it run (it was woken by the poll above),
+                        // then look again.
+                        self.idle += 1;
+                        self.turns += 1;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(self.take_batch());
+                }
+            }
+        }
+    }
 }
 
 impl Stream for MeteredStream {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(Ok(first)));
-        }
-        loop {
-            if this.done {
-                return Poll::Ready(this.take_batch().map(Ok));
-            }
-            if this.cut_off.as_mut().poll(cx).is_ready() {
-                tracing::warn!(
-                    "shutting down: a stream still running ends here, charged what it consumed"
-                );
-                this.finish();
-                continue;
-            }
-            if this.deadline.as_mut().poll(cx).is_ready() {
-                tracing::warn!(
-                    "a stream would outlive its hold (TOLLGATE_HOLD_TTL_MS): it ends here, charged what it consumed"
-                );
-                this.finish();
-                continue;
-            }
-            match this.upstream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(chunk))) => {
-                    let out = this.translator.push(&chunk);
-                    if !out.is_empty() {
-                        this.batch.extend_from_slice(&out);
-                        this.idle = 0;
-                    }
-                    if this.translator.is_finished() {
-                        // It ended the stream itself (an oversized event):
-                        // settle, and stop reading the provider.
-                        this.finish();
-                        continue;
-                    }
-                    if this.batch.len() >= BATCH_BYTES {
-                        return Poll::Ready(this.take_batch().map(Ok));
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "upstream stream broke");
-                    this.finish();
-                }
-                Poll::Ready(None) => this.finish(),
-                Poll::Pending => {
-                    if this.batch.is_empty() {
-                        return Poll::Pending;
-                    }
-                    if this.idle < IDLE_TURNS && this.turns < BATCH_TURNS {
-                        // The provider's connection may hold more, already
-                        // read: let it run (it was woken by the poll above),
-                        // then look again.
-                        this.idle += 1;
-                        this.turns += 1;
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    return Poll::Ready(this.take_batch().map(Ok));
-                }
-            }
-        }
+        self.metering().poll_batch(cx).map(|b| b.map(Ok))
     }
 }
 
 impl Drop for MeteredStream {
     fn drop(&mut self) {
+        self.watchdog.forget(self.key);
         // The client went away mid-stream: commit what was consumed.
-        self.settle();
+        self.metering().settle();
     }
 }
 
+/// One per HTTP thread: ends that thread's streams at their deadline, and
+/// all of them when the shutdown grace runs out, whether or not anything
+/// polls them (see the module's notes). Cheap to clone.
+#[derive(Clone)]
+pub struct Watchdog(Arc<Watched>);
+
+struct Watched {
+    streams: Mutex<Streams>,
+    cut_off: CancellationToken,
+}
+
+#[derive(Default)]
+struct Streams {
+    next_key: u64,
+    by_key: HashMap<u64, (Instant, Weak<Mutex<Metering>>)>,
+}
+
+impl Watchdog {
+    /// Starts this thread's watchdog (on the current runtime), looking at
+    /// its streams every `every` (at most [`WATCH_EVERY`]): a stream is cut
+    /// at most that long after its deadline. It stops after cutting every
+    /// stream when `cut_off` is cancelled.
+    pub fn start(cut_off: CancellationToken, every: Duration) -> Watchdog {
+        let watchdog = Watchdog(Arc::new(Watched {
+            streams: Mutex::default(),
+            cut_off: cut_off.clone(),
+        }));
+        let every = every.clamp(Duration::from_millis(1), WATCH_EVERY);
+        let watched = Arc::downgrade(&watchdog.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let shutting_down = tokio::select! {
+                    biased;
+                    () = cut_off.cancelled() => true,
+                    _ = tick.tick() => false,
+                };
+                let Some(watched) = watched.upgrade() else {
+                    return;
+                };
+                let (due, why) = if shutting_down {
+                    (watched.due(None), Cut::ShuttingDown)
+                } else {
+                    (watched.due(Some(Instant::now())), Cut::Deadline)
+                };
+                for metering in due {
+                    lock(&metering).cut(why);
+                }
+                if shutting_down {
+                    return;
+                }
+            }
+        });
+        watchdog
+    }
+
+    fn watch(&self, deadline: Instant, metering: Weak<Mutex<Metering>>) -> u64 {
+        let mut streams = lock(&self.0.streams);
+        let key = streams.next_key;
+        streams.next_key += 1;
+        streams.by_key.insert(key, (deadline, metering));
+        key
+    }
+
+    fn forget(&self, key: u64) {
+        lock(&self.0.streams).by_key.remove(&key);
+    }
+
+    /// Streams being watched (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.0.streams).by_key.len()
+    }
+}
+
+impl Watched {
+    /// The live streams whose deadline is at or before `now`; every one with
+    /// `None`. Taken out of the lock before they are cut.
+    fn due(&self, now: Option<Instant>) -> Vec<Arc<Mutex<Metering>>> {
+        lock(&self.streams)
+            .by_key
+            .values()
+            .filter(|(deadline, _)| now.is_none_or(|now| *deadline <= now))
+            .filter_map(|(_, metering)| metering.upgrade())
+            .collect()
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,36 +426,48 @@ mod tests {
         ))
     }
 
-    /// A metered stream with no hold, over `upstream`.
+    /// A runtime whose context the tests poll in by hand (a timer and the
+    /// watchdog need one).
+    fn runtime() -> &'static tokio::runtime::Runtime {
+        static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
+            std::sync::LazyLock::new(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap()
+            });
+        &RUNTIME
+    }
+
+    /// A metered stream with no hold, over `upstream`, ended by `watchdog`
+    /// at `deadline`.
+    fn watched(
+        upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
+        watchdog: &Watchdog,
+        deadline: Instant,
+    ) -> MeteredStream {
+        MeteredStream::with(
+            Box::pin(upstream),
+            StreamTranslator::new(ProviderKind::OpenAi, false, "gpt-4o-mini"),
+            None,
+            None,
+            CountedInput::default(),
+            watchdog,
+            deadline,
+        )
+    }
+
+    /// A metered stream with no hold, over `upstream`, that nothing cuts.
     fn metered(
         upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
     ) -> MeteredStream {
-        MeteredStream {
-            upstream: Box::pin(upstream),
-            translator: StreamTranslator::new(ProviderKind::OpenAi, false, "gpt-4o-mini"),
-            hold: None,
-            price: None,
-            input_estimate: CountedInput::default(),
-            cut_off: Box::pin(CancellationToken::new().cancelled_owned()),
-            // Far off; made in a runtime's context, which a timer needs,
-            // while the tests poll by hand.
-            deadline: {
-                static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> =
-                    std::sync::LazyLock::new(|| {
-                        tokio::runtime::Builder::new_current_thread()
-                            .enable_time()
-                            .build()
-                            .unwrap()
-                    });
-                let _context = RUNTIME.enter();
-                Box::pin(tokio::time::sleep(std::time::Duration::from_secs(3600)))
-            },
-            done: false,
-            batch: BytesMut::new(),
-            idle: 0,
-            turns: 0,
-            first: None,
-        }
+        let _context = runtime().enter();
+        let watchdog = Watchdog::start(CancellationToken::new(), WATCH_EVERY);
+        watched(
+            upstream,
+            &watchdog,
+            Instant::now() + Duration::from_secs(3600),
+        )
     }
 
     struct Count(AtomicUsize);
@@ -409,5 +600,100 @@ mod tests {
             Poll::Ready(Some(Ok(second))) => assert_eq!(second, event(1)),
             other => panic!("the second event was held back: {other:?}"),
         }
+    }
+
+    /// A provider still generating, whose stream is dropped when the
+    /// proxy drops its side: `dropped` tells when.
+    fn endless() -> (
+        impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
+        Arc<AtomicBool>,
+    ) {
+        struct Flag(Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flag = Flag(dropped.clone());
+        let mut sent = false;
+        let upstream = futures::stream::poll_fn(move |_| {
+            let _owned = &flag;
+            if sent {
+                Poll::Pending
+            } else {
+                sent = true;
+                Poll::Ready(Some(Ok(event(0))))
+            }
+        });
+        (upstream, dropped)
+    }
+
+    #[tokio::test]
+    async fn a_stream_nothing_polls_is_cut_at_its_deadline() {
+        // A client that stopped reading: hyper stops polling the body, so
+        // only the watchdog can end the call before its hold expires.
+        let watchdog = Watchdog::start(CancellationToken::new(), Duration::from_millis(10));
+        let (upstream, dropped) = endless();
+        let mut stream = watched(
+            upstream,
+            &watchdog,
+            Instant::now() + Duration::from_millis(50),
+        );
+        stream.prefetch().await;
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(Some(Ok(first))) = stream.poll_next_unpin(&mut cx) else {
+            panic!("the first event was not ready");
+        };
+        assert_eq!(first, event(0));
+        assert!(stream.poll_next_unpin(&mut cx).is_pending());
+        assert!(!dropped.load(Ordering::SeqCst));
+        // Not polled from here on.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the provider's connection is dropped at the deadline"
+        );
+        assert!(wakes.0.load(Ordering::SeqCst) >= 1, "the body is woken");
+        let Poll::Ready(Some(Ok(tail))) = stream.poll_next_unpin(&mut cx) else {
+            panic!("no notice after the cut");
+        };
+        let tail = String::from_utf8(tail.to_vec()).unwrap();
+        assert!(
+            tail.contains("ended before the answer was complete"),
+            "{tail}"
+        );
+        assert!(tail.ends_with("data: [DONE]\n\n"), "{tail}");
+        assert!(matches!(stream.poll_next_unpin(&mut cx), Poll::Ready(None)));
+        drop(stream);
+        assert_eq!(watchdog.len(), 0, "an ended stream is forgotten");
+    }
+
+    #[tokio::test]
+    async fn streams_before_their_deadline_are_left_alone_until_the_cut_off() {
+        let cut_off = CancellationToken::new();
+        let watchdog = Watchdog::start(cut_off.clone(), Duration::from_millis(10));
+        let far = Instant::now() + Duration::from_secs(3600);
+        let (a, a_dropped) = endless();
+        let (b, b_dropped) = endless();
+        let (first, second) = (watched(a, &watchdog, far), watched(b, &watchdog, far));
+        assert_eq!(watchdog.len(), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!a_dropped.load(Ordering::SeqCst) && !b_dropped.load(Ordering::SeqCst));
+        cut_off.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(a_dropped.load(Ordering::SeqCst) && b_dropped.load(Ordering::SeqCst));
+        // One that starts after the cut-off ends at once.
+        let (c, c_dropped) = endless();
+        let third = watched(c, &watchdog, far);
+        assert!(c_dropped.load(Ordering::SeqCst));
+        for stream in [first, second, third] {
+            let all: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
+            let all = String::from_utf8(all.concat()).unwrap();
+            assert!(all.ends_with("data: [DONE]\n\n"), "{all}");
+        }
+        assert_eq!(watchdog.len(), 0);
     }
 }
