@@ -1455,9 +1455,13 @@ async fn hitting_a_limit_is_an_openai_429_with_the_tiers_message() {
     // A month's cap resets later than the SDKs would wait: no retries.
     assert_eq!(headers["x-should-retry"], "false", "{headers:?}");
     let message = body["error"]["message"].as_str().unwrap();
+    // Dollars to the cent: "You used 4.32 of 5.00 usd this month; …".
+    let used = message
+        .strip_prefix("You used ")
+        .and_then(|rest| rest.split_once(" of 5.00 usd this month; upgrade for more"))
+        .map(|(used, _)| used);
     assert!(
-        message.starts_with("You used ")
-            && message.contains("of 5 usd this month; upgrade for more"),
+        used.is_some_and(|u| u.len() >= 4 && u.as_bytes()[u.len() - 3] == b'.'),
         "{message}"
     );
     assert_eq!(body["error"]["deep_link"], "myapp://upgrade");

@@ -31,7 +31,8 @@ pub struct Tier {
     /// Models this tier may call (globs); absent means any model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<ModelGlob>>,
-    /// Template shown when a limit is hit: `{{usage}}`, `{{limit}}`, `{{unit}}`, `{{window}}`, `{{resets_at}}`.
+    /// Template shown when a limit is hit, with the [`MESSAGE_PLACEHOLDERS`]
+    /// (`{{usage}}`, `{{limit}}`…) filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Where the app should send a user who hit a limit (an upgrade page).
@@ -133,6 +134,54 @@ fn non_negative<'de, D: Deserializer<'de>>(d: D) -> Result<Quantity, D::Error> {
     Ok(q)
 }
 
+/// What a tier's `message` may name, as `{{name}}` (spaces inside the braces
+/// allowed), and what each becomes (`ledger::gate::message::render`): the
+/// amount used or held in the limit's period, its cap, what is left of it,
+/// its unit, its window, when it resets (RFC 3339, `never` for a lifetime
+/// limit), the model scope it applies to (` for gpt-4o*`, empty for every
+/// model), and the tier's `deep_link` (empty if it has none).
+pub const MESSAGE_PLACEHOLDERS: [&str; 8] = [
+    "usage",
+    "limit",
+    "remaining",
+    "unit",
+    "window",
+    "resets_at",
+    "scope",
+    "deep_link",
+];
+
+/// Longest `message` a tier may have, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+/// A template's pieces: literal text, and the names between `{{` and `}}`
+/// (trimmed). A `{{` without its `}}` is literal text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Text(&'a str),
+    Placeholder(&'a str),
+}
+
+/// Splits `template` into [`Piece`]s, in order.
+pub fn template_pieces(template: &str) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let Some(close) = rest[open + 2..].find("}}") else {
+            break;
+        };
+        if open > 0 {
+            pieces.push(Piece::Text(&rest[..open]));
+        }
+        pieces.push(Piece::Placeholder(rest[open + 2..open + 2 + close].trim()));
+        rest = &rest[open + 2 + close + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest));
+    }
+    pieces
+}
+
 /// A plan that cannot be used, with the line it comes from when known.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{message}")]
@@ -179,6 +228,38 @@ fn line_of_repeat(text: &str, tier: &str, unit: &str, window: &str) -> String {
     format!("line {}: ", line + 1)
 }
 
+/// A tier's message: bounded, and naming only [`MESSAGE_PLACEHOLDERS`] (a
+/// misspelt one would reach users as written).
+fn check_message(text: &str, tier: &str, message: &str) -> Result<(), PlanError> {
+    if message.len() > MAX_MESSAGE_BYTES {
+        return Err(PlanError {
+            message: format!(
+                "{}tier `{tier}`: message is {} bytes; at most {MAX_MESSAGE_BYTES}",
+                line_of(text, "message"),
+                message.len()
+            ),
+        });
+    }
+    for piece in template_pieces(message) {
+        if let Piece::Placeholder(name) = piece {
+            if !MESSAGE_PLACEHOLDERS.contains(&name) {
+                return Err(PlanError {
+                    message: format!(
+                        "{}tier `{tier}`: message names `{{{{{name}}}}}`, which is not one of {}",
+                        line_of(text, if name.is_empty() { "{{" } else { name }),
+                        MESSAGE_PLACEHOLDERS
+                            .iter()
+                            .map(|p| format!("{{{{{p}}}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Plan {
     /// Parses and validates a YAML plan.
     pub fn from_yaml(text: &str) -> Result<Plan, PlanError> {
@@ -213,6 +294,19 @@ impl Plan {
                         line_of(text, name)
                     ),
                 });
+            }
+            if let Some(message) = &tier.message {
+                check_message(text, name, message)?;
+            }
+            if let Some(link) = &tier.deep_link {
+                if link.is_empty() || link.len() > 2048 || link.chars().any(char::is_control) {
+                    return Err(PlanError {
+                        message: format!(
+                            "{}tier `{name}`: deep_link must be 1-2048 printable characters",
+                            line_of(text, "deep_link")
+                        ),
+                    });
+                }
             }
             let mut seen = std::collections::HashSet::new();
             for limit in &tier.limits {
@@ -364,5 +458,57 @@ tiers:
         assert!(ModelGlob("claude-?-*".into()).matches("claude-3-opus"));
         assert!(scope_matches(None, None));
         assert!(!scope_matches(Some(&g), None));
+    }
+
+    fn with_message(message: &str) -> String {
+        format!(
+            "default_tier: free\ntiers:\n  free:\n    deep_link: \"app://upgrade\"\n    message: {}\n    limits:\n      - {{ unit: requests, window: day, cap: 5 }}\n",
+            serde_json::to_string(message).unwrap()
+        )
+    }
+
+    #[test]
+    fn a_message_names_only_known_placeholders() {
+        let every = MESSAGE_PLACEHOLDERS
+            .iter()
+            .map(|p| format!("{{{{{p}}}}}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Plan::from_yaml(&with_message(&every)).unwrap();
+        Plan::from_yaml(&with_message("{{ usage }}/{{limit}}; no braces {{ here")).unwrap();
+        let err = Plan::from_yaml(&with_message("only {{remaning}} left"))
+            .unwrap_err()
+            .message;
+        assert!(err.starts_with("line 5: tier `free`"), "{err}");
+        assert!(err.contains("`{{remaning}}`"), "{err}");
+        assert!(err.contains("{{remaining}}"), "lists the known ones: {err}");
+        let err = Plan::from_yaml(&with_message("{{}}")).unwrap_err().message;
+        assert!(err.contains("`{{}}`"), "{err}");
+        let err = Plan::from_yaml(&with_message(&"x".repeat(MAX_MESSAGE_BYTES + 1)))
+            .unwrap_err()
+            .message;
+        assert!(err.contains("at most 2048"), "{err}");
+        let bad_link = with_message("over").replace("app://upgrade", "app://up\\ngrade");
+        let err = Plan::from_yaml(&bad_link).unwrap_err().message;
+        assert!(err.contains("deep_link"), "{err}");
+    }
+
+    #[test]
+    fn templates_split_into_text_and_placeholders() {
+        use Piece::{Placeholder as P, Text as T};
+        assert_eq!(
+            template_pieces("used {{ usage }} of {{limit}}{{unit}}!"),
+            vec![
+                T("used "),
+                P("usage"),
+                T(" of "),
+                P("limit"),
+                P("unit"),
+                T("!")
+            ]
+        );
+        assert_eq!(template_pieces("{{ open"), vec![T("{{ open")]);
+        assert_eq!(template_pieces(""), vec![]);
+        assert_eq!(template_pieces("}}{{x}}"), vec![T("}}"), P("x")]);
     }
 }

@@ -74,17 +74,21 @@ pub fn rate_limit_headers(
             continue;
         };
         // Whole seconds rounded up, as `Retry-After` is: 0.6 s left is
-        // "1s", not a "0s" that says to retry now.
+        // "1s", not a "0s" that says to retry now. A lifetime limit never
+        // resets: no reset header, rather than a value no client parses.
         let reset = l
             .resets_at
-            .map(|at| duration(((at - now).num_milliseconds().max(0) + 999) / 1000))
-            .unwrap_or_else(|| "never".into());
+            .map(|at| duration(((at - now).num_milliseconds().max(0) + 999) / 1000));
         let values = [
-            l.cap.normalize().to_string(),
-            l.remaining.normalize().to_string(),
+            Some(l.cap.normalize().to_string()),
+            Some(l.remaining.normalize().to_string()),
             reset,
         ];
         for (name, value) in names.into_iter().zip(values) {
+            let Some(value) = value else {
+                headers.remove(name);
+                continue;
+            };
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(HeaderName::from_static(name), v);
             }
@@ -148,7 +152,10 @@ mod tests {
         assert_eq!(h["x-ratelimit-remaining-requests"], "4");
         assert_eq!(h["x-ratelimit-limit-tokens"], "200", "75 % left beats 90 %");
         assert_eq!(h["x-ratelimit-remaining-tokens"], "150");
-        assert_eq!(h["x-ratelimit-reset-tokens"], "never");
+        assert!(
+            !h.contains_key("x-ratelimit-reset-tokens"),
+            "no reset for a limit that never resets"
+        );
         let h = headers(&[limit(Unit::Tokens, 1000, 10), limit(Unit::Tokens, 0, 0)]);
         assert_eq!(
             h["x-ratelimit-limit-tokens"], "0",
