@@ -926,6 +926,25 @@ async fn a_stream_whose_client_stopped_reading_is_cut_before_its_hold_could_expi
         .parse()
         .unwrap();
     assert!(output > 0, "what was consumed is charged: {settled:?}");
+    // Settled while its hold was still open: the harness runs no expiry,
+    // so the times tell.
+    let mut times = Vec::new();
+    let account = schemas::Account::Identity {
+        identity: "stalled".into(),
+    };
+    ledger::audit::audit(p.gate.jetstream(), p.project_id, &account, |_, env| {
+        times.push((env.occurred_at, serde_json::to_value(&env.event)?));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(times[0].1["expires_at"].clone()).unwrap();
+    assert!(
+        times[1].0 < expires_at,
+        "committed at {} for a hold expiring at {expires_at}",
+        times[1].0
+    );
     for _ in 0..500 {
         if hung_up.load(Ordering::SeqCst) {
             break;

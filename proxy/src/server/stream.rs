@@ -341,10 +341,12 @@ struct Streams {
 }
 
 impl Watchdog {
-    /// Starts this thread's watchdog (on the current runtime), looking at
-    /// its streams every `every` (at most [`WATCH_EVERY`]): a stream is cut
-    /// at most that long after its deadline. It stops after cutting every
-    /// stream when `cut_off` is cancelled.
+    /// Starts this thread's watchdog (on the current runtime). It sleeps
+    /// until the earliest deadline of its streams, looking again at least
+    /// every `every` (at most [`WATCH_EVERY`]) for streams started since:
+    /// with `every` shorter than any call's limit, each is cut at its
+    /// deadline. It stops after cutting every stream when `cut_off` is
+    /// cancelled.
     pub fn start(cut_off: CancellationToken, every: Duration) -> Watchdog {
         let watchdog = Watchdog(Arc::new(Watched {
             streams: Mutex::default(),
@@ -353,28 +355,37 @@ impl Watchdog {
         let every = every.clamp(Duration::from_millis(1), WATCH_EVERY);
         let watched = Arc::downgrade(&watchdog.0);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut wake_at = Instant::now() + every;
             loop {
                 let shutting_down = tokio::select! {
                     biased;
                     () = cut_off.cancelled() => true,
-                    _ = tick.tick() => false,
+                    () = tokio::time::sleep_until(wake_at) => false,
                 };
                 let Some(watched) = watched.upgrade() else {
                     return;
                 };
-                let (due, why) = if shutting_down {
-                    (watched.due(None), Cut::ShuttingDown)
+                let now = Instant::now();
+                let (due, next) = watched.take_due((!shutting_down).then_some(now));
+                let why = if shutting_down {
+                    Cut::ShuttingDown
                 } else {
-                    (watched.due(Some(Instant::now())), Cut::Deadline)
+                    Cut::Deadline
                 };
                 for metering in due {
-                    lock(&metering).cut(why);
+                    // A panic in one stream's translator must not leave every
+                    // other stream of this thread uncut.
+                    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        lock(&metering).cut(why);
+                    }));
+                    if cut.is_err() {
+                        tracing::error!("cutting a stream panicked; its hold is left to expire");
+                    }
                 }
                 if shutting_down {
                     return;
                 }
+                wake_at = next.map_or(now + every, |next| next.min(now + every));
             }
         });
         watchdog
@@ -400,17 +411,25 @@ impl Watchdog {
 }
 
 impl Watched {
-    /// The live streams whose deadline is at or before `now`; every one with
-    /// `None`. Taken out of the lock before they are cut.
-    fn due(&self, now: Option<Instant>) -> Vec<Arc<Mutex<Metering>>> {
-        lock(&self.streams)
-            .by_key
-            .values()
-            .filter(|(deadline, _)| now.is_none_or(|now| *deadline <= now))
-            .filter_map(|(_, metering)| metering.upgrade())
-            .collect()
+    /// Takes out the live streams whose deadline is at or before `now`
+    /// (every one with `None`), to be cut out of the lock; and the earliest
+    /// deadline of those left.
+    fn take_due(&self, now: Option<Instant>) -> (Vec<Arc<Mutex<Metering>>>, Option<Instant>) {
+        let mut streams = lock(&self.streams);
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        streams.by_key.retain(|_, (deadline, metering)| {
+            if now.is_none_or(|now| *deadline <= now) {
+                due.extend(metering.upgrade());
+                return false;
+            }
+            next = Some(next.map_or(*deadline, |n| n.min(*deadline)));
+            true
+        });
+        (due, next)
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,17 +648,14 @@ mod tests {
         (upstream, dropped)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stream_nothing_polls_is_cut_at_its_deadline() {
         // A client that stopped reading: hyper stops polling the body, so
         // only the watchdog can end the call before its hold expires.
-        let watchdog = Watchdog::start(CancellationToken::new(), Duration::from_millis(10));
+        let watchdog = Watchdog::start(CancellationToken::new(), WATCH_EVERY);
         let (upstream, dropped) = endless();
-        let mut stream = watched(
-            upstream,
-            &watchdog,
-            Instant::now() + Duration::from_millis(50),
-        );
+        let started = Instant::now();
+        let mut stream = watched(upstream, &watchdog, started + Duration::from_millis(2500));
         stream.prefetch().await;
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(wakes.clone());
@@ -649,29 +665,45 @@ mod tests {
         };
         assert_eq!(first, event(0));
         assert!(stream.poll_next_unpin(&mut cx).is_pending());
-        assert!(!dropped.load(Ordering::SeqCst));
-        // Not polled from here on.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Not polled from here on. Past two of the watchdog's looks, just
+        // before the deadline: still running.
+        tokio::time::sleep_until(started + Duration::from_millis(2450)).await;
+        assert!(!dropped.load(Ordering::SeqCst), "cut before its deadline");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        // At the deadline, not at the watchdog's next look (3 s).
+        tokio::time::sleep_until(started + Duration::from_millis(2550)).await;
         assert!(
             dropped.load(Ordering::SeqCst),
             "the provider's connection is dropped at the deadline"
         );
-        assert!(wakes.0.load(Ordering::SeqCst) >= 1, "the body is woken");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the body is woken");
+        assert_eq!(watchdog.len(), 0, "a cut stream is no longer watched");
         let Poll::Ready(Some(Ok(tail))) = stream.poll_next_unpin(&mut cx) else {
             panic!("no notice after the cut");
         };
         let tail = String::from_utf8(tail.to_vec()).unwrap();
-        assert!(
-            tail.contains("ended before the answer was complete"),
-            "{tail}"
-        );
+        assert!(tail.contains("ended before the answer was complete"), "{tail}");
         assert!(tail.ends_with("data: [DONE]\n\n"), "{tail}");
         assert!(matches!(stream.poll_next_unpin(&mut cx), Poll::Ready(None)));
-        drop(stream);
-        assert_eq!(watchdog.len(), 0, "an ended stream is forgotten");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_ends_is_no_longer_watched() {
+        let watchdog = Watchdog::start(CancellationToken::new(), WATCH_EVERY);
+        let far = Instant::now() + Duration::from_secs(3600);
+        let done = Bytes::from_static(b"data: [DONE]\n\n");
+        let stream = watched(
+            futures::stream::iter([Ok(event(0)), Ok(done.clone())]),
+            &watchdog,
+            far,
+        );
+        assert_eq!(watchdog.len(), 1);
+        let all: Vec<Bytes> = stream.map(Result::unwrap).collect().await;
+        assert_eq!(all.concat(), [event(0), done].concat());
+        assert_eq!(watchdog.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn streams_before_their_deadline_are_left_alone_until_the_cut_off() {
         let cut_off = CancellationToken::new();
         let watchdog = Watchdog::start(cut_off.clone(), Duration::from_millis(10));
