@@ -870,6 +870,30 @@ async fn a_call_is_cut_before_its_hold_could_expire() {
     charged_the_hold_and_not_retried(&p, "long-json", "gpt-4o", 504, "call_outlived_hold").await;
 }
 
+/// A hold that takes the call's whole time to be taken (here: a call may
+/// run for no time at all) is released and the call not sent, rather than
+/// charged for a call the provider never saw.
+#[tokio::test]
+async fn a_call_whose_hold_took_all_its_time_is_not_sent_nor_charged() {
+    let p = Proxy::start_with_hold_ttl(PLAN, Duration::ZERO).await;
+    let r = p
+        .request("slow-hold", &chat_body("gpt-4o", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        !r.headers().contains_key("x-should-retry"),
+        "not charged: the SDKs may retry"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "hold_too_slow", "{body}");
+    assert_eq!(p.openai.request_count(), 0, "nothing was sent");
+    let settled = p.settled("slow-hold", 1).await;
+    assert_eq!(settled[0].0, "released", "{settled:?}");
+    assert_eq!(settled[0].1["reason"], "hold_outlasted_call", "{settled:?}");
+}
+
 /// A client that stops reading a stream (an app sent to the background, a
 /// stalled network) leaves the answer's body unpolled: hyper polls a body
 /// only when it can write. The call is still cut before its hold could

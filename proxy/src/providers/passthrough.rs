@@ -124,6 +124,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
+/// A delta (or a message): every field that is output the provider bills.
+/// `reasoning` is what some OpenAI-compatible servers (OpenRouter, vLLM)
+/// call `reasoning_content`; `refusal` is OpenAI's text of a refusal.
 #[derive(Debug, Default, Deserialize)]
 struct DeltaView<'a> {
     #[serde(default, borrow)]
@@ -131,8 +134,28 @@ struct DeltaView<'a> {
     #[serde(default, borrow)]
     reasoning_content: Option<Text<'a>>,
     #[serde(default, borrow)]
+    reasoning: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    refusal: Option<Text<'a>>,
+    #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallView<'a>>>,
+    #[serde(default, borrow)]
+    audio: Option<AudioView<'a>>,
 }
+
+/// Audio output (`modalities: ["audio"]`): its transcript, and the audio
+/// itself as base64. Streamed audio is 16-bit PCM at 24 kHz, mono (the only
+/// format OpenAI streams).
+#[derive(Debug, Default, Deserialize)]
+struct AudioView<'a> {
+    #[serde(default, borrow)]
+    transcript: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    data: Option<Text<'a>>,
+}
+
+/// Bytes per second of streamed audio output: 24,000 samples of 2 bytes.
+const STREAMED_AUDIO_BYTES_PER_SECOND: u64 = 48_000;
 
 #[derive(Debug, Default, Deserialize)]
 struct ToolCallView<'a> {
@@ -158,8 +181,23 @@ impl DeltaView<'_> {
         self.content
             .iter()
             .chain(&self.reasoning_content)
+            .chain(&self.reasoning)
+            .chain(&self.refusal)
+            .chain(self.audio.iter().flat_map(|a| &a.transcript))
             .chain(calls.flat_map(|f| f.name.iter().chain(&f.arguments)))
             .map(Text::as_str)
+    }
+
+    /// Microseconds of streamed audio in this delta.
+    fn audio_micros(&self) -> u64 {
+        let Some(data) = self.audio.as_ref().and_then(|a| a.data.as_ref()) else {
+            return 0;
+        };
+        let base64 = data.as_str().trim_end_matches('=').len() as u64;
+        let bytes = base64 * 3 / 4;
+        (u128::from(bytes) * 1_000_000 / u128::from(STREAMED_AUDIO_BYTES_PER_SECOND))
+            .try_into()
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -265,7 +303,13 @@ fn plain_chunk(data: &str) -> Option<Plain> {
                             return None;
                         }
                     }
-                    b"usage" | b"finish_reason" if !null_at(j) => return None,
+                    // Output the full parse counts (OpenAI sends
+                    // `"refusal":null` in every first chunk).
+                    b"usage" | b"finish_reason" | b"refusal" | b"reasoning" | b"audio"
+                        if !null_at(j) =>
+                    {
+                        return None
+                    }
                     b"service_tier" if !null_at(j) => {
                         // Only the chunk's own tier is read, as the full
                         // parse does; one elsewhere is left to it.
@@ -369,6 +413,8 @@ impl StreamHandler {
                 for text in delta.texts() {
                     ctx.count(text);
                 }
+                ctx.audio_output_micros =
+                    ctx.audio_output_micros.saturating_add(delta.audio_micros());
             }
             if choice.finish_reason.is_some() {
                 ctx.completed = true;
@@ -452,6 +498,45 @@ mod tests {
         assert_eq!(out.matches("\"usage\"").count(), 1, "{out}");
         assert!(out.trim_end().ends_with("data: [DONE]"), "{out}");
         assert_eq!(t.usage_so_far().input_tokens, 3);
+    }
+
+    #[test]
+    fn a_cut_stream_counts_refusals_reasoning_and_audio() {
+        // Each chunk: 40 bytes of text in the field, so 10 tokens.
+        let words = "abcd".repeat(10);
+        for field in ["refusal", "reasoning", "reasoning_content", "content"] {
+            let mut t = StreamTranslator::new(ProviderKind::OpenAi, false, "m");
+            let chunk = format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"{field}\":\"{words}\"}},\"finish_reason\":null}}]}}\n\n"
+            );
+            let out = t.push(chunk.as_bytes());
+            assert_eq!(out, chunk.as_bytes(), "{field}: passed on unchanged");
+            let usage = t.usage_so_far();
+            assert_eq!(usage.output_tokens, 10, "{field}");
+            assert!(usage.estimated, "{field}");
+        }
+        // Audio output: two chunks of 0.5 s of 24 kHz 16-bit PCM each
+        // (24,000 bytes, 32,000 in base64), with a transcript.
+        let mut t = StreamTranslator::new(ProviderKind::OpenAi, false, "gpt-4o-audio-preview");
+        let half_second = "A".repeat(32_000);
+        for _ in 0..2 {
+            t.push(format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"audio\":{{\"id\":\"a\",\"data\":\"{half_second}\",\"transcript\":\"{words}\"}}}},\"finish_reason\":null}}]}}\n\n"
+            ).as_bytes());
+        }
+        let usage = t.usage_so_far();
+        // 1 s at OpenAI's 10 audio tokens a second, and 80 bytes of transcript.
+        assert_eq!(usage.audio_output_tokens, 10);
+        assert_eq!(usage.output_tokens, 10 + 20);
+        // The provider's own count, when it comes, is what is charged.
+        t.push(br#"data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":50,"total_tokens":55,"completion_tokens_details":{"audio_tokens":40}}}
+
+data: [DONE]
+
+"#);
+        let usage = t.usage_so_far();
+        assert_eq!((usage.output_tokens, usage.audio_output_tokens), (50, 40));
+        assert!(!usage.estimated);
     }
 
     /// What the full parse makes of a chunk, in [`Plain`]'s terms, if it
@@ -616,9 +701,20 @@ mod tests {
                 ]),
                 any::<bool>(),
                 any::<u64>(),
+                // OpenAI sends `"refusal":null` in a stream's first chunk.
+                prop::option::weighted(
+                    0.3,
+                    (
+                        prop::sample::select(vec!["refusal", "reasoning"]),
+                        prop_oneof![
+                            3 => Just("null".to_owned()),
+                            1 => text().prop_map(string),
+                        ],
+                    ),
+                ),
             )
                 .prop_map(
-                    move |(content, reasoning, calls, finish, logprobs, role, seed)| {
+                    move |(content, reasoning, calls, finish, logprobs, role, seed, other)| {
                         let mut delta = Vec::new();
                         if role {
                             delta.push(("role", r#""assistant""#.to_owned()));
@@ -631,6 +727,9 @@ mod tests {
                         }
                         if let Some(c) = calls {
                             delta.push(("tool_calls", c));
+                        }
+                        if let Some((name, text)) = other {
+                            delta.push((name, text));
                         }
                         let mut fields =
                             vec![("index", "0".to_owned()), ("delta", object(delta, colon))];

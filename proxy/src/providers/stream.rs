@@ -34,6 +34,7 @@ use bytes::Bytes;
 /// Translates one upstream SSE stream into OpenAI's stream for the client.
 #[derive(Debug)]
 pub struct StreamTranslator {
+    kind: ProviderKind,
     parser: SseParser,
     handler: Handler,
     ctx: StreamCtx,
@@ -64,6 +65,7 @@ impl StreamTranslator {
             ProviderKind::Gemini => Handler::Gemini(gemini::StreamHandler::default()),
         };
         StreamTranslator {
+            kind,
             parser: SseParser::default(),
             handler,
             ctx: StreamCtx::new(meta, client_wants_usage),
@@ -134,7 +136,13 @@ impl StreamTranslator {
     pub fn usage_so_far(&self) -> Usage {
         let mut usage = self.ctx.usage;
         if !self.ctx.usage_final {
-            let estimate = estimate_output_tokens(self.ctx.completion_bytes);
+            // Audio at the provider's published rate (OpenAI: 10 a second).
+            let audio = (u128::from(self.ctx.audio_output_micros)
+                * u128::from(crate::estimate::audio_tokens_per_second(self.kind)))
+            .div_ceil(1_000_000);
+            let audio = u64::try_from(audio).unwrap_or(u64::MAX);
+            usage.audio_output_tokens = usage.audio_output_tokens.max(audio);
+            let estimate = estimate_output_tokens(self.ctx.completion_bytes).saturating_add(audio);
             usage.output_tokens = usage.output_tokens.max(estimate);
             usage.estimated = true;
         }
@@ -175,6 +183,8 @@ pub(crate) struct StreamCtx {
     pub usage_final: bool,
     /// Bytes of completion text (content, tool arguments, reasoning).
     pub completion_bytes: u64,
+    /// Audio output streamed so far, in microseconds.
+    pub audio_output_micros: u64,
     /// The provider signalled a normal end.
     pub completed: bool,
     /// The provider sent an error event.
@@ -194,6 +204,7 @@ impl StreamCtx {
             usage: Usage::default(),
             usage_final: false,
             completion_bytes: 0,
+            audio_output_micros: 0,
             completed: false,
             failed: false,
             usage_sent: false,

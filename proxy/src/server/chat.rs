@@ -431,6 +431,13 @@ impl Call {
             hold.release("client_gone");
             return Err(ProxyError::BadRequest("the client went away".into()));
         }
+        // The hold took the call's whole time (a slow ledger, a short
+        // TOLLGATE_HOLD_TTL_MS): nothing was sent, so nothing is charged,
+        // rather than the cut below charging the hold for a call never made.
+        if tokio::time::Instant::now() >= deadline {
+            hold.release("hold_outlasted_call");
+            return Err(ProxyError::HoldTooSlow(inner.settings.hold_ttl.as_millis()));
+        }
         let max_tokens = admitted.output_tokens.unwrap_or(est.max_output_tokens);
         let upstream = if max_tokens == est.max_output_tokens {
             upstream

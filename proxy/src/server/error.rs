@@ -67,6 +67,9 @@ pub enum ProxyError {
     /// Like [`ProxyError::UpstreamBroken`], cut by the proxy's shutdown.
     #[error("the proxy shut down while the provider was answering; the call was charged what was held, since the provider may have done the work")]
     ShuttingDown,
+    /// Taking the hold used up the time a call may run: released, retriable.
+    #[error("taking the hold took longer than a call may run (TOLLGATE_HOLD_TTL_MS is {0} ms); the call was not sent to the provider and not charged; retry")]
+    HoldTooSlow(u128),
     /// The proxy shut down before the call was sent: released, retriable.
     #[error(
         "the proxy is shutting down; the call was not sent to the provider and not charged; retry"
@@ -275,6 +278,12 @@ impl IntoResponse for ProxyError {
                 StatusCode::GATEWAY_TIMEOUT,
                 "api_error",
                 "call_outlived_hold",
+                None,
+            ),
+            ProxyError::HoldTooSlow(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "hold_too_slow",
                 None,
             ),
             ProxyError::ShuttingDown | ProxyError::ShutDownBeforeSending => (

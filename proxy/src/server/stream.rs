@@ -682,7 +682,10 @@ mod tests {
             panic!("no notice after the cut");
         };
         let tail = String::from_utf8(tail.to_vec()).unwrap();
-        assert!(tail.contains("ended before the answer was complete"), "{tail}");
+        assert!(
+            tail.contains("ended before the answer was complete"),
+            "{tail}"
+        );
         assert!(tail.ends_with("data: [DONE]\n\n"), "{tail}");
         assert!(matches!(stream.poll_next_unpin(&mut cx), Poll::Ready(None)));
     }
