@@ -21,6 +21,18 @@ use tokio_util::task::TaskTracker;
 /// waits for them a few seconds, `ingest::threads`.)
 const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
 
+/// The reason a hold whose reserve was never acknowledged is released with
+/// (`chat.rs`).
+pub const UNCONFIRMED: &str = "unconfirmed";
+
+/// How long the release of an unconfirmed hold keeps looking for it after
+/// it was first found missing: its append may still land after its
+/// acknowledgement timed out (queued in the client while NATS reconnects,
+/// which sends it as soon as it is back, or stored late by a slow server),
+/// and a hold that lands after its release gave up would take its budget
+/// and a concurrency slot until it expires.
+const UNCONFIRMED_MAY_LAND_FOR: Duration = Duration::from_secs(5);
+
 #[must_use = "a hold must be committed or released"]
 pub struct Hold {
     gate: Gate,
@@ -84,6 +96,7 @@ impl Hold {
         // Boxed for the reason `chat::completions` boxes the call.
         self.tracker.spawn(Box::pin(async move {
             let started = tokio::time::Instant::now();
+            let mut missing_since = None;
             let mut backoff = Duration::from_millis(50);
             loop {
                 let result = match &settle {
@@ -96,8 +109,16 @@ impl Hold {
                         tracing::warn!(reservation_id = %id, status, "hold was already settled");
                         return;
                     }
-                    // A hold whose reserve was never confirmed, and did not land.
-                    Err(GateError::NotFound) => return,
+                    // A hold whose reserve was never confirmed, and has not
+                    // landed (yet: see UNCONFIRMED_MAY_LAND_FOR).
+                    Err(GateError::NotFound) => {
+                        let since = *missing_since.get_or_insert_with(tokio::time::Instant::now);
+                        if !settle.looks_again(since.elapsed()) {
+                            return;
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                     Err(e) if settle.retries(&e, started.elapsed()) => {
                         tracing::warn!(reservation_id = %id, error = %e, "settling a hold failed; retrying");
                         tokio::time::sleep(backoff).await;
@@ -114,6 +135,13 @@ impl Hold {
 }
 
 impl Settle {
+    /// Whether a hold not found, `elapsed` after it was first found
+    /// missing, is looked for again: only an unconfirmed one, which may
+    /// still land.
+    fn looks_again(&self, elapsed: Duration) -> bool {
+        matches!(self, Settle::Release(UNCONFIRMED)) && elapsed < UNCONFIRMED_MAY_LAND_FOR
+    }
+
     /// Whether a settlement that failed with `error`, `elapsed` after its
     /// first try, is tried again (see [`SETTLE_RETRY_FOR`]).
     fn retries(&self, error: &GateError, elapsed: Duration) -> bool {
@@ -157,5 +185,16 @@ mod tests {
         let broken = GateError::Internal(anyhow::anyhow!("an event cannot be read"));
         assert!(commit.retries(&broken, Duration::ZERO));
         assert!(!commit.retries(&broken, hour));
+    }
+
+    #[test]
+    fn only_an_unconfirmed_hold_not_found_is_looked_for_again_for_a_while() {
+        let unconfirmed = Settle::Release(UNCONFIRMED);
+        assert!(unconfirmed.looks_again(Duration::ZERO));
+        assert!(unconfirmed.looks_again(Duration::from_secs(4)));
+        assert!(!unconfirmed.looks_again(UNCONFIRMED_MAY_LAND_FOR));
+        // A confirmed hold not found was settled already or never existed.
+        assert!(!Settle::Release("upstream_error").looks_again(Duration::ZERO));
+        assert!(!Settle::Commit(Amounts::new()).looks_again(Duration::ZERO));
     }
 }

@@ -252,12 +252,14 @@ async fn a_reserve_whose_ack_was_lost_is_released_if_it_landed() {
         flex: None,
     };
     p.gate
-        .reserve(p.project_id, &account, &tier, reserve, None)
+        .reserve(p.project_id, &account, &tier, reserve.clone(), None)
         .await
         .unwrap();
-    // The proxy never learnt of either hold: one landed, one did not.
+    // The proxy never learnt of these holds: one landed, one lands after
+    // its release first looked, one never does.
+    let (late, never) = (ReservationId::new(), ReservationId::new());
     let tracker = tokio_util::task::TaskTracker::new();
-    for id in [landed, ReservationId::new()] {
+    for id in [landed, late, never] {
         tollgate_proxy::hold::Hold::new(
             p.gate.clone(),
             tracker.clone(),
@@ -266,19 +268,30 @@ async fn a_reserve_whose_ack_was_lost_is_released_if_it_landed() {
             id,
             None,
         )
-        .release("unconfirmed");
+        .release(tollgate_proxy::hold::UNCONFIRMED);
     }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let late_reserve = ReserveRequest {
+        reservation_id: late,
+        ..reserve
+    };
+    p.gate
+        .reserve(p.project_id, &account, &tier, late_reserve, None)
+        .await
+        .unwrap();
     tracker.close();
-    // Both settle at once: the one that landed is released, the other is
-    // found missing (not retried for minutes).
+    // All settle within seconds: the two that landed are released, the
+    // other is given up (not retried for minutes).
     tokio::time::timeout(std::time::Duration::from_secs(30), tracker.wait())
         .await
         .expect("settling an unconfirmed hold must not retry a hold that never landed");
     let events = p.events("lost-ack").await;
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["reserved", "released"]);
-    assert_eq!(events[1].1["reason"], "unconfirmed");
-    assert_eq!(events[1].1["hold"]["reservation_id"], landed.to_string());
+    assert_eq!(kinds, ["reserved", "released", "reserved", "released"]);
+    for (released, id) in [(&events[1].1, landed), (&events[3].1, late)] {
+        assert_eq!(released["reason"], "unconfirmed");
+        assert_eq!(released["hold"]["reservation_id"], id.to_string());
+    }
 }
 
 #[tokio::test]

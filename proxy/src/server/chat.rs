@@ -414,7 +414,7 @@ impl Call {
                     reservation_id,
                     request_id,
                 );
-                hold.release("unconfirmed");
+                hold.release(crate::hold::UNCONFIRMED);
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
