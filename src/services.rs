@@ -54,8 +54,9 @@ impl Service {
     }
 }
 
-/// Everything `serve` needs, validated.
-#[derive(Clone, Debug)]
+/// Everything `serve` needs, validated. (No `Debug`: its URLs may carry
+/// credentials.)
+#[derive(Clone)]
 pub struct ServeConfig {
     pub nats_url: String,
     pub database_url: String,

@@ -32,12 +32,23 @@ pub struct Project {
     pub plan_unreadable: bool,
 }
 
-/// The keys of a new project; the secret is never shown again.
-#[derive(Clone, Debug, serde::Serialize)]
+/// The keys of a new project; the secret is never shown again (and never
+/// printed by `Debug`).
+#[derive(Clone, serde::Serialize)]
 pub struct NewProject {
     pub project_id: ProjectId,
     pub project_key: String,
     pub secret_key: String,
+}
+
+impl std::fmt::Debug for NewProject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewProject")
+            .field("project_id", &self.project_id)
+            .field("project_key", &self.project_key)
+            .field("secret_key", &"sk_***")
+            .finish()
+    }
 }
 
 pub fn hash_secret(secret: &str) -> String {

@@ -44,7 +44,7 @@ pub enum ConfigInputError {
     ProviderName(String),
     #[error("provider name '{0}' is reserved for routing; choose another")]
     ReservedProviderName(String),
-    #[error("base URL '{0}' must be an http:// or https:// URL with a host and no query, e.g. https://api.together.xyz/v1")]
+    #[error("base URL '{0}' must be an http:// or https:// URL with a host, no user:password@ and no query, e.g. https://api.together.xyz/v1")]
     BaseUrl(String),
     #[error("model must be 1-{MAX_MODEL_BYTES} bytes without spaces or control characters")]
     Model,
@@ -253,7 +253,9 @@ fn is_http_url(url: &str) -> bool {
     };
     let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
-    scheme_ok && host_ok && uri.query().is_none() && !url.contains('#')
+    // No `user:password@`: it would be stored in the clear, and never sent.
+    let no_credentials = uri.authority().is_none_or(|a| !a.as_str().contains('@'));
+    scheme_ok && host_ok && no_credentials && uri.query().is_none() && !url.contains('#')
 }
 
 /// Registers (or re-points) `project`'s OpenAI-compatible provider `name`.
@@ -442,6 +444,28 @@ impl ProjectConfigCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_urls_are_plain_http_urls_without_credentials_or_queries() {
+        for good in [
+            "https://api.together.xyz/v1",
+            "http://127.0.0.1:8000/v1",
+            "https://[::1]:8443",
+        ] {
+            assert!(is_http_url(good), "{good}");
+        }
+        for bad in [
+            "https://user:secret@api.example.com/v1",
+            "https://token@api.example.com/v1",
+            "https://api.example.com/v1?key=abc",
+            "https://api.example.com/v1#frag",
+            "ftp://api.example.com",
+            "https:///v1",
+            "https://api.example.com/v 1",
+        ] {
+            assert!(!is_http_url(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn a_route_to_a_url_the_project_set_is_known_as_one() {

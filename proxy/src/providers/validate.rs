@@ -79,6 +79,9 @@ fn parse_tracking_path(body: &[u8]) -> Result<ChatRequest, RequestError> {
     Ok(request)
 }
 
+/// Longest `model` accepted, in bytes (as ingest's).
+pub const MAX_MODEL_BYTES: usize = 200;
+
 /// Checks what serde cannot: a non-empty `model` and `messages`, a
 /// `tool_call_id` on every tool message, a `function` on every function
 /// tool and call, and `n` from 1 to [`MAX_CHOICES`].
@@ -86,6 +89,15 @@ pub fn validate_request(request: &ChatRequest) -> Result<(), RequestError> {
     if request.model.trim().is_empty() {
         return Err(RequestError::MissingField {
             field: "model".to_owned(),
+        });
+    }
+    // The model is written into every event of the call and the counters
+    // (as ingest bounds it, `ingest::http::tier::model`): free text there
+    // would be stored, and each distinct name is a counter of its own.
+    if request.model.len() > MAX_MODEL_BYTES || request.model.chars().any(char::is_control) {
+        return Err(RequestError::InvalidField {
+            field: "model".to_owned(),
+            message: format!("a model name is at most {MAX_MODEL_BYTES} printable characters"),
         });
     }
     if request.messages.is_empty() {
@@ -226,6 +238,21 @@ mod tests {
         let req =
             parse_request(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#);
         assert!(req.is_ok());
+    }
+
+    #[test]
+    fn a_model_name_is_bounded_and_printable() {
+        let body = |model: &str| {
+            format!(
+                r#"{{"model":{},"messages":[{{"role":"user","content":"x"}}]}}"#,
+                serde_json::to_string(model).unwrap()
+            )
+        };
+        let longest = format!("gpt-{}", "4".repeat(MAX_MODEL_BYTES - 4));
+        assert!(parse_request(body(&longest).as_bytes()).is_ok());
+        for bad in [format!("{longest}o"), "gpt-4o\nthe prompt".to_owned()] {
+            assert_eq!(field_of(&body(&bad)).as_deref(), Some("model"), "{bad:?}");
+        }
     }
 
     #[test]

@@ -109,7 +109,13 @@ impl StreamHandler {
         let parsed = match serde_json::from_str::<Event>(&event.data) {
             Ok(parsed) => parsed,
             Err(err) => {
-                tracing::warn!(error = %json_error_position(&err), event = ?event.event, "skipping unreadable Anthropic stream event");
+                // The event's name comes from the provider: at most a
+                // short prefix of it is logged.
+                let name = event
+                    .event
+                    .as_deref()
+                    .map(|n| n.get(..32).unwrap_or("(long)"));
+                tracing::warn!(error = %json_error_position(&err), event = ?name, "skipping unreadable Anthropic stream event");
                 return;
             }
         };
