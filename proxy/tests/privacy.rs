@@ -1,6 +1,8 @@
-//! Privacy canary (invariant 6): a unique string sent in prompts reaches the
-//! provider, and appears nowhere else — not in NATS's store, not in any
-//! PostgreSQL table, not in any log line (captured at DEBUG for every crate).
+//! Privacy canary (invariant 6): a unique string sent in prompts, returned
+//! in answers and quoted in provider errors reaches the provider and the
+//! client, and appears nowhere else — not in NATS's store, not in any
+//! PostgreSQL table, not in any log line (captured at DEBUG for every
+//! crate). The same for the provider key the client passes through.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -65,6 +67,22 @@ async fn a_canary_in_prompts_never_reaches_nats_postgres_or_logs() {
 
     let p = Proxy::start(PLAN).await;
     let canary = format!("CANARY-{}", uuid::Uuid::now_v7().simple());
+    // A provider key passed through: a secret, kept out of the same places.
+    let provider_key = format!("sk-KEYCANARY{}", uuid::Uuid::now_v7().simple());
+    // Answers carry it too: completions are as private as prompts.
+    for mock in [&p.openai, &p.anthropic, &p.gemini, &p.xai] {
+        let reply = format!("my answer {canary} ");
+        mock.update_behavior(|b| b.reply_text = reply.repeat(3));
+    }
+    let send = |identity: &str, body: &serde_json::Value| {
+        p.http
+            .post(format!("{}/v1/chat/completions", p.base))
+            .header("x-project-key", &p.project_key)
+            .header("x-identity", identity)
+            .bearer_auth(&provider_key)
+            .json(body)
+            .send()
+    };
     let body = |model: &str, stream: bool| {
         json!({"model": model, "stream": stream, "max_tokens": 50,
             "tools": [{"type": "function", "function": {"name": "lookup", "description": canary, "parameters": {"type": "object"}}}],
@@ -78,22 +96,47 @@ async fn a_canary_in_prompts_never_reaches_nats_postgres_or_logs() {
         "grok-2-1212",
     ] {
         for stream in [false, true] {
-            let r = p
-                .request("privacy-user", &body(model, stream))
-                .send()
-                .await
-                .unwrap();
+            let r = send("privacy-user", &body(model, stream)).await.unwrap();
             assert_eq!(r.status(), 200, "{model}");
-            let _ = r.bytes().await.unwrap();
+            let answer = r.bytes().await.unwrap();
+            assert!(contains(&answer, &canary), "{model}: the answer came back");
         }
     }
+    // A stream the client leaves after its first chunk (settled with what
+    // was counted), and provider errors that quote the prompt.
+    p.anthropic
+        .update_behavior(|b| b.chunk_delay = std::time::Duration::from_millis(50));
+    let r = send("privacy-user", &body("claude-3-5-sonnet-20240620", true))
+        .await
+        .unwrap();
+    let mut chunks = r.bytes_stream();
+    futures::StreamExt::next(&mut chunks)
+        .await
+        .unwrap()
+        .unwrap();
+    drop(chunks);
+    p.anthropic
+        .update_behavior(|b| b.chunk_delay = std::time::Duration::ZERO);
+    for stream in [false, true] {
+        p.openai.fail_with(
+            400,
+            &format!("your prompt 'my prompt {canary}' was refused"),
+        );
+        let r = send("privacy-user", &body("gpt-4o", stream)).await.unwrap();
+        assert!(
+            contains(&r.bytes().await.unwrap(), &canary),
+            "the error came back"
+        );
+    }
+    p.openai.update_behavior(|b| b.error = None);
     // Refused and failing calls carry the canary too.
     let tiny = |b: serde_json::Value| p.request("tiny-user", &b).header("x-tier", "tiny").send();
     assert_eq!(tiny(body("gpt-4o", false)).await.unwrap().status(), 200);
     assert_eq!(tiny(body("gpt-4o", false)).await.unwrap().status(), 429);
     let bad = json!({"model": "gpt-4o", "messages": [{"role": canary, "content": canary}]});
     assert_eq!(p.request("u", &bad).send().await.unwrap().status(), 400);
-    p.anthropic.fail_with(400, "bad request");
+    p.anthropic
+        .fail_with(400, &format!("bad request: my prompt {canary}"));
     let _ = p
         .request("u", &body("claude-3-5-sonnet-20240620", false))
         .send()
@@ -102,6 +145,8 @@ async fn a_canary_in_prompts_never_reaches_nats_postgres_or_logs() {
         .bytes()
         .await;
     p.settled("tiny-user", 1).await;
+    // Every call of the user above is settled (the left stream too).
+    p.settled("privacy-user", 11).await;
 
     // It really was sent to the providers...
     assert!(p
@@ -118,6 +163,10 @@ async fn a_canary_in_prompts_never_reaches_nats_postgres_or_logs() {
     let logs = logs.0.lock().clone();
     assert!(logs.len() > 1000, "logs were captured");
     assert!(!contains(&logs, &canary[..20]), "canary found in logs");
+    assert!(
+        !contains(&logs, &provider_key[..20]),
+        "provider key found in logs"
+    );
     let mut files = Vec::new();
     files_under(&p.nats.store_dir(), &mut files);
     assert!(!files.is_empty());
@@ -127,9 +176,10 @@ async fn a_canary_in_prompts_never_reaches_nats_postgres_or_logs() {
             "prompt text in NATS store file {}",
             f.display()
         );
+        let stored = std::fs::read(&f).unwrap_or_default();
         assert!(
-            !contains(&std::fs::read(&f).unwrap_or_default(), &canary),
-            "canary in NATS store file {}",
+            !contains(&stored, &canary) && !contains(&stored, &provider_key),
+            "canary or provider key in NATS store file {}",
             f.display()
         );
     }
@@ -151,6 +201,10 @@ async fn a_canary_in_prompts_never_reaches_nats_postgres_or_logs() {
                 "prompt text in table {t}: {row}"
             );
             assert!(!row.contains(&canary), "canary in table {t}: {row}");
+            assert!(
+                !row.contains(&provider_key),
+                "provider key in table {t}: {row}"
+            );
         }
     }
 }
