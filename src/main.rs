@@ -59,6 +59,11 @@ struct Addrs {
     /// when used again.
     #[arg(long, env = "TOLLGATE_ACCOUNT_IDLE_SECS", default_value_t = 600)]
     account_idle_secs: u64,
+    /// How long a write to a client may stay blocked (it reads nothing)
+    /// before its connection is closed; on the proxy that ends the call,
+    /// charged what it consumed (1 to 3600).
+    #[arg(long, env = "TOLLGATE_SEND_TIMEOUT_SECS", default_value_t = ingest::threads::SEND_TIMEOUT.as_secs())]
+    send_timeout_secs: u64,
     /// Save an account's state as a snapshot (in PostgreSQL) after this many
     /// events (or as many as its last snapshot had entries, if more), so a
     /// process reading it back reads only the events since; 0 turns
@@ -132,6 +137,7 @@ impl Addrs {
                 self.account_idle_secs.clamp(1, 366 * 24 * 3600),
             ),
             snapshot_every: self.snapshot_every,
+            send_timeout: std::time::Duration::from_secs(self.send_timeout_secs.clamp(1, 3600)),
             services,
             proxy: proxy::server::Settings {
                 default_max_output_tokens: self.default_max_output_tokens.max(1),

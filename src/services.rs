@@ -73,6 +73,8 @@ pub struct ServeConfig {
     pub account_idle: Duration,
     /// See `ledger::gate::SNAPSHOT_EVERY` (0: no snapshots).
     pub snapshot_every: u64,
+    /// See `ingest::threads::SEND_TIMEOUT`.
+    pub send_timeout: Duration,
     pub services: BTreeSet<Service>,
     pub proxy: proxy::server::Settings,
     /// Decrypts stored provider keys; without it only pass-through keys work.
@@ -253,12 +255,16 @@ async fn serve_http(
             Ok(routers)
         }
     };
-    ingest::threads::serve(
+    ingest::threads::serve_with(
         listeners,
         config.http_threads,
         config.busy_poll,
         setup,
         shutdown.clone(),
+        ingest::threads::Timeouts {
+            send: config.send_timeout,
+            ..Default::default()
+        },
     )
     .await
 }

@@ -20,8 +20,11 @@ use anyhow::Context as _;
 use axum::Router;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +37,33 @@ const DRAIN_TASKS_FOR: Duration = Duration::from_secs(10);
 /// How long requests still running at shutdown may go on before they are
 /// cut short ([`Worker::cut_off`]).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a write to a client may stay blocked (the client reads nothing,
+/// its window full) before the connection is closed, as nginx's
+/// `send_timeout`. Only a blocked write counts: a stream waiting for the
+/// provider's next token does not. A client that stopped reading would
+/// otherwise keep its connection, its buffers and, on the proxy, its call
+/// to the provider for as long as it likes; closing it ends the call there
+/// and settles what was consumed.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The time limits [`serve_with`] applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// See [`SHUTDOWN_GRACE`].
+    pub grace: Duration,
+    /// See [`SEND_TIMEOUT`].
+    pub send: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            grace: SHUTDOWN_GRACE,
+            send: SEND_TIMEOUT,
+        }
+    }
+}
 
 /// Each HTTP thread's runtime always has a timer due within this long
 /// ([`anchor_timers`]). Shorter than the timeout every request sets (a
@@ -97,25 +127,25 @@ where
     F: Fn(Worker) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<Vec<Router>>> + 'static,
 {
-    serve_with_grace(
+    serve_with(
         listeners,
         threads,
         busy_poll,
         setup,
         shutdown,
-        SHUTDOWN_GRACE,
+        Timeouts::default(),
     )
     .await
 }
 
-/// [`serve`], cutting requests short `grace` after `shutdown` (tests use a short one).
-pub async fn serve_with_grace<F, Fut>(
+/// [`serve`] with other [`Timeouts`] (tests use short ones).
+pub async fn serve_with<F, Fut>(
     listeners: Vec<TcpListener>,
     threads: usize,
     busy_poll: BusyPoll,
     setup: F,
     shutdown: CancellationToken,
-    grace: Duration,
+    timeouts: Timeouts,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static>
 where
     F: Fn(Worker) -> Fut + Send + Sync + 'static,
@@ -141,7 +171,11 @@ where
         for (per_listener, addr) in senders.iter_mut().zip(&addrs) {
             let (tx, rx) = mpsc::unbounded_channel();
             per_listener.push(tx);
-            inboxes.push(Handed { rx, addr: *addr });
+            inboxes.push(Handed {
+                rx,
+                addr: *addr,
+                send_timeout: timeouts.send,
+            });
         }
         let (ready_tx, ready_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -154,7 +188,13 @@ where
             .name(format!("tg-http-{index}"))
             .spawn(move || {
                 runtime.block_on(run_thread(
-                    index, inboxes, setup, ready_tx, stop, grace, busy_poll,
+                    index,
+                    inboxes,
+                    setup,
+                    ready_tx,
+                    stop,
+                    timeouts.grace,
+                    busy_poll,
                 ));
                 drop(done_tx);
             })
@@ -315,13 +355,14 @@ async fn accept(
 struct Handed {
     rx: mpsc::UnboundedReceiver<std::net::TcpStream>,
     addr: SocketAddr,
+    send_timeout: Duration,
 }
 
 impl axum::serve::Listener for Handed {
-    type Io = TcpStream;
+    type Io = Conn;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
         loop {
             let Some(tcp) = self.rx.recv().await else {
                 // The acceptor stopped (shutdown): wait for the graceful end.
@@ -331,7 +372,12 @@ impl axum::serve::Listener for Handed {
             match TcpStream::from_std(tcp) {
                 Ok(tcp) => {
                     let peer = tcp.peer_addr().unwrap_or(self.addr);
-                    return (tcp, peer);
+                    let conn = Conn {
+                        tcp,
+                        send_timeout: self.send_timeout,
+                        blocked: None,
+                    };
+                    return (conn, peer);
                 }
                 Err(e) => tracing::debug!(error = %e, "could not take over a connection"),
             }
@@ -340,6 +386,87 @@ impl axum::serve::Listener for Handed {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.addr)
+    }
+}
+
+/// A client's connection, closed when a write to it stays blocked past
+/// [`SEND_TIMEOUT`]: the error ends the connection, and with it the request
+/// it was answering.
+pub struct Conn {
+    tcp: TcpStream,
+    send_timeout: Duration,
+    /// Since when writes are blocked: due at the timeout. Set only while a
+    /// write is pending, so a connection that writes freely sets no timer.
+    blocked: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Conn {
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.blocked = None;
+            return polled;
+        }
+        let timeout = self.send_timeout;
+        let blocked = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if blocked.as_mut().poll(cx).is_ready() {
+            self.blocked = None;
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {} s", timeout.as_secs_f64()),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.written(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.written(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A TCP stream has nothing of its own to flush.
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
 

@@ -894,15 +894,19 @@ async fn a_call_whose_hold_took_all_its_time_is_not_sent_nor_charged() {
     assert_eq!(settled[0].1["reason"], "hold_outlasted_call", "{settled:?}");
 }
 
-/// A client that stops reading a stream (an app sent to the background, a
-/// stalled network) leaves the answer's body unpolled: hyper polls a body
-/// only when it can write. The call is still cut before its hold could
-/// expire, charged what it consumed, and the provider's connection dropped.
-#[tokio::test]
-async fn a_stream_whose_client_stopped_reading_is_cut_before_its_hold_could_expire() {
+/// A provider generating fast (a custom one, `fast/m`), and a streamed call
+/// to it from a client with a 4 KB window that never reads: the proxy's
+/// writes to it soon block. Returns the client's socket (kept open) and
+/// whether the provider's connection was dropped.
+async fn stalled_stream(
+    p: &Proxy,
+    identity: &str,
+) -> (
+    tokio::net::TcpStream,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::AsyncWriteExt;
-    let p = Proxy::start_with_hold_ttl(PLAN, Duration::from_secs(2)).await;
     let hung_up = std::sync::Arc::new(AtomicBool::new(false));
     let url = raw_provider({
         let hung_up = hung_up.clone();
@@ -925,24 +929,29 @@ async fn a_stream_whose_client_stopped_reading_is_cut_before_its_hold_could_expi
     })
     .await;
     p.add_priced_provider("fast", &url).await;
-
     let addr: std::net::SocketAddr = p.base.strip_prefix("http://").unwrap().parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    // A small window, so the proxy's writes stall soon.
+    // A small window, so the proxy's writes block soon.
     socket.set_recv_buffer_size(4096).unwrap();
     let mut client = socket.connect(addr).await.unwrap();
     let body = serde_json::to_vec(&chat_body("fast/m", true)).unwrap();
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nx-project-key: {}\r\n\
-         x-identity: stalled\r\nauthorization: Bearer sk-provider-test-key\r\n\
+         x-identity: {identity}\r\nauthorization: Bearer sk-provider-test-key\r\n\
          content-type: application/json\r\ncontent-length: {}\r\n\r\n",
         p.project_key,
         body.len()
     );
     client.write_all(head.as_bytes()).await.unwrap();
     client.write_all(&body).await.unwrap();
-    // Nothing is read from here on.
-    let settled = p.settled("stalled", 1).await;
+    (client, hung_up)
+}
+
+/// The stalled call was committed with what it consumed (not released,
+/// not left to expire: the times tell, since the harness runs no expiry)
+/// and the provider's connection dropped.
+async fn settled_while_held(p: &Proxy, identity: &str, hung_up: &std::sync::atomic::AtomicBool) {
+    let settled = p.settled(identity, 1).await;
     assert_eq!(settled[0].0, "committed", "not expired: {settled:?}");
     let output: u64 = settled[0].1["actual"]["output_tokens"]
         .as_str()
@@ -950,11 +959,9 @@ async fn a_stream_whose_client_stopped_reading_is_cut_before_its_hold_could_expi
         .parse()
         .unwrap();
     assert!(output > 0, "what was consumed is charged: {settled:?}");
-    // Settled while its hold was still open: the harness runs no expiry,
-    // so the times tell.
     let mut times = Vec::new();
     let account = schemas::Account::Identity {
-        identity: "stalled".into(),
+        identity: identity.into(),
     };
     ledger::audit::audit(p.gate.jetstream(), p.project_id, &account, |_, env| {
         times.push((env.occurred_at, serde_json::to_value(&env.event)?));
@@ -970,16 +977,49 @@ async fn a_stream_whose_client_stopped_reading_is_cut_before_its_hold_could_expi
         times[1].0
     );
     for _ in 0..500 {
-        if hung_up.load(Ordering::SeqCst) {
-            break;
+        if hung_up.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(
-        hung_up.load(Ordering::SeqCst),
-        "the provider's connection is dropped"
-    );
+    panic!("the provider's connection was not dropped");
+}
+
+/// A client that stops reading a stream (an app sent to the background, a
+/// stalled network) leaves the answer's body unpolled: hyper polls a body
+/// only when it can write. The call is still cut before its hold could
+/// expire, charged what it consumed, and the provider's connection dropped.
+#[tokio::test]
+async fn a_stream_whose_client_stopped_reading_is_cut_before_its_hold_could_expire() {
+    let p = Proxy::start_with_hold_ttl(PLAN, Duration::from_secs(2)).await;
+    let (client, hung_up) = stalled_stream(&p, "stalled").await;
+    // Nothing is read from here on.
+    settled_while_held(&p, "stalled", &hung_up).await;
     drop(client);
+}
+
+/// Long before that, a connection whose writes stay blocked for the send
+/// timeout is closed: the call ends there, charged what it consumed.
+#[tokio::test]
+async fn a_client_that_reads_nothing_for_the_send_timeout_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    // Holds live 10 minutes: only the send timeout can end this call.
+    let p = Proxy::start_with_send_timeout(PLAN, Duration::from_millis(500)).await;
+    let (mut client, hung_up) = stalled_stream(&p, "stalled").await;
+    settled_while_held(&p, "stalled", &hung_up).await;
+    // The proxy closed the connection: reading drains what the kernel
+    // holds, then ends.
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was closed");
 }
 
 #[tokio::test]

@@ -55,23 +55,32 @@ impl Proxy {
         plan_yaml: &str,
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
     ) -> Proxy {
-        Self::start_inner(plan_yaml, enc, None, None, &|_| {}).await
+        Self::start_inner(plan_yaml, enc, None, None, &|_, _| {}).await
     }
 
     /// With holds that live `hold_ttl` (`TOLLGATE_HOLD_TTL_MS`).
     pub async fn start_with_hold_ttl(plan_yaml: &str, hold_ttl: Duration) -> Proxy {
-        Self::start_inner(plan_yaml, None, None, None, &|s| s.hold_ttl = hold_ttl).await
+        Self::start_inner(plan_yaml, None, None, None, &|s, _| s.hold_ttl = hold_ttl).await
+    }
+
+    /// Closing a connection whose writes stay blocked for `send`
+    /// (`ingest::threads::SEND_TIMEOUT`).
+    pub async fn start_with_send_timeout(plan_yaml: &str, send: Duration) -> Proxy {
+        Self::start_inner(plan_yaml, None, None, None, &|_, t| t.send = send).await
     }
 
     /// Taking request bodies of up to `bytes` (`TOLLGATE_MAX_BODY_BYTES`).
     pub async fn start_with_max_body(plan_yaml: &str, bytes: usize) -> Proxy {
-        Self::start_inner(plan_yaml, None, None, None, &|s| s.max_body_bytes = bytes).await
+        Self::start_inner(plan_yaml, None, None, None, &|s, _| {
+            s.max_body_bytes = bytes
+        })
+        .await
     }
 
     /// Refusing base URLs a project sets that lead to a non-public
     /// address (`TOLLGATE_PRIVATE_UPSTREAMS=deny`).
     pub async fn start_denying_private_upstreams(plan_yaml: &str) -> Proxy {
-        Self::start_inner(plan_yaml, None, None, None, &|s| {
+        Self::start_inner(plan_yaml, None, None, None, &|s, _| {
             s.deny_private_upstreams = true;
         })
         .await
@@ -82,7 +91,7 @@ impl Proxy {
     /// providers' front ends do; the proxy trusts it if `trust`.
     pub async fn start_tls(plan_yaml: &str, trust: bool) -> Proxy {
         let tls = Tls { trust, h2: true };
-        Self::start_inner(plan_yaml, None, Some(tls), None, &|_| {}).await
+        Self::start_inner(plan_yaml, None, Some(tls), None, &|_, _| {}).await
     }
 
     /// Like [`Proxy::start_tls`] (trusted), the front offering HTTP/1.1 only.
@@ -91,7 +100,7 @@ impl Proxy {
             trust: true,
             h2: false,
         };
-        Self::start_inner(plan_yaml, None, Some(tls), None, &|_| {}).await
+        Self::start_inner(plan_yaml, None, Some(tls), None, &|_, _| {}).await
     }
 
     /// Like [`Proxy::start_tls`] with the authority trusted, and every
@@ -101,7 +110,7 @@ impl Proxy {
             trust: true,
             h2: true,
         };
-        Self::start_inner(plan_yaml, None, Some(tls), Some(egress_url), &|_| {}).await
+        Self::start_inner(plan_yaml, None, Some(tls), Some(egress_url), &|_, _| {}).await
     }
 
     async fn start_inner(
@@ -109,7 +118,7 @@ impl Proxy {
         enc: Option<tollgate_proxy::keys::EncryptionKey>,
         tls: Option<Tls>,
         egress_url: Option<&str>,
-        tweak: &dyn Fn(&mut Settings),
+        tweak: &dyn Fn(&mut Settings, &mut ingest::threads::Timeouts),
     ) -> Proxy {
         let nats = NatsServer::start().await.unwrap();
         let db = testkit::pg::fresh_database().await.unwrap();
@@ -165,7 +174,11 @@ impl Proxy {
             ..Settings::default()
         };
         let mut settings = settings;
-        tweak(&mut settings);
+        let mut timeouts = ingest::threads::Timeouts {
+            grace: SHUTDOWN_GRACE,
+            ..Default::default()
+        };
+        tweak(&mut settings, &mut timeouts);
         let control = ledger::control::ControlCache::new(db.pool().clone());
         let configs =
             tollgate_proxy::project_config::ProjectConfigCache::new(db.pool().clone(), enc);
@@ -190,13 +203,13 @@ impl Proxy {
                 Ok(vec![tollgate_proxy::server::router(state)])
             }
         };
-        let served = ingest::threads::serve_with_grace(
+        let served = ingest::threads::serve_with(
             vec![listener],
             2,
             ingest::threads::BusyPoll::DEFAULT,
             setup,
             shutdown.clone(),
-            SHUTDOWN_GRACE,
+            timeouts,
         )
         .await
         .unwrap();
