@@ -532,15 +532,16 @@ where
     format!("http://{addr}/v1")
 }
 
-/// Sends a JSON call of `model` that the provider does not finish; it
-/// must answer `status` with `code` and `x-should-retry: false`, and be
-/// committed (not released, not expired) at what it held.
-async fn charged_the_hold_and_not_retried(
+/// Sends a JSON call of `model`, which must fail with `status` and `code`,
+/// saying `x-should-retry: false` exactly when it was `charged` (the SDKs
+/// would retry it, and be charged again).
+async fn failed_call(
     p: &Proxy,
     identity: &str,
     model: &str,
     status: u16,
     code: &str,
+    charged: bool,
 ) {
     let r = p
         .request(identity, &chat_body(model, false))
@@ -548,9 +549,39 @@ async fn charged_the_hold_and_not_retried(
         .await
         .unwrap();
     assert_eq!(r.status(), status);
-    assert_eq!(r.headers()["x-should-retry"], "false");
+    let retry = r
+        .headers()
+        .get("x-should-retry")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(retry.as_deref(), charged.then_some("false"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{body}");
+}
+
+/// [`failed_call`], not charged: released. Returns the settling events.
+async fn released_and_may_be_retried(
+    p: &Proxy,
+    identity: &str,
+    model: &str,
+    status: u16,
+    code: &str,
+) -> Vec<(String, Value)> {
+    failed_call(p, identity, model, status, code, false).await;
+    let settled = p.settled(identity, 1).await;
+    assert_eq!(settled[0].0, "released", "{settled:?}");
+    settled
+}
+
+/// [`failed_call`] for a call the provider does not finish: committed (not
+/// released, not expired) at what it held.
+async fn charged_the_hold_and_not_retried(
+    p: &Proxy,
+    identity: &str,
+    model: &str,
+    status: u16,
+    code: &str,
+) {
+    failed_call(p, identity, model, status, code, true).await;
     charged_the_hold(p, identity).await;
 }
 
@@ -634,17 +665,7 @@ async fn a_connection_broken_after_sending_is_charged_and_not_retried() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     // Never reached: released, and the SDKs may retry.
-    let r = p
-        .request("refused", &chat_body("nowhere/m", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 502);
-    assert!(!r.headers().contains_key("x-should-retry"));
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "upstream_unreachable", "{body}");
-    let settled = p.settled("refused", 1).await;
-    assert_eq!(settled[0].0, "released", "{settled:?}");
+    released_and_may_be_retried(&p, "refused", "nowhere/m", 502, "upstream_unreachable").await;
 }
 
 /// A provider that answers 2xx with a body that cannot be read (cut by a
@@ -858,13 +879,7 @@ async fn a_call_is_cut_before_its_hold_could_expire() {
         "{text}"
     );
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    let settled = p.settled("long-stream", 1).await;
-    assert_eq!(settled[0].0, "committed", "not expired: {settled:?}");
-    let output: u64 = settled[0].1["actual"]["output_tokens"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let output = committed_output(&p, "long-stream").await;
     assert!(output > 0 && output < 200, "partial output {output}");
 
     charged_the_hold_and_not_retried(&p, "long-json", "gpt-4o", 504, "call_outlived_hold").await;
@@ -876,22 +891,22 @@ async fn a_call_is_cut_before_its_hold_could_expire() {
 #[tokio::test]
 async fn a_call_whose_hold_took_all_its_time_is_not_sent_nor_charged() {
     let p = Proxy::start_with_hold_ttl(PLAN, Duration::ZERO).await;
-    let r = p
-        .request("slow-hold", &chat_body("gpt-4o", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    assert!(
-        !r.headers().contains_key("x-should-retry"),
-        "not charged: the SDKs may retry"
-    );
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "hold_too_slow", "{body}");
+    let settled =
+        released_and_may_be_retried(&p, "slow-hold", "gpt-4o", 503, "hold_too_slow").await;
     assert_eq!(p.openai.request_count(), 0, "nothing was sent");
-    let settled = p.settled("slow-hold", 1).await;
-    assert_eq!(settled[0].0, "released", "{settled:?}");
     assert_eq!(settled[0].1["reason"], "hold_outlasted_call", "{settled:?}");
+}
+
+/// `identity`'s one call was committed (not released, not expired): the
+/// output tokens it was charged.
+async fn committed_output(p: &Proxy, identity: &str) -> u64 {
+    let settled = p.settled(identity, 1).await;
+    assert_eq!(settled[0].0, "committed", "not expired: {settled:?}");
+    settled[0].1["actual"]["output_tokens"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// A provider generating fast (a custom one, `fast/m`), and a streamed call
@@ -951,14 +966,8 @@ async fn stalled_stream(
 /// not left to expire: the times tell, since the harness runs no expiry)
 /// and the provider's connection dropped.
 async fn settled_while_held(p: &Proxy, identity: &str, hung_up: &std::sync::atomic::AtomicBool) {
-    let settled = p.settled(identity, 1).await;
-    assert_eq!(settled[0].0, "committed", "not expired: {settled:?}");
-    let output: u64 = settled[0].1["actual"]["output_tokens"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(output > 0, "what was consumed is charged: {settled:?}");
+    let output = committed_output(p, identity).await;
+    assert!(output > 0, "what was consumed is charged");
     let mut times = Vec::new();
     let account = schemas::Account::Identity {
         identity: identity.into(),
