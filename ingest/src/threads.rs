@@ -376,6 +376,7 @@ impl axum::serve::Listener for Handed {
                         tcp,
                         send_timeout: self.send_timeout,
                         blocked: None,
+                        armed: false,
                     };
                     return (conn, peer);
                 }
@@ -395,9 +396,12 @@ impl axum::serve::Listener for Handed {
 pub struct Conn {
     tcp: TcpStream,
     send_timeout: Duration,
-    /// Since when writes are blocked: due at the timeout. Set only while a
-    /// write is pending, so a connection that writes freely sets no timer.
+    /// Due at the timeout, counted from when writes blocked; made the first
+    /// time a write is pending (a connection that writes freely sets no
+    /// timer) and reset, not remade, each time they block again.
     blocked: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether writes are blocked now (`blocked` counts).
+    armed: bool,
 }
 
 impl Conn {
@@ -407,15 +411,21 @@ impl Conn {
         polled: Poll<std::io::Result<T>>,
     ) -> Poll<std::io::Result<T>> {
         if polled.is_ready() {
-            self.blocked = None;
+            self.armed = false;
             return polled;
         }
         let timeout = self.send_timeout;
         let blocked = self
             .blocked
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if !self.armed {
+            self.armed = true;
+            blocked
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timeout);
+        }
         if blocked.as_mut().poll(cx).is_ready() {
-            self.blocked = None;
+            self.armed = false;
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("the client read nothing for {} s", timeout.as_secs_f64()),

@@ -166,15 +166,21 @@ pub enum Piece<'a> {
 pub fn template_pieces(template: &str) -> Vec<Piece<'_>> {
     let mut pieces = Vec::new();
     let mut rest = template;
-    while let Some(open) = rest.find("{{") {
-        let Some(close) = rest[open + 2..].find("}}") else {
+    while let Some(first_open) = rest.find("{{") {
+        let Some(close) = rest[first_open + 2..]
+            .find("}}")
+            .map(|c| first_open + 2 + c)
+        else {
             break;
         };
+        // The `{{` nearest the `}}` opens the name: an earlier one left
+        // unclosed (`{{ a {{usage}}`) or a third brace (`{{{usage}}}`) is text.
+        let open = first_open + rest[first_open..close].rfind("{{").unwrap_or(0);
         if open > 0 {
             pieces.push(Piece::Text(&rest[..open]));
         }
-        pieces.push(Piece::Placeholder(rest[open + 2..open + 2 + close].trim()));
-        rest = &rest[open + 2 + close + 2..];
+        pieces.push(Piece::Placeholder(rest[open + 2..close].trim()));
+        rest = &rest[close + 2..];
     }
     if !rest.is_empty() {
         pieces.push(Piece::Text(rest));
@@ -510,5 +516,13 @@ tiers:
         assert_eq!(template_pieces("{{ open"), vec![T("{{ open")]);
         assert_eq!(template_pieces(""), vec![]);
         assert_eq!(template_pieces("}}{{x}}"), vec![T("}}"), P("x")]);
+        assert_eq!(
+            template_pieces("{{{usage}}}"),
+            vec![T("{"), P("usage"), T("}")]
+        );
+        assert_eq!(
+            template_pieces("a {{ b {{usage}}"),
+            vec![T("a {{ b "), P("usage")]
+        );
     }
 }

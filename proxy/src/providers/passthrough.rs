@@ -180,8 +180,9 @@ impl DeltaView<'_> {
             .filter_map(|c| c.function.as_ref());
         self.content
             .iter()
-            .chain(&self.reasoning_content)
-            .chain(&self.reasoning)
+            // One reasoning text under either name: servers that send both
+            // send the same text twice.
+            .chain(self.reasoning_content.as_ref().or(self.reasoning.as_ref()))
             .chain(&self.refusal)
             .chain(self.audio.iter().flat_map(|a| &a.transcript))
             .chain(calls.flat_map(|f| f.name.iter().chain(&f.arguments)))
@@ -515,6 +516,12 @@ mod tests {
             assert_eq!(usage.output_tokens, 10, "{field}");
             assert!(usage.estimated, "{field}");
         }
+        // The same reasoning under both names counts once.
+        let mut t = StreamTranslator::new(ProviderKind::Custom, false, "m");
+        t.push(format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"reasoning\":\"{words}\",\"reasoning_content\":\"{words}\"}},\"finish_reason\":null}}]}}\n\n"
+        ).as_bytes());
+        assert_eq!(t.usage_so_far().output_tokens, 10);
         // Audio output: two chunks of 0.5 s of 24 kHz 16-bit PCM each
         // (24,000 bytes, 32,000 in base64), with a transcript.
         let mut t = StreamTranslator::new(ProviderKind::OpenAi, false, "gpt-4o-audio-preview");

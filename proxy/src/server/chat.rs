@@ -31,6 +31,9 @@ use serde_json::json;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Least time a call must have left once its hold is taken to be sent.
+const MIN_TIME_TO_CALL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Why a call was cut short with the provider still working.
 enum Cut {
     /// The proxy's shutdown grace ran out.
@@ -431,10 +434,11 @@ impl Call {
             hold.release("client_gone");
             return Err(ProxyError::BadRequest("the client went away".into()));
         }
-        // The hold took the call's whole time (a slow ledger, a short
-        // TOLLGATE_HOLD_TTL_MS): nothing was sent, so nothing is charged,
-        // rather than the cut below charging the hold for a call never made.
-        if tokio::time::Instant::now() >= deadline {
+        // The hold took (nearly) the call's whole time (a slow ledger, a
+        // short TOLLGATE_HOLD_TTL_MS): nothing was sent, so nothing is
+        // charged, rather than the cut below charging the hold for a call
+        // the provider would hardly have started.
+        if tokio::time::Instant::now() + MIN_TIME_TO_CALL >= deadline {
             hold.release("hold_outlasted_call");
             return Err(ProxyError::HoldTooSlow(inner.settings.hold_ttl.as_millis()));
         }

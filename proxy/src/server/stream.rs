@@ -345,8 +345,8 @@ impl Watchdog {
     /// until the earliest deadline of its streams, looking again at least
     /// every `every` (at most [`WATCH_EVERY`]) for streams started since:
     /// with `every` shorter than any call's limit, each is cut at its
-    /// deadline. It stops after cutting every stream when `cut_off` is
-    /// cancelled.
+    /// deadline, or up to half of `every` before it, with others due then.
+    /// It stops after cutting every stream when `cut_off` is cancelled.
     pub fn start(cut_off: CancellationToken, every: Duration) -> Watchdog {
         let watchdog = Watchdog(Arc::new(Watched {
             streams: Mutex::default(),
@@ -366,7 +366,9 @@ impl Watchdog {
                     return;
                 };
                 let now = Instant::now();
-                let (due, next) = watched.take_due((!shutting_down).then_some(now));
+                // Streams due within half a look are cut now, a little early,
+                // rather than waking once for each.
+                let (due, next) = watched.take_due((!shutting_down).then_some(now + every / 2));
                 let why = if shutting_down {
                     Cut::ShuttingDown
                 } else {
@@ -655,7 +657,7 @@ mod tests {
         let watchdog = Watchdog::start(CancellationToken::new(), WATCH_EVERY);
         let (upstream, dropped) = endless();
         let started = Instant::now();
-        let mut stream = watched(upstream, &watchdog, started + Duration::from_millis(2500));
+        let mut stream = watched(upstream, &watchdog, started + Duration::from_millis(2700));
         stream.prefetch().await;
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(wakes.clone());
@@ -665,13 +667,14 @@ mod tests {
         };
         assert_eq!(first, event(0));
         assert!(stream.poll_next_unpin(&mut cx).is_pending());
-        // Not polled from here on. Past two of the watchdog's looks, just
+        // Not polled from here on. Past two of the watchdog's looks (the
+        // second cuts what is due within half a look: not this one), just
         // before the deadline: still running.
-        tokio::time::sleep_until(started + Duration::from_millis(2450)).await;
+        tokio::time::sleep_until(started + Duration::from_millis(2650)).await;
         assert!(!dropped.load(Ordering::SeqCst), "cut before its deadline");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         // At the deadline, not at the watchdog's next look (3 s).
-        tokio::time::sleep_until(started + Duration::from_millis(2550)).await;
+        tokio::time::sleep_until(started + Duration::from_millis(2750)).await;
         assert!(
             dropped.load(Ordering::SeqCst),
             "the provider's connection is dropped at the deadline"

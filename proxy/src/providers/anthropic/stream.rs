@@ -114,7 +114,7 @@ impl StreamHandler {
                 let name = event
                     .event
                     .as_deref()
-                    .map(|n| n.get(..32).unwrap_or("(long)"));
+                    .map(|n| if n.len() <= 32 { n } else { "(long)" });
                 tracing::warn!(error = %json_error_position(&err), event = ?name, "skipping unreadable Anthropic stream event");
                 return;
             }
