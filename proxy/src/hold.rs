@@ -116,19 +116,17 @@ impl Hold {
                         if !settle.looks_again(since.elapsed()) {
                             return;
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                     Err(e) if settle.retries(&e, started.elapsed()) => {
                         tracing::warn!(reservation_id = %id, error = %e, "settling a hold failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                     Err(e) => {
                         tracing::error!(reservation_id = %id, error = %e, "gave up settling a hold; it will expire");
                         return;
                     }
                 }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }));
     }
