@@ -100,6 +100,15 @@ struct Addrs {
     /// loopback, private or link-local address. For shared deployments.
     #[arg(long, env = "TOLLGATE_PRIVATE_UPSTREAMS", default_value = "allow", value_parser = ["allow", "deny"])]
     private_upstreams: String,
+    /// Reasoning tokens a cut stream of a model that reasons without
+    /// streaming it (o-series, GPT-5, Gemini 2.5) is charged per second
+    /// from the call's start to its answer's first output; 0: none.
+    #[arg(
+        long,
+        env = "TOLLGATE_HIDDEN_REASONING_TOKENS_PER_SEC",
+        default_value_t = proxy::server::HIDDEN_REASONING_TOKENS_PER_SEC
+    )]
+    hidden_reasoning_tokens_per_sec: u64,
 }
 
 impl Addrs {
@@ -151,6 +160,7 @@ impl Addrs {
                 // A floor, so a typo cannot refuse every request.
                 max_body_bytes: self.max_body_bytes.max(64 * 1024),
                 deny_private_upstreams: self.private_upstreams == "deny",
+                hidden_reasoning_tokens_per_sec: self.hidden_reasoning_tokens_per_sec,
             },
             encryption_key,
         }

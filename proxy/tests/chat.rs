@@ -638,6 +638,99 @@ async fn a_stream_cut_before_any_text_is_charged_its_input() {
     }
 }
 
+/// Reads a stream's events until one satisfies `until`, then hangs up
+/// after `linger`; returns the call's settlement.
+async fn leave_stream(
+    p: &Proxy,
+    identity: &str,
+    body: &Value,
+    until: impl Fn(&str) -> bool,
+    linger: Duration,
+) -> Value {
+    let r = p.request(identity, body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{identity}");
+    let mut events = r.bytes_stream();
+    let mut seen = String::new();
+    while !until(&seen) {
+        let chunk = events.next().await.unwrap().unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    tokio::time::sleep(linger).await;
+    drop(events);
+    let settled = p.settled(identity, 1).await;
+    assert_eq!(settled[0].0, "committed", "{identity}: {settled:?}");
+    settled[0].1["actual"].clone()
+}
+
+fn tokens(actual: &Value, unit: &str) -> u64 {
+    actual[unit].as_str().unwrap().parse().unwrap()
+}
+
+/// A model that reasons without streaming its reasoning (o3 here) reports
+/// what it thought only at the end: a stream cut before then is charged
+/// its thinking time as reasoning (`TOLLGATE_HIDDEN_REASONING_TOKENS_PER_SEC`,
+/// 250 a second), within the cap the call was sent with, so leaving before
+/// the answer does not get a minute of reasoning for the price of the
+/// prompt. A model that does not reason is charged its input only.
+#[tokio::test]
+async fn a_reasoning_stream_cut_before_its_report_is_charged_its_thinking_time() {
+    let p = Proxy::start(PLAN).await;
+    let per_sec = tollgate_proxy::server::HIDDEN_REASONING_TOKENS_PER_SEC;
+    // The role chunk at once, then nothing for a long while: thinking.
+    p.openai
+        .update_behavior(|b| b.chunk_delay = Duration::from_secs(30));
+    let role_seen = |seen: &str| seen.contains("\"role\"");
+    for (model, cap, charged) in [("o3", 200, 200), ("gpt-4o", 200, 0)] {
+        let mut body = chat_body(model, true);
+        body["max_tokens"] = json!(cap);
+        // A second of thinking is 250 tokens: more than the cap left.
+        let actual = leave_stream(
+            &p,
+            &format!("thinking-{model}"),
+            &body,
+            role_seen,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(
+            tokens(&actual, "output_tokens"),
+            charged,
+            "{model}: {actual}"
+        );
+        let input = tokens(&actual, "input_tokens");
+        assert!(input > 0, "{model}: {actual}");
+        assert_eq!(
+            dec(&actual["usd"]),
+            expected_usd(model, input, charged),
+            "{model}: reasoning is priced as output"
+        );
+    }
+
+    // Thinking, then the answer starts: the time until its first text is
+    // charged on top of the text, at least.
+    let delay = Duration::from_millis(700);
+    p.openai.update_behavior(|b| {
+        b.chunk_delay = delay;
+        b.reply_text = "word ".repeat(40);
+    });
+    let mut body = chat_body("o3", true);
+    body["max_tokens"] = json!(5000);
+    let actual = leave_stream(
+        &p,
+        "answered-o3",
+        &body,
+        |seen| seen.contains("\"content\":\"word"),
+        Duration::ZERO,
+    )
+    .await;
+    let output = tokens(&actual, "output_tokens");
+    let thought = u64::try_from(delay.as_millis()).unwrap() * per_sec / 1000;
+    assert!(
+        output > thought && output < 5000,
+        "{thought} tokens of thinking and the text streamed: {actual}"
+    );
+}
+
 /// A provider that takes the request and drops the connection before
 /// answering may bill for it: the hold is charged, and the SDKs are told
 /// not to retry on their own (a retry would be charged again). A provider

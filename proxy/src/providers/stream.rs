@@ -149,6 +149,19 @@ impl StreamTranslator {
         usage
     }
 
+    /// Whether the answer has begun: text, reasoning text, a tool call or
+    /// audio has come, or the provider has reported output.
+    pub fn output_started(&self) -> bool {
+        self.ctx.completion_bytes > 0 || self.ctx.audio_output_micros > 0 || self.output_reported()
+    }
+
+    /// Whether the provider has reported an output count (Gemini does with
+    /// every chunk, cumulatively; OpenAI's format once, at the end), which
+    /// then includes any reasoning it did not stream.
+    pub fn output_reported(&self) -> bool {
+        self.ctx.usage_final || self.ctx.usage.output_tokens > 0
+    }
+
     /// Whether the provider signalled a normal end of its answer.
     pub fn is_complete(&self) -> bool {
         self.ctx.completed

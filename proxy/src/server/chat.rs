@@ -6,7 +6,7 @@
 
 use super::error::{openai_error, tell_sdks_not_to_retry};
 use super::headers::rate_limit_headers;
-use super::stream::MeteredStream;
+use super::stream::{HiddenReasoning, MeteredStream};
 use super::{ProxyError, ProxyState};
 use crate::estimate::{actual, audio_to_read, estimate_with, Estimate, Media};
 use crate::hold::Hold;
@@ -188,6 +188,14 @@ const READ_ON_THE_BLOCKING_POOL: usize = 64 * 1024;
 /// (`estimate-bench`), against a thread hop of some microseconds.
 const COUNT_ON_THE_BLOCKING_POOL: usize = 64 * 1024;
 
+/// The model reasons before it answers unless told not to, its reasoning
+/// counted against the output cap and not streamed (OpenAI's o-series and
+/// GPT-5, Gemini 2.5, Grok's reasoning models). Not Claude, which reasons
+/// only when asked to and streams its thinking.
+fn reasons_by_default(price: Option<&ModelPrice>, kind: ProviderKind) -> bool {
+    price.is_some_and(|p| p.supports_reasoning) && kind != ProviderKind::Anthropic
+}
+
 /// Permits for estimating on the blocking pool: one per core, shared by
 /// every HTTP thread (each runtime has its own pool of up to 512 threads,
 /// and each audio read holds a decoded copy of up to 6 MB).
@@ -268,9 +276,7 @@ pub async fn completions(
                 })?,
         ),
     };
-    let reasons = price.as_ref().is_some_and(|p| p.supports_reasoning)
-        && route.kind != ProviderKind::Anthropic;
-    let default_output = if reasons {
+    let default_output = if reasons_by_default(price.as_ref(), route.kind) {
         inner.settings.default_max_reasoning_output_tokens
     } else {
         inner.settings.default_max_output_tokens
@@ -460,6 +466,7 @@ impl Call {
             hold.release("shutting_down");
             return Err(ProxyError::ShutDownBeforeSending);
         }
+        let sent_at = tokio::time::Instant::now();
         // Cut (shutdown, or the call's deadline) with the provider still
         // working: what it did is unknown, so the hold is charged rather
         // than $0.
@@ -509,6 +516,9 @@ impl Call {
         let now = Utc::now();
         if upstream.stream && status.is_success() {
             let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
+            let per_sec = inner.settings.hidden_reasoning_tokens_per_sec;
+            let hidden = (per_sec > 0 && reasons_by_default(price.as_ref(), route.kind))
+                .then(|| HiddenReasoning::new(sent_at, per_sec, max_tokens));
             let mut stream = MeteredStream::new(
                 crate::upstream::body_stream(response),
                 translator,
@@ -517,7 +527,8 @@ impl Call {
                 est.input,
                 &inner.watchdog,
                 deadline,
-            );
+            )
+            .charging_hidden_reasoning(hidden);
             stream.prefetch().await;
             let mut out = Response::new(Body::from_stream(stream));
             let h = out.headers_mut();

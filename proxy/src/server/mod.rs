@@ -8,6 +8,7 @@ mod error;
 mod headers;
 mod models;
 mod stream;
+pub use stream::HIDDEN_REASONING_TOKENS_PER_SEC;
 
 use crate::pricing::PriceTable;
 use crate::project_config::ProjectConfigCache;
@@ -62,6 +63,11 @@ pub struct Settings {
     /// non-public address (`TOLLGATE_PRIVATE_UPSTREAMS=deny`,
     /// [`crate::upstream::is_public`]).
     pub deny_private_upstreams: bool,
+    /// What a cut stream of a model that reasons without streaming it is
+    /// charged per second it thought (`TOLLGATE_HIDDEN_REASONING_TOKENS_PER_SEC`,
+    /// [`stream::HiddenReasoning`]); 0 charges no reasoning the provider
+    /// did not report.
+    pub hidden_reasoning_tokens_per_sec: u64,
 }
 
 impl Settings {
@@ -86,6 +92,7 @@ impl Default for Settings {
             egress: crate::upstream::Egress::direct(),
             max_body_bytes: MAX_BODY_BYTES,
             deny_private_upstreams: false,
+            hidden_reasoning_tokens_per_sec: stream::HIDDEN_REASONING_TOKENS_PER_SEC,
         }
     }
 }

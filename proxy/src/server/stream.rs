@@ -17,6 +17,18 @@
 //! connection, and wakes the body so that a client still reading gets the
 //! cut-stream notice and the end.
 //!
+//! **Reasoning nobody saw.** OpenAI's reasoning models, Gemini 2.5 and
+//! Grok 4 think before they answer without streaming the thinking, and
+//! report its tokens only with the answer (OpenAI at the end, Gemini with
+//! its first chunk). A stream cut before that report would be charged no
+//! reasoning at all, so a user could start calls that think for a minute and
+//! leave before the answer, again and again, with the app paying the
+//! provider for every minute and the budget seeing only the prompts. So for
+//! a model that reasons by default, a cut stream is charged, as reasoning,
+//! the time from sending the call to its answer's first output (or to the
+//! cut) at [`HiddenReasoning`]'s rate, within the output cap the call was
+//! sent with. Marked estimated, like every count of a cut stream.
+//!
 //! **Batching.** The provider's client hands its answer over one chunk at a
 //! time, decoding the next only once the last was taken, and the server
 //! writes to the client (one `writev`, its loopback delivery included)
@@ -40,7 +52,7 @@
 use crate::estimate::{actual, CountedInput};
 use crate::hold::Hold;
 use crate::pricing::ModelPrice;
-use crate::providers::StreamTranslator;
+use crate::providers::{StreamTranslator, Usage};
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use std::collections::HashMap;
@@ -66,6 +78,13 @@ const BATCH_TURNS: u32 = 64;
 /// Measured: with one, `proxy-bench` at 16 clients still wrote one batch per
 /// event, and `a_stream_that_arrived_whole_goes_out_in_one_piece` fails.
 const IDLE_TURNS: u32 = 2;
+/// [`HiddenReasoning`]'s rate unless `TOLLGATE_HIDDEN_REASONING_TOKENS_PER_SEC`
+/// sets one: above most reasoning models' published output speeds (OpenAI's
+/// o-series and GPT-5 at 100–200 tokens a second, Gemini 2.5 Flash near
+/// 250), and the time it is applied to includes reading the prompt and
+/// the network, so a cut stream is rather charged more than it used than
+/// less.
+pub const HIDDEN_REASONING_TOKENS_PER_SEC: u64 = 250;
 /// The watchdog looks at its streams at least this often.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -105,6 +124,51 @@ struct Metering {
     first: Option<Bytes>,
     /// Who polled last: woken when the watchdog ends the stream.
     waker: Option<Waker>,
+    /// For a model that reasons without streaming it.
+    hidden: Option<HiddenReasoning>,
+}
+
+/// How a cut stream of a model that reasons without streaming its
+/// reasoning is charged for it (see the module's notes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HiddenReasoning {
+    /// When the call was sent to the provider.
+    pub sent_at: Instant,
+    /// Tokens charged per second of thinking.
+    pub tokens_per_sec: u64,
+    /// The output cap the call was sent with: reasoning counts against it,
+    /// so the provider cannot have spent more.
+    pub cap: u64,
+    /// When the first output of the answer came.
+    answer_began: Option<Instant>,
+}
+
+impl HiddenReasoning {
+    pub fn new(sent_at: Instant, tokens_per_sec: u64, cap: u64) -> HiddenReasoning {
+        HiddenReasoning {
+            sent_at,
+            tokens_per_sec,
+            cap,
+            answer_began: None,
+        }
+    }
+
+    /// Adds the reasoning of a stream cut at `now` to `usage` (what was
+    /// streamed): its thinking time, up to the answer's first output, at the
+    /// rate, within what the cap leaves.
+    fn charge(&self, usage: &mut Usage, now: Instant) {
+        let thinking = self
+            .answer_began
+            .unwrap_or(now)
+            .saturating_duration_since(self.sent_at);
+        let tokens = (thinking.as_micros() * u128::from(self.tokens_per_sec)).div_ceil(1_000_000);
+        let tokens = u64::try_from(tokens)
+            .unwrap_or(u64::MAX)
+            .min(self.cap.saturating_sub(usage.output_tokens));
+        usage.output_tokens += tokens;
+        usage.reasoning_tokens += tokens;
+        usage.estimated = true;
+    }
 }
 
 impl MeteredStream {
@@ -130,6 +194,13 @@ impl MeteredStream {
         )
     }
 
+    /// Charges a cut stream for the reasoning the model did not stream
+    /// (`None`: a model that streams all it does).
+    pub fn charging_hidden_reasoning(self, hidden: Option<HiddenReasoning>) -> Self {
+        self.metering().hidden = hidden;
+        self
+    }
+
     fn with(
         upstream: Upstream,
         translator: StreamTranslator,
@@ -151,6 +222,7 @@ impl MeteredStream {
             turns: 0,
             first: None,
             waker: None,
+            hidden: None,
         }));
         let key = watchdog.watch(deadline, Arc::downgrade(&metering));
         // Its send raced the cut-off, which the watchdog has already acted on.
@@ -212,6 +284,11 @@ impl Metering {
             hold.release("upstream_error");
             return;
         }
+        if let Some(hidden) = &self.hidden {
+            if !self.translator.output_reported() {
+                hidden.charge(&mut usage, Instant::now());
+            }
+        }
         if usage.estimated {
             tracing::info!(reservation_id = %hold.reservation_id(), output_tokens = usage.output_tokens, "stream ended early; committing what was consumed");
         }
@@ -268,6 +345,11 @@ impl Metering {
             match self.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let out = self.translator.push(&chunk);
+                    if let Some(hidden) = &mut self.hidden {
+                        if hidden.answer_began.is_none() && self.translator.output_started() {
+                            hidden.answer_began = Some(Instant::now());
+                        }
+                    }
                     if !out.is_empty() {
                         self.batch.extend_from_slice(&out);
                         self.idle = 0;
@@ -512,6 +594,42 @@ mod tests {
             waited = 0;
             Poll::Ready(chunks.next().map(Ok))
         })
+    }
+
+    #[test]
+    fn hidden_reasoning_is_the_thinking_time_within_the_cap() {
+        let sent_at = Instant::now();
+        let at = |ms: u64| sent_at + Duration::from_millis(ms);
+        let charged = |hidden: HiddenReasoning, streamed: u64, cut: Instant| {
+            let mut usage = Usage {
+                output_tokens: streamed,
+                ..Usage::default()
+            };
+            hidden.charge(&mut usage, cut);
+            assert!(usage.estimated);
+            assert_eq!(usage.reasoning_tokens, usage.output_tokens - streamed);
+            usage.output_tokens
+        };
+        let thinking = HiddenReasoning::new(sent_at, 250, 25_000);
+        assert_eq!(
+            charged(thinking, 0, at(2_000)),
+            500,
+            "two seconds, nothing streamed"
+        );
+        assert_eq!(charged(thinking, 0, at(1)), 1, "a started token is charged");
+        assert_eq!(charged(thinking, 0, sent_at), 0);
+        let answered = HiddenReasoning {
+            answer_began: Some(at(1_200)),
+            ..thinking
+        };
+        assert_eq!(
+            charged(answered, 30, at(60_000)),
+            300 + 30,
+            "the clock stops at the answer's first output"
+        );
+        let capped = HiddenReasoning::new(sent_at, 250, 100);
+        assert_eq!(charged(capped, 40, at(2_000)), 100, "within the cap");
+        assert_eq!(charged(capped, 140, at(2_000)), 140, "past it already");
     }
 
     #[tokio::test]
