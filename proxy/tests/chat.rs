@@ -726,7 +726,7 @@ async fn a_reasoning_stream_cut_before_its_report_is_charged_its_thinking_time()
     let output = tokens(&actual, "output_tokens");
     let thought = u64::try_from(delay.as_millis()).unwrap() * per_sec / 1000;
     assert!(
-        output > thought && output < 5000,
+        output > thought,
         "{thought} tokens of thinking and the text streamed: {actual}"
     );
 }

@@ -486,6 +486,22 @@ mod tests {
     }
 
     #[test]
+    fn a_usage_of_no_output_yet_is_not_a_report_of_the_output() {
+        // Servers that report usage with every chunk (vLLM's continuous
+        // usage stats) say 0 completion tokens while the model thinks.
+        let mut t = StreamTranslator::new(ProviderKind::Custom, false, "m");
+        t.push(br#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":{"prompt_tokens":9,"completion_tokens":0,"total_tokens":9}}
+
+"#);
+        assert!(!t.output_reported() && !t.output_started());
+        t.push(br#"data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":{"prompt_tokens":9,"completion_tokens":40,"total_tokens":49}}
+
+"#);
+        assert!(t.output_reported() && t.output_started());
+        assert!(!t.is_complete());
+    }
+
+    #[test]
     fn usage_on_the_last_chunk_with_choices_is_not_sent_twice() {
         let mut t = StreamTranslator::new(ProviderKind::Custom, true, "m");
         let mut out = t

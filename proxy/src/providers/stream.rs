@@ -155,11 +155,13 @@ impl StreamTranslator {
         self.ctx.completion_bytes > 0 || self.ctx.audio_output_micros > 0 || self.output_reported()
     }
 
-    /// Whether the provider has reported an output count (Gemini does with
-    /// every chunk, cumulatively; OpenAI's format once, at the end), which
-    /// then includes any reasoning it did not stream.
+    /// Whether the provider has reported output (Gemini does with every
+    /// chunk, cumulatively; OpenAI's format once, at the end, or with every
+    /// chunk on some servers), which then includes any reasoning it did not
+    /// stream. A report of 0 so far (a server reporting usage with its role
+    /// chunk) is not one.
     pub fn output_reported(&self) -> bool {
-        self.ctx.usage_final || self.ctx.usage.output_tokens > 0
+        self.ctx.usage.output_tokens > 0
     }
 
     /// Whether the provider signalled a normal end of its answer.

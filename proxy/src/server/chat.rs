@@ -6,7 +6,7 @@
 
 use super::error::{openai_error, tell_sdks_not_to_retry};
 use super::headers::rate_limit_headers;
-use super::stream::{HiddenReasoning, MeteredStream};
+use super::stream::{Charging, HiddenReasoning, MeteredStream};
 use super::{ProxyError, ProxyState};
 use crate::estimate::{actual, audio_to_read, estimate_with, Estimate, Media};
 use crate::hold::Hold;
@@ -517,18 +517,25 @@ impl Call {
         if upstream.stream && status.is_success() {
             let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
             let per_sec = inner.settings.hidden_reasoning_tokens_per_sec;
-            let hidden = (per_sec > 0 && reasons_by_default(price.as_ref(), route.kind))
-                .then(|| HiddenReasoning::new(sent_at, per_sec, max_tokens));
+            let hidden_reasoning = (per_sec > 0 && reasons_by_default(price.as_ref(), route.kind))
+                .then(|| {
+                    let choices = u64::from(req.n.unwrap_or(1));
+                    let cap = upstream.max_output_tokens.unwrap_or(max_tokens);
+                    HiddenReasoning::new(sent_at, per_sec, cap, choices)
+                });
+            let charging = Charging {
+                price,
+                input_estimate: est.input,
+                hidden_reasoning,
+            };
             let mut stream = MeteredStream::new(
                 crate::upstream::body_stream(response),
                 translator,
                 hold,
-                price,
-                est.input,
+                charging,
                 &inner.watchdog,
                 deadline,
-            )
-            .charging_hidden_reasoning(hidden);
+            );
             stream.prefetch().await;
             let mut out = Response::new(Body::from_stream(stream));
             let h = out.headers_mut();

@@ -17,8 +17,8 @@
 //! connection, and wakes the body so that a client still reading gets the
 //! cut-stream notice and the end.
 //!
-//! **Reasoning nobody saw.** OpenAI's reasoning models, Gemini 2.5 and
-//! Grok 4 think before they answer without streaming the thinking, and
+//! **Reasoning nobody saw.** OpenAI's reasoning models and Gemini 2.5
+//! think before they answer without streaming the thinking, and
 //! report its tokens only with the answer (OpenAI at the end, Gemini with
 //! its first chunk). A stream cut before that report would be charged no
 //! reasoning at all, so a user could start calls that think for a minute and
@@ -110,9 +110,7 @@ struct Metering {
     upstream: Upstream,
     translator: StreamTranslator,
     hold: Option<Hold>,
-    price: Option<ModelPrice>,
-    /// Our own prompt count, for streams cut before the provider reported usage.
-    input_estimate: CountedInput,
+    charging: Charging,
     done: bool,
     /// Translated bytes not yet handed to the server.
     batch: BytesMut,
@@ -124,8 +122,16 @@ struct Metering {
     first: Option<Bytes>,
     /// Who polled last: woken when the watchdog ends the stream.
     waker: Option<Waker>,
+}
+
+/// What a stream is charged by where the provider's report is missing.
+#[derive(Debug, Default)]
+pub struct Charging {
+    pub price: Option<ModelPrice>,
+    /// Our own prompt count, for streams cut before the provider reported usage.
+    pub input_estimate: CountedInput,
     /// For a model that reasons without streaming it.
-    hidden: Option<HiddenReasoning>,
+    pub hidden_reasoning: Option<HiddenReasoning>,
 }
 
 /// How a cut stream of a model that reasons without streaming its
@@ -136,35 +142,41 @@ pub struct HiddenReasoning {
     pub sent_at: Instant,
     /// Tokens charged per second of thinking.
     pub tokens_per_sec: u64,
-    /// The output cap the call was sent with: reasoning counts against it,
-    /// so the provider cannot have spent more.
+    /// The output cap the call was sent with, per choice: reasoning counts
+    /// against it, so the provider cannot have spent more.
     pub cap: u64,
+    /// Choices asked for (`n`): each reasons on its own.
+    pub choices: u64,
     /// When the first output of the answer came.
     answer_began: Option<Instant>,
 }
 
 impl HiddenReasoning {
-    pub fn new(sent_at: Instant, tokens_per_sec: u64, cap: u64) -> HiddenReasoning {
+    pub fn new(sent_at: Instant, tokens_per_sec: u64, cap: u64, choices: u64) -> HiddenReasoning {
         HiddenReasoning {
             sent_at,
             tokens_per_sec,
             cap,
+            choices: choices.max(1),
             answer_began: None,
         }
     }
 
     /// Adds the reasoning of a stream cut at `now` to `usage` (what was
-    /// streamed): its thinking time, up to the answer's first output, at the
-    /// rate, within what the cap leaves.
+    /// streamed, by every choice): each choice's thinking time, up to the
+    /// answer's first output, at the rate, within what the caps leave.
     fn charge(&self, usage: &mut Usage, now: Instant) {
         let thinking = self
             .answer_began
             .unwrap_or(now)
             .saturating_duration_since(self.sent_at);
-        let tokens = (thinking.as_micros() * u128::from(self.tokens_per_sec)).div_ceil(1_000_000);
+        let tokens =
+            (thinking.as_micros() * u128::from(self.tokens_per_sec) * u128::from(self.choices))
+                .div_ceil(1_000_000);
+        let cap = self.cap.saturating_mul(self.choices);
         let tokens = u64::try_from(tokens)
             .unwrap_or(u64::MAX)
-            .min(self.cap.saturating_sub(usage.output_tokens));
+            .min(cap.saturating_sub(usage.output_tokens));
         usage.output_tokens += tokens;
         usage.reasoning_tokens += tokens;
         usage.estimated = true;
@@ -178,8 +190,7 @@ impl MeteredStream {
         upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
         translator: StreamTranslator,
         hold: Hold,
-        price: Option<ModelPrice>,
-        input_estimate: CountedInput,
+        charging: Charging,
         watchdog: &Watchdog,
         deadline: Instant,
     ) -> Self {
@@ -187,26 +198,17 @@ impl MeteredStream {
             Box::pin(upstream),
             translator,
             Some(hold),
-            price,
-            input_estimate,
+            charging,
             watchdog,
             deadline,
         )
-    }
-
-    /// Charges a cut stream for the reasoning the model did not stream
-    /// (`None`: a model that streams all it does).
-    pub fn charging_hidden_reasoning(self, hidden: Option<HiddenReasoning>) -> Self {
-        self.metering().hidden = hidden;
-        self
     }
 
     fn with(
         upstream: Upstream,
         translator: StreamTranslator,
         hold: Option<Hold>,
-        price: Option<ModelPrice>,
-        input_estimate: CountedInput,
+        charging: Charging,
         watchdog: &Watchdog,
         deadline: Instant,
     ) -> Self {
@@ -214,15 +216,13 @@ impl MeteredStream {
             upstream,
             translator,
             hold,
-            price,
-            input_estimate,
+            charging,
             done: false,
             batch: BytesMut::new(),
             idle: 0,
             turns: 0,
             first: None,
             waker: None,
-            hidden: None,
         }));
         let key = watchdog.watch(deadline, Arc::downgrade(&metering));
         // Its send raced the cut-off, which the watchdog has already acted on.
@@ -279,20 +279,23 @@ impl Metering {
     fn settle(&mut self) {
         let Some(hold) = self.hold.take() else { return };
         let mut usage = self.translator.usage_so_far();
-        self.input_estimate.fill_missing(&mut usage);
+        self.charging.input_estimate.fill_missing(&mut usage);
         if self.translator.upstream_failed() && usage.output_tokens == 0 {
             hold.release("upstream_error");
             return;
         }
-        if let Some(hidden) = &self.hidden {
-            if !self.translator.output_reported() {
+        // Cut before the provider counted any output: its reasoning is not
+        // in what was streamed. (A stream it ended normally without a
+        // count, such as a blocked prompt, is not charged reasoning.)
+        if let Some(hidden) = &self.charging.hidden_reasoning {
+            if !self.translator.is_complete() && !self.translator.output_reported() {
                 hidden.charge(&mut usage, Instant::now());
             }
         }
         if usage.estimated {
             tracing::info!(reservation_id = %hold.reservation_id(), output_tokens = usage.output_tokens, "stream ended early; committing what was consumed");
         }
-        hold.commit(actual(&usage, self.price.as_ref()));
+        hold.commit(actual(&usage, self.charging.price.as_ref()));
     }
 
     /// Ends the stream: its last translated bytes join the batch, the hold
@@ -345,7 +348,7 @@ impl Metering {
             match self.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let out = self.translator.push(&chunk);
-                    if let Some(hidden) = &mut self.hidden {
+                    if let Some(hidden) = &mut self.charging.hidden_reasoning {
                         if hidden.answer_began.is_none() && self.translator.output_started() {
                             hidden.answer_began = Some(Instant::now());
                         }
@@ -553,8 +556,7 @@ mod tests {
             Box::pin(upstream),
             StreamTranslator::new(ProviderKind::OpenAi, false, "gpt-4o-mini"),
             None,
-            None,
-            CountedInput::default(),
+            Charging::default(),
             watchdog,
             deadline,
         )
@@ -610,7 +612,7 @@ mod tests {
             assert_eq!(usage.reasoning_tokens, usage.output_tokens - streamed);
             usage.output_tokens
         };
-        let thinking = HiddenReasoning::new(sent_at, 250, 25_000);
+        let thinking = HiddenReasoning::new(sent_at, 250, 25_000, 1);
         assert_eq!(
             charged(thinking, 0, at(2_000)),
             500,
@@ -627,9 +629,20 @@ mod tests {
             300 + 30,
             "the clock stops at the answer's first output"
         );
-        let capped = HiddenReasoning::new(sent_at, 250, 100);
+        let capped = HiddenReasoning::new(sent_at, 250, 100, 1);
         assert_eq!(charged(capped, 40, at(2_000)), 100, "within the cap");
         assert_eq!(charged(capped, 140, at(2_000)), 140, "past it already");
+        let three = HiddenReasoning::new(sent_at, 250, 1_000, 3);
+        assert_eq!(
+            charged(three, 30, at(2_000)),
+            1_500 + 30,
+            "each choice thinks"
+        );
+        assert_eq!(
+            charged(three, 30, at(8_000)),
+            3_000,
+            "within each choice's cap"
+        );
     }
 
     #[tokio::test]
