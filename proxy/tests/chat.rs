@@ -731,6 +731,32 @@ async fn a_reasoning_stream_cut_before_its_report_is_charged_its_thinking_time()
     );
 }
 
+/// `reasoning_effort` reaches Gemini as the thinking budget Google's own
+/// OpenAI-compatible endpoint gives it; a value neither knows is a 400
+/// naming the field, before anything is held.
+#[tokio::test]
+async fn reasoning_effort_reaches_gemini_as_a_thinking_budget() {
+    let p = Proxy::start(PLAN).await;
+    for (effort, budget) in [("none", 0), ("low", 1024), ("high", 24_576)] {
+        let mut body = chat_body("gemini-2.5-flash", false);
+        body["reasoning_effort"] = json!(effort);
+        let (status, _, answer) = p.chat(&format!("effort-{effort}"), body).await;
+        assert_eq!(status, 200, "{effort}: {answer}");
+        let sent: Value = p.gemini.last_request().unwrap().json().unwrap();
+        assert_eq!(
+            sent["generationConfig"]["thinkingConfig"],
+            json!({"thinkingBudget": budget}),
+            "{effort}: {sent}"
+        );
+    }
+    let mut body = chat_body("gemini-2.5-flash", false);
+    body["reasoning_effort"] = json!("extreme");
+    let (status, _, answer) = p.chat("effort-extreme", body).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["param"], "reasoning_effort", "{answer}");
+    assert!(p.events("effort-extreme").await.is_empty(), "nothing held");
+}
+
 /// A provider that takes the request and drops the connection before
 /// answering may bill for it: the hold is charged, and the SDKs are told
 /// not to retry on their own (a retry would be charged again). A provider

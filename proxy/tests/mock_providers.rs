@@ -228,6 +228,36 @@ async fn gemini_mock_refuses_like_gemini() {
     );
     let bad_role = json!({"contents": [{"role": "assistant", "parts": [{"text": "hi"}]}]});
     assert_eq!(post_raw(url, &key, bad_role).await.0, 400);
+    // Thinking: a budget for 2.5 (Pro cannot stop), a level for 3, not both.
+    let thinking = |model: &str, config: Value| {
+        let url = format!("{}/v1beta/models/{model}:generateContent", mock.base_url());
+        let mut body = contents.clone();
+        body["generationConfig"] = json!({ "thinkingConfig": config });
+        async move { post_raw(url, &key, body).await.0 }
+    };
+    for (model, config, status) in [
+        ("gemini-2.5-flash", json!({"thinkingBudget": 0}), 200),
+        ("gemini-2.5-pro", json!({"thinkingBudget": 0}), 400),
+        ("gemini-2.5-flash", json!({"thinkingBudget": "low"}), 400),
+        ("gemini-2.5-flash", json!({"thinkingLevel": "low"}), 400),
+        ("gemini-3-pro-preview", json!({"thinkingLevel": "low"}), 200),
+        (
+            "gemini-3-pro-preview",
+            json!({"thinkingLevel": "extreme"}),
+            400,
+        ),
+        (
+            "gemini-3-pro-preview",
+            json!({"thinkingLevel": "low", "thinkingBudget": 1024}),
+            400,
+        ),
+    ] {
+        assert_eq!(
+            thinking(model, config.clone()).await,
+            status,
+            "{model} {config}"
+        );
+    }
 }
 
 #[tokio::test]

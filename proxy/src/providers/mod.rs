@@ -43,3 +43,18 @@ pub use stream::StreamTranslator;
 pub use upstream::{prepare_upstream, PrepareError, ProviderKey, UpstreamRequest};
 pub use usage::{estimate_output_tokens, Usage};
 pub use validate::{parse_request, validate_request, RequestError};
+
+/// Whether the request turns the model's reasoning off
+/// (`reasoning_effort: "none"`, where the provider can: OpenAI's GPT-5.1
+/// and later, Gemini before 3).
+pub fn reasoning_turned_off(route: &Route, request: &ChatRequest) -> bool {
+    let effort = request
+        .extra
+        .get("reasoning_effort")
+        .and_then(|e| e.as_str());
+    match route.kind {
+        ProviderKind::Gemini => gemini::thinking_off(&route.upstream_model, effort),
+        ProviderKind::Anthropic => false,
+        ProviderKind::OpenAi | ProviderKind::Xai | ProviderKind::Custom => effort == Some("none"),
+    }
+}

@@ -165,7 +165,7 @@ pub fn prepare_upstream(
             } else {
                 "generateContent"
             };
-            let body = gemini::build_body(request, cap)?;
+            let body = gemini::build_body(request, &route.upstream_model, cap)?;
             (
                 format!("{}/v1beta/models/{model}:{action}", route.base_url),
                 body,

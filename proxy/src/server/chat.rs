@@ -517,12 +517,14 @@ impl Call {
         if upstream.stream && status.is_success() {
             let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
             let per_sec = inner.settings.hidden_reasoning_tokens_per_sec;
-            let hidden_reasoning = (per_sec > 0 && reasons_by_default(price.as_ref(), route.kind))
-                .then(|| {
-                    let choices = u64::from(req.n.unwrap_or(1));
-                    let cap = upstream.max_output_tokens.unwrap_or(max_tokens);
-                    HiddenReasoning::new(sent_at, per_sec, cap, choices)
-                });
+            let hidden_reasoning = (per_sec > 0
+                && reasons_by_default(price.as_ref(), route.kind)
+                && !crate::providers::reasoning_turned_off(&route, &req))
+            .then(|| {
+                let choices = u64::from(req.n.unwrap_or(1));
+                let cap = upstream.max_output_tokens.unwrap_or(max_tokens);
+                HiddenReasoning::new(sent_at, per_sec, cap, choices)
+            });
             let charging = Charging {
                 price,
                 input_estimate: est.input,

@@ -10,7 +10,7 @@ mod response;
 mod schema;
 mod stream;
 
-pub(crate) use request::build_body;
+pub(crate) use request::{build_body, thinking_off};
 pub(crate) use response::translate;
 pub(crate) use stream::StreamHandler;
 

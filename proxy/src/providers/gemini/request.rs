@@ -14,6 +14,8 @@
 //!   `tool_choice` → `toolConfig.functionCallingConfig`.
 //! - `response_format` → `responseMimeType` (+ `responseJsonSchema` for
 //!   `json_schema`).
+//! - `reasoning_effort` → `thinkingConfig`, as Google's own OpenAI-compatible
+//!   endpoint reads it ([`thinking_config`]).
 //! - `image_url` data: URLs and `input_audio` (WAV, MP3) → `inlineData`.
 //! - Remote image URLs, `n > 1` and a conversation of system messages only
 //!   (no `contents`, which Gemini needs) are refused; other OpenAI fields
@@ -62,6 +64,8 @@ struct GenerationConfig {
     response_mime_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_json_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_config: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -87,6 +91,7 @@ struct FunctionDeclaration {
 /// The JSON body for `generateContent`/`streamGenerateContent`.
 pub(crate) fn build_body(
     request: &ChatRequest,
+    model: &str,
     max_tokens: Option<u64>,
 ) -> Result<Vec<u8>, PrepareError> {
     if request.n.unwrap_or(1) > 1 {
@@ -126,12 +131,14 @@ pub(crate) fn build_body(
         top_p: request.top_p,
         response_mime_type,
         response_json_schema,
+        thinking_config: thinking_config(request, model)?,
     };
     let has_config = config.max_output_tokens.is_some()
         || config.stop_sequences.is_some()
         || config.temperature.is_some()
         || config.top_p.is_some()
-        || config.response_mime_type.is_some();
+        || config.response_mime_type.is_some()
+        || config.thinking_config.is_some();
     let body = GenerateContentRequest {
         contents,
         system_instruction: (!system.is_empty()).then_some(Content {
@@ -179,6 +186,61 @@ pub(crate) fn build_body(
         tool_config: request.tool_choice.as_ref().map(tool_config).transpose()?,
     };
     Ok(serde_json::to_vec(&body)?)
+}
+
+/// `reasoning_effort`'s values, as OpenAI and Google's OpenAI-compatible
+/// endpoint take them.
+const EFFORTS: &str = "none, minimal, low, medium or high";
+
+/// OpenAI's `reasoning_effort` as Gemini's `thinkingConfig`, the way
+/// Google's OpenAI-compatible endpoint reads it. Gemini 3 and later think
+/// in levels: `minimal`, `low`, `medium` and `high` as they are, and
+/// `none`, which they cannot do, as `minimal`, their least (a model without
+/// that level refuses it). Gemini 2.5 in a budget of tokens: `none` 0 (no
+/// thinking; 2.5 Pro refuses it), `minimal` and `low` 1,024, `medium`
+/// 8,192, `high` 24,576. Earlier models do not think: nothing to set.
+fn thinking_config(request: &ChatRequest, model: &str) -> Result<Option<Value>, PrepareError> {
+    let effort = match request.extra.get("reasoning_effort") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(effort) => effort,
+    };
+    let invalid = || PrepareError::InvalidField {
+        field: "reasoning_effort".to_owned(),
+        reason: format!("expected one of {EFFORTS}, got {effort}"),
+    };
+    let effort = effort.as_str().ok_or_else(invalid)?;
+    let budget = match effort {
+        "none" => 0,
+        "minimal" | "low" => 1024,
+        "medium" => 8192,
+        "high" => 24_576,
+        _ => return Err(invalid()),
+    };
+    Ok(match version(model) {
+        Some(v) if v >= (3, 0) => {
+            let level = if effort == "none" { "minimal" } else { effort };
+            Some(json!({ "thinkingLevel": level }))
+        }
+        Some(v) if v < (2, 5) => None,
+        // 2.5, and names without a version (`gemini-flash-latest`), which
+        // take a budget whatever they point at (Gemini 3 accepts one too).
+        _ => Some(json!({ "thinkingBudget": budget })),
+    })
+}
+
+/// Whether a call to Gemini `model` with `reasoning_effort` `effort` is
+/// answered without thinking ([`thinking_config`]).
+pub(crate) fn thinking_off(model: &str, effort: Option<&str>) -> bool {
+    effort == Some("none") && version(model).is_none_or(|v| v < (3, 0))
+}
+
+/// A Gemini model's version (`gemini-2.5-flash`: 2.5, `gemini-3-pro-preview`:
+/// 3.0), if its name starts with one.
+fn version(model: &str) -> Option<(u32, u32)> {
+    let rest = model.strip_prefix("gemini-")?;
+    let number = rest.split('-').next()?;
+    let (major, minor) = number.split_once('.').unwrap_or((number, "0"));
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// OpenAI's `response_format` as Gemini's `responseMimeType` and
@@ -346,7 +408,7 @@ mod tests {
 
     fn body(request: Value) -> Value {
         let request: ChatRequest = serde_json::from_value(request).unwrap();
-        serde_json::from_slice(&build_body(&request, None).unwrap()).unwrap()
+        serde_json::from_slice(&build_body(&request, "gemini-test", None).unwrap()).unwrap()
     }
 
     fn with_system(system: Vec<Value>) -> Value {
@@ -385,10 +447,65 @@ mod tests {
         let request: ChatRequest = serde_json::from_value(json!({"model": "gemini-test",
             "messages": [{"role": "system", "content": "Say hi."}]}))
         .unwrap();
-        let err = build_body(&request, None).unwrap_err();
+        let err = build_body(&request, "gemini-test", None).unwrap_err();
         assert!(
             matches!(&err, PrepareError::Unsupported { field, .. } if field == "messages"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_a_thinking_budget_or_level() {
+        let thinking = |model: &str, effort: Value| {
+            let request: ChatRequest = serde_json::from_value(json!({"model": model,
+                "reasoning_effort": effort, "messages": [{"role": "user", "content": "hi"}]}))
+            .unwrap();
+            build_body(&request, model, None).map(|body| {
+                let sent: Value = serde_json::from_slice(&body).unwrap();
+                sent["generationConfig"]["thinkingConfig"].clone()
+            })
+        };
+        for (effort, budget) in [
+            ("none", 0),
+            ("minimal", 1024),
+            ("low", 1024),
+            ("medium", 8192),
+            ("high", 24_576),
+        ] {
+            for model in ["gemini-2.5-flash", "gemini-flash-latest"] {
+                assert_eq!(
+                    thinking(model, json!(effort)).unwrap(),
+                    json!({"thinkingBudget": budget}),
+                    "{model} {effort}"
+                );
+            }
+            let level = if effort == "none" { "minimal" } else { effort };
+            for model in ["gemini-3-pro-preview", "gemini-3.5-flash"] {
+                assert_eq!(
+                    thinking(model, json!(effort)).unwrap(),
+                    json!({"thinkingLevel": level}),
+                    "{model} {effort}"
+                );
+            }
+            assert_eq!(
+                thinking("gemini-2.0-flash", json!(effort)).unwrap(),
+                Value::Null
+            );
+        }
+        assert_eq!(
+            thinking("gemini-2.5-flash", Value::Null).unwrap(),
+            Value::Null
+        );
+        for bad in [json!("extreme"), json!(3), json!({"effort": "low"})] {
+            let err = thinking("gemini-2.5-flash", bad.clone()).unwrap_err();
+            assert!(
+                matches!(&err, PrepareError::InvalidField { field, .. } if field == "reasoning_effort"),
+                "{bad}: {err:?}"
+            );
+        }
+        assert!(thinking_off("gemini-2.5-flash", Some("none")));
+        assert!(!thinking_off("gemini-3-pro-preview", Some("none")));
+        assert!(!thinking_off("gemini-2.5-flash", Some("low")));
+        assert!(!thinking_off("gemini-2.5-flash", None));
     }
 }

@@ -55,7 +55,7 @@ pub(super) fn handle(request: &RecordedRequest, behavior: &MockBehavior) -> Resp
     let Some(body @ Value::Object(_)) = request.json() else {
         return error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.");
     };
-    if let Err(message) = validate(&body) {
+    if let Err(message) = validate(&body).and_then(|()| check_thinking(&body, &model)) {
         return error(400, "INVALID_ARGUMENT", &message);
     }
     if model.starts_with("gemini-3") {
@@ -98,6 +98,46 @@ fn unsigned_function_call(body: &Value) -> Option<usize> {
             .find(|p| p.get("functionCall").is_some())?;
         (content["role"] == "model" && first_call.get("thoughtSignature").is_none()).then_some(i)
     })
+}
+
+/// `generationConfig.thinkingConfig` as Gemini checks it: a budget is an
+/// integer, a level one of Gemini 3's, never both, a level only for Gemini
+/// 3, and 2.5 Pro cannot stop thinking.
+fn check_thinking(body: &Value, model: &str) -> Result<(), String> {
+    let Some(config) = body["generationConfig"].get("thinkingConfig") else {
+        return Ok(());
+    };
+    let at = "generation_config.thinking_config";
+    let budget = config.get("thinkingBudget");
+    let level = config.get("thinkingLevel");
+    if budget.is_some() && level.is_some() {
+        return Err(
+            "You cannot use both thinking_level and the legacy thinking_budget parameter."
+                .to_owned(),
+        );
+    }
+    if let Some(budget) = budget {
+        let budget = budget.as_i64().ok_or_else(|| {
+            format!("Invalid value at '{at}.thinking_budget' (TYPE_INT32), {budget}")
+        })?;
+        if budget == 0 && model.starts_with("gemini-2.5-pro") {
+            return Err("Budget 0 is invalid. This model only works in thinking mode.".to_owned());
+        }
+    }
+    if let Some(level) = level {
+        let known = level.as_str().is_some_and(|l| {
+            ["minimal", "low", "medium", "high"].contains(&l.to_ascii_lowercase().as_str())
+        });
+        if !known {
+            return Err(format!(
+                "Invalid value at '{at}.thinking_level' (type.googleapis.com/google.ai.generativelanguage.v1beta.ThinkingConfig.ThinkingLevel), {level}"
+            ));
+        }
+        if !model.starts_with("gemini-3") {
+            return Err("Thinking level is not supported for this model.".to_owned());
+        }
+    }
+    Ok(())
 }
 
 fn validate(body: &Value) -> Result<(), String> {
