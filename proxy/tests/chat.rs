@@ -731,6 +731,69 @@ async fn a_reasoning_stream_cut_before_its_report_is_charged_its_thinking_time()
     );
 }
 
+/// With several choices, one that finished does not end the stream: the
+/// others may still be thinking, and a client leaving then is charged
+/// every choice's thinking time.
+#[tokio::test]
+async fn a_choice_finished_does_not_end_the_other_choices_reasoning() {
+    use tokio::io::AsyncWriteExt;
+    let p = Proxy::start(PLAN).await;
+    let url = raw_provider(|mut conn| async move {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        let _ = conn.write_all(head.as_bytes()).await;
+        for choices in [
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null},
+                   {"index": 1, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+            json!([{"index": 0, "delta": {"content": "Hi."}, "finish_reason": "stop"}]),
+        ] {
+            let event = format!(
+                "data: {}\n\n",
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices})
+            );
+            let _ = conn
+                .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
+                .await;
+        }
+        // Choice 1 thinks on.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await;
+    tollgate_proxy::project_config::add_custom_provider(p.db.pool(), p.project_id, "think", &url)
+        .await
+        .unwrap();
+    let price = tollgate_proxy::pricing::ModelPrice {
+        supports_reasoning: true,
+        ..tollgate_proxy::pricing::ModelPrice::per_token(Decimal::new(1, 6), Decimal::new(2, 6))
+    };
+    tollgate_proxy::project_config::set_price_override(
+        p.db.pool(),
+        p.project_id,
+        "think/m",
+        &price,
+    )
+    .await
+    .unwrap();
+    let mut body = chat_body("think/m", true);
+    body["n"] = json!(2);
+    body["max_tokens"] = json!(5000);
+    let linger = Duration::from_secs(1);
+    let actual = leave_stream(
+        &p,
+        "two-choices",
+        &body,
+        |seen| seen.contains("\"stop\""),
+        linger,
+    )
+    .await;
+    let per_sec = tollgate_proxy::server::HIDDEN_REASONING_TOKENS_PER_SEC;
+    let thought = 2 * per_sec * u64::try_from(linger.as_millis()).unwrap() / 1000;
+    let output = tokens(&actual, "output_tokens");
+    assert!(
+        output > thought,
+        "two choices thinking for a second at least: {actual}"
+    );
+}
+
 /// `reasoning_effort` reaches Gemini as the thinking budget Google's own
 /// OpenAI-compatible endpoint gives it; a value neither knows is a 400
 /// naming the field, before anything is held.

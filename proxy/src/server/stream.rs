@@ -112,6 +112,8 @@ struct Metering {
     hold: Option<Hold>,
     charging: Charging,
     done: bool,
+    /// The provider's body came to its end (not cut, not broken).
+    provider_ended: bool,
     /// Translated bytes not yet handed to the server.
     batch: BytesMut,
     /// Polls spent waiting for the provider's connection since `batch` last grew.
@@ -164,12 +166,15 @@ impl HiddenReasoning {
 
     /// Adds the reasoning of a stream cut at `now` to `usage` (what was
     /// streamed, by every choice): each choice's thinking time, up to the
-    /// answer's first output, at the rate, within what the caps leave.
+    /// answer's first output, at the rate, within what the caps leave. With
+    /// several choices, one answering does not say the others stopped
+    /// thinking: their clock runs to the cut.
     fn charge(&self, usage: &mut Usage, now: Instant) {
-        let thinking = self
-            .answer_began
-            .unwrap_or(now)
-            .saturating_duration_since(self.sent_at);
+        let answered = match self.answer_began {
+            Some(began) if self.choices == 1 => began,
+            _ => now,
+        };
+        let thinking = answered.saturating_duration_since(self.sent_at);
         let tokens =
             (thinking.as_micros() * u128::from(self.tokens_per_sec) * u128::from(self.choices))
                 .div_ceil(1_000_000);
@@ -218,6 +223,7 @@ impl MeteredStream {
             hold,
             charging,
             done: false,
+            provider_ended: false,
             batch: BytesMut::new(),
             idle: 0,
             turns: 0,
@@ -285,10 +291,11 @@ impl Metering {
             return;
         }
         // Cut before the provider counted any output: its reasoning is not
-        // in what was streamed. (A stream it ended normally without a
-        // count, such as a blocked prompt, is not charged reasoning.)
+        // in what was streamed. A stream the provider ended without a count
+        // (a blocked prompt) is not charged reasoning; one with a choice
+        // finished but not the stream (`n` > 1) is.
         if let Some(hidden) = &self.charging.hidden_reasoning {
-            if !self.translator.is_complete() && !self.translator.output_reported() {
+            if !self.provider_ended && !self.translator.output_reported() {
                 hidden.charge(&mut usage, Instant::now());
             }
         }
@@ -371,7 +378,10 @@ impl Metering {
                     tracing::warn!(error = %e, "upstream stream broke");
                     self.finish();
                 }
-                Poll::Ready(None) => self.finish(),
+                Poll::Ready(None) => {
+                    self.provider_ended = true;
+                    self.finish();
+                }
                 Poll::Pending => {
                     if self.batch.is_empty() {
                         return Poll::Pending;
@@ -642,6 +652,15 @@ mod tests {
             charged(three, 30, at(8_000)),
             3_000,
             "within each choice's cap"
+        );
+        let one_answered = HiddenReasoning {
+            answer_began: Some(at(400)),
+            ..three
+        };
+        assert_eq!(
+            charged(one_answered, 30, at(2_000)),
+            1_500 + 30,
+            "one choice answering does not stop the others' clock"
         );
     }
 
