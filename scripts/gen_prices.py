@@ -138,6 +138,23 @@ def web_search(spec):
     return {size: decimal_text(v) for size, v in sizes.items()}
 
 
+# LiteLLM's `supports_reasoning` is missing for some names of models that
+# always reason (`xai/grok-4`, `o1-mini`, `gemini/gemini-2.5-pro-preview-*`,
+# Azure's and OpenRouter's o1) and set for GPT-5's chat models, which do not
+# reason. Judged by the model's own name, whoever serves it.
+ALWAYS_REASONS = re.compile(
+    r"^(o[134](-|$)|grok-4(?!.*non-reasoning)|grok-code-fast|gemini-2\.5-pro(?!.*-tts)|gemini-3)"
+)
+NEVER_REASONS = re.compile(r"^gpt-5(\.[0-9]+)?-chat")
+
+
+def reasons(name, spec):
+    model = name.rsplit("/", 1)[-1]
+    if NEVER_REASONS.match(model):
+        return False
+    return spec.get("supports_reasoning") is True or bool(ALWAYS_REASONS.match(model))
+
+
 def convert(models):
     out = {}
     for name in sorted(models):
@@ -157,8 +174,9 @@ def convert(models):
         # Models that reason before answering by default (OpenAI's o-series
         # and GPT-5, Gemini 2.5, Grok's reasoning models), whose reasoning
         # counts against the output cap: the proxy holds and sends them a
-        # larger default cap when the request names none.
-        if spec.get("supports_reasoning") is True:
+        # larger default cap when the request names none, and charges a
+        # stream cut before its usage for the reasoning it did not stream.
+        if reasons(name, spec):
             entry["supports_reasoning"] = True
         tiers = long_context(name, spec)
         if tiers:

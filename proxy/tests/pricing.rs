@@ -111,6 +111,41 @@ fn gemini_reasoning_price_applies_when_given() {
     assert_eq!(cost(price, &usage), expected);
 }
 
+/// Models that always reason are flagged so, whatever LiteLLM's table
+/// says of each name (`scripts/gen_prices.py`): their reasoning counts
+/// against the output cap and is charged when a stream is cut before its
+/// usage. GPT-5's chat models do not reason.
+#[test]
+fn models_that_reason_by_default_are_flagged() {
+    let t = table();
+    for (provider, model) in [
+        ("xai", "grok-4"),
+        ("xai", "grok-4-0709"),
+        ("xai", "grok-4-fast-reasoning"),
+        ("openai", "o1-mini"),
+        ("openai", "o3"),
+        ("openai", "gpt-5"),
+        ("gemini", "gemini-2.5-flash"),
+        ("gemini", "gemini-2.5-pro-preview-06-05"),
+    ] {
+        assert!(
+            t.lookup(provider, model).unwrap().supports_reasoning,
+            "{provider} {model}"
+        );
+    }
+    for (provider, model) in [
+        ("openai", "gpt-4o"),
+        ("openai", "gpt-5-chat-latest"),
+        ("xai", "grok-4-fast-non-reasoning"),
+        ("anthropic", "claude-3-5-sonnet-20240620"),
+    ] {
+        assert!(
+            !t.lookup(provider, model).unwrap().supports_reasoning,
+            "{provider} {model}"
+        );
+    }
+}
+
 #[test]
 fn lookups_fall_back_sensibly() {
     let t = table();

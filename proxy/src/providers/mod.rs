@@ -44,9 +44,10 @@ pub use upstream::{prepare_upstream, PrepareError, ProviderKey, UpstreamRequest}
 pub use usage::{estimate_output_tokens, Usage};
 pub use validate::{parse_request, validate_request, RequestError};
 
-/// Whether the request turns the model's reasoning off
-/// (`reasoning_effort: "none"`, where the provider can: OpenAI's GPT-5.1
-/// and later, Gemini before 3).
+/// Whether the model answers this request without reasoning although it
+/// may reason: `reasoning_effort: "none"` where the provider can turn it
+/// off (OpenAI's GPT-5.1 and later, Gemini before 3), or no effort named
+/// to GPT-5.1 and later, which then default to none.
 pub fn reasoning_turned_off(route: &Route, request: &ChatRequest) -> bool {
     let effort = request
         .extra
@@ -55,6 +56,49 @@ pub fn reasoning_turned_off(route: &Route, request: &ChatRequest) -> bool {
     match route.kind {
         ProviderKind::Gemini => gemini::thinking_off(&route.upstream_model, effort),
         ProviderKind::Anthropic => false,
-        ProviderKind::OpenAi | ProviderKind::Xai | ProviderKind::Custom => effort == Some("none"),
+        ProviderKind::OpenAi | ProviderKind::Xai | ProviderKind::Custom => match effort {
+            Some(effort) => effort == "none",
+            None => defaults_to_no_reasoning(&route.upstream_model),
+        },
+    }
+}
+
+/// GPT-5.1 and later point releases (`gpt-5.1`, `openai/gpt-5.2-…`),
+/// whose `reasoning_effort` defaults to `none`; not GPT-5 itself.
+fn defaults_to_no_reasoning(model: &str) -> bool {
+    let model = model.rsplit('/').next().unwrap_or(model);
+    model
+        .strip_prefix("gpt-5.")
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|minor| minor.parse::<u32>().ok())
+        .is_some_and(|minor| minor >= 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasoning_is_off_when_asked_or_by_the_models_default() {
+        let off = |model: &str, effort: Option<&str>| {
+            let route = route(model, &[], &BaseUrls::default()).unwrap();
+            let mut request = ChatRequest::default();
+            if let Some(effort) = effort {
+                request
+                    .extra
+                    .insert("reasoning_effort".into(), effort.into());
+            }
+            reasoning_turned_off(&route, &request)
+        };
+        assert!(off("o3", Some("none")));
+        assert!(!off("o3", Some("low")));
+        assert!(!off("o3", None));
+        assert!(!off("gpt-5", None));
+        assert!(off("gpt-5.1", None));
+        assert!(off("gpt-5.2-2025-12-11", None));
+        assert!(!off("gpt-5.1", Some("medium")));
+        assert!(off("gemini-2.5-flash", Some("none")));
+        assert!(!off("gemini-3-pro-preview", Some("none")));
+        assert!(!off("claude-sonnet-4-5", Some("none")));
     }
 }

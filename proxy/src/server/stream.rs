@@ -17,8 +17,8 @@
 //! connection, and wakes the body so that a client still reading gets the
 //! cut-stream notice and the end.
 //!
-//! **Reasoning nobody saw.** OpenAI's reasoning models and Gemini 2.5
-//! think before they answer without streaming the thinking, and
+//! **Reasoning nobody saw.** OpenAI's reasoning models, Gemini 2.5 and
+//! Grok 4 think before they answer without streaming the thinking, and
 //! report its tokens only with the answer (OpenAI at the end, Gemini with
 //! its first chunk). A stream cut before that report would be charged no
 //! reasoning at all, so a user could start calls that think for a minute and
