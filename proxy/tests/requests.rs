@@ -682,6 +682,46 @@ fn openai_request_passes_through() {
     assert_eq!(xai.url, "https://api.x.ai/v1/chat/completions");
 }
 
+/// A router behind a custom provider (OpenRouter) bills fallback models as
+/// the model that answered and plugins per use: neither is in the price
+/// the call is held and charged at, so both are refused, naming the field.
+/// Other servers' own output caps are held to the call's cap.
+#[test]
+fn custom_providers_get_no_unpriced_router_fields_and_every_output_cap_held() {
+    let ask = |extra: Value| {
+        let mut body =
+            json!({"model": "together/m", "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        prepare(body, Some(64))
+    };
+    for (field, value) in [
+        ("models", json!(["anthropic/claude-opus-4.1"])),
+        ("plugins", json!([{"id": "web"}])),
+    ] {
+        let err = ask(json!({ field: value })).unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::Unsupported { field: f, .. } if f == field),
+            "{field}: {err:?}"
+        );
+    }
+    let sent = body_of(&ask(json!({"n_predict": -1, "max_new_tokens": 9000})).unwrap());
+    assert_eq!(
+        (sent["n_predict"].clone(), sent["max_new_tokens"].clone()),
+        (json!(64), json!(64))
+    );
+    let sent = body_of(&ask(json!({"n_predict": 10})).unwrap());
+    assert_eq!(sent["n_predict"], 10, "a smaller cap is the client's");
+    // A built-in provider's fields are its own.
+    let openai = prepare(
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "n_predict": 5000}),
+        Some(64),
+    )
+    .unwrap();
+    assert_eq!(body_of(&openai)["n_predict"], 5000);
+}
+
 #[test]
 fn keys_never_print() {
     let key = ProviderKey::new("sk-secret-123");

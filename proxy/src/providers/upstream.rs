@@ -301,6 +301,22 @@ fn insert_secret(
     Ok(())
 }
 
+/// Fields of routers behind a custom provider (OpenRouter's) that make a
+/// call cost what the model it names does not: fallback models, answered
+/// and billed as another model, and plugins billed per use (web search).
+const UNPRICED_ROUTER_FIELDS: [(&str, &str); 2] = [
+    (
+        "models",
+        "fallback models would be billed as another model than the one the call is priced as",
+    ),
+    ("plugins", "their fees are not in the price table"),
+];
+
+/// Output caps some OpenAI-compatible servers read besides `max_tokens`
+/// (llama.cpp's `n_predict`, which wins over it; TGI's `max_new_tokens`):
+/// held to the call's cap like `max_tokens`.
+const OTHER_OUTPUT_CAPS: [&str; 2] = ["n_predict", "max_new_tokens"];
+
 fn openai_body(
     route: &Route,
     request: &ChatRequest,
@@ -308,6 +324,28 @@ fn openai_body(
 ) -> Result<Vec<u8>, PrepareError> {
     let mut body = request.clone();
     body.model = route.upstream_model.clone();
+    if route.kind == ProviderKind::Custom {
+        if let Some((field, reason)) = UNPRICED_ROUTER_FIELDS
+            .iter()
+            .find(|(field, _)| body.extra.get(*field).is_some_and(|v| !v.is_null()))
+        {
+            return Err(PrepareError::Unsupported {
+                provider: "custom",
+                field: (*field).to_owned(),
+                reason: (*reason).to_owned(),
+            });
+        }
+        if let Some(cap) = cap {
+            for field in OTHER_OUTPUT_CAPS {
+                if let Some(value) = body.extra.get_mut(field) {
+                    // Negative (llama.cpp's -1: until the context is full)
+                    // or not a number: the cap.
+                    let sent = value.as_u64().map_or(cap, |v| v.min(cap));
+                    *value = sent.into();
+                }
+            }
+        }
+    }
     for message in &mut body.messages {
         if let Some(id) = &mut message.tool_call_id {
             gemini::strip_thought_signature(id);
