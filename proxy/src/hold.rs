@@ -73,6 +73,11 @@ impl Hold {
         self.reservation_id
     }
 
+    /// The tasks that settle holds, which shutdown waits for.
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
     /// Commits the actual usage in the background.
     pub fn commit(mut self, actual: Amounts) {
         self.settled = true;

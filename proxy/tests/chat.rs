@@ -1126,12 +1126,19 @@ async fn stalled_stream(
     })
     .await;
     p.add_priced_provider("fast", &url).await;
+    (stalled_client(p, identity, "fast/m").await, hung_up)
+}
+
+/// A streamed call of `model` from a client with a 4 KB window that never
+/// reads: the proxy's writes to it soon block. Returns its socket.
+async fn stalled_client(p: &Proxy, identity: &str, model: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
     let addr: std::net::SocketAddr = p.base.strip_prefix("http://").unwrap().parse().unwrap();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // A small window, so the proxy's writes block soon.
     socket.set_recv_buffer_size(4096).unwrap();
     let mut client = socket.connect(addr).await.unwrap();
-    let body = serde_json::to_vec(&chat_body("fast/m", true)).unwrap();
+    let body = serde_json::to_vec(&chat_body(model, true)).unwrap();
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nx-project-key: {}\r\n\
          x-identity: {identity}\r\nauthorization: Bearer sk-provider-test-key\r\n\
@@ -1141,7 +1148,7 @@ async fn stalled_stream(
     );
     client.write_all(head.as_bytes()).await.unwrap();
     client.write_all(&body).await.unwrap();
-    (client, hung_up)
+    client
 }
 
 /// The stalled call was committed with what it consumed (not released,
@@ -1211,6 +1218,56 @@ async fn a_client_that_reads_nothing_for_the_send_timeout_is_disconnected() {
     })
     .await;
     assert!(ended.is_ok(), "the connection was closed");
+}
+
+/// What a provider sent while the client was not reading waits in the
+/// socket buffers, unread, billed all the same: when the send timeout
+/// closes the connection, the proxy reads it before settling, here to the
+/// provider's own usage, rather than charging only what it had passed on.
+#[tokio::test]
+async fn a_stalled_client_is_charged_what_the_provider_sent_meanwhile() {
+    use tokio::io::AsyncWriteExt;
+    // Past the second without a read after which a stream's end is taken
+    // for a stall rather than a client that left while reading.
+    let p = Proxy::start_with_send_timeout(PLAN, Duration::from_secs(2)).await;
+    let url = raw_provider(|mut conn| async move {
+        let mut out =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                .to_vec();
+        let event = |data: Value| {
+            let event = format!("data: {data}\n\n");
+            format!("{:x}\r\n{event}\r\n", event.len()).into_bytes()
+        };
+        let words = "word ".repeat(3200);
+        // 16 MB of answer, far more than the proxy passes on to a client
+        // that does not read, then the usage and the end.
+        for _ in 0..1024 {
+            out.extend(event(json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                "model": "m", "choices": [{"index": 0, "delta": {"content": words}, "finish_reason": null}]})));
+        }
+        out.extend(event(json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
+        out.extend(event(json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [],
+            "usage": {"prompt_tokens": 21, "completion_tokens": 777_777, "total_tokens": 777_798}})));
+        out.extend(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n".iter());
+        let _ = conn.write_all(&out).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    p.add_priced_provider("bulk", &url).await;
+    let _client = stalled_client(&p, "stalled-bulk", "bulk/m").await;
+    let settled = p.settled("stalled-bulk", 1).await;
+    assert_eq!(settled[0].0, "committed", "{settled:?}");
+    let actual = &settled[0].1["actual"];
+    assert_eq!(
+        (
+            tokens(actual, "input_tokens"),
+            tokens(actual, "output_tokens")
+        ),
+        (21, 777_777),
+        "the provider's own count: {actual}"
+    );
 }
 
 #[tokio::test]

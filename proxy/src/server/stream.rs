@@ -29,6 +29,16 @@
 //! cut) at [`HiddenReasoning`]'s rate, within the output cap the call was
 //! sent with. Marked estimated, like every count of a cut stream.
 //!
+//! **A client that stopped reading.** hyper stops polling the body once
+//! what it holds for the client is full, so the provider's connection is
+//! not read either: what the provider sent meanwhile (billed, since it was
+//! generated) waits in the socket buffers, megabytes of it, uncounted. When
+//! such a stream ends (the send timeout closed the connection, or the
+//! client left), [`drain`] reads on for a moment, the client's part
+//! discarded, and counts what comes, often to the provider's own usage:
+//! without it a client could stall every stream and pay for the part read
+//! before the stall.
+//!
 //! **Batching.** The provider's client hands its answer over one chunk at a
 //! time, decoding the next only once the last was taken, and the server
 //! writes to the client (one `writev`, its loopback delivery included)
@@ -85,6 +95,14 @@ const IDLE_TURNS: u32 = 2;
 /// the network, so a cut stream is rather charged more than it used than
 /// less.
 pub const HIDDEN_REASONING_TOKENS_PER_SEC: u64 = 250;
+/// A stream whose body was last polled this long ago when it ended had a
+/// client that stopped reading ([`drain`]); one polled more recently (a
+/// client that left while reading) is cut at once, so the provider stops.
+const STALLED: Duration = Duration::from_secs(1);
+/// [`drain`] ends when the provider sends nothing for this long...
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// ... or after this long in all (or at the call's deadline).
+const DRAIN_AT_MOST: Duration = Duration::from_secs(1);
 /// The watchdog looks at its streams at least this often.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -124,6 +142,10 @@ struct Metering {
     first: Option<Bytes>,
     /// Who polled last: woken when the watchdog ends the stream.
     waker: Option<Waker>,
+    /// When the body was last polled.
+    polled_at: Instant,
+    /// When the call must end ([`drain`] does not go past it).
+    deadline: Instant,
 }
 
 /// What a stream is charged by where the provider's report is missing.
@@ -229,6 +251,8 @@ impl MeteredStream {
             turns: 0,
             first: None,
             waker: None,
+            polled_at: Instant::now(),
+            deadline,
         }));
         let key = watchdog.watch(deadline, Arc::downgrade(&metering));
         // Its send raced the cut-off, which the watchdog has already acted on.
@@ -341,10 +365,62 @@ impl Metering {
         (!self.batch.is_empty()).then(|| self.batch.split().freeze())
     }
 
+    /// Translates and counts a chunk from the provider.
+    fn read(&mut self, chunk: &[u8]) -> Bytes {
+        let out = self.translator.push(chunk);
+        if let Some(hidden) = &mut self.charging.hidden_reasoning {
+            if hidden.answer_began.is_none() && self.translator.output_started() {
+                hidden.answer_began = Some(Instant::now());
+            }
+        }
+        out
+    }
+
+    /// Reads what the provider sends for [`drain`], until it ends or goes
+    /// quiet; the client's part is dropped.
+    fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        quiet: Pin<&mut tokio::time::Sleep>,
+        end: Instant,
+    ) -> Poll<()> {
+        let mut quiet = quiet;
+        loop {
+            if self.hold.is_none() || self.translator.is_finished() {
+                return Poll::Ready(());
+            }
+            match self.upstream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.read(&chunk);
+                    let now = Instant::now();
+                    if now >= end {
+                        return Poll::Ready(());
+                    }
+                    quiet.as_mut().reset(now + DRAIN_QUIET);
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(()),
+                Poll::Ready(None) => {
+                    self.provider_ended = true;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {
+                    return if std::future::Future::poll(quiet.as_mut(), cx).is_ready()
+                        || Instant::now() >= end
+                    {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    };
+                }
+            }
+        }
+    }
+
     fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.waker = Some(cx.waker().clone());
         }
+        self.polled_at = Instant::now();
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(first));
         }
@@ -354,12 +430,7 @@ impl Metering {
             }
             match self.upstream.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let out = self.translator.push(&chunk);
-                    if let Some(hidden) = &mut self.charging.hidden_reasoning {
-                        if hidden.answer_began.is_none() && self.translator.output_started() {
-                            hidden.answer_began = Some(Instant::now());
-                        }
-                    }
+                    let out = self.read(&chunk);
                     if !out.is_empty() {
                         self.batch.extend_from_slice(&out);
                         self.idle = 0;
@@ -413,9 +484,51 @@ impl Stream for MeteredStream {
 impl Drop for MeteredStream {
     fn drop(&mut self) {
         self.watchdog.forget(self.key);
-        // The client went away mid-stream: commit what was consumed.
-        self.metering().settle();
+        let mut m = self.metering();
+        if m.done || m.hold.is_none() {
+            return;
+        }
+        let tracker = m.hold.as_ref().map(|h| h.tracker().clone());
+        match tracker {
+            // The client stopped reading before it went: count what the
+            // provider sent meanwhile, then settle.
+            Some(tracker)
+                if m.polled_at.elapsed() >= STALLED
+                    && tokio::runtime::Handle::try_current().is_ok() =>
+            {
+                drop(m);
+                tracker.spawn(drain(Settles(self.metering.clone())));
+            }
+            // The client went away mid-stream: commit what was consumed.
+            _ => m.settle(),
+        }
     }
+}
+
+/// Settles the stream when dropped, however [`drain`] ended (its task
+/// dropped at shutdown included): never left to expire, never released.
+struct Settles(Arc<Mutex<Metering>>);
+
+impl Drop for Settles {
+    fn drop(&mut self) {
+        let mut m = lock(&self.0);
+        m.settle();
+        m.upstream = Box::pin(futures::stream::empty());
+    }
+}
+
+/// Reads on what the provider sends to a stream whose client stopped
+/// reading, until it ends, sends nothing for [`DRAIN_QUIET`], or
+/// [`DRAIN_AT_MOST`] or the call's deadline passes; then settles with all
+/// it counted (see the module's notes).
+async fn drain(stream: Settles) {
+    let end = {
+        let m = lock(&stream.0);
+        (Instant::now() + DRAIN_AT_MOST).min(m.deadline)
+    };
+    let quiet = tokio::time::sleep(DRAIN_QUIET);
+    tokio::pin!(quiet);
+    std::future::poll_fn(|cx| lock(&stream.0).poll_drain(cx, quiet.as_mut(), end)).await;
 }
 
 /// One per HTTP thread: ends that thread's streams at their deadline, and
