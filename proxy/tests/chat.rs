@@ -532,6 +532,22 @@ where
     format!("http://{addr}/v1")
 }
 
+/// The head of a raw provider's streamed answer.
+const SSE_HEAD: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// One HTTP chunk holding one SSE event of an OpenAI-style chunk with
+/// `choices` (and `usage`, unless null).
+fn sse_chunk(choices: Value, usage: Value) -> Vec<u8> {
+    let mut data = json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
+        "model": "m", "choices": choices});
+    if !usage.is_null() {
+        data["usage"] = usage;
+    }
+    let event = format!("data: {data}\n\n");
+    format!("{:x}\r\n{event}\r\n", event.len()).into_bytes()
+}
+
 /// Sends a JSON call of `model`, which must fail with `status` and `code`,
 /// saying `x-should-retry: false` exactly when it was `charged` (the SDKs
 /// would retry it, and be charged again).
@@ -739,20 +755,13 @@ async fn a_choice_finished_does_not_end_the_other_choices_reasoning() {
     use tokio::io::AsyncWriteExt;
     let p = Proxy::start(PLAN).await;
     let url = raw_provider(|mut conn| async move {
-        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-        let _ = conn.write_all(head.as_bytes()).await;
+        let _ = conn.write_all(SSE_HEAD.as_bytes()).await;
         for choices in [
             json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null},
                    {"index": 1, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
             json!([{"index": 0, "delta": {"content": "Hi."}, "finish_reason": "stop"}]),
         ] {
-            let event = format!(
-                "data: {}\n\n",
-                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices})
-            );
-            let _ = conn
-                .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
-                .await;
+            let _ = conn.write_all(&sse_chunk(choices, Value::Null)).await;
         }
         // Choice 1 thinks on.
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -1110,16 +1119,13 @@ async fn stalled_stream(
         move |mut conn| {
             let hung_up = hung_up.clone();
             async move {
-                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                let _ = conn.write_all(head.as_bytes()).await;
-                let event = format!(
-                    "data: {}\n\n",
-                    json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                        "choices": [{"index": 0, "delta": {"content": "word ".repeat(800)}, "finish_reason": null}]})
+                let _ = conn.write_all(SSE_HEAD.as_bytes()).await;
+                let chunk = sse_chunk(
+                    json!([{"index": 0, "delta": {"content": "word ".repeat(800)}, "finish_reason": null}]),
+                    Value::Null,
                 );
-                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
                 // A provider generating fast, until the proxy hangs up.
-                while conn.write_all(chunk.as_bytes()).await.is_ok() {}
+                while conn.write_all(&chunk).await.is_ok() {}
                 hung_up.store(true, Ordering::SeqCst);
             }
         }
@@ -1231,25 +1237,24 @@ async fn a_stalled_client_is_charged_what_the_provider_sent_meanwhile() {
     // for a stall rather than a client that left while reading.
     let p = Proxy::start_with_send_timeout(PLAN, Duration::from_secs(2)).await;
     let url = raw_provider(|mut conn| async move {
-        let mut out =
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                .to_vec();
-        let event = |data: Value| {
-            let event = format!("data: {data}\n\n");
-            format!("{:x}\r\n{event}\r\n", event.len()).into_bytes()
-        };
-        let words = "word ".repeat(3200);
+        let mut out = SSE_HEAD.as_bytes().to_vec();
+        let words = sse_chunk(
+            json!([{"index": 0, "delta": {"content": "word ".repeat(3200)}, "finish_reason": null}]),
+            Value::Null,
+        );
         // 16 MB of answer, far more than the proxy passes on to a client
         // that does not read, then the usage and the end.
         for _ in 0..1024 {
-            out.extend(event(json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
-                "model": "m", "choices": [{"index": 0, "delta": {"content": words}, "finish_reason": null}]})));
+            out.extend_from_slice(&words);
         }
-        out.extend(event(json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
-            "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
-        out.extend(event(json!({"id": "c", "object": "chat.completion.chunk", "created": 1,
-            "model": "m", "choices": [],
-            "usage": {"prompt_tokens": 21, "completion_tokens": 777_777, "total_tokens": 777_798}})));
+        out.extend(sse_chunk(
+            json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+            Value::Null,
+        ));
+        out.extend(sse_chunk(
+            json!([]),
+            json!({"prompt_tokens": 21, "completion_tokens": 777_777, "total_tokens": 777_798}),
+        ));
         out.extend(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n".iter());
         let _ = conn.write_all(&out).await;
         tokio::time::sleep(Duration::from_secs(30)).await;
