@@ -78,6 +78,22 @@ def anthropic_one_hour_write(name, spec, entry):
         del entry[field]
 
 
+# xAI caches prompts by itself and bills the cached part of grok-3's and
+# grok-4's (and their -mini and -fast variants') at a quarter of the input
+# price (docs.x.ai, models and pricing: grok-4 and grok-3 $3 / cached $0.75,
+# grok-3-mini $0.30 / cached $0.075 per million). LiteLLM has no cached price
+# for them, so the cached part would be charged at the full input price.
+XAI_QUARTER_PRICE_CACHE = re.compile(r"^xai/grok-(3|4)(-(0709|latest|beta|fast|mini)(-(beta|latest))?)*$")
+
+
+def xai_cached_input(name, entry):
+    if "cache_read_input_token_cost" in entry or not XAI_QUARTER_PRICE_CACHE.match(name):
+        return
+    quarter = decimal.Decimal(entry["input_cost_per_token"]) / 4
+    entry["cache_read_input_token_cost"] = decimal_text(quarter)
+    print(f"{name}: cached input at a quarter of the input price, {entry['cache_read_input_token_cost']}")
+
+
 def long_context(name, spec):
     """The model's long-context tiers, lowest threshold first: each says above
     how many input tokens it applies and the prices it replaces. A tier
@@ -188,6 +204,7 @@ def convert(models):
         if search:
             entry["web_search_cost_per_call"] = search
         anthropic_one_hour_write(name, spec, entry)
+        xai_cached_input(name, entry)
         out[name] = entry
     return out
 

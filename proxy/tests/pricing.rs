@@ -41,6 +41,38 @@ fn gpt_4o_cost() {
     assert_eq!(cost(&price, &usage), dec!(0.00725));
 }
 
+/// xAI caches prompts by itself and bills the cached part at a quarter of
+/// the input price; LiteLLM's table has no cached price for grok-3 and
+/// grok-4, which `scripts/gen_prices.py` fills in, so the cached part is
+/// not charged at the full input price.
+#[test]
+fn grok_cached_input_is_a_quarter_of_the_input_price() {
+    let t = table();
+    // xAI's answer in OpenAI's shape: 10,120 in (128 cached), 1,499 out.
+    let usage = Usage {
+        input_tokens: 10_120,
+        cached_input_tokens: 128,
+        output_tokens: 1_499,
+        ..Usage::default()
+    };
+    for model in ["grok-4", "grok-4-0709", "grok-3"] {
+        let price = t.lookup("xai", model).unwrap();
+        assert_eq!(
+            price.cache_read_input_token_cost,
+            Some(dec!(0.00000075)),
+            "{model}"
+        );
+        // 9,992 × $3/M + 128 × $0.75/M + 1,499 × $15/M
+        assert_eq!(
+            cost(price, &usage),
+            dec!(0.029976) + dec!(0.000096) + dec!(0.022485),
+            "{model}"
+        );
+    }
+    let mini = t.lookup("xai", "grok-3-mini").unwrap();
+    assert_eq!(mini.cache_read_input_token_cost, Some(dec!(0.000000075)));
+}
+
 #[test]
 fn claude_3_5_sonnet_cost_with_cache() {
     let t = table();
