@@ -156,12 +156,12 @@ def web_search(spec):
 
 # LiteLLM's `supports_reasoning` is missing for some names of models that
 # always reason (`xai/grok-4`, `o1-mini`, `gemini/gemini-2.5-pro-preview-*`,
-# Azure's and OpenRouter's o1) and set for GPT-5's chat models, which do not
+# Azure's and OpenRouter's o1) and set for GPT-5's chat model, which does not
 # reason. Judged by the model's own name, whoever serves it.
 ALWAYS_REASONS = re.compile(
     r"^(o[134](-|$)|grok-4(?!.*non-reasoning)|grok-code-fast|gemini-2\.5-pro(?!.*-tts)|gemini-3)"
 )
-NEVER_REASONS = re.compile(r"^gpt-5(\.[0-9]+)?-chat")
+NEVER_REASONS = re.compile(r"^gpt-5-chat")
 
 
 def reasons(name, spec):

@@ -1226,25 +1226,18 @@ async fn a_client_that_reads_nothing_for_the_send_timeout_is_disconnected() {
     assert!(ended.is_ok(), "the connection was closed");
 }
 
-/// What a provider sent while the client was not reading waits in the
-/// socket buffers, unread, billed all the same: when the send timeout
-/// closes the connection, the proxy reads it before settling, here to the
-/// provider's own usage, rather than charging only what it had passed on.
-#[tokio::test]
-async fn a_stalled_client_is_charged_what_the_provider_sent_meanwhile() {
+/// A provider that sends a whole streamed answer at once, 8 MB (far more
+/// than the proxy passes on to a client that does not read), then its
+/// usage (21 in, 777,777 out) and the end; registered as `name/m`.
+async fn bulk_provider(p: &Proxy, name: &str) {
     use tokio::io::AsyncWriteExt;
-    // Past the second without a read after which a stream's end is taken
-    // for a stall rather than a client that left while reading.
-    let p = Proxy::start_with_send_timeout(PLAN, Duration::from_secs(2)).await;
     let url = raw_provider(|mut conn| async move {
         let mut out = SSE_HEAD.as_bytes().to_vec();
         let words = sse_chunk(
             json!([{"index": 0, "delta": {"content": "word ".repeat(3200)}, "finish_reason": null}]),
             Value::Null,
         );
-        // 16 MB of answer, far more than the proxy passes on to a client
-        // that does not read, then the usage and the end.
-        for _ in 0..1024 {
+        for _ in 0..512 {
             out.extend_from_slice(&words);
         }
         out.extend(sse_chunk(
@@ -1257,12 +1250,16 @@ async fn a_stalled_client_is_charged_what_the_provider_sent_meanwhile() {
         ));
         out.extend(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n".iter());
         let _ = conn.write_all(&out).await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
     })
     .await;
-    p.add_priced_provider("bulk", &url).await;
-    let _client = stalled_client(&p, "stalled-bulk", "bulk/m").await;
-    let settled = p.settled("stalled-bulk", 1).await;
+    p.add_priced_provider(name, &url).await;
+}
+
+/// `identity`'s call was committed with the provider's own count (within
+/// 30 s: a deadline of 18 s included).
+async fn charged_the_providers_count(p: &Proxy, identity: &str) {
+    let settled = p.settled_within(identity, 1, Duration::from_secs(30)).await;
     assert_eq!(settled[0].0, "committed", "{settled:?}");
     let actual = &settled[0].1["actual"];
     assert_eq!(
@@ -1273,6 +1270,32 @@ async fn a_stalled_client_is_charged_what_the_provider_sent_meanwhile() {
         (21, 777_777),
         "the provider's own count: {actual}"
     );
+}
+
+/// What a provider sent while the client was not reading waits in the
+/// socket buffers, unread, billed all the same: when the send timeout
+/// closes the connection, the proxy reads it before settling, here to the
+/// provider's own usage, rather than charging only what it had passed on
+/// (4 MB or so).
+#[tokio::test]
+async fn a_stalled_client_is_charged_what_the_provider_sent_meanwhile() {
+    // Past the second without a read after which a stream's end is taken
+    // for a stall rather than a client that left while reading.
+    let p = Proxy::start_with_send_timeout(PLAN, Duration::from_secs(2)).await;
+    bulk_provider(&p, "bulk").await;
+    let _client = stalled_client(&p, "stalled-bulk", "bulk/m").await;
+    charged_the_providers_count(&p, "stalled-bulk").await;
+}
+
+/// The same for a stream its deadline cuts (a client reading too little to
+/// trip the send timeout, here none at all with holds of 20 s): what the
+/// provider sent is read before the hold is settled, within its margin.
+#[tokio::test]
+async fn a_stream_cut_at_its_deadline_is_charged_what_the_provider_sent() {
+    let p = Proxy::start_with_hold_ttl(PLAN, Duration::from_secs(20)).await;
+    bulk_provider(&p, "bulk").await;
+    let _client = stalled_client(&p, "deadline-bulk", "bulk/m").await;
+    charged_the_providers_count(&p, "deadline-bulk").await;
 }
 
 #[tokio::test]

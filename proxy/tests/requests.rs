@@ -699,6 +699,7 @@ fn custom_providers_get_no_unpriced_router_fields_and_every_output_cap_held() {
     for (field, value) in [
         ("models", json!(["anthropic/claude-opus-4.1"])),
         ("plugins", json!([{"id": "web"}])),
+        ("web_search_options", json!({})),
     ] {
         let err = ask(json!({ field: value })).unwrap_err();
         assert!(

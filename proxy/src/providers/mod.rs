@@ -47,7 +47,9 @@ pub use validate::{parse_request, validate_request, RequestError};
 /// Whether the model answers this request without reasoning although it
 /// may reason: `reasoning_effort: "none"` where the provider can turn it
 /// off (OpenAI's GPT-5.1 and later, Gemini before 3), or no effort named
-/// to GPT-5.1 and later, which then default to none.
+/// to a model whose default is none (GPT-5.1 and later but their Codex
+/// and Pro models; Gemini 2.5 Flash-Lite). Never for a custom provider: a
+/// router may drop or remap the field, or take its own (`reasoning`).
 pub fn reasoning_turned_off(route: &Route, request: &ChatRequest) -> bool {
     let effort = request
         .extra
@@ -55,18 +57,22 @@ pub fn reasoning_turned_off(route: &Route, request: &ChatRequest) -> bool {
         .and_then(|e| e.as_str());
     match route.kind {
         ProviderKind::Gemini => gemini::thinking_off(&route.upstream_model, effort),
-        ProviderKind::Anthropic => false,
-        ProviderKind::OpenAi | ProviderKind::Xai | ProviderKind::Custom => match effort {
+        ProviderKind::Anthropic | ProviderKind::Custom => false,
+        ProviderKind::OpenAi | ProviderKind::Xai => match effort {
             Some(effort) => effort == "none",
             None => defaults_to_no_reasoning(&route.upstream_model),
         },
     }
 }
 
-/// GPT-5.1 and later point releases (`gpt-5.1`, `openai/gpt-5.2-…`),
-/// whose `reasoning_effort` defaults to `none`; not GPT-5 itself.
+/// GPT-5.1 and later point releases (`gpt-5.1`, `gpt-5.2-…`), whose
+/// `reasoning_effort` defaults to `none`; not GPT-5 itself, nor the Codex
+/// and Pro models, which reason by default.
 fn defaults_to_no_reasoning(model: &str) -> bool {
     let model = model.rsplit('/').next().unwrap_or(model);
+    if model.contains("codex") || model.contains("-pro") {
+        return false;
+    }
     model
         .strip_prefix("gpt-5.")
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
@@ -81,7 +87,11 @@ mod tests {
     #[test]
     fn reasoning_is_off_when_asked_or_by_the_models_default() {
         let off = |model: &str, effort: Option<&str>| {
-            let route = route(model, &[], &BaseUrls::default()).unwrap();
+            let custom = [CustomProvider {
+                name: "groq".to_owned(),
+                base_url: "https://api.groq.com/openai/v1".to_owned(),
+            }];
+            let route = route(model, &custom, &BaseUrls::default()).unwrap();
             let mut request = ChatRequest::default();
             if let Some(effort) = effort {
                 request
@@ -100,5 +110,15 @@ mod tests {
         assert!(off("gemini-2.5-flash", Some("none")));
         assert!(!off("gemini-3-pro-preview", Some("none")));
         assert!(!off("claude-sonnet-4-5", Some("none")));
+        assert!(!off("gpt-5.1-codex", None));
+        assert!(!off("gpt-5.2-pro", None));
+        assert!(
+            !off("groq/gpt-5.1", None),
+            "a router may ignore the default"
+        );
+        assert!(!off("groq/o3", Some("none")));
+        assert!(off("gemini-2.5-flash-lite", None));
+        assert!(!off("gemini-2.5-flash", None));
+        assert!(!off("gemini-flash-latest", Some("none")), "may be Gemini 3");
     }
 }

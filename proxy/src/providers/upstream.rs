@@ -303,13 +303,17 @@ fn insert_secret(
 
 /// Fields of routers behind a custom provider (OpenRouter's) that make a
 /// call cost what the model it names does not: fallback models, answered
-/// and billed as another model, and plugins billed per use (web search).
-const UNPRICED_ROUTER_FIELDS: [(&str, &str); 2] = [
+/// and billed as another model, and plugins and web search billed per use.
+const UNPRICED_ROUTER_FIELDS: [(&str, &str); 3] = [
     (
         "models",
         "fallback models would be billed as another model than the one the call is priced as",
     ),
     ("plugins", "their fees are not in the price table"),
+    (
+        "web_search_options",
+        "a search is billed per call, priced for OpenAI's own models only",
+    ),
 ];
 
 /// Output caps some OpenAI-compatible servers read besides `max_tokens`

@@ -530,6 +530,12 @@ impl Call {
                 input_estimate: est.input,
                 hidden_reasoning,
             };
+            // Half the margin the call's limit leaves before its hold
+            // would expire, for what ends it to settle it.
+            let margin = inner
+                .settings
+                .hold_ttl
+                .saturating_sub(inner.settings.call_limit());
             let mut stream = MeteredStream::new(
                 crate::upstream::body_stream(response),
                 translator,
@@ -537,6 +543,7 @@ impl Call {
                 charging,
                 &inner.watchdog,
                 deadline,
+                deadline + margin / 2,
             );
             stream.prefetch().await;
             let mut out = Response::new(Body::from_stream(stream));

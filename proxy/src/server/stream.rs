@@ -32,12 +32,15 @@
 //! **A client that stopped reading.** hyper stops polling the body once
 //! what it holds for the client is full, so the provider's connection is
 //! not read either: what the provider sent meanwhile (billed, since it was
-//! generated) waits in the socket buffers, megabytes of it, uncounted. When
-//! such a stream ends (the send timeout closed the connection, or the
-//! client left), [`drain`] reads on for a moment, the client's part
-//! discarded, and counts what comes, often to the provider's own usage:
-//! without it a client could stall every stream and pay for the part read
-//! before the stall.
+//! generated) waits in the socket buffers, megabytes of it, uncounted. So a
+//! stream that ends stalled (the send timeout closed the connection, or the
+//! watchdog cuts it at its deadline: a client reading a trickle, or an
+//! HTTP/2 client granting no window) is first drained ([`drain`]): its
+//! provider connection is read on and counted, often to the provider's own
+//! usage, before it is settled. Without it a client could stall every
+//! stream and pay for the part read before the stall. A client that leaves
+//! while reading, or while the provider is silent, is cut at once, so the
+//! provider stops.
 //!
 //! **Batching.** The provider's client hands its answer over one chunk at a
 //! time, decoding the next only once the last was taken, and the server
@@ -95,14 +98,18 @@ const IDLE_TURNS: u32 = 2;
 /// the network, so a cut stream is rather charged more than it used than
 /// less.
 pub const HIDDEN_REASONING_TOKENS_PER_SEC: u64 = 250;
-/// A stream whose body was last polled this long ago when it ended had a
-/// client that stopped reading ([`drain`]); one polled more recently (a
-/// client that left while reading) is cut at once, so the provider stops.
+/// A stream that handed the server bytes this long ago and was not polled
+/// since when it ended had a client that stopped reading ([`drain`]); one
+/// that ended sooner after, or waiting for the provider, had a client that
+/// left, and is cut at once so the provider stops.
 const STALLED: Duration = Duration::from_secs(1);
-/// [`drain`] ends when the provider sends nothing for this long...
-const DRAIN_QUIET: Duration = Duration::from_millis(100);
-/// ... or after this long in all (or at the call's deadline).
+/// [`drain`] ends when the provider sends nothing for this long (a window
+/// update's round trip to a distant provider included)...
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
+/// ... or after this long in all (and by the time the hold must be settled).
 const DRAIN_AT_MOST: Duration = Duration::from_secs(1);
+/// [`drain`] lets its thread's other tasks run after reading this much.
+const DRAIN_SLICE_BYTES: usize = 64 * 1024;
 /// The watchdog looks at its streams at least this often.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -142,10 +149,14 @@ struct Metering {
     first: Option<Bytes>,
     /// Who polled last: woken when the watchdog ends the stream.
     waker: Option<Waker>,
-    /// When the body was last polled.
-    polled_at: Instant,
-    /// When the call must end ([`drain`] does not go past it).
-    deadline: Instant,
+    /// When the body last handed the server bytes, if it has not been
+    /// polled since: the server owes it a poll, which a client that reads
+    /// nothing holds back.
+    owed_since: Option<Instant>,
+    /// Being read by [`drain`], which owns the provider's connection.
+    draining: bool,
+    /// By when the hold must be settled ([`drain`] ends before).
+    settle_by: Instant,
 }
 
 /// What a stream is charged by where the provider's report is missing.
@@ -212,7 +223,8 @@ impl HiddenReasoning {
 
 impl MeteredStream {
     /// Meters `upstream` until it ends, or until `deadline` or the
-    /// shutdown cut-off, when `watchdog` ends it.
+    /// shutdown cut-off, when `watchdog` ends it; settled by `settle_by`
+    /// (after `deadline`, before the hold could expire).
     pub fn new(
         upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
         translator: StreamTranslator,
@@ -220,15 +232,18 @@ impl MeteredStream {
         charging: Charging,
         watchdog: &Watchdog,
         deadline: Instant,
+        settle_by: Instant,
     ) -> Self {
-        Self::with(
+        let stream = Self::with(
             Box::pin(upstream),
             translator,
             Some(hold),
             charging,
             watchdog,
             deadline,
-        )
+        );
+        stream.metering().settle_by = settle_by;
+        stream
     }
 
     fn with(
@@ -251,8 +266,9 @@ impl MeteredStream {
             turns: 0,
             first: None,
             waker: None,
-            polled_at: Instant::now(),
-            deadline,
+            owed_since: None,
+            draining: false,
+            settle_by: deadline,
         }));
         let key = watchdog.watch(deadline, Arc::downgrade(&metering));
         // Its send raced the cut-off, which the watchdog has already acted on.
@@ -341,9 +357,17 @@ impl Metering {
 
     /// Ends a stream the provider is still sending, from outside its poll.
     fn cut(&mut self, why: Cut) {
-        if self.done {
+        if self.done || self.draining {
             return;
         }
+        self.warn_cut(why);
+        self.finish();
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn warn_cut(&self, why: Cut) {
         match why {
             Cut::ShuttingDown => tracing::warn!(
                 "shutting down: a stream still running ends here, charged what it consumed"
@@ -351,10 +375,6 @@ impl Metering {
             Cut::Deadline => tracing::warn!(
                 "a stream would outlive its hold (TOLLGATE_HOLD_TTL_MS): it ends here, charged what it consumed"
             ),
-        }
-        self.finish();
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
         }
     }
 
@@ -385,6 +405,7 @@ impl Metering {
         end: Instant,
     ) -> Poll<()> {
         let mut quiet = quiet;
+        let mut read = 0;
         loop {
             if self.hold.is_none() || self.translator.is_finished() {
                 return Poll::Ready(());
@@ -397,6 +418,11 @@ impl Metering {
                         return Poll::Ready(());
                     }
                     quiet.as_mut().reset(now + DRAIN_QUIET);
+                    read += chunk.len();
+                    if read >= DRAIN_SLICE_BYTES {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
                 Poll::Ready(Some(Err(_))) => return Poll::Ready(()),
                 Poll::Ready(None) => {
@@ -420,9 +446,12 @@ impl Metering {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.waker = Some(cx.waker().clone());
         }
-        self.polled_at = Instant::now();
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(first));
+        }
+        if self.draining {
+            // [`drain`] reads the provider, and wakes this when it is done.
+            return Poll::Pending;
         }
         loop {
             if self.done {
@@ -477,7 +506,10 @@ impl Stream for MeteredStream {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.metering().poll_batch(cx).map(|b| b.map(Ok))
+        let mut m = self.metering();
+        let polled = m.poll_batch(cx);
+        m.owed_since = matches!(polled, Poll::Ready(Some(_))).then(Instant::now);
+        polled.map(|b| b.map(Ok))
     }
 }
 
@@ -485,50 +517,67 @@ impl Drop for MeteredStream {
     fn drop(&mut self) {
         self.watchdog.forget(self.key);
         let mut m = self.metering();
-        if m.done || m.hold.is_none() {
+        if m.done || m.draining || m.hold.is_none() {
             return;
         }
-        let tracker = m.hold.as_ref().map(|h| h.tracker().clone());
-        match tracker {
-            // The client stopped reading before it went: count what the
-            // provider sent meanwhile, then settle.
-            Some(tracker)
-                if m.polled_at.elapsed() >= STALLED
-                    && tokio::runtime::Handle::try_current().is_ok() =>
-            {
-                drop(m);
-                tracker.spawn(drain(Settles(self.metering.clone())));
-            }
+        let stalled = m.owed_since.is_some_and(|t| t.elapsed() >= STALLED);
+        if !stalled || !start_drain(&mut m, &self.metering, false) {
             // The client went away mid-stream: commit what was consumed.
-            _ => m.settle(),
+            m.settle();
         }
     }
 }
 
-/// Settles the stream when dropped, however [`drain`] ended (its task
-/// dropped at shutdown included): never left to expire, never released.
-struct Settles(Arc<Mutex<Metering>>);
+/// Hands `metering`'s stream to [`drain`] on its hold's task tracker (which
+/// shutdown waits for); false if it cannot be (no hold, no runtime).
+fn start_drain(m: &mut Metering, metering: &Arc<Mutex<Metering>>, client_waits: bool) -> bool {
+    let Some(tracker) = m.hold.as_ref().map(|h| h.tracker().clone()) else {
+        return false;
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    m.draining = true;
+    tracker.spawn(drain(Settles {
+        metering: metering.clone(),
+        client_waits,
+    }));
+    true
+}
+
+/// Ends the stream when dropped, however [`drain`] ended (its task dropped
+/// at shutdown included): settled, never left to expire nor released; a
+/// client still there gets the cut-stream notice and the end.
+struct Settles {
+    metering: Arc<Mutex<Metering>>,
+    client_waits: bool,
+}
 
 impl Drop for Settles {
     fn drop(&mut self) {
-        let mut m = lock(&self.0);
-        m.settle();
-        m.upstream = Box::pin(futures::stream::empty());
+        let mut m = lock(&self.metering);
+        m.draining = false;
+        m.finish();
+        if !self.client_waits {
+            m.batch.clear();
+        } else if let Some(waker) = m.waker.take() {
+            waker.wake();
+        }
     }
 }
 
-/// Reads on what the provider sends to a stream whose client stopped
-/// reading, until it ends, sends nothing for [`DRAIN_QUIET`], or
-/// [`DRAIN_AT_MOST`] or the call's deadline passes; then settles with all
-/// it counted (see the module's notes).
+/// Reads on what the provider sends to a stalled stream, until it ends,
+/// sends nothing for [`DRAIN_QUIET`], or [`DRAIN_AT_MOST`] passes (or the
+/// time to settle comes); then ends it with all it counted (see the
+/// module's notes).
 async fn drain(stream: Settles) {
     let end = {
-        let m = lock(&stream.0);
-        (Instant::now() + DRAIN_AT_MOST).min(m.deadline)
+        let m = lock(&stream.metering);
+        (Instant::now() + DRAIN_AT_MOST).min(m.settle_by)
     };
     let quiet = tokio::time::sleep(DRAIN_QUIET);
     tokio::pin!(quiet);
-    std::future::poll_fn(|cx| lock(&stream.0).poll_drain(cx, quiet.as_mut(), end)).await;
+    std::future::poll_fn(|cx| lock(&stream.metering).poll_drain(cx, quiet.as_mut(), end)).await;
 }
 
 /// One per HTTP thread: ends that thread's streams at their deadline, and
@@ -586,7 +635,19 @@ impl Watchdog {
                     // A panic in one stream's translator must not leave every
                     // other stream of this thread uncut.
                     let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        lock(&metering).cut(why);
+                        let mut m = lock(&metering);
+                        // A stream at its deadline has a client too slow for
+                        // it: what the provider sent meanwhile is counted
+                        // first. At shutdown there is no time for that.
+                        if why == Cut::Deadline
+                            && !m.done
+                            && !m.draining
+                            && start_drain(&mut m, &metering, true)
+                        {
+                            m.warn_cut(why);
+                            return;
+                        }
+                        m.cut(why);
                     }));
                     if cut.is_err() {
                         tracing::error!("cutting a stream panicked; its hold is left to expire");

@@ -305,8 +305,20 @@ impl Proxy {
 
     /// Waits until `identity` has `n` settled holds; returns the settling events.
     pub async fn settled(&self, identity: &str, n: usize) -> Vec<(String, Value)> {
+        self.settled_within(identity, n, Duration::from_secs(5))
+            .await
+    }
+
+    /// [`Proxy::settled`], waiting up to `within`.
+    pub async fn settled_within(
+        &self,
+        identity: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<(String, Value)> {
         let mut last = Vec::new();
-        for _ in 0..500 {
+        let looks = within.as_millis() / 10;
+        for _ in 0..looks {
             last = self
                 .events(identity)
                 .await

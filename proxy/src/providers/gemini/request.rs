@@ -195,8 +195,8 @@ const EFFORTS: &str = "none, minimal, low, medium or high";
 /// OpenAI's `reasoning_effort` as Gemini's `thinkingConfig`, the way
 /// Google's OpenAI-compatible endpoint reads it. Gemini 3 and later think
 /// in levels: `minimal`, `low`, `medium` and `high` as they are, and
-/// `none`, which they cannot do, as `minimal`, their least (a model without
-/// that level refuses it). Gemini 2.5 in a budget of tokens: `none` 0 (no
+/// `none`, which they cannot do, as `minimal`, their least; Gemini 3 Pro,
+/// which has only `low` and `high`, `low` up to `low` and `high` above. Gemini 2.5 in a budget of tokens: `none` 0 (no
 /// thinking; 2.5 Pro refuses it), `minimal` and `low` 1,024, `medium`
 /// 8,192, `high` 24,576. Earlier models do not think: nothing to set.
 fn thinking_config(request: &ChatRequest, model: &str) -> Result<Option<Value>, PrepareError> {
@@ -217,6 +217,15 @@ fn thinking_config(request: &ChatRequest, model: &str) -> Result<Option<Value>, 
         _ => return Err(invalid()),
     };
     Ok(match version(model) {
+        // Gemini 3 Pro thinks at two levels only, as Google's endpoint
+        // maps them.
+        Some(v) if v >= (3, 0) && model.contains("-pro") => {
+            let level = match effort {
+                "none" | "minimal" | "low" => "low",
+                _ => "high",
+            };
+            Some(json!({ "thinkingLevel": level }))
+        }
         Some(v) if v >= (3, 0) => {
             let level = if effort == "none" { "minimal" } else { effort };
             Some(json!({ "thinkingLevel": level }))
@@ -229,9 +238,15 @@ fn thinking_config(request: &ChatRequest, model: &str) -> Result<Option<Value>, 
 }
 
 /// Whether a call to Gemini `model` with `reasoning_effort` `effort` is
-/// answered without thinking ([`thinking_config`]).
+/// answered without thinking ([`thinking_config`]): `none` to a model
+/// known to be before 3 (an alias may point at Gemini 3, which cannot stop
+/// thinking), or no effort to 2.5 Flash-Lite, which thinks only when asked.
 pub(crate) fn thinking_off(model: &str, effort: Option<&str>) -> bool {
-    effort == Some("none") && version(model).is_none_or(|v| v < (3, 0))
+    let before_3 = version(model).is_some_and(|v| v < (3, 0));
+    match effort {
+        Some(effort) => effort == "none" && before_3,
+        None => before_3 && model.contains("flash-lite"),
+    }
 }
 
 /// A Gemini model's version (`gemini-2.5-flash`: 2.5, `gemini-3-pro-preview`:
@@ -480,13 +495,21 @@ mod tests {
                 );
             }
             let level = if effort == "none" { "minimal" } else { effort };
-            for model in ["gemini-3-pro-preview", "gemini-3.5-flash"] {
-                assert_eq!(
-                    thinking(model, json!(effort)).unwrap(),
-                    json!({"thinkingLevel": level}),
-                    "{model} {effort}"
-                );
-            }
+            assert_eq!(
+                thinking("gemini-3.5-flash", json!(effort)).unwrap(),
+                json!({"thinkingLevel": level}),
+                "{effort}"
+            );
+            let pro = if matches!(effort, "medium" | "high") {
+                "high"
+            } else {
+                "low"
+            };
+            assert_eq!(
+                thinking("gemini-3-pro-preview", json!(effort)).unwrap(),
+                json!({"thinkingLevel": pro}),
+                "{effort}"
+            );
             assert_eq!(
                 thinking("gemini-2.0-flash", json!(effort)).unwrap(),
                 Value::Null
