@@ -1093,11 +1093,7 @@ async fn a_call_whose_hold_took_all_its_time_is_not_sent_nor_charged() {
 async fn committed_output(p: &Proxy, identity: &str) -> u64 {
     let settled = p.settled(identity, 1).await;
     assert_eq!(settled[0].0, "committed", "not expired: {settled:?}");
-    settled[0].1["actual"]["output_tokens"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
+    tokens(&settled[0].1["actual"], "output_tokens")
 }
 
 /// A provider generating fast (a custom one, `fast/m`), and a streamed call

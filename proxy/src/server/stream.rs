@@ -234,16 +234,15 @@ impl MeteredStream {
         deadline: Instant,
         settle_by: Instant,
     ) -> Self {
-        let stream = Self::with(
+        Self::with(
             Box::pin(upstream),
             translator,
             Some(hold),
             charging,
             watchdog,
             deadline,
-        );
-        stream.metering().settle_by = settle_by;
-        stream
+            settle_by,
+        )
     }
 
     fn with(
@@ -253,6 +252,7 @@ impl MeteredStream {
         charging: Charging,
         watchdog: &Watchdog,
         deadline: Instant,
+        settle_by: Instant,
     ) -> Self {
         let metering = Arc::new(Mutex::new(Metering {
             upstream,
@@ -268,7 +268,7 @@ impl MeteredStream {
             waker: None,
             owed_since: None,
             draining: false,
-            settle_by: deadline,
+            settle_by,
         }));
         let key = watchdog.watch(deadline, Arc::downgrade(&metering));
         // Its send raced the cut-off, which the watchdog has already acted on.
@@ -742,6 +742,7 @@ mod tests {
             None,
             Charging::default(),
             watchdog,
+            deadline,
             deadline,
         )
     }
