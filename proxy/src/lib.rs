@@ -7,6 +7,7 @@
 //! provider keys encrypted at rest, custom providers and price overrides.
 
 pub mod estimate;
+mod h1;
 pub mod hold;
 pub mod keys;
 pub mod media;

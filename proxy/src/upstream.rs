@@ -5,7 +5,11 @@
 //! verified the same way on every machine, with or without a system CA
 //! bundle. Certificates of a private authority (an OpenAI-compatible server
 //! inside a company network) are added with `TOLLGATE_UPSTREAM_CA_FILE`.
-//! Plain `http://` stays allowed for local servers and tests.
+//! Plain `http://` stays allowed for local servers and tests; those calls go
+//! through the proxy's own HTTP/1.1 client (`proxy/src/h1.rs`), which reads a
+//! streamed answer straight from the socket instead of one HTTP chunk per
+//! task turn, over the same connectors (and so the same address checks),
+//! with pools of its own.
 //!
 //! Behind an egress proxy, `HTTPS_PROXY` (or `ALL_PROXY`, lower case too)
 //! names an `http://` proxy that `https://` calls tunnel through with
@@ -68,7 +72,43 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const USER_AGENT: &str = concat!("tollgate/", env!("CARGO_PKG_VERSION"));
 
 /// A provider's answer: status, headers, and a body read as it arrives.
-pub type Response = hyper::Response<Incoming>;
+pub type Response = hyper::Response<Body>;
+
+/// A provider's answer body: from hyper's client (`https://`) or read
+/// straight from the socket (`http://`, `proxy/src/h1.rs`).
+pub enum Body {
+    Hyper(Incoming),
+    Raw(crate::h1::RawBody),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Raw(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Hyper(b) => b.is_end_stream(),
+            Body::Raw(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Hyper(b) => b.size_hint(),
+            Body::Raw(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Cheap to clone; one per HTTP thread.
 #[derive(Clone)]
@@ -76,6 +116,46 @@ pub struct UpstreamClient {
     open: Client<hyper_rustls::HttpsConnector<EgressConnector>, Full<Bytes>>,
     /// For base URLs a project set, with `TOLLGATE_PRIVATE_UPSTREAMS=deny`.
     checked: Option<Client<hyper_rustls::HttpsConnector<EgressConnector<PublicOnly>>, Full<Bytes>>>,
+    /// `http://` calls: the same connectors, each with its own pool.
+    plain: Plain<EgressConnector>,
+    plain_checked: Option<Plain<EgressConnector<PublicOnly>>>,
+}
+
+#[derive(Clone)]
+struct Plain<C> {
+    connect: C,
+    pool: Arc<crate::h1::Pool>,
+}
+
+impl<C> Plain<C>
+where
+    C: tower_service::Service<
+            hyper::Uri,
+            Response = TokioIo<TcpStream>,
+            Error = BoxError,
+            Future = Pin<Box<dyn Future<Output = Result<TokioIo<TcpStream>, BoxError>> + Send>>,
+        > + Clone,
+{
+    fn new(connect: C) -> Plain<C> {
+        Plain {
+            connect,
+            pool: crate::h1::Pool::new(IDLE_TIMEOUT),
+        }
+    }
+
+    async fn send(&self, req: crate::h1::Request<'_>) -> Result<Response, UpstreamError> {
+        let mut connect = self.connect.clone();
+        let response = crate::h1::send(
+            &self.pool,
+            move |dst| async move {
+                std::future::poll_fn(|cx| connect.poll_ready(cx)).await?;
+                Ok(connect.call(dst).await?.into_inner())
+            },
+            req,
+        )
+        .await?;
+        Ok(response.map(Body::Raw))
+    }
 }
 
 /// Which `https://` calls go through an egress proxy, and which one.
@@ -180,7 +260,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 #[error("the provider's base URL leads to a loopback, private or link-local address, which this server does not call for base URLs a project sets (TOLLGATE_PRIVATE_UPSTREAMS=deny)")]
 pub struct AddressRefused;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn refused(host: &str, address: IpAddr) -> BoxError {
     tracing::warn!(host = %host, address = %address, "refused a provider call to a non-public address (TOLLGATE_PRIVATE_UPSTREAMS=deny)");
@@ -390,6 +470,21 @@ impl UpstreamError {
         }
     }
 
+    /// No connection could be made (DNS, refused, the address check).
+    pub(crate) fn not_connected(err: &(dyn std::error::Error + 'static)) -> UpstreamError {
+        let mut e = UpstreamError::from_chain(err);
+        e.may_have_reached = false;
+        e
+    }
+
+    /// Reading or writing a connection failed; `may_have_reached` if any
+    /// of the request was written.
+    pub(crate) fn io(err: &std::io::Error, may_have_reached: bool) -> UpstreamError {
+        let mut e = UpstreamError::from_chain(err);
+        e.may_have_reached = may_have_reached;
+        e
+    }
+
     /// Whether `TOLLGATE_PRIVATE_UPSTREAMS=deny` refused the call's address
     /// (nothing was sent).
     pub fn address_refused(&self) -> bool {
@@ -405,7 +500,7 @@ impl UpstreamError {
 
     fn from_chain(err: &(dyn std::error::Error + 'static)) -> UpstreamError {
         let mut text = err.to_string();
-        let mut refused = false;
+        let mut refused = err.is::<AddressRefused>();
         let mut source = err.source();
         while let Some(cause) = source {
             refused |= cause.is::<AddressRefused>();
@@ -478,19 +573,22 @@ impl UpstreamClient {
         allowed: Option<fn(IpAddr) -> bool>,
     ) -> anyhow::Result<UpstreamClient> {
         let tls = tls_config(extra_roots)?;
-        let open = client(
-            tls.clone(),
-            EgressConnector {
-                http: connector(GaiResolver::new()),
-                to_proxy: connector(GaiResolver::new()),
-                egress: egress.clone(),
-                checks: None,
-            },
-        );
-        // Its own pool too: a connection is never shared with the
-        // operator's calls to the same host.
-        let checked = allowed.map(|allowed| client(tls, EgressConnector::checked(egress, allowed)));
-        Ok(UpstreamClient { open, checked })
+        // The checked client has its own pools: a connection is never
+        // shared with the operator's calls to the same host.
+        let open_connect = EgressConnector {
+            http: connector(GaiResolver::new()),
+            to_proxy: connector(GaiResolver::new()),
+            egress: egress.clone(),
+            checks: None,
+        };
+        let open = client(tls.clone(), open_connect.clone());
+        let checked_connect = allowed.map(|allowed| EgressConnector::checked(egress, allowed));
+        Ok(UpstreamClient {
+            open,
+            checked: checked_connect.clone().map(|c| client(tls, c)),
+            plain: Plain::new(open_connect),
+            plain_checked: checked_connect.map(Plain::new),
+        })
     }
 
     /// Sends `req`; returns once the provider's status and headers arrived.
@@ -505,6 +603,22 @@ impl UpstreamClient {
             .url
             .parse()
             .map_err(|_| UpstreamError::not_sent("the provider's base URL is not a valid URL"))?;
+        if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+            let mut headers = req.headers.clone();
+            headers
+                .entry(hyper::header::USER_AGENT)
+                .or_insert(hyper::header::HeaderValue::from_static(USER_AGENT));
+            let plain = crate::h1::Request {
+                method: &req.method,
+                uri: &uri,
+                headers: &headers,
+                body: &req.body,
+            };
+            return match (&self.plain_checked, set_by_project) {
+                (Some(checked), true) => checked.send(plain).await,
+                _ => self.plain.send(plain).await,
+            };
+        }
         let mut request = hyper::Request::new(Full::new(req.body.clone()));
         *request.method_mut() = req.method.clone();
         *request.uri_mut() = uri;
@@ -517,7 +631,7 @@ impl UpstreamClient {
             (Some(checked), true) => checked.request(request).await,
             _ => self.open.request(request).await,
         };
-        sent.map_err(|e| {
+        sent.map(|r| r.map(Body::Hyper)).map_err(|e| {
             let connect = e.is_connect();
             let mut err = UpstreamError::from_chain(&e);
             err.may_have_reached = !connect;
@@ -543,7 +657,7 @@ pub async fn read_all(response: Response) -> Result<Bytes, UpstreamError> {
 pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// The body of a (streamed) answer, chunk by chunk as it arrives.
-pub fn body_stream(response: Response) -> BodyDataStream<Incoming> {
+pub fn body_stream(response: Response) -> BodyDataStream<Body> {
     BodyDataStream::new(response.into_body())
 }
 

@@ -76,7 +76,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
+type Upstream = Pin<Box<dyn Stream<Item = Result<Bytes, crate::upstream::BoxError>> + Send>>;
 
 /// At most this much is held back to be written together.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -226,7 +226,7 @@ impl MeteredStream {
     /// shutdown cut-off, when `watchdog` ends it; settled by `settle_by`
     /// (after `deadline`, before the hold could expire).
     pub fn new(
-        upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
+        upstream: impl Stream<Item = Result<Bytes, crate::upstream::BoxError>> + Send + 'static,
         translator: StreamTranslator,
         hold: Hold,
         charging: Charging,
@@ -732,7 +732,7 @@ mod tests {
     /// A metered stream with no hold, over `upstream`, ended by `watchdog`
     /// at `deadline`.
     fn watched(
-        upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
+        upstream: impl Stream<Item = Result<Bytes, crate::upstream::BoxError>> + Send + 'static,
         watchdog: &Watchdog,
         deadline: Instant,
     ) -> MeteredStream {
@@ -749,7 +749,7 @@ mod tests {
 
     /// A metered stream with no hold, over `upstream`, that nothing cuts.
     fn metered(
-        upstream: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
+        upstream: impl Stream<Item = Result<Bytes, crate::upstream::BoxError>> + Send + 'static,
     ) -> MeteredStream {
         let _context = runtime().enter();
         let watchdog = Watchdog::start(CancellationToken::new(), WATCH_EVERY);
@@ -769,7 +769,9 @@ mod tests {
 
     /// Like hyper's client body read from hyper's HTTP/1 server: each chunk
     /// is ready only after two polls that found it pending.
-    fn turns_per_chunk(chunks: Vec<Bytes>) -> impl Stream<Item = Result<Bytes, hyper::Error>> {
+    fn turns_per_chunk(
+        chunks: Vec<Bytes>,
+    ) -> impl Stream<Item = Result<Bytes, crate::upstream::BoxError>> {
         let mut chunks = chunks.into_iter();
         let mut waited = 0;
         futures::stream::poll_fn(move |cx| {
@@ -890,7 +892,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_provider_that_has_sent_nothing_yet_does_not_hold_the_head() {
-        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Bytes, hyper::Error>>();
+        let (tx, rx) =
+            futures::channel::mpsc::unbounded::<Result<Bytes, crate::upstream::BoxError>>();
         let mut stream = metered(rx);
         // Returns although nothing came: the head goes out now.
         stream.prefetch().await;
@@ -951,7 +954,7 @@ mod tests {
     /// A provider still generating, whose stream is dropped when the
     /// proxy drops its side: `dropped` tells when.
     fn endless() -> (
-        impl Stream<Item = Result<Bytes, hyper::Error>> + Send + 'static,
+        impl Stream<Item = Result<Bytes, crate::upstream::BoxError>> + Send + 'static,
         Arc<AtomicBool>,
     ) {
         struct Flag(Arc<AtomicBool>);

@@ -1,0 +1,953 @@
+//! A lean HTTP/1.1 client for plain `http://` providers: OpenAI-compatible
+//! servers on a private network (vLLM, llama.cpp, Ollama, a sidecar).
+//!
+//! hyper's client runs each connection as a task of its own and hands a
+//! body over one HTTP chunk per turn of that task and the reader's (its
+//! channel holds one chunk). A streamed answer is one chunk per event, so a
+//! stream that arrived in one read still cost two task turns per event
+//! (bench/README.md, twenty-third pass). Here the caller's task writes the
+//! request and reads the answer from the socket itself, and a body hands
+//! over everything that arrived, however many chunks, at once.
+//!
+//! What it speaks: a request with a `Content-Length` body; an answer framed
+//! by `Transfer-Encoding: chunked`, `Content-Length` or the connection's
+//! end (RFC 9112 §6.3), interim 1xx answers skipped. A connection goes back
+//! to the pool only when its answer was read to the end, was HTTP/1.1 and
+//! did not say `Connection: close`; a body dropped early closes it, which is
+//! how the provider learns the call is over. A pooled connection is looked
+//! at before it is used again, so one the server closed while idle is not.
+//! A request is sent again on a new connection only when not one byte of it
+//! could be written on a reused one: anything more might have reached the
+//! provider, and a call must not be made twice.
+//!
+//! `https://` (TLS, HTTP/2) stays with hyper's client (`crate::upstream`).
+
+use crate::upstream::{BoxError, UpstreamError};
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Frame, SizeHint};
+use hyper::header::{HeaderName, HeaderValue};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The largest answer head (status line and headers) read.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most headers an answer may have.
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (with its extensions) or trailer section.
+const MAX_LINE_BYTES: usize = 4096;
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// How much is read from the socket at a time, at least.
+const READ_BYTES: usize = 16 * 1024;
+/// Idle connections kept per host.
+const IDLE_PER_HOST: usize = 128;
+
+/// Idle connections by `host:port`; one per upstream client (per HTTP
+/// thread), so never contended.
+pub(crate) struct Pool {
+    idle: Mutex<Idle>,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    by_host: HashMap<String, Vec<(TcpStream, Instant)>>,
+    swept: Instant,
+}
+
+impl Pool {
+    pub(crate) fn new(idle_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::new(Idle {
+                by_host: HashMap::new(),
+                swept: Instant::now(),
+            }),
+            idle_timeout,
+        })
+    }
+
+    /// An idle connection to `host` still open, the most recently used first.
+    fn take(&self, host: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.lock();
+        let conns = idle.by_host.get_mut(host)?;
+        while let Some((io, since)) = conns.pop() {
+            if since.elapsed() < self.idle_timeout && still_open(&io) {
+                return Some(io);
+            }
+        }
+        None
+    }
+
+    fn put(&self, host: String, io: TcpStream) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock();
+        if now.duration_since(idle.swept) >= self.idle_timeout / 4 {
+            let timeout = self.idle_timeout;
+            idle.by_host.retain(|_, conns| {
+                conns.retain(|(_, since)| now.duration_since(*since) < timeout);
+                !conns.is_empty()
+            });
+            idle.swept = now;
+        }
+        let conns = idle.by_host.entry(host).or_default();
+        if conns.len() >= IDLE_PER_HOST {
+            conns.remove(0);
+        }
+        conns.push((io, now));
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self, host: &str) -> usize {
+        self.idle.lock().by_host.get(host).map_or(0, Vec::len)
+    }
+}
+
+/// Whether an idle connection can carry a request: the server has neither
+/// closed it nor sent anything unasked.
+fn still_open(io: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// A request as written: everything but the connection's own headers.
+pub(crate) struct Request<'a> {
+    pub method: &'a hyper::Method,
+    pub uri: &'a hyper::Uri,
+    pub headers: &'a hyper::HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Sends `req` on a pooled connection or one `connect` opens; returns once
+/// the answer's head has arrived.
+pub(crate) async fn send<C, F>(
+    pool: &Arc<Pool>,
+    connect: C,
+    req: Request<'_>,
+) -> Result<hyper::Response<RawBody>, UpstreamError>
+where
+    C: FnOnce(hyper::Uri) -> F,
+    F: Future<Output = Result<TcpStream, BoxError>>,
+{
+    let host = host_key(req.uri);
+    let wire = encode(&req);
+    let mut connect = Some(connect);
+    loop {
+        let (mut io, reused) = match pool.take(&host) {
+            Some(io) => (io, true),
+            None => {
+                // Opened at most once: a new connection is never retried.
+                let Some(connect) = connect.take() else {
+                    return Err(UpstreamError::io(
+                        &io::Error::other(
+                            "the provider closed the connection before the request was sent",
+                        ),
+                        false,
+                    ));
+                };
+                let io = connect(req.uri.clone())
+                    .await
+                    .map_err(|e| UpstreamError::not_connected(e.as_ref()))?;
+                (io, false)
+            }
+        };
+        match write(&mut io, &wire).await {
+            Ok(()) => {}
+            // Not one byte went out on a connection the server had closed:
+            // nothing reached it, send on another.
+            Err((0, _)) if reused => continue,
+            Err((written, e)) => return Err(UpstreamError::io(&e, written > 0)),
+        }
+        let (response, buf) = read_head(&mut io)
+            .await
+            .map_err(|e| UpstreamError::io(&e, true))?;
+        return answer(response, buf, io, host, pool.clone());
+    }
+}
+
+/// `host:port`, the pool's key and the `Host` header.
+fn host_key(uri: &hyper::Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    match uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => format!("{host}:80"),
+    }
+}
+
+fn encode(req: &Request<'_>) -> Vec<u8> {
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = Vec::with_capacity(256 + req.body.len());
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    // As hyper writes it: the port only when the URL has one.
+    out.extend_from_slice(req.uri.host().unwrap_or_default().as_bytes());
+    if let Some(port) = req.uri.port() {
+        out.push(b':');
+        out.extend_from_slice(port.as_str().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in req.headers {
+        if matches!(
+            name.as_str(),
+            "host"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "upgrade"
+        ) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !req.body.is_empty() || !matches!(*req.method, hyper::Method::GET | hyper::Method::HEAD) {
+        out.extend_from_slice(format!("content-length: {}\r\n", req.body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(req.body);
+    out
+}
+
+/// Writes all of `wire`; an error comes with how much had been written.
+async fn write(io: &mut TcpStream, wire: &[u8]) -> Result<(), (usize, io::Error)> {
+    let mut written = 0;
+    while written < wire.len() {
+        match io.write(&wire[written..]).await {
+            Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) => return Err((written, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The answer's head, interim answers skipped, and what was read past it.
+async fn read_head(io: &mut TcpStream) -> io::Result<(hyper::Response<()>, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(READ_BYTES);
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = parsed.code.unwrap_or_default();
+                    if (100..200).contains(&code) && code != 101 {
+                        buf.advance(len);
+                        continue;
+                    }
+                    let response = to_response(&parsed)?;
+                    buf.advance(len);
+                    return Ok((response, buf));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(invalid(format!("the provider's answer is not HTTP: {e}"))),
+            }
+        }
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Err(invalid(format!(
+                "the provider's answer head is over {MAX_HEAD_BYTES} bytes"
+            )));
+        }
+        buf.reserve(READ_BYTES);
+        if tokio::io::AsyncReadExt::read_buf(io, &mut buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the provider closed the connection before answering",
+            ));
+        }
+    }
+}
+
+fn invalid(text: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, text)
+}
+
+fn to_response(parsed: &httparse::Response<'_, '_>) -> io::Result<hyper::Response<()>> {
+    let status = hyper::StatusCode::from_u16(parsed.code.unwrap_or_default())
+        .map_err(|_| invalid("the provider's answer has no valid status".into()))?;
+    let mut response = hyper::Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if parsed.version == Some(0) {
+        hyper::Version::HTTP_10
+    } else {
+        hyper::Version::HTTP_11
+    };
+    let headers = response.headers_mut();
+    headers.reserve(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| invalid("the provider's answer has an invalid header name".into()))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| invalid("the provider's answer has an invalid header value".into()))?;
+        headers.append(name, value);
+    }
+    Ok(response)
+}
+
+/// How the answer's body ends (RFC 9112 §6.3).
+#[derive(Debug)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunked),
+    /// At the connection's end.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Reading a chunk-size line.
+    Size,
+    /// Inside a chunk's data: this much left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers(usize),
+    Done,
+}
+
+fn framing(response: &hyper::Response<()>) -> io::Result<Framing> {
+    let status = response.status();
+    if status == hyper::StatusCode::NO_CONTENT || status == hyper::StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Length(0));
+    }
+    let headers = response.headers();
+    let mut codings = headers
+        .get_all(hyper::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .peekable();
+    if codings.peek().is_some() {
+        return Ok(match codings.last() {
+            Some(last) if last.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunked::Size),
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(hyper::header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("?").split(',') {
+            let n = part.trim().parse::<u64>().map_err(|_| {
+                invalid("the provider's answer has an invalid Content-Length".into())
+            })?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid(
+                    "the provider's answer has conflicting Content-Lengths".into(),
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+fn keeps_alive(response: &hyper::Response<()>, framing: &Framing) -> bool {
+    response.version() == hyper::Version::HTTP_11
+        && !matches!(framing, Framing::Close)
+        && !response
+            .headers()
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|v| {
+                v.to_str()
+                    .unwrap_or_default()
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+            })
+}
+
+fn answer(
+    head: hyper::Response<()>,
+    buf: BytesMut,
+    io: TcpStream,
+    host: String,
+    pool: Arc<Pool>,
+) -> Result<hyper::Response<RawBody>, UpstreamError> {
+    let framing = framing(&head).map_err(|e| UpstreamError::io(&e, true))?;
+    let reuse = keeps_alive(&head, &framing).then_some((pool, host));
+    let done = matches!(framing, Framing::Length(0));
+    let mut body = RawBody {
+        io: Some(io),
+        buf,
+        framing,
+        reuse,
+        done,
+    };
+    if done {
+        body.release();
+    }
+    Ok(head.map(|()| body))
+}
+
+/// An answer's body read straight from the provider's socket.
+pub struct RawBody {
+    /// `None` once the body ended (the connection pooled or closed).
+    io: Option<TcpStream>,
+    /// Read from the socket, not decoded yet.
+    buf: BytesMut,
+    framing: Framing,
+    /// Where the connection goes back to, if it may be used again.
+    reuse: Option<(Arc<Pool>, String)>,
+    done: bool,
+}
+
+impl RawBody {
+    /// Hands the connection back to the pool if its answer left it clean.
+    fn release(&mut self) {
+        let io = self.io.take();
+        if let (Some(io), Some((pool, host))) = (io, self.reuse.take()) {
+            if self.buf.is_empty() {
+                pool.put(host, io);
+            }
+        }
+    }
+
+    /// Decodes what has been read; returns the data (maybe empty).
+    fn decode(&mut self) -> io::Result<Bytes> {
+        match &mut self.framing {
+            Framing::Length(left) => {
+                let n = (*left).min(self.buf.len() as u64) as usize;
+                *left -= n as u64;
+                self.done = *left == 0;
+                Ok(self.buf.split_to(n).freeze())
+            }
+            Framing::Close => Ok(self.buf.split().freeze()),
+            Framing::Chunked(state) => {
+                let mut out = BytesMut::new();
+                let mut only: Option<Bytes> = None;
+                let result = decode_chunked(state, &mut self.buf, |data| {
+                    // One piece (the usual case, a chunk at a time) is handed
+                    // over without a copy.
+                    match only.take() {
+                        None if out.is_empty() => only = Some(data),
+                        prev => {
+                            if let Some(prev) = prev {
+                                out.extend_from_slice(&prev);
+                            }
+                            out.extend_from_slice(&data);
+                        }
+                    }
+                });
+                self.done = *state == Chunked::Done;
+                result?;
+                Ok(only.unwrap_or_else(|| out.freeze()))
+            }
+        }
+    }
+}
+
+/// Decodes chunked data from `buf`, handing each piece of data to `data`.
+fn decode_chunked(
+    state: &mut Chunked,
+    buf: &mut BytesMut,
+    mut data: impl FnMut(Bytes),
+) -> io::Result<()> {
+    loop {
+        match *state {
+            Chunked::Size => {
+                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                    if buf.len() > MAX_LINE_BYTES {
+                        return Err(invalid("a chunk-size line is too long".into()));
+                    }
+                    return Ok(());
+                };
+                if end > MAX_LINE_BYTES {
+                    return Err(invalid("a chunk-size line is too long".into()));
+                }
+                let line = buf.split_to(end + 1);
+                let size = chunk_size(&line)?;
+                *state = if size == 0 {
+                    Chunked::Trailers(0)
+                } else {
+                    Chunked::Data(size)
+                };
+            }
+            Chunked::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                let n = left.min(buf.len() as u64) as usize;
+                data(buf.split_to(n).freeze());
+                *state = if left == n as u64 {
+                    Chunked::DataEnd
+                } else {
+                    Chunked::Data(left - n as u64)
+                };
+            }
+            Chunked::DataEnd => {
+                match buf.first() {
+                    None => return Ok(()),
+                    Some(b'\r') => {
+                        if buf.len() < 2 {
+                            return Ok(());
+                        }
+                        if buf[1] != b'\n' {
+                            return Err(invalid("a chunk does not end with CRLF".into()));
+                        }
+                        buf.advance(2);
+                    }
+                    Some(b'\n') => buf.advance(1),
+                    Some(_) => return Err(invalid("a chunk is longer than its size".into())),
+                }
+                *state = Chunked::Size;
+            }
+            Chunked::Trailers(seen) => {
+                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                    if seen + buf.len() > MAX_TRAILER_BYTES {
+                        return Err(invalid("the answer's trailers are too long".into()));
+                    }
+                    return Ok(());
+                };
+                let line = buf.split_to(end + 1);
+                let empty = line.len() == 1 || (line.len() == 2 && line[0] == b'\r');
+                *state = if empty {
+                    Chunked::Done
+                } else if seen + line.len() > MAX_TRAILER_BYTES {
+                    return Err(invalid("the answer's trailers are too long".into()));
+                } else {
+                    Chunked::Trailers(seen + line.len())
+                };
+            }
+            Chunked::Done => return Ok(()),
+        }
+    }
+}
+
+/// A chunk-size line's size: hex digits, then extensions or whitespace.
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let rest = &line[digits..];
+    if digits == 0 || digits > 15 || !(rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t')) {
+        return Err(invalid(
+            "a chunk-size line is not a hexadecimal size".into(),
+        ));
+    }
+    // At most 15 hex digits: no overflow.
+    Ok(line[..digits].iter().fold(0u64, |n, &b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        n << 4 | u64::from(digit)
+    }))
+}
+
+impl hyper::body::Body for RawBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                this.release();
+                return Poll::Ready(None);
+            }
+            let data = match this.decode() {
+                Ok(data) => data,
+                Err(e) => {
+                    this.end_broken();
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            if !data.is_empty() {
+                if this.done {
+                    this.release();
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if this.done {
+                continue;
+            }
+            let Some(io) = this.io.as_mut() else {
+                return Poll::Ready(None);
+            };
+            this.buf.reserve(READ_BYTES);
+            match tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut this.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.end_broken();
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Ok(n)) => {
+                    if n == 0 {
+                        if matches!(this.framing, Framing::Close) {
+                            this.done = true;
+                            continue;
+                        }
+                        this.end_broken();
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the provider closed the connection before the answer's end",
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.buf.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RawBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawBody")
+            .field("framing", &self.framing)
+            .field("buffered", &self.buf.len())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawBody {
+    /// A broken answer: the connection is closed, never pooled.
+    fn end_broken(&mut self) {
+        self.reuse = None;
+        self.io = None;
+        self.done = true;
+        self.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+
+    fn decode_all(wire: &[u8], step: usize) -> io::Result<(Vec<u8>, Chunked)> {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            decode_chunked(&mut state, &mut buf, |d| out.extend_from_slice(&d))?;
+        }
+        Ok((out, state))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_however_they_are_split() {
+        let wire =
+            b"5\r\nhello\r\n1;ext=\"x\"\r\n \r\nA \r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for step in 1..=wire.len() {
+            let (out, state) = decode_all(wire, step).unwrap();
+            assert_eq!(out, b"hello 0123456789", "split every {step} bytes");
+            assert_eq!(state, Chunked::Done);
+        }
+        // Bare LFs, as some servers end lines.
+        let (out, state) = decode_all(b"3\nabc\n0\n\n", 2).unwrap();
+        assert_eq!((out.as_slice(), state), (&b"abc"[..], Chunked::Done));
+        // Not done until the empty line after the last chunk.
+        let (_, state) = decode_all(b"3\r\nabc\r\n0\r\n", 100).unwrap();
+        assert_eq!(state, Chunked::Trailers(0));
+    }
+
+    #[test]
+    fn broken_chunked_bodies_are_errors() {
+        for wire in [
+            &b"zz\r\nabc\r\n"[..],
+            b"\r\n",
+            b"3\r\nabcd\r\n",
+            b"3\r\nabc\rx",
+            b"1000000000000000\r\n",
+            b"3x\r\nabc\r\n",
+        ] {
+            assert!(
+                decode_all(wire, wire.len()).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        let long = [b'1'; MAX_LINE_BYTES + 10];
+        assert!(decode_all(&long, long.len()).is_err());
+    }
+
+    /// A server that answers each request it reads on a connection with
+    /// the next of `answers`, then does what the answer's last element says.
+    struct Script {
+        url: String,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    /// Requests get the answers in turn, whatever their connection; an
+    /// answer with `true` closes its connection once written.
+    async fn serve(answers: Vec<(&'static [u8], bool)>) -> Script {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/chat", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (a, r) = (accepted.clone(), requests.clone());
+        tokio::spawn(async move {
+            let answers = Arc::new(Mutex::new(answers.into_iter()));
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (answers, r) = (answers.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let mut buf = [0u8; 4096];
+                        let n = sock.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        let Some(head_end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length: usize = text[..head_end]
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |v| v.parse().unwrap());
+                        if got.len() < head_end + 4 + length {
+                            continue;
+                        }
+                        r.lock().push(text);
+                        got.clear();
+                        let next = answers.lock().next();
+                        let Some((answer, close)) = next else { return };
+                        sock.write_all(answer).await.unwrap();
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Script {
+            url,
+            accepted,
+            requests,
+        }
+    }
+
+    async fn call(
+        pool: &Arc<Pool>,
+        url: &str,
+        body: &[u8],
+    ) -> Result<hyper::Response<RawBody>, UpstreamError> {
+        let uri: hyper::Uri = url.parse().unwrap();
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("content-length", HeaderValue::from_static("999"));
+        send(
+            pool,
+            |dst: hyper::Uri| async move {
+                let addr = dst.authority().unwrap().as_str().to_owned();
+                Ok(TcpStream::connect(addr).await?)
+            },
+            Request {
+                method: &hyper::Method::POST,
+                uri: &uri,
+                headers: &headers,
+                body,
+            },
+        )
+        .await
+    }
+
+    async fn text(response: hyper::Response<RawBody>) -> io::Result<String> {
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    const SSE: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
+        b\r\ndata: one\n\n\r\n\
+        b\r\ndata: two\n\n\r\n\
+        0\r\n\r\n";
+    const JSON: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_is_used_again() {
+        let server = serve(vec![(SSE, false), (JSON, false), (SSE, false)]).await;
+        let pool = Pool::new(Duration::from_secs(90));
+        let host = host_key(&server.url.parse().unwrap());
+        let response = call(&pool, &server.url, b"{\"a\":1}").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(text(response).await.unwrap(), "data: one\n\ndata: two\n\n");
+        assert_eq!(pool.idle_count(&host), 1);
+        assert_eq!(
+            text(call(&pool, &server.url, b"{}").await.unwrap())
+                .await
+                .unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            text(call(&pool, &server.url, b"{}").await.unwrap())
+                .await
+                .unwrap(),
+            "data: one\n\ndata: two\n\n"
+        );
+        assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The request as written: our own framing headers only, once each.
+        let first = server.requests.lock()[0].clone();
+        assert!(
+            first.starts_with("POST /v1/chat HTTP/1.1\r\nhost: 127.0.0.1:"),
+            "{first}"
+        );
+        assert!(
+            first.contains("\r\ncontent-type: application/json\r\n"),
+            "{first}"
+        );
+        assert_eq!(first.matches("content-length").count(), 1, "{first}");
+        assert!(
+            first.ends_with("content-length: 7\r\n\r\n{\"a\":1}"),
+            "{first}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_not_used_again_unless_its_answer_left_it_clean() {
+        let close: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}";
+        let old: &[u8] = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        let until_end: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n{}";
+        for answer in [close, old] {
+            let server = serve(vec![(answer, false)]).await;
+            let pool = Pool::new(Duration::from_secs(90));
+            assert_eq!(
+                text(call(&pool, &server.url, b"{}").await.unwrap())
+                    .await
+                    .unwrap(),
+                "{}"
+            );
+            assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 0);
+        }
+        // Without a length, the body runs to the connection's end.
+        let server = serve(vec![(until_end, true)]).await;
+        let pool = Pool::new(Duration::from_secs(90));
+        assert_eq!(
+            text(call(&pool, &server.url, b"{}").await.unwrap())
+                .await
+                .unwrap(),
+            "{}"
+        );
+        assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 0);
+        // A body dropped before its end closes the connection.
+        let server = serve(vec![
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}", false),
+            (JSON, false),
+        ])
+        .await;
+        let pool = Pool::new(Duration::from_secs(90));
+        let mut body = call(&pool, &server.url, b"{}").await.unwrap().into_body();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "{}"
+        );
+        drop(body);
+        assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 0);
+        assert_eq!(
+            text(call(&pool, &server.url, b"{}").await.unwrap())
+                .await
+                .unwrap(),
+            "{}"
+        );
+        assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_not_used() {
+        // The server closes the connection after one answer.
+        let server = serve(vec![(JSON, true), (JSON, false)]).await;
+        let pool = Pool::new(Duration::from_secs(90));
+        assert_eq!(
+            text(call(&pool, &server.url, b"{}").await.unwrap())
+                .await
+                .unwrap(),
+            "{}"
+        );
+        assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 1);
+        // The server's close reaches this side while the connection is idle
+        // (the runtime reads its socket events meanwhile)…
+        while server.accepted.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // …so the next request opens a new connection instead of meeting
+        // the closed one after sending.
+        let response = call(&pool, &server.url, b"{}").await.unwrap();
+        assert_eq!(text(response).await.unwrap(), "{}");
+        assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_broken_ones_are_errors() {
+        let interim: &[u8] =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        let server = serve(vec![(interim, false)]).await;
+        let pool = Pool::new(Duration::from_secs(90));
+        let response = call(&pool, &server.url, b"{}").await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(text(response).await.unwrap(), "{}");
+
+        let short: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}";
+        let cut: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel";
+        for answer in [short, cut] {
+            let server = serve(vec![(answer, true)]).await;
+            let pool = Pool::new(Duration::from_secs(90));
+            let err = text(call(&pool, &server.url, b"{}").await.unwrap())
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        }
+        for answer in [
+            &b"SMTP ready\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n{}",
+        ] {
+            let server = serve(vec![(answer, true)]).await;
+            let pool = Pool::new(Duration::from_secs(90));
+            let err = call(&pool, &server.url, b"{}").await.unwrap_err();
+            assert!(err.may_have_reached(), "{err}");
+        }
+        // Nothing answered at all.
+        let server = serve(vec![(b"", true)]).await;
+        let err = call(&Pool::new(Duration::from_secs(90)), &server.url, b"{}")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("before answering"), "{err}");
+        // No server: nothing was sent.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        drop(listener);
+        let err = call(&Pool::new(Duration::from_secs(90)), &url, b"{}")
+            .await
+            .unwrap_err();
+        assert!(!err.may_have_reached(), "{err}");
+    }
+}
