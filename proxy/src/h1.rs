@@ -34,7 +34,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The largest answer head (status line and headers) read.
@@ -109,10 +108,15 @@ impl Pool {
 }
 
 /// Whether an idle connection can carry a request: the server has neither
-/// closed it nor sent anything unasked.
+/// closed it nor sent anything unasked. A real `recv(MSG_PEEK)`: tokio's
+/// own `try_read` trusts the readiness it cached, which does not yet know
+/// of a close the runtime has not polled for.
 fn still_open(io: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(io).peek(&mut probe),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 /// A request as written: everything but the connection's own headers.
@@ -156,17 +160,24 @@ where
                 (io, false)
             }
         };
-        match write(&mut io, &wire).await {
-            Ok(()) => {}
+        let mut buf = BytesMut::with_capacity(READ_BYTES);
+        let early = match write(&io, &wire, &mut buf).await {
+            Ok(early) => early,
             // Not one byte went out on a connection the server had closed:
             // nothing reached it, send on another.
             Err((0, _)) if reused => continue,
             Err((written, e)) => return Err(UpstreamError::io(&e, written > 0)),
-        }
-        let (response, buf) = read_head(&mut io)
-            .await
-            .map_err(|e| UpstreamError::io(&e, true))?;
-        return answer(response, buf, io, host, pool.clone());
+        };
+        let complete = early.is_none();
+        let head = match early {
+            Some(head) => head,
+            None => read_head(&mut io, &mut buf)
+                .await
+                .map_err(|e| UpstreamError::io(&e, true))?,
+        };
+        // An answer that came before the whole request went out leaves the
+        // connection unusable.
+        return answer(head, complete, buf, io, host, pool.clone());
     }
 }
 
@@ -180,11 +191,15 @@ fn host_key(uri: &hyper::Uri) -> String {
 }
 
 fn encode(req: &Request<'_>) -> Vec<u8> {
-    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = Vec::with_capacity(256 + req.body.len());
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    // `path()` is "/" for an empty path, as the request line needs.
+    out.extend_from_slice(req.uri.path().as_bytes());
+    if let Some(query) = req.uri.query() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     // As hyper writes it: the port only when the URL has one.
     out.extend_from_slice(req.uri.host().unwrap_or_default().as_bytes());
@@ -219,48 +234,102 @@ fn encode(req: &Request<'_>) -> Vec<u8> {
     out
 }
 
-/// Writes all of `wire`; an error comes with how much had been written.
-async fn write(io: &mut TcpStream, wire: &[u8]) -> Result<(), (usize, io::Error)> {
+/// Writes all of `wire`, reading what the server sends meanwhile into
+/// `buf`: a server may answer before it has read the whole request (a 413
+/// or 401 to a large body) and then stop reading, and its answer must not
+/// be lost waiting for a write that cannot end. Returns that answer's head,
+/// if it came first; an error comes with how much had been written.
+async fn write(
+    io: &TcpStream,
+    wire: &[u8],
+    buf: &mut BytesMut,
+) -> Result<Option<hyper::Response<()>>, (usize, io::Error)> {
     let mut written = 0;
     while written < wire.len() {
-        match io.write(&wire[written..]).await {
+        match io.try_write(&wire[written..]) {
             Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
-            Ok(n) => written += n,
+            Ok(n) => {
+                written += n;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err((written, e)),
         }
-    }
-    Ok(())
-}
-
-/// The answer's head, interim answers skipped, and what was read past it.
-async fn read_head(io: &mut TcpStream) -> io::Result<(hyper::Response<()>, BytesMut)> {
-    let mut buf = BytesMut::with_capacity(READ_BYTES);
-    loop {
-        if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
-            match parsed.parse(&buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let code = parsed.code.unwrap_or_default();
-                    if (100..200).contains(&code) && code != 101 {
-                        buf.advance(len);
-                        continue;
+        tokio::select! {
+            ready = io.writable() => ready.map_err(|e| (written, e))?,
+            ready = io.readable() => {
+                ready.map_err(|e| (written, e))?;
+                buf.reserve(READ_BYTES);
+                match io.try_read_buf(buf) {
+                    Ok(0) => {
+                        return Err((
+                            written,
+                            io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the provider closed the connection while the request was being sent",
+                            ),
+                        ))
                     }
-                    let response = to_response(&parsed)?;
-                    buf.advance(len);
-                    return Ok((response, buf));
+                    Ok(_) => {
+                        if let Some(head) = take_head(buf).map_err(|e| (written, e))? {
+                            return Ok(Some(head));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err((written, e)),
                 }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => return Err(invalid(format!("the provider's answer is not HTTP: {e}"))),
             }
         }
-        if buf.len() >= MAX_HEAD_BYTES {
-            return Err(invalid(format!(
-                "the provider's answer head is over {MAX_HEAD_BYTES} bytes"
-            )));
+    }
+    Ok(None)
+}
+
+/// Most interim (1xx) answers skipped before a final one.
+const MAX_INTERIM: usize = 16;
+
+/// The final answer's head if `buf` holds all of it (interim answers
+/// skipped), `buf` then left with what follows it.
+fn take_head(buf: &mut BytesMut) -> io::Result<Option<hyper::Response<()>>> {
+    for _ in 0..=MAX_INTERIM {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut headers);
+        match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let code = parsed.code.unwrap_or_default();
+                if (100..200).contains(&code) && code != 101 {
+                    buf.advance(len);
+                    continue;
+                }
+                let response = to_response(&parsed)?;
+                buf.advance(len);
+                return Ok(Some(response));
+            }
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                return Err(invalid(format!(
+                    "the provider's answer head is over {MAX_HEAD_BYTES} bytes"
+                )))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(invalid(format!("the provider's answer is not HTTP: {e}"))),
+        }
+    }
+    Err(invalid(format!(
+        "the provider sent over {MAX_INTERIM} interim answers"
+    )))
+}
+
+/// Reads on until `buf` holds the final answer's head; returns it, `buf`
+/// then left with what was read past it.
+async fn read_head(io: &mut TcpStream, buf: &mut BytesMut) -> io::Result<hyper::Response<()>> {
+    loop {
+        if let Some(head) = take_head(buf)? {
+            return Ok(head);
         }
         buf.reserve(READ_BYTES);
-        if tokio::io::AsyncReadExt::read_buf(io, &mut buf).await? == 0 {
+        if tokio::io::AsyncReadExt::read_buf(io, buf).await? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the provider closed the connection before answering",
@@ -323,15 +392,14 @@ fn framing(response: &hyper::Response<()>) -> io::Result<Framing> {
         return Ok(Framing::Length(0));
     }
     let headers = response.headers();
-    let mut codings = headers
-        .get_all(hyper::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .peekable();
-    if codings.peek().is_some() {
-        return Ok(match codings.last() {
+    if headers.contains_key(hyper::header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(hyper::header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .rfind(|c| !c.is_empty());
+        return Ok(match last {
             Some(last) if last.eq_ignore_ascii_case("chunked") => Framing::Chunked(Chunked::Size),
             _ => Framing::Close,
         });
@@ -339,9 +407,16 @@ fn framing(response: &hyper::Response<()>) -> io::Result<Framing> {
     let mut length = None;
     for value in headers.get_all(hyper::header::CONTENT_LENGTH) {
         for part in value.to_str().unwrap_or("?").split(',') {
-            let n = part.trim().parse::<u64>().map_err(|_| {
-                invalid("the provider's answer has an invalid Content-Length".into())
-            })?;
+            // Digits only: `parse` would take a sign.
+            let part = part.trim();
+            let n = part
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| part.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    invalid("the provider's answer has an invalid Content-Length".into())
+                })?;
             if length.is_some_and(|l| l != n) {
                 return Err(invalid(
                     "the provider's answer has conflicting Content-Lengths".into(),
@@ -354,29 +429,33 @@ fn framing(response: &hyper::Response<()>) -> io::Result<Framing> {
 }
 
 fn keeps_alive(response: &hyper::Response<()>, framing: &Framing) -> bool {
+    let headers = response.headers();
+    // Both framings at once may be an attempt to desynchronise the
+    // connection (RFC 9112 §6.3): not used again.
+    let both = headers.contains_key(hyper::header::TRANSFER_ENCODING)
+        && headers.contains_key(hyper::header::CONTENT_LENGTH);
+    let close = headers.get_all(hyper::header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .unwrap_or_default()
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    });
     response.version() == hyper::Version::HTTP_11
         && !matches!(framing, Framing::Close)
-        && !response
-            .headers()
-            .get_all(hyper::header::CONNECTION)
-            .iter()
-            .any(|v| {
-                v.to_str()
-                    .unwrap_or_default()
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
-            })
+        && !both
+        && !close
 }
 
 fn answer(
     head: hyper::Response<()>,
+    request_complete: bool,
     buf: BytesMut,
     io: TcpStream,
     host: String,
     pool: Arc<Pool>,
 ) -> Result<hyper::Response<RawBody>, UpstreamError> {
     let framing = framing(&head).map_err(|e| UpstreamError::io(&e, true))?;
-    let reuse = keeps_alive(&head, &framing).then_some((pool, host));
+    let reuse = (request_complete && keeps_alive(&head, &framing)).then_some((pool, host));
     let done = matches!(framing, Framing::Length(0));
     let mut body = RawBody {
         io: Some(io),
@@ -384,6 +463,8 @@ fn answer(
         framing,
         reuse,
         done,
+        scanned: 0,
+        failed: None,
     };
     if done {
         body.release();
@@ -401,6 +482,10 @@ pub struct RawBody {
     /// Where the connection goes back to, if it may be used again.
     reuse: Option<(Arc<Pool>, String)>,
     done: bool,
+    /// Of `buf`, how much the chunked decoder searched for a line end.
+    scanned: usize,
+    /// A decoding error met after data that was handed over first.
+    failed: Option<io::Error>,
 }
 
 impl RawBody {
@@ -427,7 +512,7 @@ impl RawBody {
             Framing::Chunked(state) => {
                 let mut out = BytesMut::new();
                 let mut only: Option<Bytes> = None;
-                let result = decode_chunked(state, &mut self.buf, |data| {
+                let result = decode_chunked(state, &mut self.buf, &mut self.scanned, |data| {
                     // One piece (the usual case, a chunk at a time) is handed
                     // over without a copy.
                     match only.take() {
@@ -441,23 +526,47 @@ impl RawBody {
                     }
                 });
                 self.done = *state == Chunked::Done;
-                result?;
-                Ok(only.unwrap_or_else(|| out.freeze()))
+                let data = only.unwrap_or_else(|| out.freeze());
+                match result {
+                    Ok(()) => Ok(data),
+                    // What was decoded before the error is still the
+                    // provider's output: handed over (and metered) first.
+                    Err(e) if !data.is_empty() => {
+                        self.failed = Some(e);
+                        Ok(data)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         }
     }
 }
 
 /// Decodes chunked data from `buf`, handing each piece of data to `data`.
+/// `scanned`: how much of `buf` is known to hold no line end (so a line
+/// sent a byte at a time is not searched again from its start each time).
 fn decode_chunked(
     state: &mut Chunked,
     buf: &mut BytesMut,
+    scanned: &mut usize,
     mut data: impl FnMut(Bytes),
 ) -> io::Result<()> {
+    // Where the line at the start of `buf` ends, if it does.
+    let mut line_end = |buf: &BytesMut| match buf[*scanned..].iter().position(|&b| b == b'\n') {
+        Some(at) => {
+            let end = *scanned + at;
+            *scanned = 0;
+            Some(end)
+        }
+        None => {
+            *scanned = buf.len();
+            None
+        }
+    };
     loop {
         match *state {
             Chunked::Size => {
-                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                let Some(end) = line_end(buf) else {
                     if buf.len() > MAX_LINE_BYTES {
                         return Err(invalid("a chunk-size line is too long".into()));
                     }
@@ -504,7 +613,7 @@ fn decode_chunked(
                 *state = Chunked::Size;
             }
             Chunked::Trailers(seen) => {
-                let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                let Some(end) = line_end(buf) else {
                     if seen + buf.len() > MAX_TRAILER_BYTES {
                         return Err(invalid("the answer's trailers are too long".into()));
                     }
@@ -533,8 +642,8 @@ fn chunk_size(line: &[u8]) -> io::Result<u64> {
         .iter()
         .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
-    let rest = &line[digits..];
-    if digits == 0 || digits > 15 || !(rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t')) {
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || digits > 15 || !(rest.is_empty() || rest[0] == b';') {
         return Err(invalid(
             "a chunk-size line is not a hexadecimal size".into(),
         ));
@@ -560,6 +669,10 @@ impl hyper::body::Body for RawBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         loop {
+            if let Some(e) = this.failed.take() {
+                this.end_broken();
+                return Poll::Ready(Some(Err(e)));
+            }
             if this.done {
                 this.release();
                 return Poll::Ready(None);
@@ -643,16 +756,19 @@ impl RawBody {
 mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
-    use tokio::io::AsyncReadExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
 
     fn decode_all(wire: &[u8], step: usize) -> io::Result<(Vec<u8>, Chunked)> {
         let mut state = Chunked::Size;
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
+        let mut scanned = 0;
         for piece in wire.chunks(step) {
             buf.extend_from_slice(piece);
-            decode_chunked(&mut state, &mut buf, |d| out.extend_from_slice(&d))?;
+            decode_chunked(&mut state, &mut buf, &mut scanned, |d| {
+                out.extend_from_slice(&d)
+            })?;
         }
         Ok((out, state))
     }
@@ -666,6 +782,9 @@ mod tests {
             assert_eq!(out, b"hello 0123456789", "split every {step} bytes");
             assert_eq!(state, Chunked::Done);
         }
+        // Whitespace before an extension.
+        let (out, _) = decode_all(b"3 ;x=1\r\nabc\r\n0\r\n\r\n", 4).unwrap();
+        assert_eq!(out, b"abc");
         // Bare LFs, as some servers end lines.
         let (out, state) = decode_all(b"3\nabc\n0\n\n", 2).unwrap();
         assert_eq!((out.as_slice(), state), (&b"abc"[..], Chunked::Done));
@@ -683,6 +802,7 @@ mod tests {
             b"3\r\nabc\rx",
             b"1000000000000000\r\n",
             b"3x\r\nabc\r\n",
+            b"3 junk\r\nabc\r\n",
         ] {
             assert!(
                 decode_all(wire, wire.len()).is_err(),
@@ -949,5 +1069,83 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!err.may_have_reached(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_request_is_not_lost() {
+        // A server that answers 413 on seeing the head, and reads no more.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/chat?x=1", listener.local_addr().unwrap());
+        let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut buf = [0u8; 1024];
+                let n = sock.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            let _ = head_tx.send(String::from_utf8_lossy(&got).into_owned());
+            sock.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large")
+                .await
+                .unwrap();
+            // Keeps the connection open, reading nothing, until the client closes it.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let pool = Pool::new(Duration::from_secs(90));
+        let body = vec![b'x'; 64 << 20];
+        let response = call(&pool, &url, &body).await.unwrap();
+        assert_eq!(response.status(), 413);
+        assert_eq!(text(response).await.unwrap(), "too large");
+        // The request was cut short: the connection is not used again.
+        assert_eq!(pool.idle_count(&host_key(&url.parse().unwrap())), 0);
+        let head = head_rx.await.unwrap();
+        assert!(head.starts_with("POST /v1/chat?x=1 HTTP/1.1\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn doubtful_framing_is_refused_or_not_reused() {
+        // Both framings: read as chunked, not used again.
+        let both: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        let server = serve(vec![(both, false)]).await;
+        let pool = Pool::new(Duration::from_secs(90));
+        assert_eq!(
+            text(call(&pool, &server.url, b"{}").await.unwrap())
+                .await
+                .unwrap(),
+            "{}"
+        );
+        assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 0);
+        // A signed length is no length.
+        let signed: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\n{}";
+        let server = serve(vec![(signed, true)]).await;
+        let err = call(&Pool::new(Duration::from_secs(90)), &server.url, b"{}")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("Content-Length"), "{err}");
+        // Endless interim answers.
+        let interim: &'static [u8] = "HTTP/1.1 102 Processing\r\n\r\n"
+            .repeat(40)
+            .leak()
+            .as_bytes();
+        let server = serve(vec![(interim, true)]).await;
+        let err = call(&Pool::new(Duration::from_secs(90)), &server.url, b"{}")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("interim"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn data_before_a_broken_chunk_is_handed_over_first() {
+        let broken: &[u8] =
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n";
+        let server = serve(vec![(broken, true)]).await;
+        let pool = Pool::new(Duration::from_secs(90));
+        let mut body = call(&pool, &server.url, b"{}").await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "hello");
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(body.frame().await.is_none());
     }
 }
