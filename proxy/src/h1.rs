@@ -905,6 +905,16 @@ mod tests {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The whole answer to a call that must succeed, as text.
+    async fn answer_text(pool: &Arc<Pool>, url: &str) -> String {
+        text(call(pool, url, b"{}").await.unwrap()).await.unwrap()
+    }
+
+    /// Connections to `url`'s host waiting in `pool`.
+    fn idle(pool: &Pool, url: &str) -> usize {
+        pool.idle_count(&host_key(&url.parse().unwrap()))
+    }
+
     const SSE: &[u8] =
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
         b\r\ndata: one\n\n\r\n\
@@ -921,16 +931,9 @@ mod tests {
         assert_eq!(response.status(), 200);
         assert_eq!(text(response).await.unwrap(), "data: one\n\ndata: two\n\n");
         assert_eq!(pool.idle_count(&host), 1);
+        assert_eq!(answer_text(&pool, &server.url).await, "{}");
         assert_eq!(
-            text(call(&pool, &server.url, b"{}").await.unwrap())
-                .await
-                .unwrap(),
-            "{}"
-        );
-        assert_eq!(
-            text(call(&pool, &server.url, b"{}").await.unwrap())
-                .await
-                .unwrap(),
+            answer_text(&pool, &server.url).await,
             "data: one\n\ndata: two\n\n"
         );
         assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -959,24 +962,14 @@ mod tests {
         for answer in [close, old] {
             let server = serve(vec![(answer, false)]).await;
             let pool = Pool::new(Duration::from_secs(90));
-            assert_eq!(
-                text(call(&pool, &server.url, b"{}").await.unwrap())
-                    .await
-                    .unwrap(),
-                "{}"
-            );
-            assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 0);
+            assert_eq!(answer_text(&pool, &server.url).await, "{}");
+            assert_eq!(idle(&pool, &server.url), 0);
         }
         // Without a length, the body runs to the connection's end.
         let server = serve(vec![(until_end, true)]).await;
         let pool = Pool::new(Duration::from_secs(90));
-        assert_eq!(
-            text(call(&pool, &server.url, b"{}").await.unwrap())
-                .await
-                .unwrap(),
-            "{}"
-        );
-        assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 0);
+        assert_eq!(answer_text(&pool, &server.url).await, "{}");
+        assert_eq!(idle(&pool, &server.url), 0);
         // A body dropped before its end closes the connection.
         let server = serve(vec![
             (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}", false),
@@ -990,13 +983,8 @@ mod tests {
             "{}"
         );
         drop(body);
-        assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 0);
-        assert_eq!(
-            text(call(&pool, &server.url, b"{}").await.unwrap())
-                .await
-                .unwrap(),
-            "{}"
-        );
+        assert_eq!(idle(&pool, &server.url), 0);
+        assert_eq!(answer_text(&pool, &server.url).await, "{}");
         assert_eq!(server.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
@@ -1005,13 +993,8 @@ mod tests {
         // The server closes the connection after one answer.
         let server = serve(vec![(JSON, true), (JSON, false)]).await;
         let pool = Pool::new(Duration::from_secs(90));
-        assert_eq!(
-            text(call(&pool, &server.url, b"{}").await.unwrap())
-                .await
-                .unwrap(),
-            "{}"
-        );
-        assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 1);
+        assert_eq!(answer_text(&pool, &server.url).await, "{}");
+        assert_eq!(idle(&pool, &server.url), 1);
         // The server's close reaches this side while the connection is idle
         // (the runtime reads its socket events meanwhile)…
         while server.accepted.load(std::sync::atomic::Ordering::SeqCst) < 1 {
@@ -1109,13 +1092,8 @@ mod tests {
         let both: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
         let server = serve(vec![(both, false)]).await;
         let pool = Pool::new(Duration::from_secs(90));
-        assert_eq!(
-            text(call(&pool, &server.url, b"{}").await.unwrap())
-                .await
-                .unwrap(),
-            "{}"
-        );
-        assert_eq!(pool.idle_count(&host_key(&server.url.parse().unwrap())), 0);
+        assert_eq!(answer_text(&pool, &server.url).await, "{}");
+        assert_eq!(idle(&pool, &server.url), 0);
         // A signed length is no length.
         let signed: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\n{}";
         let server = serve(vec![(signed, true)]).await;
