@@ -342,11 +342,11 @@ fn plain_chunk(data: &str) -> Option<Plain> {
 /// Index of the quote closing the string whose text starts at `from`.
 fn string_end(b: &[u8], mut from: usize) -> Option<usize> {
     loop {
-        match *b.get(from)? {
-            b'"' => return Some(from),
-            b'\\' => from += 2,
-            _ => from += 1,
+        from += memchr::memchr2(b'"', b'\\', b.get(from..)?)?;
+        if b[from] == b'"' {
+            return Some(from);
         }
+        from += 2;
     }
 }
 
@@ -355,21 +355,18 @@ fn string_end(b: &[u8], mut from: usize) -> Option<usize> {
 fn counted_string(b: &[u8], mut from: usize) -> Option<(usize, u64)> {
     let mut bytes = 0u64;
     loop {
-        match *b.get(from)? {
-            b'"' => return Some((from, bytes)),
-            b'\\' => {
-                if matches!(b.get(from + 1), Some(b'u') | None) {
-                    return None;
-                }
-                // The other escapes each stand for one ASCII byte.
-                bytes += 1;
-                from += 2;
-            }
-            _ => {
-                bytes += 1;
-                from += 1;
-            }
+        let plain = memchr::memchr2(b'"', b'\\', b.get(from..)?)?;
+        bytes += plain as u64;
+        from += plain;
+        if b[from] == b'"' {
+            return Some((from, bytes));
         }
+        if matches!(b.get(from + 1), Some(b'u') | None) {
+            return None;
+        }
+        // The other escapes each stand for one ASCII byte.
+        bytes += 1;
+        from += 2;
     }
 }
 
