@@ -499,6 +499,14 @@ impl RawBody {
         }
     }
 
+    /// A broken answer: the connection is closed, never pooled.
+    fn end_broken(&mut self) {
+        self.reuse = None;
+        self.io = None;
+        self.done = true;
+        self.buf.clear();
+    }
+
     /// Decodes what has been read; returns the data (maybe empty).
     fn decode(&mut self) -> io::Result<Bytes> {
         match &mut self.framing {
@@ -552,7 +560,7 @@ fn decode_chunked(
     mut data: impl FnMut(Bytes),
 ) -> io::Result<()> {
     // Where the line at the start of `buf` ends, if it does.
-    let mut line_end = |buf: &BytesMut| match buf[*scanned..].iter().position(|&b| b == b'\n') {
+    let mut line_end = |buf: &BytesMut| match memchr::memchr(b'\n', &buf[*scanned..]) {
         Some(at) => {
             let end = *scanned + at;
             *scanned = 0;
@@ -739,16 +747,6 @@ impl std::fmt::Debug for RawBody {
             .field("buffered", &self.buf.len())
             .field("done", &self.done)
             .finish_non_exhaustive()
-    }
-}
-
-impl RawBody {
-    /// A broken answer: the connection is closed, never pooled.
-    fn end_broken(&mut self) {
-        self.reuse = None;
-        self.io = None;
-        self.done = true;
-        self.buf.clear();
     }
 }
 

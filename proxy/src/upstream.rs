@@ -603,11 +603,11 @@ impl UpstreamClient {
             .url
             .parse()
             .map_err(|_| UpstreamError::not_sent("the provider's base URL is not a valid URL"))?;
+        let mut headers = req.headers.clone();
+        headers
+            .entry(hyper::header::USER_AGENT)
+            .or_insert(hyper::header::HeaderValue::from_static(USER_AGENT));
         if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
-            let mut headers = req.headers.clone();
-            headers
-                .entry(hyper::header::USER_AGENT)
-                .or_insert(hyper::header::HeaderValue::from_static(USER_AGENT));
             let plain = crate::h1::Request {
                 method: &req.method,
                 uri: &uri,
@@ -622,11 +622,7 @@ impl UpstreamClient {
         let mut request = hyper::Request::new(Full::new(req.body.clone()));
         *request.method_mut() = req.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = req.headers.clone();
-        request
-            .headers_mut()
-            .entry(hyper::header::USER_AGENT)
-            .or_insert(hyper::header::HeaderValue::from_static(USER_AGENT));
+        *request.headers_mut() = headers;
         let sent = match (&self.checked, set_by_project) {
             (Some(checked), true) => checked.request(request).await,
             _ => self.open.request(request).await,
