@@ -130,6 +130,47 @@ async fn two_hundred_concurrent_streams_never_spend_past_the_cap() {
     }
 }
 
+/// A call's hold is settled after its answer is written (the answer does
+/// not wait for the settlement), yet a client's next call, on a new
+/// connection and so on either of the proxy's threads, never finds it
+/// still open: under a cap with room for one hold at a time, forty calls
+/// back to back, JSON and streamed, are all admitted.
+#[tokio::test]
+async fn a_clients_next_call_never_finds_the_last_hold_still_open() {
+    // A hold of gpt-4o's 1,000 output tokens is $0.01 and change; two do
+    // not fit under $0.015, while forty short answers ($0.00009 each) do.
+    let plan = CAP_PLAN.replace(r#"cap: "0.50""#, r#"cap: "0.015""#);
+    let p = Proxy::start(&plan).await;
+    p.openai.update_behavior(|b| {
+        b.reply_text = "Hi.".into();
+        b.input_tokens = Some(12);
+    });
+    // No connection kept: each call is accepted afresh, by either thread.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for i in 0..40 {
+        let body = json!({"model": "gpt-4o", "stream": i % 2 == 1, "max_tokens": 1000,
+            "messages": [{"role": "user", "content": "Say hi."}]});
+        let r = fresh
+            .post(format!("{}/v1/chat/completions", p.base))
+            .header("x-project-key", &p.project_key)
+            .header("x-identity", "back-to-back")
+            .bearer_auth("sk-provider-test-key")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 200, "call {i} found the last hold open: {text}");
+    }
+    for (kind, e) in p.settled("back-to-back", 40).await {
+        assert_eq!(kind, "committed", "{e}");
+    }
+}
+
 #[tokio::test]
 async fn claude_counting_more_tokens_than_the_estimate_never_spends_past_the_cap() {
     let plan = CAP_PLAN.replace(r#"cap: "0.50""#, r#"cap: "0.10""#);
@@ -266,6 +307,7 @@ async fn a_reserve_whose_ack_was_lost_is_released_if_it_landed() {
             p.project_id,
             account.clone(),
             id,
+            None,
             None,
         )
         .release(tollgate_proxy::hold::UNCONFIRMED);

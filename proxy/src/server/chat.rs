@@ -403,13 +403,15 @@ impl Call {
         let reservation_id = reserve.reservation_id;
         // The model as limits name it, for the rate-limit headers.
         let limits_model = reserve.model.clone().unwrap_or_default();
-        let admitted = match inner
+        let (admitted, slot) = match inner
             .gate
-            .reserve(project_id, &account, &tier, reserve, request_id.clone())
+            .reserve_keeping_slot(project_id, &account, &tier, reserve, request_id.clone())
             .await
         {
-            Ok(ReserveOutcome::Denied(d)) => return Ok(denied_response(&tier, &d, &limits_model)),
-            Ok(ReserveOutcome::Admitted(a)) => a,
+            Ok((ReserveOutcome::Denied(d), _)) => {
+                return Ok(denied_response(&tier, &d, &limits_model))
+            }
+            Ok((ReserveOutcome::Admitted(a), slot)) => (a, slot),
             Err(e @ GateError::Unconfirmed(_)) => {
                 // The hold may exist although nobody was told: release it once
                 // the ledger answers again, rather than leave it holding the
@@ -422,6 +424,7 @@ impl Call {
                     account,
                     reservation_id,
                     request_id,
+                    None,
                 );
                 hold.release(crate::hold::UNCONFIRMED);
                 return Err(e.into());
@@ -435,6 +438,7 @@ impl Call {
             account,
             admitted.reservation_id,
             request_id,
+            Some(slot),
         );
         if client.is_cancelled() {
             hold.release("client_gone");
