@@ -7,7 +7,9 @@
 //! providers' real wire formats), asked with the requests the proxy builds
 //! (`prepare_upstream`), so they are what `proxy-bench` and the tests see.
 //!
-//! `cargo run --release -p tollgate-bench --bin translate-bench`
+//! `cargo run --release -p tollgate-bench --bin translate-bench -- [ROUNDS]`
+//! (answers read per figure, 100,000 by default; fewer to run it under a
+//! profiler such as `valgrind --tool=callgrind`).
 #![allow(clippy::print_stdout)]
 
 use axum::http::StatusCode;
@@ -20,7 +22,7 @@ use std::hint::black_box;
 use std::time::Instant;
 use testkit::mock_providers::{MockBehavior, MockKind, MockProvider};
 
-/// Answers read per figure.
+/// Answers read per figure, unless the command line says otherwise.
 const ROUNDS: u32 = 100_000;
 
 /// The mock's answer to `model`'s chat request, streamed or not.
@@ -52,15 +54,15 @@ async fn answer(mock: &MockProvider, model: &str, stream: bool) -> anyhow::Resul
     Ok(response.bytes().await?)
 }
 
-/// Microseconds per call of `f`, over [`ROUNDS`] calls.
-fn per_call(mut f: impl FnMut() -> usize) -> f64 {
+/// Microseconds per call of `f`, over `rounds` calls.
+fn per_call(rounds: u32, mut f: impl FnMut() -> usize) -> f64 {
     let started = Instant::now();
     let mut out = 0;
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         out += f();
     }
     black_box(out);
-    started.elapsed().as_secs_f64() * 1e6 / f64::from(ROUNDS)
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
 }
 
 fn translate(kind: proxy::providers::ProviderKind, model: &str, pieces: &[&[u8]]) -> usize {
@@ -76,6 +78,13 @@ fn translate(kind: proxy::providers::ProviderKind, model: &str, pieces: &[&[u8]]
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let rounds: u32 = match std::env::args().nth(1) {
+        Some(arg) => arg
+            .parse()
+            .map_err(|_| anyhow::anyhow!("ROUNDS must be a positive whole number"))?,
+        None => ROUNDS,
+    };
+    anyhow::ensure!(rounds > 0, "ROUNDS must be a positive whole number");
     println!(
         "{:<10} {:>6} {:>7} | {:>12} {:>14} | {:>10} {:>10}",
         "provider", "events", "bytes", "stream µs", "64-byte µs", "JSON bytes", "JSON µs"
@@ -95,10 +104,10 @@ async fn main() -> anyhow::Result<()> {
         let json = answer(&mock, model, false).await?;
         let provider = route(model, &[], &BaseUrls::default())?.kind;
         let events = streamed.windows(5).filter(|w| w == b"data:").count();
-        let whole = per_call(|| translate(provider, model, &[&streamed]));
+        let whole = per_call(rounds, || translate(provider, model, &[&streamed]));
         let pieces: Vec<&[u8]> = streamed.chunks(64).collect();
-        let split = per_call(|| translate(provider, model, &pieces));
-        let unstreamed = per_call(|| {
+        let split = per_call(rounds, || translate(provider, model, &pieces));
+        let unstreamed = per_call(rounds, || {
             translate_response(provider, StatusCode::OK, &json, model)
                 .map_or(0, |(out, _)| out.len())
         });
