@@ -134,11 +134,13 @@ async fn two_hundred_concurrent_streams_never_spend_past_the_cap() {
 /// not wait for the settlement), yet a client's next call, on a new
 /// connection and so on either of the proxy's threads, never finds it
 /// still open: under a cap with room for one hold at a time, forty calls
-/// back to back, JSON and streamed, are all admitted.
+/// back to back, JSON and streamed, are all admitted. (End to end; the
+/// race it guards against is a few µs wide, too narrow for this client to
+/// hit reliably, so `ledger/tests/turns.rs` shows the mechanism itself.)
 #[tokio::test]
 async fn a_clients_next_call_never_finds_the_last_hold_still_open() {
     // A hold of gpt-4o's 1,000 output tokens is $0.01 and change; two do
-    // not fit under $0.015, while forty short answers ($0.00009 each) do.
+    // not fit under $0.015, while forty short answers (under $0.0001 each) do.
     let plan = CAP_PLAN.replace(r#"cap: "0.50""#, r#"cap: "0.015""#);
     let p = Proxy::start(&plan).await;
     p.openai.update_behavior(|b| {
