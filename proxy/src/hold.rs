@@ -7,7 +7,6 @@
 //! a commit until it lands (one that lands after the hold expired is
 //! recorded as late usage, never lost), a release for the hold's lifetime.
 
-use ledger::gate::AccountSlot;
 use ledger::{Gate, GateError};
 use schemas::{Account, Amounts, ProjectId, ReservationId};
 use std::time::Duration;
@@ -42,9 +41,6 @@ pub struct Hold {
     account: Account,
     reservation_id: ReservationId,
     request_id: Option<String>,
-    /// The account's slot in the gate, to settle in the account's turn
-    /// (see [`Hold::spawn`]); `None` for a hold whose reserve went unanswered.
-    slot: Option<AccountSlot>,
     settled: bool,
 }
 
@@ -61,7 +57,6 @@ impl Hold {
         account: Account,
         reservation_id: ReservationId,
         request_id: Option<String>,
-        slot: Option<AccountSlot>,
     ) -> Hold {
         Hold {
             gate,
@@ -70,7 +65,6 @@ impl Hold {
             account,
             reservation_id,
             request_id,
-            slot,
             settled: false,
         }
     }
@@ -96,15 +90,6 @@ impl Hold {
         self.spawn(Settle::Release(reason));
     }
 
-    /// Settles on a task of its own. The account's turn is taken now, when
-    /// it is free (it nearly always is): the task then lets the tasks
-    /// already queued on this thread run first, among them the one writing
-    /// the answer to the client, so the answer does not wait for the
-    /// settlement's CPU (≈ 10 µs, bench/README.md), while any decision on
-    /// the account that starts after it, on any thread, waits for the
-    /// settlement (a client's next call never finds this hold still open).
-    /// When another task has the turn, the settlement queues for it at
-    /// once, ahead of the answer, as any other.
     fn spawn(&self, settle: Settle) {
         let (gate, project, account, id, rid) = (
             self.gate.clone(),
@@ -113,21 +98,15 @@ impl Hold {
             self.reservation_id,
             self.request_id.clone(),
         );
-        let mut turn = self.slot.as_ref().and_then(|slot| gate.settle_turn(slot));
         // Boxed for the reason `chat::completions` boxes the call.
         self.tracker.spawn(Box::pin(async move {
-            if turn.is_some() {
-                tokio::task::yield_now().await;
-            }
             let started = tokio::time::Instant::now();
             let mut missing_since = None;
             let mut backoff = Duration::from_millis(50);
             loop {
-                let result = match (&settle, turn.take()) {
-                    (Settle::Commit(actual), Some(turn)) => gate.commit_in_turn(turn, project, id, &account, actual.clone(), rid.clone()).await.map(|_| ()),
-                    (Settle::Commit(actual), None) => gate.commit(project, id, Some(&account), actual.clone(), rid.clone()).await.map(|_| ()),
-                    (Settle::Release(reason), Some(turn)) => gate.release_in_turn(turn, project, id, &account, Some((*reason).to_owned()), rid.clone()).await.map(|_| ()),
-                    (Settle::Release(reason), None) => gate.release(project, id, Some(&account), Some((*reason).to_owned()), rid.clone()).await.map(|_| ()),
+                let result = match &settle {
+                    Settle::Commit(actual) => gate.commit(project, id, Some(&account), actual.clone(), rid.clone()).await.map(|_| ()),
+                    Settle::Release(reason) => gate.release(project, id, Some(&account), Some((*reason).to_owned()), rid.clone()).await.map(|_| ()),
                 };
                 match result {
                     Ok(()) => return,

@@ -130,13 +130,13 @@ async fn two_hundred_concurrent_streams_never_spend_past_the_cap() {
     }
 }
 
-/// A call's hold is settled after its answer is written (the answer does
-/// not wait for the settlement), yet a client's next call, on a new
-/// connection and so on either of the proxy's threads, never finds it
-/// still open: under a cap with room for one hold at a time, forty calls
-/// back to back, JSON and streamed, are all admitted. (End to end; the
-/// race it guards against is a few µs wide, too narrow for this client to
-/// hit reliably, so `ledger/tests/turns.rs` shows the mechanism itself.)
+/// A client's next call, on a new connection and so on either of the
+/// proxy's threads, never finds its last call's hold still open: under a
+/// cap with room for one hold at a time, forty calls back to back, JSON
+/// and streamed, are all admitted. (End to end. The commit reaches the
+/// account's state before the answer is written; were it to run after,
+/// the race would be a few µs wide, too narrow for this client to hit
+/// reliably: `bench/README.md`, twenty-fifth pass.)
 #[tokio::test]
 async fn a_clients_next_call_never_finds_the_last_hold_still_open() {
     // A hold of gpt-4o's 1,000 output tokens is $0.01 and change; two do
@@ -309,7 +309,6 @@ async fn a_reserve_whose_ack_was_lost_is_released_if_it_landed() {
             p.project_id,
             account.clone(),
             id,
-            None,
             None,
         )
         .release(tollgate_proxy::hold::UNCONFIRMED);

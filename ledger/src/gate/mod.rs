@@ -116,39 +116,6 @@ pub struct SettleOutcome {
     pub late: bool,
 }
 
-/// An account's place in this process's gate, kept by whoever will settle
-/// one of its holds soon ([`Gate::reserve_keeping_slot`]): with it the
-/// settler can take the account's turn ([`Gate::settle_turn`]) at once,
-/// without naming the account's subject. While it is kept, the account is
-/// not forgotten ([`Gate::forget_idle`]).
-#[derive(Clone)]
-pub struct AccountSlot(Arc<Mutex<Slot>>);
-
-impl std::fmt::Debug for AccountSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AccountSlot")
-    }
-}
-
-/// An account's turn, taken for a settlement that runs a little later
-/// ([`Gate::commit_in_turn`], [`Gate::release_in_turn`]): until it does,
-/// every other decision on the account waits, so nothing decides on the
-/// account as if the hold were still open once its settlement is due.
-///
-/// The proxy takes it before it answers the client and settles after the
-/// answer is written: a client's next call, on any connection, waits for
-/// the settlement instead of finding the hold still open (a false 429),
-/// and the answer does not wait for the settlement's CPU.
-pub struct SettleTurn(tokio::sync::OwnedMutexGuard<Slot>);
-
-/// Where an account lives: its subject and its slot in memory, and the
-/// account's turn if one was taken for what is decided there.
-struct Place {
-    subject: String,
-    handle: Arc<Mutex<Slot>>,
-    turn: Option<SettleTurn>,
-}
-
 /// A decision's result: done, or an event to append then a result to build.
 enum Step<T> {
     Done(T),
@@ -680,21 +647,6 @@ impl Gate {
     ) -> Result<ReserveOutcome, GateError> {
         self.reserve_as(project, account, tier, req, request_id, false)
             .await
-            .map(|(outcome, _)| outcome)
-    }
-
-    /// [`Gate::reserve`], with the account's slot for settling the hold
-    /// in turn ([`Gate::settle_turn`]).
-    pub async fn reserve_keeping_slot(
-        &self,
-        project: ProjectId,
-        account: &Account,
-        tier: &Tier,
-        req: ReserveRequest,
-        request_id: Option<String>,
-    ) -> Result<(ReserveOutcome, AccountSlot), GateError> {
-        self.reserve_as(project, account, tier, req, request_id, false)
-            .await
     }
 
     /// [`Gate::reserve`] for a reservation id the client chose, which it
@@ -718,7 +670,6 @@ impl Gate {
     ) -> Result<ReserveOutcome, GateError> {
         self.reserve_as(project, account, tier, req, request_id, true)
             .await
-            .map(|(outcome, _)| outcome)
     }
 
     async fn reserve_as(
@@ -729,7 +680,7 @@ impl Gate {
         req: ReserveRequest,
         request_id: Option<String>,
         client_id: bool,
-    ) -> Result<(ReserveOutcome, AccountSlot), GateError> {
+    ) -> Result<ReserveOutcome, GateError> {
         let key = (project, req.reservation_id);
         // Claimed before deciding, so two requests of this process naming
         // the same id for different accounts cannot both take a hold.
@@ -738,12 +689,12 @@ impl Gate {
             .reserve_claimed(project, account, tier, req, request_id, client_id)
             .await
         {
-            Ok(admitted @ (ReserveOutcome::Admitted(_), _)) => {
+            Ok(outcome @ ReserveOutcome::Admitted(_)) => {
                 if !claimed {
                     // (An entry cleared meanwhile is put back.)
                     self.shared.index.insert(key, account.clone());
                 }
-                return Ok(admitted);
+                return Ok(outcome);
             }
             other => other,
         };
@@ -785,7 +736,7 @@ impl Gate {
         req: ReserveRequest,
         request_id: Option<String>,
         client_id: bool,
-    ) -> Result<(ReserveOutcome, AccountSlot), GateError> {
+    ) -> Result<ReserveOutcome, GateError> {
         // What the ledger knows of a client's id: a hold of another account
         // refuses it; one of this account that its state no longer holds
         // (settlements are forgotten a day on, `IDEMPOTENCY_HORIZON_HOURS`)
@@ -806,12 +757,9 @@ impl Gate {
             }
         }
         let tier = tier.clone();
-        let place = self.place(project, account);
-        let slot = AccountSlot(place.handle.clone());
         self.with_account(
             project,
             account,
-            place,
             request_id,
             Keep::UntilAcked,
             move |state, now| {
@@ -874,7 +822,6 @@ impl Gate {
             },
         )
         .await
-        .map(|outcome| (outcome, slot))
     }
 
     /// Settles a hold with the actual usage (units left out are committed as held).
@@ -887,47 +834,8 @@ impl Gate {
         request_id: Option<String>,
     ) -> Result<SettleOutcome, GateError> {
         let account = self.locate(project, id, account).await?;
-        self.settle(project, &account, None, id, request_id, move |state| {
+        self.settle(project, &account, id, request_id, move |state| {
             decide::decide_commit(state, id, &actual)
-        })
-        .await
-    }
-
-    /// Takes the turn of the account of `slot` for a settlement; `None` if
-    /// another task has it now (the settlement then waits for its turn as
-    /// any decision does, [`Gate::commit`]).
-    pub fn settle_turn(&self, slot: &AccountSlot) -> Option<SettleTurn> {
-        slot.0.clone().try_lock_owned().ok().map(SettleTurn)
-    }
-
-    /// [`Gate::commit`] of a hold of `account`, in the turn taken for it.
-    pub async fn commit_in_turn(
-        &self,
-        turn: SettleTurn,
-        project: ProjectId,
-        id: ReservationId,
-        account: &Account,
-        actual: Amounts,
-        request_id: Option<String>,
-    ) -> Result<SettleOutcome, GateError> {
-        self.settle(project, account, Some(turn), id, request_id, move |state| {
-            decide::decide_commit(state, id, &actual)
-        })
-        .await
-    }
-
-    /// [`Gate::release`] of a hold of `account`, in the turn taken for it.
-    pub async fn release_in_turn(
-        &self,
-        turn: SettleTurn,
-        project: ProjectId,
-        id: ReservationId,
-        account: &Account,
-        reason: Option<String>,
-        request_id: Option<String>,
-    ) -> Result<SettleOutcome, GateError> {
-        self.settle(project, account, Some(turn), id, request_id, move |state| {
-            decide::decide_release(state, id, reason.clone())
         })
         .await
     }
@@ -942,7 +850,7 @@ impl Gate {
         request_id: Option<String>,
     ) -> Result<SettleOutcome, GateError> {
         let account = self.locate(project, id, account).await?;
-        self.settle(project, &account, None, id, request_id, move |state| {
+        self.settle(project, &account, id, request_id, move |state| {
             decide::decide_release(state, id, reason.clone())
         })
         .await
@@ -958,7 +866,6 @@ impl Gate {
         self.with_account(
             project,
             account,
-            self.place(project, account),
             None,
             Keep::UntilAcked,
             move |state, now| match state.open_hold(&id) {
@@ -991,7 +898,6 @@ impl Gate {
         self.with_account(
             project,
             account,
-            self.place(project, account),
             request_id,
             Keep::UntilAcked,
             move |state, now| match decide::decide_usage(
@@ -1026,7 +932,6 @@ impl Gate {
         self.with_account(
             project,
             account,
-            self.place(project, account),
             None,
             Keep::UntilAcked,
             move |state, now| Step::DoneIfFresh(decide::views(state, &tier, now)),
@@ -1038,7 +943,6 @@ impl Gate {
         &self,
         project: ProjectId,
         account: &Account,
-        turn: Option<SettleTurn>,
         id: ReservationId,
         request_id: Option<String>,
         decide: impl Fn(&AccountState) -> SettleDecision + Send,
@@ -1046,10 +950,6 @@ impl Gate {
         self.with_account(
             project,
             account,
-            Place {
-                turn,
-                ..self.place(project, account)
-            },
             request_id,
             Keep::UntilSent,
             move |state, _| match decide(state) {
@@ -1089,8 +989,15 @@ impl Gate {
         .await?
     }
 
-    /// Where `account` lives in memory (a new slot if it is not there).
-    fn place(&self, project: ProjectId, account: &Account) -> Place {
+    /// Runs `decide` on the account's latest state, appending what it asks for.
+    async fn with_account<T: Send + 'static>(
+        &self,
+        project: ProjectId,
+        account: &Account,
+        request_id: Option<String>,
+        keep: Keep,
+        mut decide: impl FnMut(&AccountState, DateTime<Utc>) -> Step<T> + Send,
+    ) -> Result<T, GateError> {
         let subject = subjects::account_subject(project, account);
         let handle = self
             .shared
@@ -1098,42 +1005,7 @@ impl Gate {
             .entry(subject.clone())
             .or_insert_with(|| Arc::new(Mutex::new(Slot::new(project))))
             .clone();
-        Place {
-            subject,
-            handle,
-            turn: None,
-        }
-    }
-
-    /// Runs `decide` on the account's latest state, appending what it asks
-    /// for; in the place's turn if one was taken.
-    async fn with_account<T: Send + 'static>(
-        &self,
-        project: ProjectId,
-        account: &Account,
-        place: Place,
-        request_id: Option<String>,
-        keep: Keep,
-        mut decide: impl FnMut(&AccountState, DateTime<Utc>) -> Step<T> + Send,
-    ) -> Result<T, GateError> {
-        let Place {
-            subject,
-            handle,
-            turn,
-        } = place;
-        let mut guard = match turn.map(|SettleTurn(guard)| guard) {
-            // A slot kept is never forgotten (`forget_idle`), so it is the
-            // account's; checked all the same, as a turn on any other
-            // would guard nothing.
-            Some(guard) if Arc::ptr_eq(tokio::sync::OwnedMutexGuard::mutex(&guard), &handle) => {
-                guard
-            }
-            other => {
-                // (Not holding another account while waiting for this one.)
-                drop(other);
-                handle.clone().lock_owned().await
-            }
-        };
+        let mut guard = handle.lock().await;
         guard.touched = self.shared.clock.now();
         if self.io.client.connection_state() != async_nats::connection::State::Connected {
             guard.forget_state();
@@ -1236,7 +1108,7 @@ impl Gate {
                         drop(guard);
                         let answer = tail.ack.clone().await;
                         drop(in_flight);
-                        guard = handle.clone().lock_owned().await;
+                        guard = handle.lock().await;
                         guard.take_ack(&tail, &answer);
                         if let Some(before) = &chain {
                             // The tail before is answered by now, its answer

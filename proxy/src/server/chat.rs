@@ -403,15 +403,13 @@ impl Call {
         let reservation_id = reserve.reservation_id;
         // The model as limits name it, for the rate-limit headers.
         let limits_model = reserve.model.clone().unwrap_or_default();
-        let (admitted, slot) = match inner
+        let admitted = match inner
             .gate
-            .reserve_keeping_slot(project_id, &account, &tier, reserve, request_id.clone())
+            .reserve(project_id, &account, &tier, reserve, request_id.clone())
             .await
         {
-            Ok((ReserveOutcome::Denied(d), _)) => {
-                return Ok(denied_response(&tier, &d, &limits_model))
-            }
-            Ok((ReserveOutcome::Admitted(a), slot)) => (a, slot),
+            Ok(ReserveOutcome::Denied(d)) => return Ok(denied_response(&tier, &d, &limits_model)),
+            Ok(ReserveOutcome::Admitted(a)) => a,
             Err(e @ GateError::Unconfirmed(_)) => {
                 // The hold may exist although nobody was told: release it once
                 // the ledger answers again, rather than leave it holding the
@@ -424,7 +422,6 @@ impl Call {
                     account,
                     reservation_id,
                     request_id,
-                    None,
                 );
                 hold.release(crate::hold::UNCONFIRMED);
                 return Err(e.into());
@@ -438,7 +435,6 @@ impl Call {
             account,
             admitted.reservation_id,
             request_id,
-            Some(slot),
         );
         if client.is_cancelled() {
             hold.release("client_gone");
