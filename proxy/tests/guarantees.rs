@@ -155,12 +155,8 @@ async fn a_clients_next_call_never_finds_the_last_hold_still_open() {
     for i in 0..40 {
         let body = json!({"model": "gpt-4o", "stream": i % 2 == 1, "max_tokens": 1000,
             "messages": [{"role": "user", "content": "Say hi."}]});
-        let r = fresh
-            .post(format!("{}/v1/chat/completions", p.base))
-            .header("x-project-key", &p.project_key)
-            .header("x-identity", "back-to-back")
-            .bearer_auth("sk-provider-test-key")
-            .json(&body)
+        let r = p
+            .request_with(&fresh, "back-to-back", &body)
             .send()
             .await
             .unwrap();

@@ -238,8 +238,17 @@ impl Proxy {
     }
 
     pub fn request(&self, identity: &str, body: &Value) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}/v1/chat/completions", self.base))
+        self.request_with(&self.http, identity, body)
+    }
+
+    /// [`Proxy::request`] sent with `http` (a client configured otherwise).
+    pub fn request_with(
+        &self,
+        http: &reqwest::Client,
+        identity: &str,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
+        http.post(format!("{}/v1/chat/completions", self.base))
             .header("x-project-key", &self.project_key)
             .header("x-identity", identity)
             .bearer_auth("sk-provider-test-key")
