@@ -330,8 +330,8 @@ pub(super) struct Counters {
 /// What every handle of one process's gate shares.
 struct Shared {
     clock: Arc<dyn Clock>,
-    accounts: DashMap<String, Arc<Mutex<Slot>>>,
-    index: DashMap<(ProjectId, ReservationId), Account>,
+    accounts: DashMap<String, Arc<Mutex<Slot>>, foldhash::fast::RandomState>,
+    index: DashMap<(ProjectId, ReservationId), Account, foldhash::fast::RandomState>,
     pool: Option<PgPool>,
     /// See [`SNAPSHOT_EVERY`]; 0 turns snapshots off.
     snapshot_every: AtomicU64,
@@ -410,8 +410,8 @@ impl Gate {
     ) -> anyhow::Result<Gate> {
         let shared = Shared {
             clock,
-            accounts: DashMap::new(),
-            index: DashMap::new(),
+            accounts: DashMap::with_hasher(Default::default()),
+            index: DashMap::with_hasher(Default::default()),
             pool,
             snapshot_every: AtomicU64::new(SNAPSHOT_EVERY),
             counters: Arc::default(),

@@ -2,10 +2,11 @@
 //! judged by event time only (so the fold stays a pure function of the
 //! events). Settled holds and usage ids are visited in [`PruneOrder`].
 
+use super::Map;
 use super::{AccountState, Settled, IDEMPOTENCY_HORIZON_HOURS};
 use chrono::{DateTime, Duration, Utc};
 use schemas::ReservationId;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -29,8 +30,8 @@ pub(crate) struct PruneOrder {
 impl PruneOrder {
     /// The order of a state's `settled` and `usage_ids`.
     pub(crate) fn of(
-        settled: &HashMap<ReservationId, Arc<Settled>>,
-        usage_ids: &HashMap<Uuid, DateTime<Utc>>,
+        settled: &Map<ReservationId, Arc<Settled>>,
+        usage_ids: &Map<Uuid, DateTime<Utc>>,
     ) -> PruneOrder {
         PruneOrder {
             settled: settled.iter().map(|(id, s)| (s.settled_at, *id)).collect(),

@@ -28,13 +28,13 @@
 
 use super::SNAPSHOT_FORMAT;
 use crate::deltas::CounterKey;
+use crate::fold::Map;
 use crate::fold::{AccountState, OpenHold, PruneOrder, Settled, Settlement};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::events::HoldRef;
 use schemas::window::Window;
 use schemas::{Amounts, EventId, ReservationId, Unit};
-use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -111,7 +111,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<AccountState> {
     }
     let last_seq = r.varint()?;
     let last_event = r.option(|r| r.uuid().map(EventId))?;
-    let open: HashMap<ReservationId, OpenHold> = r.entries(MIN_OPEN, |r| {
+    let open: Map<ReservationId, OpenHold> = r.entries(MIN_OPEN, |r| {
         let id = ReservationId(r.uuid()?);
         let hold = OpenHold {
             reserved_at: r.time()?,
@@ -122,7 +122,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<AccountState> {
         };
         Ok((id, hold))
     })?;
-    let settled: HashMap<ReservationId, Arc<Settled>> = r.entries(MIN_SETTLED, |r| {
+    let settled: Map<ReservationId, Arc<Settled>> = r.entries(MIN_SETTLED, |r| {
         let id = ReservationId(r.uuid()?);
         let own = r.option(|r| r.uuid().map(ReservationId))?;
         if own == Some(id) {
@@ -158,9 +158,9 @@ pub(super) fn decode(bytes: &[u8]) -> Result<AccountState> {
         };
         Ok((id, Arc::new(settled)))
     })?;
-    let usage_ids: HashMap<Uuid, DateTime<Utc>> =
+    let usage_ids: Map<Uuid, DateTime<Utc>> =
         r.entries(MIN_USAGE_ID, |r| Ok((r.uuid()?, r.time()?)))?;
-    let used: HashMap<CounterKey, Decimal> = r.entries(MIN_COUNTER, |r| {
+    let used: Map<CounterKey, Decimal> = r.entries(MIN_COUNTER, |r| {
         let key = CounterKey {
             window: window_of(r.byte()?)?,
             period_start: r.signed()?,
@@ -447,12 +447,12 @@ impl Reader<'_> {
         &mut self,
         min_bytes: usize,
         mut read: impl FnMut(&mut Self) -> Result<(K, V)>,
-    ) -> Result<HashMap<K, V>> {
+    ) -> Result<Map<K, V>> {
         let n = self.len()?;
         if n > self.0.len() / min_bytes {
             return Err(Malformed("ends early"));
         }
-        let mut map = HashMap::with_capacity(n);
+        let mut map = Map::with_capacity_and_hasher(n, Default::default());
         let mut last: Option<K> = None;
         for _ in 0..n {
             let (k, v) = read(self)?;
