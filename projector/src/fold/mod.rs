@@ -19,9 +19,11 @@ mod prune;
 
 /// The maps an account's state keeps. Every reserve and settlement hashes
 /// a few dozen keys (a counter per window and unit), so the hasher is
-/// foldhash, not std's SipHash (which was about 4 % of a proxied call's
-/// CPU); it is randomly seeded per process, as hashbrown's default is.
+/// foldhash, not std's SipHash (about 6 % of the instructions a proxied
+/// call runs on its serving thread; bench/README.md, twenty-sixth pass); it
+/// is randomly seeded per process, as hashbrown's default is.
 pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub(crate) use prune::PruneOrder;
 
 /// How long settled reservations and usage ids are remembered for retries.

@@ -2,8 +2,7 @@
 //! judged by event time only (so the fold stays a pure function of the
 //! events). Settled holds and usage ids are visited in [`PruneOrder`].
 
-use super::Map;
-use super::{AccountState, Settled, IDEMPOTENCY_HORIZON_HOURS};
+use super::{AccountState, Map, Settled, IDEMPOTENCY_HORIZON_HOURS};
 use chrono::{DateTime, Duration, Utc};
 use schemas::ReservationId;
 use std::collections::BTreeSet;

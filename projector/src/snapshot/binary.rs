@@ -28,8 +28,7 @@
 
 use super::SNAPSHOT_FORMAT;
 use crate::deltas::CounterKey;
-use crate::fold::Map;
-use crate::fold::{AccountState, OpenHold, PruneOrder, Settled, Settlement};
+use crate::fold::{AccountState, Map, OpenHold, PruneOrder, Settled, Settlement};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use schemas::events::HoldRef;
