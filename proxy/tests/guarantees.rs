@@ -452,6 +452,15 @@ async fn bad_input_is_an_openai_shaped_4xx_and_is_never_forwarded() {
             "model",
             "invalid_model",
         ),
+        // Routed to OpenAI and allowed by the tier (`gpt-4o*`), but no
+        // price is known for it: under a dollar limit it is refused, never
+        // counted as $0 (`mystery-model-9` below is refused earlier, by
+        // routing, so it does not reach this check).
+        (
+            json!({"model": "gpt-4o-unpriced-preview", "messages": hi}),
+            "model",
+            "unknown_model_price",
+        ),
         (
             json!({"model": "claude-3-5-sonnet-20240620", "n": 2, "messages": hi}),
             "n",
