@@ -33,6 +33,10 @@ tiers:
     models: ["gpt-4o*"]
     limits:
       - { unit: requests, window: day, cap: 10 }
+  trial:
+    message: "Your {{limit}} free {{unit}} are used (resets {{resets_at}})"
+    limits:
+      - { unit: requests, window: lifetime, cap: 1 }
 "#;
 
 /// (model as the client names it, price-table key) for each provider.
@@ -570,6 +574,20 @@ async fn failed_call(
         .get("x-should-retry")
         .map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(retry.as_deref(), charged.then_some("false"));
+    // Failed after its hold: the account's limits are known, and the
+    // answer carries them as every other answer does (PLAN: 1,000 a day).
+    let limit = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        limit("x-ratelimit-limit-requests").as_deref(),
+        Some("1000"),
+        "{model}"
+    );
+    assert!(limit("x-ratelimit-remaining-requests").is_some(), "{model}");
+    assert!(limit("x-ratelimit-reset-requests").is_some(), "{model}");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{body}");
 }
@@ -1791,6 +1809,35 @@ async fn hitting_a_limit_is_an_openai_429_with_the_tiers_message() {
         2,
         "a refused call is never forwarded"
     );
+
+    // A lifetime limit never resets: no `Retry-After` or reset header to
+    // give, and the SDKs are told not to retry; the message says so.
+    let trial = || {
+        p.request("trying", &chat_body("gpt-4o", false))
+            .header("x-tier", "trial")
+            .send()
+    };
+    assert_eq!(trial().await.unwrap().status(), 200);
+    let r = trial().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let h = r.headers();
+    assert!(!h.contains_key("retry-after"), "{h:?}");
+    assert!(!h.contains_key("x-ratelimit-reset-requests"), "{h:?}");
+    assert_eq!(h["x-should-retry"], "false", "{h:?}");
+    assert_eq!(
+        (
+            &h["x-ratelimit-limit-requests"],
+            &h["x-ratelimit-remaining-requests"]
+        ),
+        (&"1".parse().unwrap(), &"0".parse().unwrap()),
+        "{h:?}"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"], "Your 1 free requests are used (resets never)",
+        "{body}"
+    );
+    assert_eq!(p.openai.request_count(), 3);
 
     // The free tier's dollar cap with its custom message and deep link.
     let big = json!({"model": "gpt-4o", "max_tokens": 100000, "messages": [{"role": "user", "content": "x".repeat(20000)}]});

@@ -428,202 +428,218 @@ impl Call {
             }
             Err(e) => return Err(e.into()),
         };
-        let hold = Hold::new(
-            inner.gate.clone(),
-            inner.tracker.clone(),
-            project_id,
-            account,
-            admitted.reservation_id,
-            request_id,
-        );
-        if client.is_cancelled() {
-            hold.release("client_gone");
-            return Err(ProxyError::BadRequest("the client went away".into()));
-        }
-        // The hold took (nearly) the call's whole time (a slow ledger, a
-        // short TOLLGATE_HOLD_TTL_MS): nothing was sent, so nothing is
-        // charged, rather than the cut below charging the hold for a call
-        // the provider would hardly have started.
-        if tokio::time::Instant::now() + MIN_TIME_TO_CALL >= deadline {
-            hold.release("hold_outlasted_call");
-            return Err(ProxyError::HoldTooSlow(inner.settings.hold_ttl.as_millis()));
-        }
-        let max_tokens = admitted.output_tokens.unwrap_or(est.max_output_tokens);
-        let upstream = if max_tokens == est.max_output_tokens {
-            upstream
-        } else {
-            match prepare_upstream(&route, &req, &key, Some(max_tokens)) {
-                Ok(u) => u,
-                Err(e) => {
-                    hold.release("invalid_request");
-                    return Err(e.into());
+        // Every answer from here on knows the account's limits: an error
+        // after the hold (the provider unreachable, the call cut) carries
+        // the rate-limit headers too, as a provider's own error does.
+        let forwarded = async {
+            let hold = Hold::new(
+                inner.gate.clone(),
+                inner.tracker.clone(),
+                project_id,
+                account,
+                admitted.reservation_id,
+                request_id,
+            );
+            if client.is_cancelled() {
+                hold.release("client_gone");
+                return Err(ProxyError::BadRequest("the client went away".into()));
+            }
+            // The hold took (nearly) the call's whole time (a slow ledger, a
+            // short TOLLGATE_HOLD_TTL_MS): nothing was sent, so nothing is
+            // charged, rather than the cut below charging the hold for a call
+            // the provider would hardly have started.
+            if tokio::time::Instant::now() + MIN_TIME_TO_CALL >= deadline {
+                hold.release("hold_outlasted_call");
+                return Err(ProxyError::HoldTooSlow(inner.settings.hold_ttl.as_millis()));
+            }
+            let max_tokens = admitted.output_tokens.unwrap_or(est.max_output_tokens);
+            let upstream = if max_tokens == est.max_output_tokens {
+                upstream
+            } else {
+                match prepare_upstream(&route, &req, &key, Some(max_tokens)) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        hold.release("invalid_request");
+                        return Err(e.into());
+                    }
                 }
-            }
-        };
-        // Shut down before it was sent (its reserve came back after the
-        // grace ended): nothing reached the provider, nothing is charged.
-        if inner.cut_off.is_cancelled() {
-            hold.release("shutting_down");
-            return Err(ProxyError::ShutDownBeforeSending);
-        }
-        let sent_at = tokio::time::Instant::now();
-        // Cut (shutdown, or the call's deadline) with the provider still
-        // working: what it did is unknown, so the hold is charged rather
-        // than $0.
-        let sent = match unless_cut_off(inner, deadline, inner.http.send(&upstream, url_by_project))
-            .await
-        {
-            Ok(sent) => sent,
-            Err(cut) => {
-                hold.commit(admitted.held.clone());
-                return Err(cut.error(inner));
-            }
-        };
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) if e.address_refused() => {
-                hold.release("upstream_refused");
-                return Err(ProxyError::UpstreamRefused(route.provider.clone()));
-            }
-            // Connected, then the answer's head never came (the connection
-            // broke, a middlebox timed out): the provider may be billing
-            // for it, so charge what was held rather than $0.
-            Err(e) if e.may_have_reached() => {
-                hold.commit(admitted.held.clone());
-                return Err(ProxyError::UpstreamBroken(format!(
-                    "{}: {e}",
-                    route.provider
-                )));
-            }
-            Err(e) => {
-                hold.release("upstream_unreachable");
-                return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
-            }
-        };
-        let status = response.status();
-        // A provider's advice on when to retry, kept for its error answers.
-        let retry_headers: Vec<(header::HeaderName, HeaderValue)> = if status.is_success() {
-            Vec::new()
-        } else {
-            RETRY_HEADERS
-                .iter()
-                .filter_map(|name| {
-                    let name = header::HeaderName::from_static(name);
-                    response.headers().get(&name).map(|v| (name, v.clone()))
-                })
-                .collect()
-        };
-        let now = Utc::now();
-        if upstream.stream && status.is_success() {
-            let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
-            let per_sec = inner.settings.hidden_reasoning_tokens_per_sec;
-            let hidden_reasoning = (per_sec > 0
-                && reasons_by_default(price.as_ref(), route.kind)
-                && !crate::providers::reasoning_turned_off(&route, &req))
-            .then(|| {
-                let choices = u64::from(req.n.unwrap_or(1));
-                let cap = upstream.max_output_tokens.unwrap_or(max_tokens);
-                HiddenReasoning::new(sent_at, per_sec, cap, choices)
-            });
-            let charging = Charging {
-                price,
-                input_estimate: est.input,
-                hidden_reasoning,
             };
-            // Half the margin the call's limit leaves before its hold
-            // would expire, for what ends it to settle it.
-            let margin = inner
-                .settings
-                .hold_ttl
-                .saturating_sub(inner.settings.call_limit());
-            let mut stream = MeteredStream::new(
-                crate::upstream::body_stream(response),
-                translator,
-                hold,
-                charging,
-                &inner.watchdog,
-                deadline,
-                deadline + margin / 2,
-            );
-            stream.prefetch().await;
-            let mut out = Response::new(Body::from_stream(stream));
-            let h = out.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            rate_limit_headers(h, &admitted.limits, &limits_model, now);
-            return Ok(out);
-        }
-        let read = match unless_cut_off(inner, deadline, crate::upstream::read_all(response)).await
-        {
-            Ok(read) => read,
-            Err(cut) => {
-                hold.commit(admitted.held.clone());
-                return Err(cut.error(inner));
+            // Shut down before it was sent (its reserve came back after the
+            // grace ended): nothing reached the provider, nothing is charged.
+            if inner.cut_off.is_cancelled() {
+                hold.release("shutting_down");
+                return Err(ProxyError::ShutDownBeforeSending);
             }
-        };
-        let bytes = match read {
-            Ok(b) => b,
-            Err(e) => {
-                // The provider may have done the work: charge what was held rather than $0.
-                hold.commit(admitted.held.clone());
-                return Err(ProxyError::UpstreamBroken(format!(
-                    "{}: {e}",
-                    route.provider
-                )));
-            }
-        };
-        let translated = if upstream.stream {
-            Err(translate_error(route.kind, status, &bytes))
-        } else {
-            translate_response(route.kind, status, &bytes, &model)
-        };
-        match translated {
-            Ok((json_bytes, mut usage)) => {
-                if est.input.fill_missing(&mut usage) {
-                    usage.estimated = true;
+            let sent_at = tokio::time::Instant::now();
+            // Cut (shutdown, or the call's deadline) with the provider still
+            // working: what it did is unknown, so the hold is charged rather
+            // than $0.
+            let sent = match unless_cut_off(inner, deadline, inner.http.send(&upstream, url_by_project))
+                .await
+            {
+                Ok(sent) => sent,
+                Err(cut) => {
+                    hold.commit(admitted.held.clone());
+                    return Err(cut.error(inner));
                 }
-                hold.commit(actual(&usage, price.as_ref()));
-                let mut out = Response::new(Body::from(json_bytes));
-                out.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
+            };
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) if e.address_refused() => {
+                    hold.release("upstream_refused");
+                    return Err(ProxyError::UpstreamRefused(route.provider.clone()));
+                }
+                // Connected, then the answer's head never came (the connection
+                // broke, a middlebox timed out): the provider may be billing
+                // for it, so charge what was held rather than $0.
+                Err(e) if e.may_have_reached() => {
+                    hold.commit(admitted.held.clone());
+                    return Err(ProxyError::UpstreamBroken(format!(
+                        "{}: {e}",
+                        route.provider
+                    )));
+                }
+                Err(e) => {
+                    hold.release("upstream_unreachable");
+                    return Err(ProxyError::Upstream(format!("{}: {e}", route.provider)));
+                }
+            };
+            let status = response.status();
+            // A provider's advice on when to retry, kept for its error answers.
+            let retry_headers: Vec<(header::HeaderName, HeaderValue)> = if status.is_success() {
+                Vec::new()
+            } else {
+                RETRY_HEADERS
+                    .iter()
+                    .filter_map(|name| {
+                        let name = header::HeaderName::from_static(name);
+                        response.headers().get(&name).map(|v| (name, v.clone()))
+                    })
+                    .collect()
+            };
+            let now = Utc::now();
+            if upstream.stream && status.is_success() {
+                let translator = StreamTranslator::new(route.kind, req.wants_stream_usage(), &model);
+                let per_sec = inner.settings.hidden_reasoning_tokens_per_sec;
+                let hidden_reasoning = (per_sec > 0
+                    && reasons_by_default(price.as_ref(), route.kind)
+                    && !crate::providers::reasoning_turned_off(&route, &req))
+                .then(|| {
+                    let choices = u64::from(req.n.unwrap_or(1));
+                    let cap = upstream.max_output_tokens.unwrap_or(max_tokens);
+                    HiddenReasoning::new(sent_at, per_sec, cap, choices)
+                });
+                let charging = Charging {
+                    price,
+                    input_estimate: est.input,
+                    hidden_reasoning,
+                };
+                // Half the margin the call's limit leaves before its hold
+                // would expire, for what ends it to settle it.
+                let margin = inner
+                    .settings
+                    .hold_ttl
+                    .saturating_sub(inner.settings.call_limit());
+                let mut stream = MeteredStream::new(
+                    crate::upstream::body_stream(response),
+                    translator,
+                    hold,
+                    charging,
+                    &inner.watchdog,
+                    deadline,
+                    deadline + margin / 2,
                 );
-                rate_limit_headers(out.headers_mut(), &admitted.limits, &limits_model, now);
-                Ok(out)
-            }
-            Err(ProviderError::Malformed { reason }) if status.is_success() => {
-                hold.commit(admitted.held.clone());
-                tracing::warn!(provider = %route.provider, reason = %reason, "provider answered 2xx with an unreadable body; charged the hold");
-                // Charged: the SDKs' own retries would be charged again.
-                let mut out = openai_error(
-                    StatusCode::BAD_GATEWAY,
-                    "api_error",
-                    "upstream_malformed",
-                    "the provider's answer could not be read; the call was charged what was held, since the provider did the work",
-                    None,
-                );
-                let h = out.headers_mut();
-                tell_sdks_not_to_retry(h);
-                rate_limit_headers(h, &admitted.limits, &limits_model, now);
-                Ok(out)
-            }
-            Err(e) => {
-                hold.release("upstream_error");
-                let status = e.status();
-                let mut out = Response::new(Body::from(e.body_bytes()));
-                *out.status_mut() = status;
+                stream.prefetch().await;
+                let mut out = Response::new(Body::from_stream(stream));
                 let h = out.headers_mut();
                 h.insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
+                    HeaderValue::from_static("text/event-stream"),
                 );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 rate_limit_headers(h, &admitted.limits, &limits_model, now);
-                h.extend(retry_headers);
-                Ok(out)
+                return Ok(out);
+            }
+            let read = match unless_cut_off(inner, deadline, crate::upstream::read_all(response)).await
+            {
+                Ok(read) => read,
+                Err(cut) => {
+                    hold.commit(admitted.held.clone());
+                    return Err(cut.error(inner));
+                }
+            };
+            let bytes = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    // The provider may have done the work: charge what was held rather than $0.
+                    hold.commit(admitted.held.clone());
+                    return Err(ProxyError::UpstreamBroken(format!(
+                        "{}: {e}",
+                        route.provider
+                    )));
+                }
+            };
+            let translated = if upstream.stream {
+                Err(translate_error(route.kind, status, &bytes))
+            } else {
+                translate_response(route.kind, status, &bytes, &model)
+            };
+            match translated {
+                Ok((json_bytes, mut usage)) => {
+                    if est.input.fill_missing(&mut usage) {
+                        usage.estimated = true;
+                    }
+                    hold.commit(actual(&usage, price.as_ref()));
+                    let mut out = Response::new(Body::from(json_bytes));
+                    out.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    rate_limit_headers(out.headers_mut(), &admitted.limits, &limits_model, now);
+                    Ok(out)
+                }
+                Err(ProviderError::Malformed { reason }) if status.is_success() => {
+                    hold.commit(admitted.held.clone());
+                    tracing::warn!(provider = %route.provider, reason = %reason, "provider answered 2xx with an unreadable body; charged the hold");
+                    // Charged: the SDKs' own retries would be charged again.
+                    let mut out = openai_error(
+                        StatusCode::BAD_GATEWAY,
+                        "api_error",
+                        "upstream_malformed",
+                        "the provider's answer could not be read; the call was charged what was held, since the provider did the work",
+                        None,
+                    );
+                    let h = out.headers_mut();
+                    tell_sdks_not_to_retry(h);
+                    rate_limit_headers(h, &admitted.limits, &limits_model, now);
+                    Ok(out)
+                }
+                Err(e) => {
+                    hold.release("upstream_error");
+                    let status = e.status();
+                    let mut out = Response::new(Body::from(e.body_bytes()));
+                    *out.status_mut() = status;
+                    let h = out.headers_mut();
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    rate_limit_headers(h, &admitted.limits, &limits_model, now);
+                    h.extend(retry_headers);
+                    Ok(out)
+                }
             }
         }
+        .await;
+        forwarded.or_else(|e| {
+            let mut out = e.into_response();
+            rate_limit_headers(
+                out.headers_mut(),
+                &admitted.limits,
+                &limits_model,
+                Utc::now(),
+            );
+            Ok(out)
+        })
     }
 }
